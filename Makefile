@@ -1,0 +1,31 @@
+# latentforge: `make run` (the main job on its embedded default) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The stamp records a finished install; it is redone only when the lock or setup.py changes.
+STAMP := $(VENV)/.latentforge-installed
+
+SOURCE ?= idx:data/mnist-sample
+MODEL ?= stacked_ae
+EPOCHS ?= 5
+RUN_DIR ?= runs
+PYTEST_ARGS ?=
+
+.PHONY: install run test benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check --ignore-requires-python -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+run: install
+	$(BIN)/latentforge run --source $(SOURCE) --model $(MODEL) --epochs $(EPOCHS) --run-dir $(RUN_DIR)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(RUN_DIR) .pytest_cache

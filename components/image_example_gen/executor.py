@@ -1,0 +1,124 @@
+"""Beam executor of ImageExampleGen: reads each source split once and writes tf.Examples."""
+import hashlib
+from typing import Any, Dict, List
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format, struct_pb2
+from tfx import types
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from components.image_example_gen import sources
+
+# Custom properties set on the output Examples artifact, read by later components.
+IMAGE_SHAPE_PROPERTY = "image_shape"
+CLASS_NAMES_PROPERTY = "class_names"
+
+
+def image_example(image: np.ndarray, label: int) -> tf.train.Example:
+    """The tf.Example every source becomes: raw uint8 pixels plus their shape and the label (-1: none)."""
+    height, width, channels = image.shape
+    ints = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image).tobytes()])),
+        "height": ints(height), "width": ints(width), "channels": ints(channels), "label": ints(label),
+    }))
+
+
+def eval_bucket(example: tf.train.Example, num_partitions: int, eval_percent: int) -> int:
+    """1 (eval) or 0 (train), fixed by the example's content: the same image always lands in the same split."""
+    del num_partitions
+    feature = example.features.feature
+    key = feature["image"].bytes_list.value[0] + str(feature["label"].int64_list.value[0]).encode()
+    bucket = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % 100
+    return int(bucket < eval_percent)
+
+
+def read_custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    custom_config = example_gen_pb2.CustomConfig()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY], custom_config)
+    struct = struct_pb2.Struct()
+    custom_config.custom_config.Unpack(struct)
+    return json_format.MessageToDict(struct)
+
+
+def _tfds_records(element: Dict[str, Any], image_key: str, label_key: str):
+    image = element[image_key]
+    return image if image.ndim == 3 else image[:, :, None], int(element[label_key]) if label_key else -1
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(tf.train.Example)
+def _ReadSourceSplit(pipeline: beam.Pipeline, info: sources.SourceInfo, split: str) -> beam.PCollection:  # pylint: disable=invalid-name
+    """All examples of one split of the source."""
+    if info.spec.kind == "folder":
+        # One element per file, so decoding spreads over the runner's workers.
+        records = (pipeline
+                   | "ListFiles" >> beam.Create(sources.list_folder_split(info, split))
+                   | "Decode" >> beam.Map(lambda item: (sources.read_image_file(item[0], info.image_shape), item[1])))
+    elif info.spec.kind == "tfds":
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        builder = sources.ensure_tfds_prepared(info.spec)
+        image_key, label_key = sources.tfds_keys(builder)
+        records = (pipeline
+                   | "ReadFromTFDS" >> tfds.beam.ReadFromTFDS(builder, split=sources.tfds_split_name(split))
+                   | "ToRecord" >> beam.Map(_tfds_records, image_key, label_key))
+    else:
+        records = (pipeline
+                   | "Split" >> beam.Create([split])
+                   | "Read" >> beam.FlatMap(lambda s: sources.read_split(info, s)))
+    return records | "ToExample" >> beam.MapTuple(image_example)
+
+
+class Executor(BaseExampleGenExecutor):
+    """Reads an image source (custom_config['source']) into the splits the input config names."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _ReadSourceSplit
+
+    def _source_info(self, exec_properties: Dict[str, Any]) -> sources.SourceInfo:
+        config = read_custom_config(exec_properties)
+        spec = sources.parse_source(config["source"], config["data_dir"] or None, config["manual_dir"] or None)
+        info = sources.probe(spec)
+        expected = tuple(int(d) for d in config["image_shape"])
+        if info.image_shape != expected:
+            raise sources.SourceError(
+                f"{spec.uri}: images are now {info.image_shape} but the pipeline was built for {expected}; "
+                "the source changed while the run started. Run the pipeline again.")
+        return info
+
+    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
+                               exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
+        """Reads each distinct source split once; when 'eval' shares the train files, a content hash
+        partitions what is read into train and eval."""
+        info = self._source_info(exec_properties)
+        eval_percent = int(read_custom_config(exec_properties)["eval_percent"])
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+        by_pattern: Dict[str, List[str]] = {}
+        for split in input_config.splits:
+            by_pattern.setdefault(split.pattern, []).append(split.name)
+        result = {}
+        for names in by_pattern.values():
+            examples = pipeline | f"Read[{names[0]}]" >> _ReadSourceSplit(info, names[0])  # pylint: disable=no-value-for-parameter
+            if names == ["train", "eval"]:
+                result["train"], result["eval"] = examples | "CarveEval" >> beam.Partition(
+                    eval_bucket, 2, eval_percent)
+            elif len(names) == 1:
+                result[names[0]] = examples
+            else:
+                raise ValueError(f"splits {names} share one input pattern; only train and eval may")
+        return result
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        super().Do(input_dict, output_dict, exec_properties)
+        config = read_custom_config(exec_properties)
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        examples.set_json_value_custom_property(IMAGE_SHAPE_PROPERTY, [int(d) for d in config["image_shape"]])
+        examples.set_json_value_custom_property(CLASS_NAMES_PROPERTY, list(config["class_names"]))

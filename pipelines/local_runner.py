@@ -1,0 +1,38 @@
+"""Runs a pipeline with TFX's LocalDagRunner: one process, SQLite ML Metadata, outputs under a run directory.
+
+Layout of a run directory (--run-dir, default ./runs), per pipeline name:
+    RUN_DIR/PIPELINE/tfx/         pipeline_root: every component's artifacts
+    RUN_DIR/PIPELINE/metadata.sqlite   ML Metadata (executions, artifacts, cache)
+    RUN_DIR/PIPELINE/serving/MODEL/VERSION/   SavedModels the Pusher wrote
+"""
+import dataclasses
+import os
+
+from tfx import v1 as tfx
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    root: str
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.root, "tfx")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.root, "metadata.sqlite")
+
+    @property
+    def serving_dir(self) -> str:
+        return os.path.join(self.root, "serving")
+
+
+def run_paths(run_dir: str, pipeline_name: str) -> RunPaths:
+    paths = RunPaths(os.path.abspath(os.path.join(run_dir, pipeline_name)))
+    os.makedirs(paths.root, exist_ok=True)
+    return paths
+
+
+def run(pipeline: tfx.dsl.Pipeline) -> None:
+    tfx.orchestration.LocalDagRunner().run(pipeline)
