@@ -67,18 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_logs(verbose: bool) -> None:
+class _ProgressOnly(logging.Filter):
+    """Lets through the runner's per-component progress lines and real errors, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return record.levelno >= logging.ERROR or (
+            message.startswith("Component ") and message.endswith(("is running.", "is finished.")))
+
+
+def _configure_logs(verbose: bool) -> None:
+    """Verbose: everything TFX, Beam and TF log. Otherwise: component progress, Keras epochs and errors."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not verbose:
-        import warnings  # pylint: disable=import-outside-toplevel
-        warnings.filterwarnings("ignore")
-        from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        logging.getLogger().setLevel(logging.WARNING)
-    else:
-        from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-        absl_logging.set_verbosity(absl_logging.INFO)
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    absl_logging.set_verbosity(absl_logging.INFO)
+    if verbose:
         logging.getLogger().setLevel(logging.INFO)
+        return
+    import warnings  # pylint: disable=import-outside-toplevel
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("tensorflow", "apache_beam"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.INFO)
+    absl_logger.addFilter(_ProgressOnly())
 
 
 def _probe(args):
@@ -159,7 +172,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_logs(args.verbose)
+    _configure_logs(args.verbose)
     handlers = {"run": cmd_run, "models": cmd_models, "inspect": cmd_inspect}
     try:
         return handlers[args.command](args)

@@ -94,25 +94,25 @@ class Executor(BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
-        """Reads each distinct source split once; when 'eval' shares the train files, a content hash
-        partitions what is read into train and eval."""
+        """Reads each source split once. Without an eval split of its own, a content hash partitions
+        what is read from train into train and eval."""
         info = self._source_info(exec_properties)
         eval_percent = int(read_custom_config(exec_properties)["eval_percent"])
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
-        by_pattern: Dict[str, List[str]] = {}
-        for split in input_config.splits:
-            by_pattern.setdefault(split.pattern, []).append(split.name)
+        carve_eval = not any(s.name == "eval" for s in info.splits)
         result = {}
-        for names in by_pattern.values():
-            examples = pipeline | f"Read[{names[0]}]" >> _ReadSourceSplit(info, names[0])  # pylint: disable=no-value-for-parameter
-            if names == ["train", "eval"]:
+        for split in info.splits:
+            examples = pipeline | f"Read[{split.name}]" >> _ReadSourceSplit(info, split.name)  # pylint: disable=no-value-for-parameter
+            if split.name == "train" and carve_eval:
                 result["train"], result["eval"] = examples | "CarveEval" >> beam.Partition(
                     eval_bucket, 2, eval_percent)
-            elif len(names) == 1:
-                result[names[0]] = examples
             else:
-                raise ValueError(f"splits {names} share one input pattern; only train and eval may")
+                result[split.name] = examples
+        expected = [s.name for s in input_config.splits]
+        if sorted(result) != sorted(expected):
+            raise ValueError(f"the source now has splits {sorted(result)} but the pipeline expects {expected}; "
+                             "run the pipeline again")
         return result
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],

@@ -428,11 +428,12 @@ def _probe_tfds(spec: SourceSpec) -> SourceInfo:
         raise SourceError(f"tfds:{spec.location}: has no fixed-size image feature ({features}); latentforge "
                           "needs images of one size")
     available = set(builder.info.splits.keys())
-    rel = os.path.relpath(builder.data_dir, builder.data_dir_root)
+    root = str(builder.data_dir_root)
+    rel = os.path.relpath(str(builder.data_dir), root)
     splits = tuple(SourceSplit(ours, os.path.join(rel, f"{builder.name}-{theirs}.*"))
                    for ours, theirs in TFDS_SPLITS if theirs in available)
     class_names = tuple(features[label_key].names) if label_key else ()
-    return SourceInfo(spec, builder.data_dir_root, splits, tuple(features[image_key].shape), class_names)
+    return SourceInfo(spec, root, splits, tuple(features[image_key].shape), class_names)
 
 
 def tfds_split_name(split: str) -> str:

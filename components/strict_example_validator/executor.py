@@ -14,6 +14,9 @@ class DataValidationError(RuntimeError):
 
 
 def describe_anomalies(split: str, anomalies: anomalies_pb2.Anomalies) -> List[str]:
+    if anomalies.data_missing:
+        # TFDV reports an empty split only through this flag, with no anomaly_info at all.
+        return [f"split '{split}': the split has no examples (empty data); check the source's {split} files"]
     lines = []
     for feature, info in sorted(anomalies.anomaly_info.items()):
         lines.append(f"split '{split}', feature '{feature}': {info.short_description}: {info.description}")

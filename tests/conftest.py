@@ -1,0 +1,54 @@
+"""Shared fixtures: small datasets written by the tests themselves, and the real MNIST when present."""
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_DIR = os.path.join(REPO_ROOT, "data", "mnist-sample")
+MNIST_DIR = os.environ.get("LATENTFORGE_MNIST_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets", "mnist"))
+
+
+def write_idx(path: str, array: np.ndarray) -> str:
+    """Writes an IDX file of unsigned bytes, gzipped when the name ends in .gz."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+    return path
+
+
+def random_images(n: int, shape=(8, 8), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+    """60 train + 20 test 8x8 images, labels 0..2, gzipped like the MNIST download."""
+    x_train, x_test = random_images(60, seed=1), random_images(20, seed=2)
+    y_train, y_test = np.arange(60) % 3, np.arange(20) % 3
+    write_idx(str(tmp_path / "train-images-idx3-ubyte.gz"), x_train)
+    write_idx(str(tmp_path / "train-labels-idx1-ubyte.gz"), y_train.astype(np.uint8))
+    write_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), x_test)
+    write_idx(str(tmp_path / "t10k-labels-idx1-ubyte.gz"), y_test.astype(np.uint8))
+    return tmp_path, (x_train, y_train, x_test, y_test)
+
+
+def write_png(path, array: np.ndarray) -> None:
+    from PIL import Image
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array.squeeze() if array.shape[-1] == 1 else array).save(path)
+
+
+@pytest.fixture
+def mnist_dir():
+    needed = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+              "t10k-labels-idx1-ubyte.gz"]
+    if not all(os.path.exists(os.path.join(MNIST_DIR, n)) for n in needed):
+        pytest.skip(f"real MNIST not found in {MNIST_DIR} (set LATENTFORGE_MNIST_DIR to the folder with the "
+                    "four IDX .gz files)")
+    return MNIST_DIR

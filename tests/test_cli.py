@@ -1,0 +1,41 @@
+"""The latentforge command: bad input is one clear line and exit code 2, before any pipeline work."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import cli
+from tests.conftest import SAMPLE_DIR
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--model", "gan9000"], "--model 'gan9000' is unknown"),
+    (["run", "--source", "idx:/nonexistent/mnist"], "no such directory"),
+    (["run", "--source", "mnist"], "not of the form KIND:LOCATION"),
+    (["run", "--eval-percent", "80"], "--eval-percent 80"),
+    (["run", "--schema", "/nonexistent/schema.pbtxt"], "no such file"),
+    (["run", "--source", f"idx:{SAMPLE_DIR}", "--data-dir", "/tmp"], "TFDS options"),
+])
+def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path):
+    assert cli.main(argv + ["--run-dir", str(tmp_path)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_argparse_rejects_non_positive_epochs(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", "--epochs", "0"])
+    assert exited.value.code == 2 and "not a positive integer" in capsys.readouterr().err
+
+
+def test_inspect_describes_the_bundled_sample(capsys):
+    assert cli.main(["inspect"]) == 0
+    out = capsys.readouterr().out
+    assert "28x28x1" in out and "10: 0, 1, 2" in out and "train, test (eval will be carved from train)" in out
+
+
+def test_console_script_is_installed():
+    script = os.path.join(os.path.dirname(sys.executable), "latentforge")
+    result = subprocess.run([script, "models"], capture_output=True, text=True, timeout=120, check=True)
+    assert "stacked_ae" in result.stdout

@@ -1,0 +1,145 @@
+"""Sources: each kind probes and reads correctly; every corrupt input is one clear error naming the file."""
+import gzip
+import os
+import time
+
+import numpy as np
+import pytest
+
+from components.image_example_gen import sources
+from tests.conftest import random_images, write_idx, write_png
+
+
+def _read_all(uri):
+    info = sources.probe(sources.parse_source(uri))
+    return info, {s.name: list(sources.read_split(info, s.name)) for s in info.splits}
+
+
+def test_idx_reads_images_labels_and_splits(idx_dir):
+    path, (x_train, y_train, x_test, y_test) = idx_dir
+    info, splits = _read_all(f"idx:{path}")
+    assert info.image_shape == (8, 8, 1) and info.class_names == ("0", "1", "2")
+    assert [s.name for s in info.splits] == ["train", "test"]
+    images = np.stack([r[0] for r in splits["train"]])
+    assert images.dtype == np.uint8 and images.shape == (60, 8, 8, 1)
+    np.testing.assert_array_equal(images[..., 0], x_train)
+    assert [r[1] for r in splits["test"]] == y_test.tolist()
+
+
+def test_idx_uncompressed_files_read_the_same(tmp_path):
+    x = random_images(10)
+    write_idx(str(tmp_path / "train-images-idx3-ubyte"), x)
+    write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.arange(10, dtype=np.uint8) % 2)
+    info, splits = _read_all(f"idx:{tmp_path}")
+    assert [s.name for s in info.splits] == ["train"]
+    np.testing.assert_array_equal(np.stack([r[0][..., 0] for r in splits["train"]]), x)
+
+
+def test_folder_with_train_and_test_subfolders_rgb(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for cls in ("cat", "dog"):
+            for i in range(n):
+                write_png(str(tmp_path / split / cls / f"{i}.png"), rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    info, splits = _read_all(f"folder:{tmp_path}")
+    assert info.image_shape == (6, 5, 3) and info.class_names == ("cat", "dog")
+    assert len(splits["train"]) == 8 and len(splits["test"]) == 4
+    assert sorted(r[1] for r in splits["test"]) == [0, 0, 1, 1]
+
+
+def test_folder_without_split_subfolders_is_all_train_and_grey(tmp_path):
+    image = random_images(1, (7, 7))[0]
+    write_png(str(tmp_path / "a" / "x.png"), image[..., None])
+    write_png(str(tmp_path / "b" / "y.png"), image[..., None])
+    info, splits = _read_all(f"folder:{tmp_path}")
+    assert [s.name for s in info.splits] == ["train"] and info.image_shape == (7, 7, 1)
+    np.testing.assert_array_equal(splits["train"][0][0][..., 0], image)
+
+
+def test_npz_plain_and_keras_layouts(tmp_path):
+    x = random_images(12, (4, 4))
+    np.savez(tmp_path / "plain.npz", x=x)
+    info, splits = _read_all(f"npz:{tmp_path / 'plain.npz'}")
+    assert info.num_classes == 0 and {r[1] for r in splits["train"]} == {-1}
+    np.savez(tmp_path / "keras.npz", x_train=x, y_train=np.arange(12) % 4, x_test=x[:3], y_test=np.arange(3))
+    info, splits = _read_all(f"npz:{tmp_path / 'keras.npz'}")
+    assert info.num_classes == 4 and len(splits["test"]) == 3 and splits["train"][0][0].shape == (4, 4, 1)
+
+
+def test_real_mnist_counts_labels_and_pixel_sums(mnist_dir):
+    info, splits = _read_all(f"idx:{mnist_dir}")
+    assert info.image_shape == (28, 28, 1) and info.num_classes == 10
+    assert len(splits["train"]) == 60000 and len(splits["test"]) == 10000
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        with gzip.open(os.path.join(mnist_dir, f"{prefix}-images-idx3-ubyte.gz")) as f:
+            expected = np.frombuffer(f.read(), np.uint8, offset=16)
+        assert sum(int(r[0].sum()) for r in splits[split]) == int(expected.sum(dtype=np.int64))
+        assert {r[1] for r in splits[split]} == set(range(10))
+
+
+# ------------------------------------------------------------------------------ corrupt inputs
+
+
+def _error(uri, read=True) -> str:
+    with pytest.raises(sources.SourceError) as raised:
+        _read_all(uri) if read else sources.probe(sources.parse_source(uri))
+    return str(raised.value)
+
+
+def test_truncated_gzip_names_the_file(idx_dir):
+    path, _ = idx_dir
+    images = path / "train-images-idx3-ubyte.gz"
+    data = images.read_bytes()
+    images.write_bytes(data[: len(data) // 2])
+    message = _error(f"idx:{path}")
+    assert str(images) in message and "truncated" in message
+
+
+def test_wrong_idx_magic_names_the_file(idx_dir):
+    path, _ = idx_dir
+    # Labels written where the images should be: a 1-D IDX file.
+    write_idx(str(path / "train-images-idx3-ubyte.gz"), np.zeros(60, np.uint8))
+    message = _error(f"idx:{path}", read=False)
+    assert "train-images-idx3-ubyte.gz" in message and "magic 0x00000801" in message
+
+
+def test_mismatched_image_and_label_counts(idx_dir):
+    path, _ = idx_dir
+    write_idx(str(path / "train-labels-idx1-ubyte.gz"), np.zeros(59, np.uint8))
+    message = _error(f"idx:{path}", read=False)
+    assert "60 images" in message and "59 labels" in message and "train-labels-idx1-ubyte.gz" in message
+
+
+def test_folder_with_mixed_image_sizes_names_the_odd_file(tmp_path):
+    write_png(str(tmp_path / "a" / "1.png"), random_images(1, (8, 8))[0][..., None])
+    write_png(str(tmp_path / "b" / "2.png"), random_images(1, (9, 8))[0][..., None])
+    message = _error(f"folder:{tmp_path}")
+    assert os.path.join("b", "2.png") in message and "9x8" in message and "8x8" in message
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    write_png(str(tmp_path / "a" / "1.png"), random_images(1, (8, 8))[0][..., None])
+    (tmp_path / "a" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    message = _error(f"folder:{tmp_path}")
+    assert os.path.join("a", "2.png") in message and "cannot decode" in message
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("mnist", "not of the form KIND:LOCATION"),
+    ("csv:/tmp/x", "not of the form KIND:LOCATION"),
+    ("idx:/no/such/dir", "no such directory"),
+    ("npz:/no/such/file.npz", "no such file"),
+])
+def test_bad_source_flags(uri, expected):
+    assert expected in _error(uri, read=False)
+
+
+def test_tfds_offline_fails_fast_with_instructions(tmp_path):
+    if sources._reachable("storage.googleapis.com"):  # pylint: disable=protected-access
+        pytest.skip("the TFDS download host is reachable from here: the offline path cannot be exercised")
+    start = time.time()
+    with pytest.raises(sources.SourceError) as raised:
+        sources.probe(sources.parse_source("tfds:mnist", data_dir=str(tmp_path)))
+    assert time.time() - start < 20
+    message = str(raised.value)
+    assert "--manual-dir" in message and "train-images-idx3-ubyte.gz" in message and "idx:" in message
