@@ -147,10 +147,31 @@ def cmd_run(args) -> int:
     elapsed = time.time() - start
     nodes = metadata.latest_run(paths.metadata_path, args.pipeline_name)
     for node in nodes:
-        print(f"  {node.node:24s} {node.state.lower():9s} {node.outputs[0] if node.outputs else ''}")
+        key = next((k for k in _MAIN_OUTPUTS if k in node.outputs), min(node.outputs, default=None))
+        shown = f"{key} -> {os.path.relpath(node.outputs[key], paths.root)}" if key else ""
+        print(f"  {node.node:24s} {node.state.lower():9s} {shown}")
     cached = sum(n.state == "CACHED" for n in nodes)
     print(f"latentforge: pipeline finished in {elapsed:.0f} s ({len(nodes) - cached} ran, {cached} from cache)")
+    _print_results(nodes)
     return EXIT_OK
+
+
+_MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema")
+
+
+def _print_results(nodes) -> None:
+    """The last epoch's losses (from the Trainer's metrics file) and where the SavedModel went."""
+    import json  # pylint: disable=import-outside-toplevel
+    from components.trainer.run_fn import METRICS_FILE  # pylint: disable=import-outside-toplevel
+    by_name = {n.node: n for n in nodes}
+    model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
+    if model_run and os.path.exists(os.path.join(model_run, METRICS_FILE)):
+        with open(os.path.join(model_run, METRICS_FILE)) as f:
+            history = json.load(f)["history"]
+        print("latentforge: last epoch " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(history.items())))
+    pushed = by_name.get("Pusher") and by_name["Pusher"].properties.get("pushed_model", {})
+    if pushed and pushed.get("pushed_destination"):
+        print(f"latentforge: SavedModel at {pushed['pushed_destination']}")
 
 
 def _explain(error: BaseException) -> Optional[tuple]:

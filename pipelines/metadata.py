@@ -1,6 +1,6 @@
 """Reads ML Metadata after a run: which nodes executed, which came from the TFX cache, what they wrote."""
 import dataclasses
-from typing import List
+from typing import Dict, List
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -12,7 +12,8 @@ STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 class NodeRun:
     node: str
     state: str  # COMPLETE (executed), CACHED, FAILED, RUNNING, ...
-    outputs: List[str]  # output artifact URIs
+    outputs: Dict[str, str]  # output key -> artifact URI
+    properties: Dict[str, Dict[str, str]]  # output key -> the artifact's custom properties (as text)
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -35,8 +36,12 @@ def latest_run(metadata_path: str, pipeline_name: str) -> List[NodeRun]:
     for execution in executions:
         node = next((c.name.split(".")[-1] for c in store.get_contexts_by_execution(execution.id)
                      if c.type == "node"), execution.type)
-        events = store.get_events_by_execution_ids([execution.id])
-        output_ids = [e.artifact_id for e in events if e.type in (metadata_store_pb2.Event.OUTPUT,)]
-        uris = [a.uri for a in store.get_artifacts_by_id(output_ids)] if output_ids else []
-        result.append(NodeRun(node, STATE_NAMES.get(execution.last_known_state, "UNKNOWN"), uris))
+        events = [e for e in store.get_events_by_execution_ids([execution.id])
+                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
+        keys = {e.artifact_id: e.path.steps[0].key for e in events if e.path.steps}
+        artifacts = store.get_artifacts_by_id(list(keys)) if keys else []
+        outputs = {keys[a.id]: a.uri for a in artifacts}
+        properties = {keys[a.id]: {k: str(getattr(v, v.WhichOneof("value"))) for k, v in a.custom_properties.items()
+                                   if v.WhichOneof("value")} for a in artifacts}
+        result.append(NodeRun(node, STATE_NAMES.get(execution.last_known_state, "UNKNOWN"), outputs, properties))
     return result

@@ -22,8 +22,12 @@ from trainers import registry
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPROCESSING_FN = "pipelines.preprocessing.preprocessing_fn"
 RUN_FN = "components.trainer.run_fn.run_fn"
-# Code whose changes must invalidate the TFX cache of the nodes that run it (TFX fingerprints only
-# module_file code; our user code is imported by module path, so its digest goes into custom_config).
+# Code whose changes must invalidate the TFX cache of the nodes that run it: TFX's cache key holds a
+# node's parameters and inputs, not the source of an imported executor or user function, so a digest
+# of that source goes into the node's parameters. (StrictExampleValidator keeps TFX's own spec, which
+# has no free parameter: after changing its executor, run once with --no-cache.)
+_EXAMPLE_GEN_CODE = ("components/image_example_gen",)
+_CURATOR_CODE = ("components/image_schema_curator",)
 _TRANSFORM_CODE = ("pipelines/preprocessing.py",)
 _TRAINER_CODE = ("trainers", "serving", "components/trainer")
 
@@ -61,7 +65,7 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
                schema_path: Optional[str] = None) -> DataNodes:
     """Ingest, statistics, schema (inferred and curated, or imported from `schema_path`), validation
     that stops the run on anomalies, and the Transform to float images plus the few-label flag."""
-    example_gen = ImageExampleGen(source_info, eval_percent=eval_percent)
+    example_gen = ImageExampleGen(source_info, eval_percent=eval_percent, code_version=code_digest(_EXAMPLE_GEN_CODE))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     curator = None
     if schema_path:
@@ -71,7 +75,8 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
         schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                               infer_feature_shape=True)
         curator = ImageSchemaCurator(schema=schema_gen.outputs["schema"],
-                                     statistics=statistics_gen.outputs["statistics"])
+                                     statistics=statistics_gen.outputs["statistics"],
+                                     code_version=code_digest(_CURATOR_CODE))
         schema = curator.outputs["curated_schema"]
     validator = StrictExampleValidator(statistics=statistics_gen.outputs["statistics"], schema=schema)
     transform = tfx.components.Transform(

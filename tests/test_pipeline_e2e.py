@@ -40,7 +40,7 @@ def test_first_run_executes_every_component_and_pushes_a_savedmodel(sample_run):
 def test_transform_writes_every_split_of_the_sample(sample_run):
     run_dir, _, first = sample_run
     transform = next(n for n in first if n.node == "Transform")
-    examples_uri = next(u for u in transform.outputs if "transformed_examples" in u)
+    examples_uri = transform.outputs["transformed_examples"]
     counts = {}
     for split in ("train", "eval", "test"):
         files = glob.glob(os.path.join(examples_uri, f"Split-{split}", "*"))
@@ -88,7 +88,7 @@ def test_empty_split_stops_the_pipeline(tmp_path, capsys):
 
 def test_wrong_image_size_against_a_given_schema(sample_run, tmp_path, capsys):
     run_dir, _, first = sample_run
-    curated = next(n for n in first if n.node == "ImageSchemaCurator").outputs[0]
+    curated = next(n for n in first if n.node == "ImageSchemaCurator").outputs["curated_schema"]
     schema = os.path.join(curated, "schema.pbtxt")
     x = random_images(300, (8, 8), seed=5)
     source = _npz(tmp_path / "d.npz", x, np.arange(300) % 10, x[:30], np.arange(30) % 10)

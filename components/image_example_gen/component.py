@@ -33,10 +33,11 @@ class ImageExampleGen(FileBasedExampleGen):
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-    def __init__(self, source_info: SourceInfo, eval_percent: int = DEFAULT_EVAL_PERCENT):
+    def __init__(self, source_info: SourceInfo, eval_percent: int = DEFAULT_EVAL_PERCENT, code_version: str = ""):
         """Args:
           source_info: a probed source (sources.probe), which fixes image shape and classes.
           eval_percent: share of train carved into eval when the source has no eval split (1..50).
+          code_version: a digest of the reading code; a new one invalidates the TFX cache.
         """
         if not 1 <= eval_percent <= 50:
             raise ValueError(f"eval_percent={eval_percent}: must be between 1 and 50")
@@ -48,6 +49,7 @@ class ImageExampleGen(FileBasedExampleGen):
             "eval_percent": eval_percent,
             "image_shape": list(source_info.image_shape),
             "class_names": list(source_info.class_names),
+            "code_version": code_version,
         })
         packed = any_pb2.Any()
         packed.Pack(config)

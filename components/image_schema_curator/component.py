@@ -7,13 +7,14 @@ ExampleValidator then checks each split against this curated schema.
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
-from tfx.types.component_spec import ChannelParameter, ComponentSpec
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
 from components.image_schema_curator import executor
 
 
 class ImageSchemaCuratorSpec(ComponentSpec):
-    PARAMETERS = {}
+    # A digest of the curation code: TFX's cache key holds parameters, not the executor's source.
+    PARAMETERS = {"code_version": ExecutionParameter(type=str, optional=True)}
     INPUTS = {
         "schema": ChannelParameter(type=standard_artifacts.Schema),
         "statistics": ChannelParameter(type=standard_artifacts.ExampleStatistics),
@@ -28,7 +29,7 @@ class ImageSchemaCurator(base_component.BaseComponent):
     SPEC_CLASS = ImageSchemaCuratorSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-    def __init__(self, schema: types.BaseChannel, statistics: types.BaseChannel):
+    def __init__(self, schema: types.BaseChannel, statistics: types.BaseChannel, code_version: str = ""):
         super().__init__(spec=ImageSchemaCuratorSpec(
-            schema=schema, statistics=statistics,
+            schema=schema, statistics=statistics, code_version=code_version,
             curated_schema=types.Channel(type=standard_artifacts.Schema)))
