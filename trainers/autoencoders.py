@@ -1,78 +1,283 @@
-"""Autoencoders of chapter 17 (tf_keras): one configurable family.
+"""Autoencoders of chapter 17 (tf_keras), one configurable family.
 
-Variant so far: "stacked" (dense encoder and mirrored decoder, the seed's 784-100-30-100-784).
-The model takes images (B, H, W, C) in [0, 1] and reconstructs them with a sigmoid output.
+    architecture  dense | conv | recurrent          encoder / decoder shape
+    tied_weights  dense only: decoder = transposed encoder kernels (DenseTranspose)
+    greedy        dense only: one shallow AE per layer, then stacked and fine-tuned
+    noise         none | gaussian | dropout          denoising: corrupt the input, reconstruct it clean
+    sparsity      none | l1 | kl                     penalty on the coding layer's activations
+
+The model maps inputs (B, *input_shape) in [0, 1] to reconstructions of the same shape (sigmoid output;
+linear output for the PCA-like linear autoencoder). `anomaly_score` is the per-example reconstruction MSE.
 """
 import dataclasses
-from typing import Tuple
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
-VARIANTS = ("stacked",)
+ARCHITECTURES = ("dense", "conv", "recurrent")
+NOISES = ("none", "gaussian", "dropout")
+SPARSITIES = ("none", "l1", "kl")
 ACTIVATIONS = ("relu", "selu", "elu", "tanh", "sigmoid", "linear")
+OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
+OPTIMIZERS = ("nadam", "adam", "sgd")
+LOSSES = ("mse", "bce")
 PIXEL_RANGE = "unit"
 
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderConfig:
-    """Hyper-parameters of an autoencoder. Defaults are the seed notebook's stacked AE."""
+    """Hyper-parameters of an autoencoder. Defaults are the seed notebook's stacked AE (784-100-30-100-784)."""
 
-    variant: str = "stacked"
-    hidden_units: Tuple[int, ...] = (100, 30)  # encoder widths; the last is the coding size
+    architecture: str = "dense"
+    hidden_units: Tuple[int, ...] = (100, 30)  # dense / recurrent widths; the last is the coding size
+    conv_filters: Tuple[int, ...] = (16, 32, 64)  # conv: each followed by 2x2 max-pooling
+    coding_size: int = 30  # conv: the global-average-pooled code
     activation: str = "relu"
+    output_activation: str = "sigmoid"
+    tied_weights: bool = False
+    greedy: bool = False
+    finetune_epochs: int = 5  # greedy: epochs of the stacked model after the layer-wise phases
+    noise: str = "none"
+    noise_level: float = 0.5  # gaussian: stddev; dropout: rate
+    sparsity: str = "none"
+    sparsity_weight: float = 5e-3  # l1: activity coefficient; kl: weight of the KL term
+    sparsity_target: float = 0.1  # kl: target mean activation of each coding unit
+    loss: str = "mse"
+    optimizer: str = "nadam"
+    learning_rate: float = 1e-3
     epochs: int = 20
     batch_size: int = 32
-    learning_rate: float = 1e-3
     seed: int = 42
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant={self.variant!r}: must be one of {VARIANTS}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r}: must be one of {ACTIVATIONS}")
-        if not self.hidden_units or any(int(u) < 1 for u in self.hidden_units):
-            raise ValueError(f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs}: must be at least 1")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size}: must be at least 1")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate}: must be positive")
+        def check(ok, message):
+            if not ok:
+                raise ValueError(message)
+        for name, allowed in (("architecture", ARCHITECTURES), ("noise", NOISES), ("sparsity", SPARSITIES),
+                              ("activation", ACTIVATIONS), ("output_activation", OUTPUT_ACTIVATIONS),
+                              ("optimizer", OPTIMIZERS), ("loss", LOSSES)):
+            check(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}: must be one of {allowed}")
+        check(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
+              f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
+        check(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
+              f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
+        check(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
+        for name in ("epochs", "batch_size"):
+            check(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be at least 1")
+        check(self.finetune_epochs >= 0, f"finetune_epochs={self.finetune_epochs}: must be >= 0")
+        check(self.learning_rate > 0, f"learning_rate={self.learning_rate}: must be positive")
+        check(self.noise == "none" or 0 < self.noise_level < (1 if self.noise == "dropout" else math.inf),
+              f"noise_level={self.noise_level}: must be > 0 (and < 1 for dropout)")
+        check(self.sparsity_weight >= 0, f"sparsity_weight={self.sparsity_weight}: must be >= 0")
+        check(0 < self.sparsity_target < 1, f"sparsity_target={self.sparsity_target}: must be in (0, 1)")
+        check(not (self.tied_weights or self.greedy) or self.architecture == "dense",
+              "tied_weights and greedy need architecture='dense'")
+        check(self.sparsity != "kl" or self.coding_activation == "sigmoid",
+              "sparsity='kl' needs a sigmoid coding layer: set activation='sigmoid'")
 
-    def check_input(self, image_shape: Tuple[int, int, int]) -> None:
-        """An undercomplete autoencoder's codings must be smaller than its input."""
-        size = image_shape[0] * image_shape[1] * image_shape[2]
-        if self.hidden_units[-1] >= size:
-            raise ValueError(f"coding size {self.hidden_units[-1]} is not smaller than the input "
-                             f"({'x'.join(map(str, image_shape))} = {size} values): nothing forces it to learn")
+    @property
+    def code_units(self) -> int:
+        return self.coding_size if self.architecture == "conv" else int(self.hidden_units[-1])
+
+    @property
+    def coding_activation(self) -> str:
+        # The sparse autoencoders of the chapter use a sigmoid coding layer whatever the other layers use.
+        return "sigmoid" if self.sparsity != "none" else self.activation
+
+    def check_input(self, input_shape: Sequence[int]) -> None:
+        """An undercomplete autoencoder's codings must be smaller than its input (sparse ones may be larger)."""
+        size = math.prod(input_shape)
+        if self.sparsity == "none" and self.code_units >= size:
+            raise ValueError(f"coding size {self.code_units} is not smaller than the input "
+                             f"({'x'.join(map(str, input_shape))} = {size} values): nothing forces it to learn")
+        if self.architecture in ("conv", "recurrent") and len(input_shape) != 3:
+            raise ValueError(f"architecture={self.architecture!r} needs images (H, W, C); got {tuple(input_shape)}")
+
+
+class DenseTranspose(keras.layers.Layer):
+    """A dense layer whose kernel is the transpose of another Dense layer's (tied weights); own bias."""
+
+    def __init__(self, dense: keras.layers.Dense, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.dense, self.activation = dense, keras.activations.get(activation)
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(name="bias", shape=[self.dense.kernel.shape[0]], initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return self.activation(tf.matmul(inputs, self.dense.kernel, transpose_b=True) + self.bias)
+
+
+class KLDivergenceRegularizer(keras.regularizers.Regularizer):
+    """weight * sum_j KL(target || mean activation of unit j over the batch): pushes codings to sparsity."""
+
+    def __init__(self, weight: float, target: float):
+        self.weight, self.target = weight, target
+
+    def __call__(self, codings):
+        mean = tf.clip_by_value(tf.reduce_mean(codings, axis=0), 1e-7, 1 - 1e-7)
+        t = self.target
+        return self.weight * tf.reduce_sum(t * tf.math.log(t / mean) + (1 - t) * tf.math.log((1 - t) / (1 - mean)))
+
+    def get_config(self):
+        return {"weight": self.weight, "target": self.target}
 
 
 class Autoencoder(keras.Model):
-    """encoder: images -> codings (B, coding_size); decoder: codings -> images in [0, 1]."""
+    """encoder: inputs -> codings (B, code_units); decoder: codings -> reconstructions (B, *input_shape)."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.decoder = encoder, decoder
 
-    def call(self, images, training=False):
-        return self.decoder(self.encoder(images, training=training), training=training)
+    def call(self, inputs, training=False):
+        return self.decoder(self.encoder(inputs, training=training), training=training)
 
-    def anomaly_score(self, images: tf.Tensor) -> tf.Tensor:
+    def anomaly_score(self, inputs: tf.Tensor) -> tf.Tensor:
         """Per-example mean squared reconstruction error, (B,)."""
-        error = tf.square(self(images) - images)
-        return tf.reduce_mean(tf.reshape(error, [tf.shape(images)[0], -1]), axis=1)
+        error = tf.square(self(inputs, training=False) - inputs)
+        return tf.reduce_mean(tf.reshape(error, [tf.shape(inputs)[0], -1]), axis=1)
 
 
-def build_autoencoder(config: AutoencoderConfig, image_shape: Tuple[int, int, int]) -> Autoencoder:
-    config.check_input(image_shape)
-    keras.utils.set_random_seed(config.seed)
-    size = image_shape[0] * image_shape[1] * image_shape[2]
-    encoder = keras.Sequential([keras.layers.Input(image_shape), keras.layers.Flatten()] + [
-        keras.layers.Dense(units, activation=config.activation) for units in config.hidden_units], name="encoder")
-    decoder = keras.Sequential([keras.layers.Input((config.hidden_units[-1],))] + [
-        keras.layers.Dense(units, activation=config.activation) for units in reversed(config.hidden_units[:-1])] + [
-        keras.layers.Dense(size, activation="sigmoid"), keras.layers.Reshape(image_shape)], name="decoder")
-    model = Autoencoder(encoder, decoder, name=f"{config.variant}_ae")
-    model.compile(optimizer=keras.optimizers.Nadam(config.learning_rate), loss="mse")
+def _coding_regularizer(config: AutoencoderConfig):
+    if config.sparsity == "l1":
+        return keras.regularizers.L1(config.sparsity_weight)
+    if config.sparsity == "kl":
+        return KLDivergenceRegularizer(config.sparsity_weight, config.sparsity_target)
+    return None
+
+
+def _noise_layers(config: AutoencoderConfig) -> List[keras.layers.Layer]:
+    # Active only in training: the loss compares the reconstruction of a corrupted input with the clean one.
+    if config.noise == "gaussian":
+        return [keras.layers.GaussianNoise(config.noise_level)]
+    if config.noise == "dropout":
+        return [keras.layers.Dropout(config.noise_level)]
+    return []
+
+
+def _dense_layers(config: AutoencoderConfig) -> List[keras.layers.Dense]:
+    units = config.hidden_units
+    return [keras.layers.Dense(u, activation=config.activation if i < len(units) - 1 else config.coding_activation,
+                               activity_regularizer=_coding_regularizer(config) if i == len(units) - 1 else None)
+            for i, u in enumerate(units)]
+
+
+def _dense(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
+    size = math.prod(input_shape)
+    encoder_layers = _dense_layers(config)
+    encoder = keras.Sequential([keras.layers.Input(input_shape), *_noise_layers(config), keras.layers.Flatten(),
+                                *encoder_layers], name="encoder")
+    widths = [size] + list(config.hidden_units[:-1])
+    activations = [config.output_activation] + [config.activation] * (len(widths) - 1)
+    if config.tied_weights:
+        decoder_layers = [DenseTranspose(layer, activation=act)
+                          for layer, act in reversed(list(zip(encoder_layers, activations)))]
+    else:
+        decoder_layers = [keras.layers.Dense(w, activation=act) for w, act in reversed(list(zip(widths, activations)))]
+    decoder = keras.Sequential([keras.layers.Input((config.code_units,)), *decoder_layers,
+                                keras.layers.Reshape(input_shape)], name="decoder")
+    return encoder, decoder
+
+
+def _conv(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
+    height, width, channels = input_shape
+    layers = [keras.layers.Input(input_shape), *_noise_layers(config)]
+    for filters in config.conv_filters:
+        layers += [keras.layers.Conv2D(filters, 3, padding="same", activation=config.activation),
+                   keras.layers.MaxPool2D(2, padding="same")]
+    layers += [keras.layers.Conv2D(config.coding_size, 3, padding="same", activation=config.coding_activation),
+               keras.layers.GlobalAvgPool2D(activity_regularizer=_coding_regularizer(config))]
+    encoder = keras.Sequential(layers, name="encoder")
+    # The decoder upsamples by 2 per encoder stage from ceil(H / 2^n) and crops back to H x W.
+    scale = 2 ** len(config.conv_filters)
+    start_h, start_w = math.ceil(height / scale), math.ceil(width / scale)
+    filters = list(reversed(config.conv_filters))
+    decoder_layers = [keras.layers.Input((config.coding_size,)),
+                      keras.layers.Dense(start_h * start_w * filters[0], activation=config.activation),
+                      keras.layers.Reshape((start_h, start_w, filters[0]))]
+    for f in filters[1:]:
+        decoder_layers.append(keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=config.activation))
+    decoder_layers.append(keras.layers.Conv2DTranspose(channels, 3, strides=2, padding="same",
+                                                       activation=config.output_activation))
+    crop_h, crop_w = start_h * scale - height, start_w * scale - width
+    decoder_layers.append(keras.layers.Cropping2D(((crop_h // 2, crop_h - crop_h // 2),
+                                                   (crop_w // 2, crop_w - crop_w // 2))))
+    return encoder, keras.Sequential(decoder_layers, name="decoder")
+
+
+def _recurrent(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
+    height, width, channels = input_shape
+    units = list(config.hidden_units)
+    # Rows are time steps: a seq-to-vector LSTM encoder, a RepeatVector + LSTM seq-to-seq decoder.
+    encoder = keras.Sequential(
+        [keras.layers.Input(input_shape), *_noise_layers(config), keras.layers.Reshape((height, width * channels))]
+        + [keras.layers.LSTM(u, return_sequences=True) for u in units[:-1]]
+        + [keras.layers.LSTM(units[-1], activation=config.coding_activation if config.sparsity != "none" else "tanh",
+                             activity_regularizer=_coding_regularizer(config))], name="encoder")
+    decoder = keras.Sequential(
+        [keras.layers.Input((units[-1],)), keras.layers.RepeatVector(height)]
+        + [keras.layers.LSTM(u, return_sequences=True) for u in reversed(units[:-1] or units)]
+        + [keras.layers.TimeDistributed(keras.layers.Dense(width * channels, activation=config.output_activation)),
+           keras.layers.Reshape(input_shape)], name="decoder")
+    return encoder, decoder
+
+
+def _compile(model: keras.Model, config: AutoencoderConfig) -> keras.Model:
+    optimizer = {"nadam": keras.optimizers.Nadam, "adam": keras.optimizers.Adam,
+                 "sgd": keras.optimizers.SGD}[config.optimizer](config.learning_rate)
+    loss = "mse" if config.loss == "mse" else keras.losses.BinaryCrossentropy()
+    model.compile(optimizer=optimizer, loss=loss)
     return model
+
+
+def build_autoencoder(config: AutoencoderConfig, input_shape: Sequence[int]) -> Autoencoder:
+    """A compiled autoencoder for inputs of `input_shape` (e.g. (28, 28, 1), or (3,) for the toy set)."""
+    input_shape = tuple(int(d) for d in input_shape)
+    config.check_input(input_shape)
+    keras.utils.set_random_seed(config.seed)
+    build = {"dense": _dense, "conv": _conv, "recurrent": _recurrent}[config.architecture]
+    encoder, decoder = build(config, input_shape)
+    model = Autoencoder(encoder, decoder, name=f"{config.architecture}_autoencoder")
+    model.build((None, *input_shape))
+    return _compile(model, config)
+
+
+def _greedy_pretrain(model: Autoencoder, config: AutoencoderConfig, inputs: tf.data.Dataset,
+                     callbacks) -> Dict[str, List[float]]:
+    """Trains one shallow autoencoder per encoder layer, each on the codings of the ones before, copying
+    its weights into the stacked model (the chapter's greedy layer-wise training)."""
+    dense_encoders = [l for l in model.encoder.layers if isinstance(l, keras.layers.Dense)]
+    dense_decoders = [l for l in model.decoder.layers if isinstance(l, (keras.layers.Dense, DenseTranspose))][::-1]
+    history: Dict[str, List[float]] = {}
+    features = inputs.map(lambda x, _: tf.reshape(x, [tf.shape(x)[0], -1]))
+    for depth, (enc, dec) in enumerate(zip(dense_encoders, dense_decoders)):
+        shallow = keras.Sequential([keras.layers.Input((features.element_spec.shape[-1],)), enc, dec])
+        _compile(shallow, config)
+        phase = shallow.fit(features.map(lambda x: (x, x)), epochs=config.epochs, verbose=2, callbacks=callbacks)
+        history[f"greedy_layer{depth + 1}_loss"] = phase.history["loss"]
+        features = features.map(lambda x, layer=enc: layer(x))
+    return history
+
+
+def train(config: AutoencoderConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
+          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[Autoencoder, Dict[str, List[float]]]:
+    """Builds and trains an autoencoder on batches of inputs; returns it and its per-epoch history.
+
+    train_data / eval_data yield input batches (B, *input_shape); targets are the inputs themselves.
+    """
+    model = build_autoencoder(config, input_shape)
+    pairs = lambda ds: ds.map(lambda x: (x, x)) if ds is not None else None
+    history: Dict[str, List[float]] = {}
+    epochs = config.epochs
+    if config.greedy:
+        history.update(_greedy_pretrain(model, config, pairs(train_data), callbacks))
+        epochs = config.finetune_epochs
+    if epochs:
+        fit = model.fit(pairs(train_data), validation_data=pairs(eval_data), epochs=epochs, verbose=2,
+                        callbacks=callbacks)
+        history.update(fit.history)
+    return model, {k: [float(v) for v in values] for k, values in history.items()}

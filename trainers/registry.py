@@ -11,12 +11,26 @@ class ModelEntry:
     config_class: Type
     preset: Mapping[str, Any]
     pixel_range: str  # what the Transform scales images to: "unit" [0, 1] or "symmetric" [-1, 1]
-    build: Callable
+    train: Callable  # (config, input_shape, train_data, eval_data, callbacks) -> (model, history)
 
 
+def _autoencoder(**preset) -> ModelEntry:
+    return ModelEntry("autoencoder", autoencoders.AutoencoderConfig, preset, autoencoders.PIXEL_RANGE,
+                      autoencoders.train)
+
+
+# Presets follow the seed notebook's architectures (../shared/seeds/NOTEBOOK-17.md).
 MODELS: Dict[str, ModelEntry] = {
-    "stacked_ae": ModelEntry("autoencoder", autoencoders.AutoencoderConfig, {"variant": "stacked"},
-                             autoencoders.PIXEL_RANGE, autoencoders.build_autoencoder),
+    "linear_ae": _autoencoder(hidden_units=(30,), activation="linear", output_activation="linear"),
+    "stacked_ae": _autoencoder(),
+    "tied_ae": _autoencoder(tied_weights=True, epochs=10),
+    "greedy_ae": _autoencoder(greedy=True, epochs=10, finetune_epochs=5),
+    "conv_ae": _autoencoder(architecture="conv", epochs=10),
+    "recurrent_ae": _autoencoder(architecture="recurrent", epochs=10),
+    "denoising_ae": _autoencoder(noise="dropout", noise_level=0.5, epochs=10),
+    "sparse_l1_ae": _autoencoder(hidden_units=(100, 300), sparsity="l1", sparsity_weight=1e-4, epochs=10),
+    "sparse_kl_ae": _autoencoder(hidden_units=(100, 300), sparsity="kl", sparsity_weight=5e-3,
+                                 sparsity_target=0.1, epochs=10),
 }
 
 
@@ -34,6 +48,7 @@ def make_config(name: str, overrides: Mapping[str, Any]):
     if unknown:
         raise ValueError(f"{name} has no setting(s) {unknown}; it has: {', '.join(sorted(fields))}")
     values = {**entry.preset, **{k: v for k, v in overrides.items() if v is not None}}
-    if "hidden_units" in values:
-        values["hidden_units"] = tuple(values["hidden_units"])
+    for key in ("hidden_units", "conv_filters"):
+        if key in values:
+            values[key] = tuple(values[key])
     return entry.config_class(**values)

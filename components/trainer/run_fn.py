@@ -23,16 +23,13 @@ def run_fn(fn_args: FnArgs) -> None:
     image_shape = tuple(int(d) for d in custom["image_shape"])
     feature_spec = tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()
 
-    to_pairs = lambda batch: (batch["image"], batch["image"])
-    train = data.image_dataset(fn_args.train_files, feature_spec, config.batch_size, seed=config.seed).map(to_pairs)
-    evaluation = data.image_dataset(fn_args.eval_files, feature_spec, config.batch_size, shuffle=False).map(to_pairs)
+    images = lambda batch: batch["image"]
+    train = data.image_dataset(fn_args.train_files, feature_spec, config.batch_size, seed=config.seed).map(images)
+    evaluation = data.image_dataset(fn_args.eval_files, feature_spec, config.batch_size, shuffle=False).map(images)
 
-    model = entry.build(config, image_shape)
     logging.info("training %s for %d epochs", custom["model"], config.epochs)
-    history = model.fit(train, validation_data=evaluation, epochs=config.epochs, verbose=2)
-    metrics = {name: [float(v) for v in values] for name, values in history.history.items()}
-
-    export.export_autoencoder(model, image_shape, config.hidden_units[-1], fn_args.serving_model_dir)
+    model, metrics = entry.train(config, image_shape, train, evaluation)
+    export.export_autoencoder(model, image_shape, config.code_units, fn_args.serving_model_dir)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
         json.dump({"model": custom["model"], "config": custom["config"], "history": metrics}, f, indent=1)
