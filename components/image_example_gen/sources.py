@@ -12,7 +12,6 @@ A record is `(image, label)`: image uint8 (H, W, C), label int (-1 when the sour
 import dataclasses
 import glob
 import gzip
-import io
 import os
 import socket
 import struct
