@@ -91,7 +91,9 @@ def _configure_logs(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     absl_logger = logging.getLogger("absl")
     absl_logger.setLevel(logging.INFO)
-    absl_logger.addFilter(_ProgressOnly())
+    # main() may run several times in one process (tests, notebooks): one filter is enough.
+    if not any(isinstance(f, _ProgressOnly) for f in absl_logger.filters):
+        absl_logger.addFilter(_ProgressOnly())
 
 
 def _probe(args):

@@ -81,8 +81,7 @@ class Executor(BaseExampleGenExecutor):
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _ReadSourceSplit
 
-    def _source_info(self, exec_properties: Dict[str, Any]) -> sources.SourceInfo:
-        config = read_custom_config(exec_properties)
+    def _source_info(self, config: Dict[str, Any]) -> sources.SourceInfo:
         spec = sources.parse_source(config["source"], config["data_dir"] or None, config["manual_dir"] or None)
         info = sources.probe(spec)
         expected = tuple(int(d) for d in config["image_shape"])
@@ -96,8 +95,9 @@ class Executor(BaseExampleGenExecutor):
                                exec_properties: Dict[str, Any]) -> Dict[str, beam.PCollection]:
         """Reads each source split once. Without an eval split of its own, a content hash partitions
         what is read from train into train and eval."""
-        info = self._source_info(exec_properties)
-        eval_percent = int(read_custom_config(exec_properties)["eval_percent"])
+        config = read_custom_config(exec_properties)
+        info = self._source_info(config)
+        eval_percent = int(config["eval_percent"])
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         carve_eval = not any(s.name == "eval" for s in info.splits)
