@@ -52,3 +52,11 @@ def mnist_dir():
         pytest.skip(f"real MNIST not found in {MNIST_DIR} (set LATENTFORGE_MNIST_DIR to the folder with the "
                     "four IDX .gz files)")
     return MNIST_DIR
+
+
+def sample_digits(n: int) -> np.ndarray:
+    """The first n real MNIST training digits of the bundled sample, (n, 28, 28, 1) float32 in [0, 1]."""
+    from components.image_example_gen import sources
+    info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
+    images = [record[0] for _, record in zip(range(n), sources.read_split(info, "train"))]
+    return np.stack(images).astype(np.float32) / 255.0

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 from scipy.linalg import subspace_angles
 
+from tests.conftest import sample_digits
 from trainers import autoencoders, registry
 from trainers.autoencoders import AutoencoderConfig
 
@@ -11,10 +12,7 @@ from trainers.autoencoders import AutoencoderConfig
 @pytest.fixture(scope="module")
 def digits():
     """400 real MNIST digits from the bundled sample, in [0, 1], as a batched dataset and an array."""
-    from components.image_example_gen import sources
-    from tests.conftest import SAMPLE_DIR
-    info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
-    images = np.stack([r[0] for r in sources.read_split(info, "train")][:400]).astype(np.float32) / 255.0
+    images = sample_digits(400)
     return images, tf.data.Dataset.from_tensor_slices(images).batch(32)
 
 

@@ -16,18 +16,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers.common import TrainingConfig, history_floats, make_optimizer, require, require_choice, upsampling_plan
+
 ARCHITECTURES = ("dense", "conv", "recurrent")
 NOISES = ("none", "gaussian", "dropout")
 SPARSITIES = ("none", "l1", "kl")
 ACTIVATIONS = ("relu", "selu", "elu", "tanh", "sigmoid", "linear")
 OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
-OPTIMIZERS = ("nadam", "adam", "sgd")
 LOSSES = ("mse", "bce")
 PIXEL_RANGE = "unit"
 
 
 @dataclasses.dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(TrainingConfig):
     """Hyper-parameters of an autoencoder. Defaults are the seed notebook's stacked AE (784-100-30-100-784)."""
 
     architecture: str = "dense"
@@ -45,36 +46,29 @@ class AutoencoderConfig:
     sparsity_weight: float = 5e-3  # l1: activity coefficient; kl: weight of the KL term
     sparsity_target: float = 0.1  # kl: target mean activation of each coding unit
     loss: str = "mse"
-    optimizer: str = "nadam"
-    learning_rate: float = 1e-3
-    epochs: int = 20
-    batch_size: int = 32
-    seed: int = 42
+    # A small dense step is dominated by per-step overhead: run many per graph call, XLA-fused.
+    steps_per_execution: int = 50
+    jit_compile: bool = True
 
     def __post_init__(self):
-        def check(ok, message):
-            if not ok:
-                raise ValueError(message)
+        super().__post_init__()
         for name, allowed in (("architecture", ARCHITECTURES), ("noise", NOISES), ("sparsity", SPARSITIES),
                               ("activation", ACTIVATIONS), ("output_activation", OUTPUT_ACTIVATIONS),
-                              ("optimizer", OPTIMIZERS), ("loss", LOSSES)):
-            check(getattr(self, name) in allowed, f"{name}={getattr(self, name)!r}: must be one of {allowed}")
-        check(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
+                              ("loss", LOSSES)):
+            require_choice(self, name, allowed)
+        require(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
               f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
-        check(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
+        require(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
               f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
-        check(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
-        for name in ("epochs", "batch_size"):
-            check(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be at least 1")
-        check(self.finetune_epochs >= 0, f"finetune_epochs={self.finetune_epochs}: must be >= 0")
-        check(self.learning_rate > 0, f"learning_rate={self.learning_rate}: must be positive")
-        check(self.noise == "none" or 0 < self.noise_level < (1 if self.noise == "dropout" else math.inf),
+        require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
+        require(self.finetune_epochs >= 0, f"finetune_epochs={self.finetune_epochs}: must be >= 0")
+        require(self.noise == "none" or 0 < self.noise_level < (1 if self.noise == "dropout" else math.inf),
               f"noise_level={self.noise_level}: must be > 0 (and < 1 for dropout)")
-        check(self.sparsity_weight >= 0, f"sparsity_weight={self.sparsity_weight}: must be >= 0")
-        check(0 < self.sparsity_target < 1, f"sparsity_target={self.sparsity_target}: must be in (0, 1)")
-        check(not (self.tied_weights or self.greedy) or self.architecture == "dense",
+        require(self.sparsity_weight >= 0, f"sparsity_weight={self.sparsity_weight}: must be >= 0")
+        require(0 < self.sparsity_target < 1, f"sparsity_target={self.sparsity_target}: must be in (0, 1)")
+        require(not (self.tied_weights or self.greedy) or self.architecture == "dense",
               "tied_weights and greedy need architecture='dense'")
-        check(self.sparsity != "kl" or self.coding_activation == "sigmoid",
+        require(self.sparsity != "kl" or self.coding_activation == "sigmoid",
               "sparsity='kl' needs a sigmoid coding layer: set activation='sigmoid'")
 
     @property
@@ -193,8 +187,7 @@ def _conv(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, keras.Mo
                keras.layers.GlobalAvgPool2D(activity_regularizer=_coding_regularizer(config))]
     encoder = keras.Sequential(layers, name="encoder")
     # The decoder upsamples by 2 per encoder stage from ceil(H / 2^n) and crops back to H x W.
-    scale = 2 ** len(config.conv_filters)
-    start_h, start_w = math.ceil(height / scale), math.ceil(width / scale)
+    start_h, start_w, cropping = upsampling_plan(height, width, len(config.conv_filters))
     filters = list(reversed(config.conv_filters))
     decoder_layers = [keras.layers.Input((config.coding_size,)),
                       keras.layers.Dense(start_h * start_w * filters[0], activation=config.activation),
@@ -203,9 +196,7 @@ def _conv(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, keras.Mo
         decoder_layers.append(keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=config.activation))
     decoder_layers.append(keras.layers.Conv2DTranspose(channels, 3, strides=2, padding="same",
                                                        activation=config.output_activation))
-    crop_h, crop_w = start_h * scale - height, start_w * scale - width
-    decoder_layers.append(keras.layers.Cropping2D(((crop_h // 2, crop_h - crop_h // 2),
-                                                   (crop_w // 2, crop_w - crop_w // 2))))
+    decoder_layers.append(keras.layers.Cropping2D(cropping))
     return encoder, keras.Sequential(decoder_layers, name="decoder")
 
 
@@ -227,10 +218,9 @@ def _recurrent(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, ker
 
 
 def _compile(model: keras.Model, config: AutoencoderConfig) -> keras.Model:
-    optimizer = {"nadam": keras.optimizers.Nadam, "adam": keras.optimizers.Adam,
-                 "sgd": keras.optimizers.SGD}[config.optimizer](config.learning_rate)
     loss = "mse" if config.loss == "mse" else keras.losses.BinaryCrossentropy()
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=make_optimizer(config), loss=loss, steps_per_execution=config.steps_per_execution,
+                  jit_compile=config.jit_compile)
     return model
 
 
@@ -280,4 +270,4 @@ def train(config: AutoencoderConfig, input_shape: Sequence[int], train_data: tf.
         fit = model.fit(pairs(train_data), validation_data=pairs(eval_data), epochs=epochs, verbose=2,
                         callbacks=callbacks)
         history.update(fit.history)
-    return model, {k: [float(v) for v in values] for k, values in history.items()}
+    return model, history_floats(history)

@@ -1,0 +1,133 @@
+"""What every model family shares: config checks, optimisers, distribution-safe losses, divergence detection.
+
+Nothing here knows TFX, Ray or MLflow. Losses follow tf.distribute's rule so that the same train_step is right
+with one device and under MultiWorkerMirroredStrategy: each replica's loss is the sum of its per-example
+losses divided by the *global* batch size (tf.nn.compute_average_loss), because the optimizer sums gradients
+across replicas.
+"""
+import dataclasses
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+
+OPTIMIZERS = ("nadam", "adam", "rmsprop", "sgd")
+
+
+def require(ok: bool, message: str) -> None:
+    """Raises ValueError(message) unless ok: config checks read as a list of rules."""
+    if not ok:
+        raise ValueError(message)
+
+
+def require_choice(config, name: str, allowed: Sequence[str]) -> None:
+    value = getattr(config, name)
+    require(value in allowed, f"{name}={value!r}: must be one of {tuple(allowed)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Settings every family has. Subclasses redeclare a field to change its default.
+
+    steps_per_execution runs that many train steps per call into the graph (fewer Python round trips);
+    jit_compile asks XLA to fuse each step (Keras falls back when an op has no XLA kernel).
+    """
+
+    optimizer: str = "nadam"
+    learning_rate: float = 1e-3
+    beta_1: float = 0.9  # Adam/Nadam first-moment decay (GANs use 0.5)
+    epochs: int = 20
+    batch_size: int = 32
+    seed: int = 42
+    steps_per_execution: int = 1
+    jit_compile: bool = False
+
+    def __post_init__(self):
+        require_choice(self, "optimizer", OPTIMIZERS)
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            require(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be at least 1")
+        require(self.learning_rate > 0, f"learning_rate={self.learning_rate}: must be positive")
+        require(0 <= self.beta_1 < 1, f"beta_1={self.beta_1}: must be in [0, 1)")
+
+
+def make_optimizer(config: TrainingConfig, learning_rate: Optional[float] = None) -> keras.optimizers.Optimizer:
+    rate = config.learning_rate if learning_rate is None else learning_rate
+    if config.optimizer == "nadam":
+        return keras.optimizers.Nadam(rate, beta_1=config.beta_1)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(rate, beta_1=config.beta_1)
+    if config.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(rate)
+    return keras.optimizers.SGD(rate)
+
+
+def average_loss(per_example: tf.Tensor, model: Optional[keras.Model] = None) -> tf.Tensor:
+    """The replica's share of the global mean loss, plus its share of `model.losses` (regularisers)."""
+    loss = tf.nn.compute_average_loss(per_example)
+    if model is not None and model.losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+    return loss
+
+
+def per_example_sum(values: tf.Tensor) -> tf.Tensor:
+    """(B, ...) -> (B,): sums everything but the batch axis."""
+    return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+
+
+def per_example_mean(values: tf.Tensor) -> tf.Tensor:
+    """(B, ...) -> (B,): averages everything but the batch axis."""
+    return tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+
+
+def upsampling_plan(height: int, width: int, stages: int) -> Tuple[int, int, Tuple[Tuple[int, int], Tuple[int, int]]]:
+    """Decoders that double the size `stages` times start at ceil(H / 2^n) x ceil(W / 2^n) and crop back.
+
+    Returns (start_height, start_width, cropping for keras.layers.Cropping2D).
+    """
+    scale = 2 ** stages
+    start_h, start_w = math.ceil(height / scale), math.ceil(width / scale)
+    crop_h, crop_w = start_h * scale - height, start_w * scale - width
+    return start_h, start_w, ((crop_h // 2, crop_h - crop_h // 2), (crop_w // 2, crop_w - crop_w // 2))
+
+
+def history_floats(history: Dict[str, Iterable]) -> Dict[str, List[float]]:
+    return {k: [float(v) for v in values] for k, values in history.items()}
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because it diverged; `step` is the global train step (1-based) where it was seen."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"training diverged at step {step}: {reason}. Lower the learning rate, or (GANs) try "
+                         "label_smoothing, spectral_norm or loss='wgan_gp'.")
+        self.step, self.reason = step, reason
+
+
+class DivergenceMonitor(keras.callbacks.Callback):
+    """Raises TrainingDiverged when a watched log value is NaN/Inf, or when `wins(logs)` is true for
+    `patience` consecutive steps (a GAN discriminator that wins outright gives its generator no gradient).
+
+    The train step returns per-step values for the keys watched here (not epoch means), so a single bad step
+    is seen at the step it happens.
+    """
+
+    def __init__(self, keys: Sequence[str], wins=None, patience: int = 0):
+        super().__init__()
+        self.keys, self.wins, self.patience = tuple(keys), wins, patience
+        self.epoch_start_step, self.streak = 0, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start_step = self.last_step if hasattr(self, "last_step") else 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self.last_step = step = self.epoch_start_step + batch + 1
+        for key in self.keys:
+            if key in logs and not math.isfinite(float(logs[key])):
+                raise TrainingDiverged(step, f"{key} is {float(logs[key])}")
+        if self.wins is not None and self.patience > 0:
+            self.streak = self.streak + 1 if self.wins(logs) else 0
+            if self.streak >= self.patience:
+                raise TrainingDiverged(step, f"the discriminator won outright for {self.streak} consecutive steps "
+                                             f"({', '.join(f'{k}={float(v):.4f}' for k, v in sorted(logs.items()))})")

@@ -1,0 +1,188 @@
+"""Variational autoencoder (chapter 17): Gaussian encoder, reparameterised sampling, reconstruction + beta*KL.
+
+    architecture  dense | conv
+    reconstruction  bce: Bernoulli likelihood, so `neg_elbo` is -ELBO in nats per image
+                    mse: sum of squared errors (the notebook's MSE + KL/784 loss, times 784)
+
+Images are in [0, 1]. The decoder emits logits; `decode` applies the sigmoid.
+"""
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+
+from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_sum, require,
+                             require_choice, upsampling_plan)
+
+PIXEL_RANGE = "unit"
+ARCHITECTURES = ("dense", "conv")
+RECONSTRUCTIONS = ("bce", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig(TrainingConfig):
+    """Defaults are the notebook's VAE: 784-150-100 -> 10-d codings, SELU, batch 128, 25 epochs."""
+
+    architecture: str = "dense"
+    hidden_units: Tuple[int, ...] = (150, 100)
+    conv_filters: Tuple[int, ...] = (32, 64)  # conv: stride-2 convolutions
+    coding_size: int = 10
+    activation: str = "selu"
+    beta: float = 1.0  # weight of the KL term (beta-VAE)
+    reconstruction: str = "bce"
+    epochs: int = 25
+    batch_size: int = 128
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_choice(self, "architecture", ARCHITECTURES)
+        require_choice(self, "reconstruction", RECONSTRUCTIONS)
+        require(self.activation in ("relu", "selu", "elu", "tanh", "swish"),
+                f"activation={self.activation!r}: must be one of ('relu', 'selu', 'elu', 'tanh', 'swish')")
+        require(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
+                f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
+        require(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
+                f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
+        require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
+        require(self.beta >= 0, f"beta={self.beta}: must be >= 0")
+
+    @property
+    def code_units(self) -> int:
+        return self.coding_size
+
+    def check_input(self, input_shape: Sequence[int]) -> None:
+        size = math.prod(input_shape)
+        require(self.coding_size < size, f"coding size {self.coding_size} is not smaller than the input "
+                                         f"({'x'.join(map(str, input_shape))} = {size} values)")
+        require(self.architecture != "conv" or len(input_shape) == 3,
+                f"architecture='conv' needs images (H, W, C); got {tuple(input_shape)}")
+
+
+class VAE(keras.Model):
+    """encoder: x (B, H, W, C) -> [mean, log_var] (B, K) each; decoder: z (B, K) -> logits (B, H, W, C)."""
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0, reconstruction: str = "bce",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.encoder, self.decoder = encoder, decoder
+        self.beta, self.reconstruction = beta, reconstruction
+        self.coding_size = int(decoder.inputs[0].shape[-1])
+        names = ("loss", "reconstruction_loss", "kl_loss", "neg_elbo")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    @property
+    def feature_encoder(self) -> keras.Model:
+        """x -> codings mean (B, K): the encoder a downstream classifier reuses."""
+        return keras.Model(self.encoder.inputs, self.encoder.outputs[0], name="vae_mean_encoder")
+
+    def decode(self, codings: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return tf.sigmoid(self.decoder(codings, training=training))
+
+    def call(self, inputs, training=False):
+        """Reconstruction through the codings' mean (no sampling): (B, H, W, C) in [0, 1]."""
+        mean, _ = self.encoder(inputs, training=training)
+        return self.decode(mean, training=training)
+
+    def per_example_losses(self, images: tf.Tensor, training: bool) -> Tuple[tf.Tensor, tf.Tensor]:
+        """(reconstruction, KL) per example, each (B,), for one reparameterised sample of the codings."""
+        mean, log_var = self.encoder(images, training=training)
+        # Reparameterisation: z = mean + sigma * eps keeps the sample differentiable in mean and log_var.
+        codings = mean + tf.exp(0.5 * log_var) * tf.random.normal(tf.shape(mean))
+        logits = self.decoder(codings, training=training)
+        if self.reconstruction == "bce":
+            reconstruction = per_example_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits))
+        else:
+            reconstruction = per_example_sum(tf.square(images - tf.sigmoid(logits)))
+        kl = -0.5 * tf.reduce_sum(1.0 + log_var - tf.square(mean) - tf.exp(log_var), axis=1)
+        return reconstruction, kl
+
+    def _update(self, reconstruction, kl):
+        objective = reconstruction + self.beta * kl
+        for name, value in (("loss", objective), ("reconstruction_loss", reconstruction), ("kl_loss", kl),
+                            ("neg_elbo", reconstruction + kl)):
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, images):
+        # 1. One sample of the codings per image; the objective is reconstruction + beta * KL.
+        with tf.GradientTape() as tape:
+            reconstruction, kl = self.per_example_losses(images, training=True)
+            loss = average_loss(reconstruction + self.beta * kl, self)
+        # 2. Step the encoder and decoder together.
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, self.trainable_variables), self.trainable_variables))
+        return self._update(reconstruction, kl)
+
+    def test_step(self, images):
+        return self._update(*self.per_example_losses(images, training=False))
+
+    def sample(self, n: int, seed: int = 0) -> tf.Tensor:
+        """n images (n, H, W, C) in [0, 1] decoded from codings drawn from N(0, I); the same seed, the same images."""
+        codings = tf.random.stateless_normal([n, self.coding_size], seed=[seed, 0])
+        return self.decode(codings)
+
+    def interpolate(self, start: tf.Tensor, end: tf.Tensor, steps: int) -> tf.Tensor:
+        """`steps` images (steps, H, W, C) decoded along the line between two images' coding means."""
+        means, _ = self.encoder(tf.stack([start, end]), training=False)
+        weights = tf.linspace(0.0, 1.0, steps)[:, None]
+        return self.decode((1.0 - weights) * means[0:1] + weights * means[1:2])
+
+
+def _dense(config: VAEConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
+    inputs = keras.layers.Input(input_shape)
+    x = keras.layers.Flatten()(inputs)
+    for units in config.hidden_units:
+        x = keras.layers.Dense(units, activation=config.activation)(x)
+    encoder = keras.Model(inputs, [keras.layers.Dense(config.coding_size, name="mean")(x),
+                                   keras.layers.Dense(config.coding_size, name="log_var")(x)], name="encoder")
+    decoder = keras.Sequential(
+        [keras.layers.Input((config.coding_size,))]
+        + [keras.layers.Dense(units, activation=config.activation) for units in reversed(config.hidden_units)]
+        + [keras.layers.Dense(math.prod(input_shape)), keras.layers.Reshape(input_shape)], name="decoder")
+    return encoder, decoder
+
+
+def _conv(config: VAEConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
+    height, width, channels = input_shape
+    inputs = keras.layers.Input(input_shape)
+    x = inputs
+    for filters in config.conv_filters:
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation=config.activation)(x)
+    x = keras.layers.Dense(config.hidden_units[-1], activation=config.activation)(keras.layers.Flatten()(x))
+    encoder = keras.Model(inputs, [keras.layers.Dense(config.coding_size, name="mean")(x),
+                                   keras.layers.Dense(config.coding_size, name="log_var")(x)], name="encoder")
+    start_h, start_w, cropping = upsampling_plan(height, width, len(config.conv_filters))
+    filters = list(reversed(config.conv_filters))
+    layers = [keras.layers.Input((config.coding_size,)),
+              keras.layers.Dense(start_h * start_w * filters[0], activation=config.activation),
+              keras.layers.Reshape((start_h, start_w, filters[0]))]
+    layers += [keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=config.activation)
+               for f in filters]
+    layers += [keras.layers.Conv2D(channels, 3, padding="same"), keras.layers.Cropping2D(cropping)]
+    return encoder, keras.Sequential(layers, name="decoder")
+
+
+def build_vae(config: VAEConfig, input_shape: Sequence[int]) -> VAE:
+    input_shape = tuple(int(d) for d in input_shape)
+    config.check_input(input_shape)
+    keras.utils.set_random_seed(config.seed)
+    encoder, decoder = {"dense": _dense, "conv": _conv}[config.architecture](config, input_shape)
+    model = VAE(encoder, decoder, beta=config.beta, reconstruction=config.reconstruction,
+                name=f"{config.architecture}_vae")
+    model.build((None, *input_shape))
+    model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
+                  jit_compile=config.jit_compile)
+    return model
+
+
+def train(config: VAEConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
+          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[VAE, Dict[str, List[float]]]:
+    """Trains a VAE on batches of images (B, H, W, C) in [0, 1]; returns it and its per-epoch history."""
+    model = build_vae(config, input_shape)
+    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, verbose=2, callbacks=callbacks)
+    return model, history_floats(history.history)
