@@ -1,0 +1,236 @@
+"""GANs of chapter 17: the dense GAN (two-phase training), DCGAN and WGAN-GP.
+
+    architecture  dense | dcgan
+    loss          bce: the original GAN game (discriminator outputs a logit)
+                  wgan_gp: Wasserstein critic with gradient penalty, `critic_steps` critic updates per G update
+    label_smoothing  one-sided: real images are labelled 1 - s for the discriminator
+    spectral_norm    wraps the discriminator's kernels in spectral normalisation
+
+Images are in [-1, 1] (tanh output, DCGAN's guideline). Divergence (NaN/Inf losses, or a discriminator that wins
+outright for `max_discriminator_wins` consecutive steps) raises trainers.common.TrainingDiverged with the step.
+"""
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+
+from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, history_floats, make_optimizer,
+                             per_example_sum, require, require_choice, upsampling_plan)
+
+PIXEL_RANGE = "symmetric"
+ARCHITECTURES = ("dense", "dcgan")
+LOSSES = ("bce", "wgan_gp")
+# A discriminator "wins outright" when it scores real images above 1 - WIN_MARGIN and fakes below WIN_MARGIN.
+WIN_MARGIN = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class GANConfig(TrainingConfig):
+    """Defaults are the notebook's dense GAN: G 30-100-150-784, D 784-150-100-1, SELU, RMSprop, batch 32."""
+
+    architecture: str = "dense"
+    loss: str = "bce"
+    coding_size: int = 30
+    hidden_units: Tuple[int, ...] = (100, 150)  # dense G widths; D uses them reversed
+    conv_filters: Tuple[int, ...] = (64, 128)  # dcgan D widths (stride 2 each); G uses them reversed
+    activation: str = "selu"  # dense layers and G's transposed convolutions
+    dropout: float = 0.4  # dcgan D
+    label_smoothing: float = 0.0
+    spectral_norm: bool = False
+    critic_steps: int = 1
+    gradient_penalty: float = 10.0
+    discriminator_learning_rate: Optional[float] = None  # None: learning_rate
+    max_discriminator_wins: int = 500  # consecutive steps; 0: never stop for it
+    optimizer: str = "rmsprop"
+    epochs: int = 50
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_choice(self, "architecture", ARCHITECTURES)
+        require_choice(self, "loss", LOSSES)
+        require(self.activation in ("relu", "selu", "elu", "tanh", "leaky_relu"),
+                f"activation={self.activation!r}: must be one of ('relu', 'selu', 'elu', 'tanh', 'leaky_relu')")
+        require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
+        require(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
+                f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
+        require(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
+                f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
+        require(0 <= self.dropout < 1, f"dropout={self.dropout}: must be in [0, 1)")
+        require(0 <= self.label_smoothing < 0.5, f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
+        require(self.critic_steps >= 1, f"critic_steps={self.critic_steps}: must be at least 1")
+        require(self.gradient_penalty >= 0, f"gradient_penalty={self.gradient_penalty}: must be >= 0")
+        require(self.discriminator_learning_rate is None or self.discriminator_learning_rate > 0,
+                f"discriminator_learning_rate={self.discriminator_learning_rate}: must be positive")
+        require(self.max_discriminator_wins >= 0, f"max_discriminator_wins={self.max_discriminator_wins}: must be >= 0")
+        require(self.loss != "wgan_gp" or self.label_smoothing == 0,
+                "label_smoothing applies to loss='bce' only: a Wasserstein critic has no labels")
+
+    @property
+    def code_units(self) -> int:
+        return self.coding_size
+
+    def check_input(self, input_shape: Sequence[int]) -> None:
+        require(self.architecture != "dcgan" or len(input_shape) == 3,
+                f"architecture='dcgan' needs images (H, W, C); got {tuple(input_shape)}")
+
+
+class GAN(keras.Model):
+    """generator: codings (B, K) -> images (B, H, W, C) in [-1, 1]; discriminator: images -> (B, 1) logit/score."""
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, loss: str = "bce",
+                 label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0, **kwargs):
+        super().__init__(**kwargs)
+        self.generator, self.discriminator = generator, discriminator
+        self.loss_kind, self.label_smoothing = loss, label_smoothing
+        self.critic_steps, self.gradient_penalty = critic_steps, gradient_penalty
+        self.coding_size = int(generator.inputs[0].shape[-1])
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss")}
+
+    def compile(self, d_optimizer, g_optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, codings, training=False):
+        return self.generator(codings, training=training)
+
+    def generate(self, n: int, seed: int = 0) -> tf.Tensor:
+        """n images (n, H, W, C) in [-1, 1] from codings drawn from N(0, I); the same seed, the same images."""
+        return self.generator(tf.random.stateless_normal([n, self.coding_size], seed=[seed, 0]), training=False)
+
+    def _codings(self, batch_size):
+        return tf.random.normal([batch_size, self.coding_size])
+
+    def _discriminator_step(self, real):
+        """Returns per-example D losses (B,) and the per-step mean D probabilities on real and fake images."""
+        fake = self.generator(self._codings(tf.shape(real)[0]), training=True)
+        with tf.GradientTape() as tape:
+            real_logits = self.discriminator(real, training=True)[:, 0]
+            fake_logits = self.discriminator(fake, training=True)[:, 0]
+            if self.loss_kind == "bce":
+                # The notebook's phase 1: one batch of fakes and reals, so the mean over both halves.
+                targets = tf.fill(tf.shape(real_logits), 1.0 - self.label_smoothing)
+                per_example = 0.5 * (tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=real_logits)
+                                     + tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(fake_logits),
+                                                                               logits=fake_logits))
+            else:
+                per_example = fake_logits - real_logits + self.gradient_penalty * self._penalty(real, fake)
+            loss = average_loss(per_example, self.discriminator)
+        variables = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return per_example, tf.reduce_mean(tf.sigmoid(real_logits)), tf.reduce_mean(tf.sigmoid(fake_logits))
+
+    def _penalty(self, real, fake):
+        """WGAN-GP: (||grad_x critic(x)|| - 1)^2 at random points between real and fake images, (B,)."""
+        mix = tf.random.uniform([tf.shape(real)[0]] + [1] * (len(real.shape) - 1))
+        between = real + mix * (fake - real)
+        with tf.GradientTape() as tape:
+            tape.watch(between)
+            scores = self.discriminator(between, training=True)
+        norms = tf.sqrt(per_example_sum(tf.square(tape.gradient(scores, between))) + 1e-12)
+        return tf.square(norms - 1.0)
+
+    def train_step(self, real):
+        # 1. Discriminator (critic_steps times for WGAN-GP): tell real images from the generator's.
+        for _ in range(self.critic_steps):
+            d_per_example, d_real, d_fake = self._discriminator_step(real)
+        # 2. Generator: make the discriminator call its images real (or score them high, for the critic).
+        with tf.GradientTape() as tape:
+            fake_logits = self.discriminator(self.generator(self._codings(tf.shape(real)[0]), training=True),
+                                             training=True)[:, 0]
+            if self.loss_kind == "bce":
+                g_per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(fake_logits),
+                                                                        logits=fake_logits)
+            else:
+                g_per_example = -fake_logits
+            g_loss = average_loss(g_per_example, self.generator)
+        variables = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
+        self.trackers["d_loss"].update_state(d_per_example)
+        self.trackers["g_loss"].update_state(g_per_example)
+        # Per-step values (not epoch means) for the divergence monitor; the epoch log shows the last step's.
+        return {"d_loss": self.trackers["d_loss"].result(), "g_loss": self.trackers["g_loss"].result(),
+                "step_d_loss": tf.reduce_mean(d_per_example), "step_g_loss": tf.reduce_mean(g_per_example),
+                "step_d_real": d_real, "step_d_fake": d_fake}
+
+
+def _discriminator_layer(layer, config: GANConfig):
+    return keras.layers.SpectralNormalization(layer) if config.spectral_norm else layer
+
+
+def _dense(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
+    generator = keras.Sequential(
+        [keras.layers.Input((config.coding_size,))]
+        + [keras.layers.Dense(units, activation=config.activation) for units in config.hidden_units]
+        + [keras.layers.Dense(math.prod(input_shape), activation="tanh"), keras.layers.Reshape(input_shape)],
+        name="generator")
+    discriminator = keras.Sequential(
+        [keras.layers.Input(input_shape), keras.layers.Flatten()]
+        + [_discriminator_layer(keras.layers.Dense(units, activation=config.activation), config)
+           for units in reversed(config.hidden_units)]
+        + [_discriminator_layer(keras.layers.Dense(1), config)], name="discriminator")
+    return generator, discriminator
+
+
+def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
+    height, width, channels = input_shape
+    start_h, start_w, cropping = upsampling_plan(height, width, len(config.conv_filters))
+    filters = list(reversed(config.conv_filters))
+    layers = [keras.layers.Input((config.coding_size,)), keras.layers.Dense(start_h * start_w * filters[0]),
+              keras.layers.Reshape((start_h, start_w, filters[0])), keras.layers.BatchNormalization()]
+    for f in filters[1:]:
+        layers += [keras.layers.Conv2DTranspose(f, 5, strides=2, padding="same", activation=config.activation),
+                   keras.layers.BatchNormalization()]
+    layers += [keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", activation="tanh"),
+               keras.layers.Cropping2D(cropping)]
+    generator = keras.Sequential(layers, name="generator")
+    layers = [keras.layers.Input(input_shape)]
+    for f in config.conv_filters:
+        # No BatchNorm in the discriminator: the gradient penalty is per example, and BatchNorm mixes examples.
+        layers += [_discriminator_layer(keras.layers.Conv2D(f, 5, strides=2, padding="same"), config),
+                   keras.layers.LeakyReLU(0.2), keras.layers.Dropout(config.dropout)]
+    layers += [keras.layers.Flatten(), _discriminator_layer(keras.layers.Dense(1), config)]
+    return generator, keras.Sequential(layers, name="discriminator")
+
+
+def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
+    input_shape = tuple(int(d) for d in input_shape)
+    config.check_input(input_shape)
+    keras.utils.set_random_seed(config.seed)
+    generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
+    model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
+                critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
+                name=f"{config.architecture}_{config.loss}_gan")
+    model.build((None, config.coding_size))
+    model.discriminator.build((None, *input_shape))
+    model.compile(d_optimizer=make_optimizer(config, config.discriminator_learning_rate),
+                  g_optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
+                  jit_compile=config.jit_compile)
+    return model
+
+
+def divergence_monitor(config: GANConfig) -> DivergenceMonitor:
+    def discriminator_wins(logs):
+        return logs.get("step_d_real", 0.5) > 1 - WIN_MARGIN and logs.get("step_d_fake", 0.5) < WIN_MARGIN
+    # A Wasserstein critic's scores are not probabilities: only non-finite losses count there.
+    return DivergenceMonitor(("step_d_loss", "step_g_loss"),
+                             wins=discriminator_wins if config.loss == "bce" else None,
+                             patience=config.max_discriminator_wins)
+
+
+def train(config: GANConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
+          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[GAN, Dict[str, List[float]]]:
+    """Trains a GAN on batches of real images (B, H, W, C) in [-1, 1]; returns it and its per-epoch history.
+
+    eval_data is unused: a GAN's losses on held-out images say little (the Evaluator scores samples instead).
+    Raises TrainingDiverged when training diverges.
+    """
+    model = build_gan(config, input_shape)
+    history = model.fit(train_data, epochs=config.epochs, verbose=2,
+                        callbacks=[divergence_monitor(config), *(callbacks or [])])
+    return model, history_floats({k: v for k, v in history.history.items() if not k.startswith("step_")})
