@@ -1,0 +1,103 @@
+"""trainers.diffusion: schedules, q(x_t | x_0) in closed form, the loss falls on real digits, both samplers."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import sample_digits
+from trainers import diffusion
+from trainers.diffusion import DiffusionConfig, GaussianDiffusion, noise_schedule
+
+TINY = dict(timesteps=40, base_channels=16, channel_multipliers=(1, 2), attention=True, sample_steps=10,
+            batch_size=32, learning_rate=2e-3)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny DDPM trained on 1,000 real digits in [-1, 1] (the Transform's range for DDPM)."""
+    images = sample_digits(1000) * 2.0 - 1.0
+    config = DiffusionConfig(epochs=4, **TINY)
+    dataset = tf.data.Dataset.from_tensor_slices(images).shuffle(1000, seed=0).batch(32)
+    model, history = diffusion.train(config, (28, 28, 1), dataset)
+    return model, history, images
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"schedule": "quadratic"}, "schedule='quadratic'"),
+    ({"timesteps": 1}, "timesteps=1"),
+    ({"sample_steps": 2000}, "sample_steps=2000"),
+    ({"base_channels": 12}, "base_channels=12"),
+    ({"eta": 1.5}, "eta=1.5"),
+])
+def test_impossible_configs_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionConfig(**overrides)
+
+
+def test_images_that_cannot_be_halved_enough_are_rejected():
+    with pytest.raises(ValueError, match="cannot be halved 2 times"):
+        diffusion.build_diffusion_model(DiffusionConfig(), (30, 30, 1))
+
+
+def test_schedules_destroy_the_signal_gradually():
+    for name in ("cosine", "linear"):
+        betas = noise_schedule(name, 1000)
+        alpha_bar = np.cumprod(1 - betas)
+        assert betas.shape == (1000,) and np.all(betas > 0) and np.all(betas <= 0.999)
+        assert np.all(np.diff(alpha_bar) < 0) and alpha_bar[0] > 0.99 and alpha_bar[-1] < 1e-3
+    # Improved DDPM's point: the cosine schedule keeps more signal through the middle of the process.
+    cosine, linear = (np.cumprod(1 - noise_schedule(n, 1000)) for n in ("cosine", "linear"))
+    assert cosine[500] > 2 * linear[500]
+    # The linear schedule rescales with T so that the whole process adds the same noise.
+    assert abs(np.cumprod(1 - noise_schedule("linear", 250))[-1] - linear[-1]) < 1e-3
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_q_sample_matches_the_closed_form_mean_and_variance(schedule):
+    process = GaussianDiffusion(noise_schedule(schedule, 1000))
+    x0 = tf.constant(sample_digits(3) * 2.0 - 1.0)
+    draws = 4000
+    for step in (0, 250, 999):
+        t = tf.fill([3 * draws], step)
+        repeated = tf.repeat(x0, draws, axis=0)
+        samples = process.q_sample(repeated, t, tf.random.stateless_normal(repeated.shape, seed=[step, 1]))
+        samples = tf.reshape(samples, [3, draws, 28, 28, 1]).numpy()
+        alpha_bar = float(process.alphas_cumprod[step])
+        expected_mean, _ = process.q_mean_variance(x0, tf.fill([3], step))
+        np.testing.assert_allclose(expected_mean.numpy(), np.sqrt(alpha_bar) * x0.numpy(), rtol=1e-5, atol=1e-6)
+        std_error = np.sqrt((1 - alpha_bar) / draws)
+        assert np.abs(samples.mean(axis=1) - expected_mean.numpy()).max() < 5 * std_error + 1e-6
+        np.testing.assert_allclose(samples.var(axis=1).mean(), 1 - alpha_bar, rtol=0.02, atol=1e-6)
+
+
+def test_ddim_at_eta_one_is_the_ancestral_posterior_step():
+    """DDIM's update with eta=1 between consecutive steps equals sampling q(x_{t-1} | x_t, x0_hat)."""
+    process = GaussianDiffusion(noise_schedule("cosine", 100))
+    network = lambda inputs, training: tf.sin(3.0 * inputs[0])  # any noise prediction will do
+    x = tf.random.stateless_normal([2, 8, 8, 1], seed=[1, 2])
+    noise = tf.random.stateless_normal([2, 8, 8, 1], seed=[3, 4])
+    t = tf.constant(60)
+    stepped = process.ddim_step(network, x, t, t - 1, 1.0, noise)
+    alpha_bar = process.alphas_cumprod[60]
+    x0 = tf.clip_by_value((x - tf.sqrt(1 - alpha_bar) * network([x], False)) / tf.sqrt(alpha_bar), -1, 1)
+    mean, variance = process.q_posterior_mean_variance(x0, x, tf.fill([2], 60))
+    np.testing.assert_allclose(stepped.numpy(), (mean + tf.sqrt(variance) * noise).numpy(), atol=1e-4)
+
+
+def test_training_lowers_the_noise_prediction_loss(trained):
+    _, history, _ = trained
+    assert history["loss"][-1] < 0.7 * history["loss"][0], history["loss"]
+
+
+def test_samplers_give_images_of_the_right_shape_and_range(trained):
+    model, _, images = trained
+    ddim = model.generate(6, seed=5).numpy()
+    assert ddim.shape == (6, 28, 28, 1) and ddim.min() >= -1 and ddim.max() <= 1
+    np.testing.assert_array_equal(ddim, model.generate(6, seed=5).numpy())  # eta=0: deterministic
+    assert not np.allclose(ddim, model.generate(6, seed=6).numpy())
+    assert model.generate(6, seed=5, steps=3).shape == (6, 28, 28, 1)
+    ancestral = model.ancestral_sample(6, seed=5).numpy()
+    assert ancestral.shape == (6, 28, 28, 1) and ancestral.min() >= -1 and ancestral.max() <= 1
+    # Mostly background, like the digits: far from the uniform noise the sampler starts from.
+    assert abs(np.median(ancestral) - np.median(images)) < 0.5
+    with pytest.raises(ValueError, match="steps=41"):
+        model.generate(2, steps=41)

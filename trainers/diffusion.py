@@ -1,0 +1,299 @@
+"""Denoising diffusion (DDPM) with a small U-Net noise predictor, ancestral and DDIM samplers.
+
+The schedule is plain data from a named function (improved-diffusion's layout); `GaussianDiffusion` holds the
+maths in float64, stored as float32, and takes the network as an argument; `DiffusionModel` is the keras.Model
+that trains the network with the epsilon-prediction loss and samples with it.
+
+Sampling: DDIM (Song et al. 2021) over a chosen number of steps. With all T steps and eta=1 its update is
+exactly DDPM's ancestral step (posterior mean, variance beta~_t), which is how `ancestral_sample` runs.
+Images are in [-1, 1].
+"""
+import dataclasses
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_mean, require,
+                             require_choice, run_network)
+
+PIXEL_RANGE = "symmetric"
+SCHEDULES = ("cosine", "linear")
+LOSSES = ("mse", "huber")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig(TrainingConfig):
+    """Defaults: the notebook's cosine schedule (s = 0.008, max beta 0.999) with T = 1000 (the notebook: 4000),
+    a U-Net of widths 32/64/64 with attention at 7x7, epsilon-prediction MSE, Adam, batch 32."""
+
+    schedule: str = "cosine"
+    timesteps: int = 1000
+    cosine_offset: float = 0.008
+    max_beta: float = 0.999
+    base_channels: int = 32
+    channel_multipliers: Tuple[int, ...] = (1, 2, 2)  # one U-Net level each; all but the last halve H and W
+    res_blocks: int = 1  # residual blocks per level
+    attention: bool = True  # self-attention at the lowest resolution
+    time_embedding_dim: int = 64
+    dropout: float = 0.0
+    loss: str = "mse"
+    sample_steps: int = 50  # DDIM steps of `generate`
+    eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
+    optimizer: str = "adam"  # the notebook's Nadam traces twice as slowly for a U-Net's many variables
+    epochs: int = 20
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_choice(self, "schedule", SCHEDULES)
+        require_choice(self, "loss", LOSSES)
+        require(self.timesteps >= 2, f"timesteps={self.timesteps}: must be at least 2")
+        require(0 < self.cosine_offset < 1, f"cosine_offset={self.cosine_offset}: must be in (0, 1)")
+        require(0 < self.max_beta < 1, f"max_beta={self.max_beta}: must be in (0, 1)")
+        require(self.base_channels >= 8 and self.base_channels % 8 == 0,
+                f"base_channels={self.base_channels}: must be a multiple of 8 (GroupNorm uses 8 groups)")
+        require(self.channel_multipliers and all(int(m) >= 1 for m in self.channel_multipliers),
+                f"channel_multipliers={self.channel_multipliers}: need at least one level, each >= 1")
+        require(self.res_blocks >= 1, f"res_blocks={self.res_blocks}: must be at least 1")
+        require(self.time_embedding_dim >= 2 and self.time_embedding_dim % 2 == 0,
+                f"time_embedding_dim={self.time_embedding_dim}: must be an even number >= 2")
+        require(0 <= self.dropout < 1, f"dropout={self.dropout}: must be in [0, 1)")
+        require(1 <= self.sample_steps <= self.timesteps,
+                f"sample_steps={self.sample_steps}: must be between 1 and timesteps ({self.timesteps})")
+        require(0 <= self.eta <= 1, f"eta={self.eta}: must be in [0, 1]")
+
+    def check_input(self, input_shape: Sequence[int]) -> None:
+        require(len(input_shape) == 3, f"DDPM needs images (H, W, C); got {tuple(input_shape)}")
+        factor = 2 ** (len(self.channel_multipliers) - 1)
+        require(input_shape[0] % factor == 0 and input_shape[1] % factor == 0,
+                f"images {input_shape[0]}x{input_shape[1]} cannot be halved {len(self.channel_multipliers) - 1} "
+                f"times: use fewer channel_multipliers or sizes divisible by {factor}")
+
+
+def noise_schedule(name: str, timesteps: int, cosine_offset: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """betas (T,) float64. cosine: Improved DDPM's alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), betas
+    clipped at max_beta; linear: DDPM's 1e-4 .. 0.02, rescaled so that any T gives the same total noise."""
+    if name == "cosine":
+        alpha_bar = lambda t: math.cos((t / timesteps + cosine_offset) / (1 + cosine_offset) * math.pi / 2) ** 2
+        return np.array([min(1 - alpha_bar(i + 1) / alpha_bar(i), max_beta) for i in range(timesteps)])
+    if name == "linear":
+        scale = 1000 / timesteps
+        return np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64)
+    raise ValueError(f"schedule={name!r}: must be one of {SCHEDULES}")
+
+
+class GaussianDiffusion:
+    """The forward process q and the reverse steps, for a noise schedule betas (T,)."""
+
+    def __init__(self, betas: np.ndarray):
+        betas = np.asarray(betas, np.float64)
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        self.timesteps = len(betas)
+        as32 = lambda a: tf.constant(a, tf.float32)
+        self.betas, self.alphas_cumprod = as32(betas), as32(alphas_cumprod)
+        self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod = (as32(np.sqrt(alphas_cumprod)),
+                                                                       as32(np.sqrt(1.0 - alphas_cumprod)))
+        # q(x_{t-1} | x_t, x_0) = N(coef_x0 * x_0 + coef_xt * x_t, beta~_t)
+        self.posterior_variance = as32(betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod))
+        self.posterior_coef_x0 = as32(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod))
+        self.posterior_coef_xt = as32((1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod))
+
+    @staticmethod
+    def _at(values: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        """values[t] shaped (B, 1, 1, 1) to broadcast over images."""
+        return tf.reshape(tf.gather(values, t), [-1, 1, 1, 1])
+
+    def q_mean_variance(self, x0: tf.Tensor, t: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Mean (B, H, W, C) and variance (B, 1, 1, 1) of q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)."""
+        return self._at(self.sqrt_alphas_cumprod, t) * x0, 1.0 - self._at(self.alphas_cumprod, t)
+
+    def q_sample(self, x0: tf.Tensor, t: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
+        """x_t for x_0 (B, H, W, C), t (B,) int, noise ~ N(0, I): one draw from q(x_t | x_0)."""
+        return self._at(self.sqrt_alphas_cumprod, t) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t) * noise
+
+    def q_posterior_mean_variance(self, x0, xt, t) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x_0), the target of DDPM's ancestral step."""
+        mean = self._at(self.posterior_coef_x0, t) * x0 + self._at(self.posterior_coef_xt, t) * xt
+        return mean, self._at(self.posterior_variance, t)
+
+    def ddim_step(self, network, x, t, t_prev, eta, noise):
+        """One reverse step from time t to t_prev (-1: the end) for x (B, H, W, C); t, t_prev int scalars."""
+        batch = tf.shape(x)[0]
+        alpha_bar = tf.gather(self.alphas_cumprod, t)
+        alpha_bar_prev = tf.where(t_prev >= 0, tf.gather(self.alphas_cumprod, tf.maximum(t_prev, 0)), 1.0)
+        eps = run_network(network, [x, tf.fill([batch], t)], training=False)
+        x0 = tf.clip_by_value((x - tf.sqrt(1.0 - alpha_bar) * eps) / tf.sqrt(alpha_bar), -1.0, 1.0)
+        eps = (x - tf.sqrt(alpha_bar) * x0) / tf.sqrt(1.0 - alpha_bar)  # consistent with the clipped x0
+        sigma = eta * tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
+        direction = tf.sqrt(tf.maximum(1.0 - alpha_bar_prev - tf.square(sigma), 0.0)) * eps
+        return tf.sqrt(alpha_bar_prev) * x0 + direction + sigma * noise
+
+    def sample(self, network, shape, seed, steps, eta):
+        """Images of `shape` (n, H, W, C) in [-1, 1] after `steps` reverse steps spread evenly over [T-1, 0].
+
+        Every random draw is stateless from (seed, step), so one seed gives one result in eager and graph mode.
+        """
+        times = tf.cast(tf.round(tf.linspace(float(self.timesteps - 1), 0.0, steps)), tf.int32)
+        prev_times = tf.concat([times[1:], [-1]], axis=0)
+        x = tf.random.stateless_normal(shape, seed=[seed, 0])
+        for i in tf.range(steps):
+            noise = tf.random.stateless_normal(shape, seed=[seed, i + 1])
+            x = self.ddim_step(network, x, times[i], prev_times[i], eta, noise)
+        return tf.clip_by_value(x, -1.0, 1.0)
+
+
+class SinusoidalEmbedding(keras.layers.Layer):
+    """t (B,) int -> (B, dim): sin/cos of t at geometrically spaced frequencies (Transformer positions)."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+
+    def call(self, t):
+        half = self.dim // 2
+        frequencies = tf.exp(-math.log(10000.0) * tf.range(half, dtype=tf.float32) / half)
+        angles = tf.cast(tf.reshape(t, [-1, 1]), tf.float32) * frequencies[None, :]
+        return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
+def _residual_block(x, time_embedding, channels: int, dropout: float):
+    h = keras.activations.swish(keras.layers.GroupNormalization(8)(x))
+    h = keras.layers.Conv2D(channels, 3, padding="same")(h)
+    # The time step enters every block as a per-channel bias.
+    h = h + keras.layers.Dense(channels)(time_embedding)[:, None, None, :]
+    h = keras.activations.swish(keras.layers.GroupNormalization(8)(h))
+    h = keras.layers.Dropout(dropout)(h)
+    h = keras.layers.Conv2D(channels, 3, padding="same")(h)
+    skip = x if x.shape[-1] == channels else keras.layers.Conv2D(channels, 1)(x)
+    return skip + h
+
+
+def _attention_block(x):
+    height, width, channels = x.shape[1:]
+    h = keras.layers.Reshape((height * width, channels))(keras.layers.GroupNormalization(8)(x))
+    h = keras.layers.MultiHeadAttention(num_heads=4, key_dim=max(channels // 4, 1))(h, h)
+    return x + keras.layers.Reshape((height, width, channels))(h)
+
+
+def build_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> keras.Model:
+    """[x_t (B, H, W, C), t (B,) int32] -> predicted noise (B, H, W, C)."""
+    images = keras.layers.Input(input_shape, name="noisy_images")
+    times = keras.layers.Input((), dtype=tf.int32, name="timesteps")
+    width = 4 * config.base_channels
+    embedding = SinusoidalEmbedding(config.time_embedding_dim)(times)
+    embedding = keras.layers.Dense(width, activation="swish")(embedding)
+    embedding = keras.layers.Dense(width, activation="swish")(embedding)
+
+    levels = [config.base_channels * int(m) for m in config.channel_multipliers]
+    h = keras.layers.Conv2D(config.base_channels, 3, padding="same")(images)
+    skips = [h]
+    for level, channels in enumerate(levels):
+        for _ in range(config.res_blocks):
+            h = _residual_block(h, embedding, channels, config.dropout)
+            if config.attention and level == len(levels) - 1:
+                h = _attention_block(h)
+            skips.append(h)
+        if level < len(levels) - 1:
+            h = keras.layers.Conv2D(channels, 3, strides=2, padding="same")(h)
+            skips.append(h)
+    h = _residual_block(h, embedding, levels[-1], config.dropout)
+    if config.attention:
+        h = _attention_block(h)
+    h = _residual_block(h, embedding, levels[-1], config.dropout)
+    for level, channels in reversed(list(enumerate(levels))):
+        for _ in range(config.res_blocks + 1):
+            h = _residual_block(keras.layers.Concatenate()([h, skips.pop()]), embedding, channels, config.dropout)
+            if config.attention and level == len(levels) - 1:
+                h = _attention_block(h)
+        if level > 0:
+            # A strided transposed convolution, not UpSampling2D: XLA on CPU has no kernel for its gradient.
+            h = keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same")(h)
+    h = keras.activations.swish(keras.layers.GroupNormalization(8)(h))
+    # Zero-initialised output: the untrained network predicts no noise, a stable start.
+    outputs = keras.layers.Conv2D(input_shape[-1], 3, padding="same", kernel_initializer="zeros")(h)
+    return keras.Model([images, times], outputs, name="unet")
+
+
+class DiffusionModel(keras.Model):
+    """Trains `network` to predict the noise added by `diffusion`'s forward process; samples with it."""
+
+    def __init__(self, network: keras.Model, diffusion: GaussianDiffusion, loss: str = "mse",
+                 sample_steps: int = 50, eta: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.network, self.diffusion = network, diffusion
+        self.loss_kind, self.sample_steps, self.eta = loss, sample_steps, eta
+        self.image_shape = tuple(network.inputs[0].shape[1:])
+        self.tracker = keras.metrics.Mean(name="loss")
+        self._sample = tf.function(self.diffusion.sample)
+
+    @property
+    def metrics(self):
+        return [self.tracker]
+
+    def call(self, inputs, training=False):
+        """[x_t, t] -> predicted noise."""
+        return self.network(inputs, training=training)
+
+    def per_example_loss(self, images: tf.Tensor, training: bool) -> tf.Tensor:
+        """Noise-prediction error (B,) at a uniformly drawn time step per image."""
+        batch = tf.shape(images)[0]
+        t = tf.random.uniform([batch], 0, self.diffusion.timesteps, dtype=tf.int32)
+        noise = tf.random.normal(tf.shape(images))
+        predicted = run_network(self.network, [self.diffusion.q_sample(images, t, noise), t], training=training)
+        if self.loss_kind == "huber":
+            error = tf.abs(predicted - noise)
+            return per_example_mean(tf.where(error < 1.0, 0.5 * tf.square(error), error - 0.5))
+        return per_example_mean(tf.square(predicted - noise))
+
+    def train_step(self, images):
+        # 1. Noise each image to a random time step; 2. regress the noise; 3. one optimiser step.
+        with tf.GradientTape() as tape:
+            per_example = self.per_example_loss(images, training=True)
+            loss = average_loss(per_example, self.network)
+        variables = self.network.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.tracker.update_state(per_example)
+        return {"loss": self.tracker.result()}
+
+    def test_step(self, images):
+        self.tracker.update_state(self.per_example_loss(images, training=False))
+        return {"loss": self.tracker.result()}
+
+    def generate(self, n: int, seed: int = 0, steps: Optional[int] = None, eta: Optional[float] = None) -> tf.Tensor:
+        """n images (n, H, W, C) in [-1, 1] by DDIM with `steps` steps (default: the config's sample_steps)."""
+        steps = self.sample_steps if steps is None else steps
+        if not 1 <= steps <= self.diffusion.timesteps:
+            raise ValueError(f"steps={steps}: must be between 1 and the model's {self.diffusion.timesteps} timesteps")
+        return self._sample(self.network, [n, *self.image_shape], tf.constant(seed, tf.int32),
+                            tf.constant(steps, tf.int32), tf.constant(self.eta if eta is None else eta, tf.float32))
+
+    def ancestral_sample(self, n: int, seed: int = 0) -> tf.Tensor:
+        """DDPM's full ancestral sampling: all T steps with the posterior variance (DDIM at eta=1)."""
+        return self.generate(n, seed, steps=self.diffusion.timesteps, eta=1.0)
+
+
+def build_diffusion_model(config: DiffusionConfig, input_shape: Sequence[int]) -> DiffusionModel:
+    input_shape = tuple(int(d) for d in input_shape)
+    config.check_input(input_shape)
+    keras.utils.set_random_seed(config.seed)
+    diffusion = GaussianDiffusion(noise_schedule(config.schedule, config.timesteps, config.cosine_offset,
+                                                 config.max_beta))
+    model = DiffusionModel(build_unet(config, input_shape), diffusion, loss=config.loss,
+                           sample_steps=config.sample_steps, eta=config.eta, name=f"ddpm_{config.schedule}")
+    model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
+                  jit_compile=config.jit_compile)
+    return model
+
+
+def train(config: DiffusionConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
+          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[DiffusionModel, Dict[str, List[float]]]:
+    """Trains the noise predictor on batches of images (B, H, W, C) in [-1, 1]; returns the model and history."""
+    model = build_diffusion_model(config, input_shape)
+    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, verbose=2, callbacks=callbacks)
+    return model, history_floats(history.history)
