@@ -105,6 +105,7 @@ class DenseTranspose(keras.layers.Layer):
         return self.activation(tf.matmul(inputs, self.dense.kernel, transpose_b=True) + self.bias)
 
 
+@keras.saving.register_keras_serializable("latentforge")
 class KLDivergenceRegularizer(keras.regularizers.Regularizer):
     """weight * sum_j KL(target || mean activation of unit j over the batch): pushes codings to sparsity."""
 
@@ -126,6 +127,11 @@ class Autoencoder(keras.Model):
     def __init__(self, encoder: keras.Model, decoder: keras.Model, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.decoder = encoder, decoder
+
+    @property
+    def feature_encoder(self) -> keras.Model:
+        """x -> codings (B, code_units): the encoder a downstream classifier reuses."""
+        return self.encoder
 
     def call(self, inputs, training=False):
         return self.decoder(self.encoder(inputs, training=training), training=training)

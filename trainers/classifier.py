@@ -1,0 +1,118 @@
+"""Classifiers on a reused encoder: the chapter's unsupervised pretraining recipe for few labels.
+
+Take the encoder of a trained autoencoder or VAE (x -> codings), add a dense head, train the head with the
+encoder frozen, then unfreeze everything and continue with a lower learning rate. `train_from_scratch` trains
+the same architecture from random weights for the same number of epochs: the baseline pretraining must beat.
+The encoder is copied: the pretrained model is never changed.
+"""
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+import tf_keras as keras
+
+from trainers.common import TrainingConfig, history_floats, make_optimizer, require
+
+PIXEL_RANGE = "unit"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig(TrainingConfig):
+    """epochs: the frozen phase; unfrozen_epochs: the fine-tuning phase at learning_rate * unfrozen_lr_factor."""
+
+    num_classes: int = 10
+    head_units: Tuple[int, ...] = ()  # hidden layers of the head; () is a linear (softmax) probe
+    dropout: float = 0.0
+    unfrozen_epochs: int = 10
+    unfrozen_lr_factor: float = 0.1
+    epochs: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.num_classes >= 2, f"num_classes={self.num_classes}: must be at least 2")
+        require(all(int(u) >= 1 for u in self.head_units), f"head_units={self.head_units}: each must be >= 1")
+        require(0 <= self.dropout < 1, f"dropout={self.dropout}: must be in [0, 1)")
+        require(self.unfrozen_epochs >= 0, f"unfrozen_epochs={self.unfrozen_epochs}: must be >= 0")
+        require(0 < self.unfrozen_lr_factor <= 1,
+                f"unfrozen_lr_factor={self.unfrozen_lr_factor}: must be in (0, 1] (fine-tuning uses a lower rate)")
+
+
+def reusable_encoder(model: keras.Model) -> keras.Model:
+    """The x -> codings encoder of a trained autoencoder or VAE."""
+    encoder = getattr(model, "feature_encoder", None)
+    if encoder is None:
+        raise ValueError(f"{model.name} has no reusable encoder: pretrain an autoencoder or a VAE "
+                         "(GANs and DDPMs map noise to images, not images to codings)")
+    return encoder
+
+
+def copy_encoder(encoder: keras.Model, keep_weights: bool = True) -> keras.Model:
+    """A new encoder of the same architecture, with the same weights or (keep_weights=False) fresh ones."""
+    copy = keras.models.clone_model(encoder)
+    copy.build(encoder.input_shape)
+    if keep_weights:
+        copy.set_weights(encoder.get_weights())
+    copy._name = "reused_encoder" if keep_weights else "scratch_encoder"
+    return copy
+
+
+def build_classifier(config: ClassifierConfig, encoder: keras.Model) -> keras.Sequential:
+    """encoder + head: images (B, H, W, C) -> class probabilities (B, num_classes). layers[0] is the encoder."""
+    head = [keras.layers.Flatten()]
+    for units in config.head_units:
+        head += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(config.dropout)]
+    head.append(keras.layers.Dense(config.num_classes, activation="softmax"))
+    model = keras.Sequential([encoder, *head], name="classifier")
+    model.build(encoder.input_shape)
+    return model
+
+
+def _fit(config, model, learning_rate, epochs, train_data, eval_data, callbacks):
+    model.compile(optimizer=make_optimizer(config, learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile)
+    return model.fit(train_data, validation_data=eval_data, epochs=epochs, verbose=2, callbacks=callbacks).history
+
+
+def train_frozen(config: ClassifierConfig, model: keras.Model, train_data: tf.data.Dataset,
+                 eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Dict[str, List[float]]:
+    """Phase 1: only the head learns (a frozen encoder also keeps its BatchNorm statistics)."""
+    model.layers[0].trainable = False
+    return history_floats(_fit(config, model, config.learning_rate, config.epochs, train_data, eval_data, callbacks))
+
+
+def train_unfrozen(config: ClassifierConfig, model: keras.Model, train_data: tf.data.Dataset,
+                   eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Dict[str, List[float]]:
+    """Phase 2: everything learns, at a lower rate so the pretrained features are adjusted, not overwritten."""
+    model.layers[0].trainable = True
+    rate = config.learning_rate * config.unfrozen_lr_factor
+    return history_floats(_fit(config, model, rate, config.unfrozen_epochs, train_data, eval_data, callbacks))
+
+
+def _concatenate(first: Dict[str, List[float]], second: Dict[str, List[float]]) -> Dict[str, List[float]]:
+    return {k: first.get(k, []) + second.get(k, []) for k in {*first, *second}}
+
+
+def train(config: ClassifierConfig, encoder: keras.Model, train_data: tf.data.Dataset,
+          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[keras.Model, Dict[str, List[float]]]:
+    """Fine-tunes a classifier on a copy of `encoder` with (images, labels) batches: frozen, then unfrozen.
+
+    Returns the classifier and its history over both phases (`frozen_epochs` says where phase 2 starts).
+    """
+    keras.utils.set_random_seed(config.seed)
+    model = build_classifier(config, copy_encoder(encoder))
+    history = train_frozen(config, model, train_data, eval_data, callbacks)
+    if config.unfrozen_epochs:
+        history = _concatenate(history, train_unfrozen(config, model, train_data, eval_data, callbacks))
+    history["frozen_epochs"] = [float(config.epochs)]
+    return model, history
+
+
+def train_from_scratch(config: ClassifierConfig, encoder: keras.Model, train_data: tf.data.Dataset,
+                       eval_data: Optional[tf.data.Dataset] = None,
+                       callbacks=None) -> Tuple[keras.Model, Dict[str, List[float]]]:
+    """The baseline: the same architecture from random weights, all layers trained for both phases' epochs."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_classifier(config, copy_encoder(encoder, keep_weights=False))
+    history = _fit(config, model, config.learning_rate, config.epochs + config.unfrozen_epochs, train_data,
+                   eval_data, callbacks)
+    return model, history_floats(history)
