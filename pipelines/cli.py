@@ -13,7 +13,7 @@ import sys
 import time
 from typing import List, Optional
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DATA_INVALID = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DATA_INVALID, EXIT_DIVERGED = 0, 1, 2, 3, 4
 DEFAULT_SOURCE = "idx:" + os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                        "data", "mnist-sample")
 
@@ -180,6 +180,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
     """(message, exit code) for errors that are the user's to fix, searched along the cause chain."""
     from components.image_example_gen.sources import SourceError  # pylint: disable=import-outside-toplevel
     from components.strict_example_validator.executor import DataValidationError  # pylint: disable=import-outside-toplevel
+    from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -189,6 +190,8 @@ def _explain(error: BaseException) -> Optional[tuple]:
             return str(error).split(" [while running")[0], EXIT_BAD_INPUT
         if isinstance(error, DataValidationError):
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
+        if isinstance(error, TrainingDiverged):
+            return str(error), EXIT_DIVERGED
         error = error.__cause__ or error.__context__
     return None
 

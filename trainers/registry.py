@@ -2,24 +2,29 @@
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Type
 
-from trainers import autoencoders
+from trainers import autoencoders, diffusion, gans, vae
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    family: str
+    family: str  # autoencoder | vae | gan | diffusion
     config_class: Type
     preset: Mapping[str, Any]
     pixel_range: str  # what the Transform scales images to: "unit" [0, 1] or "symmetric" [-1, 1]
-    train: Callable  # (config, input_shape, train_data, eval_data, callbacks) -> (model, history)
+    build: Callable  # (config, input_shape) -> compiled, untrained model
+    train: Callable  # (config, input_shape, train_images, eval_images, callbacks) -> (model, history)
 
 
-def _autoencoder(**preset) -> ModelEntry:
-    return ModelEntry("autoencoder", autoencoders.AutoencoderConfig, preset, autoencoders.PIXEL_RANGE,
-                      autoencoders.train)
+def _entry(family: str, module, config_class: Type, build: Callable) -> Callable[..., ModelEntry]:
+    return lambda **preset: ModelEntry(family, config_class, preset, module.PIXEL_RANGE, build, module.train)
 
 
-# Presets follow the seed notebook's architectures (../shared/seeds/NOTEBOOK-17.md).
+_autoencoder = _entry("autoencoder", autoencoders, autoencoders.AutoencoderConfig, autoencoders.build_autoencoder)
+_vae = _entry("vae", vae, vae.VAEConfig, vae.build_vae)
+_gan = _entry("gan", gans, gans.GANConfig, gans.build_gan)
+_diffusion = _entry("diffusion", diffusion, diffusion.DiffusionConfig, diffusion.build_diffusion_model)
+
+# Presets follow the seed notebook's architectures and budgets (../shared/seeds/NOTEBOOK-17.md).
 MODELS: Dict[str, ModelEntry] = {
     "linear_ae": _autoencoder(hidden_units=(30,), activation="linear", output_activation="linear"),
     "stacked_ae": _autoencoder(),
@@ -31,6 +36,15 @@ MODELS: Dict[str, ModelEntry] = {
     "sparse_l1_ae": _autoencoder(hidden_units=(100, 300), sparsity="l1", sparsity_weight=1e-4, epochs=10),
     "sparse_kl_ae": _autoencoder(hidden_units=(100, 300), sparsity="kl", sparsity_weight=5e-3,
                                  sparsity_target=0.1, epochs=10),
+    "vae": _vae(),
+    "conv_vae": _vae(architecture="conv", hidden_units=(128,), coding_size=16),
+    "gan": _gan(),
+    "dcgan": _gan(architecture="dcgan", coding_size=100),
+    # Gulrajani et al.'s settings: 5 critic steps, penalty 10, Adam(1e-4, beta_1 0.5).
+    "wgan_gp": _gan(architecture="dcgan", coding_size=100, loss="wgan_gp", critic_steps=5, optimizer="adam",
+                    learning_rate=1e-4, beta_1=0.5),
+    "ddpm": _diffusion(),
+    "ddpm_linear": _diffusion(schedule="linear"),
 }
 
 
@@ -48,7 +62,7 @@ def make_config(name: str, overrides: Mapping[str, Any]):
     if unknown:
         raise ValueError(f"{name} has no setting(s) {unknown}; it has: {', '.join(sorted(fields))}")
     values = {**entry.preset, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("hidden_units", "conv_filters"):
-        if key in values:
-            values[key] = tuple(values[key])
+    for field in dataclasses.fields(entry.config_class):
+        if field.name in values and isinstance(field.default, tuple):
+            values[field.name] = tuple(values[field.name])  # JSON (TFX custom_config) turns tuples into lists
     return entry.config_class(**values)

@@ -29,7 +29,7 @@ def run_fn(fn_args: FnArgs) -> None:
 
     logging.info("training %s for %d epochs", custom["model"], config.epochs)
     model, metrics = entry.train(config, image_shape, train, evaluation)
-    export.export_autoencoder(model, image_shape, config.code_units, fn_args.serving_model_dir)
+    export.export_model(entry.family, model, image_shape, fn_args.serving_model_dir)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
         json.dump({"model": custom["model"], "config": custom["config"], "history": metrics}, f, indent=1)
