@@ -33,6 +33,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _setting(text: str):
+    """FIELD=VALUE -> (field, value); VALUE parsed as JSON when it is JSON (numbers, lists, true), else a string."""
+    import json  # pylint: disable=import-outside-toplevel
+    field, sep, value = text.partition("=")
+    if not sep or not field.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE, e.g. beta=4")
+    try:
+        return field.strip(), json.loads(value)
+    except ValueError:
+        return field.strip(), value
+
+
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=DEFAULT_SOURCE,
                         help="tfds:NAME | idx:DIR | folder:DIR | npz:FILE (default: the bundled MNIST sample)")
@@ -52,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive_int, help="global batch size (default: the model's)")
     run.add_argument("--learning-rate", type=float, help="optimizer learning rate (default: the model's)")
     run.add_argument("--seed", type=int, default=42, help="seed for training and the few-label choice")
+    run.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+                     type=_setting, help="any field of the model's config (repeatable; VALUE is JSON or a word), "
+                     "e.g. --set beta=4 --set hidden_units=[150,100]")
     run.add_argument("--labels-per-class", type=_positive_int,
                      help="keep labels for only K examples per class (default: all)")
     run.add_argument("--eval-percent", type=int, default=10,
@@ -123,8 +138,8 @@ def cmd_run(args) -> int:
     from pipelines import local_runner, metadata, pipeline  # pylint: disable=import-outside-toplevel
     from trainers import registry  # pylint: disable=import-outside-toplevel
 
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                 "seed": args.seed}
+    overrides = {**dict(args.settings), "epochs": args.epochs, "batch_size": args.batch_size,
+                 "learning_rate": args.learning_rate, "seed": args.seed}
     try:
         config = registry.make_config(args.model, overrides)
     except (ValueError, TypeError) as e:

@@ -16,6 +16,8 @@ from tests.conftest import SAMPLE_DIR
     (["run", "--eval-percent", "80"], "--eval-percent 80"),
     (["run", "--schema", "/nonexistent/schema.pbtxt"], "no such file"),
     (["run", "--source", f"idx:{SAMPLE_DIR}", "--data-dir", "/tmp"], "TFDS options"),
+    (["run", "--model", "vae", "--set", "beta=-2"], "beta=-2: must be >= 0"),
+    (["run", "--model", "dcgan", "--set", "dropout_rate=0.3"], "dcgan has no setting(s) ['dropout_rate']"),
 ])
 def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path):
     assert cli.main(argv + ["--run-dir", str(tmp_path)]) == cli.EXIT_BAD_INPUT
@@ -27,6 +29,14 @@ def test_argparse_rejects_non_positive_epochs(capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["run", "--epochs", "0"])
     assert exited.value.code == 2 and "not a positive integer" in capsys.readouterr().err
+
+
+def test_set_takes_json_values_for_any_config_field():
+    assert cli._setting("hidden_units=[150, 100]") == ("hidden_units", [150, 100])
+    assert cli._setting("spectral_norm=true") == ("spectral_norm", True)
+    assert cli._setting("schedule=linear") == ("schedule", "linear")
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--set", "beta"])
 
 
 def test_inspect_describes_the_bundled_sample(capsys):

@@ -16,7 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers.common import TrainingConfig, history_floats, make_optimizer, require, require_choice, upsampling_plan
+from trainers.common import (TrainingConfig, history_floats, make_optimizer, require, require_choice, upsampling_plan,
+                             with_known_size)
 
 ARCHITECTURES = ("dense", "conv", "recurrent")
 NOISES = ("none", "gaussian", "dropout")
@@ -266,6 +267,7 @@ def train(config: AutoencoderConfig, input_shape: Sequence[int], train_data: tf.
     train_data / eval_data yield input batches (B, *input_shape); targets are the inputs themselves.
     """
     model = build_autoencoder(config, input_shape)
+    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
     pairs = lambda ds: ds.map(lambda x: (x, x)) if ds is not None else None
     history: Dict[str, List[float]] = {}
     epochs = config.epochs

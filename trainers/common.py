@@ -101,6 +101,17 @@ def upsampling_plan(height: int, width: int, stages: int) -> Tuple[int, int, Tup
     return start_h, start_w, ((crop_h // 2, crop_h - crop_h // 2), (crop_w // 2, crop_w - crop_w // 2))
 
 
+def with_known_size(dataset: Optional[tf.data.Dataset], config: TrainingConfig) -> Optional[tf.data.Dataset]:
+    """Keras runs several steps per call only on datasets of known size; count an unknown one once (a full pass
+    of the input pipeline: tf.data sources such as TFRecord files do not know their length)."""
+    if dataset is None or config.steps_per_execution == 1:
+        return dataset
+    if dataset.cardinality() == tf.data.UNKNOWN_CARDINALITY:
+        size = int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(size))
+    return dataset
+
+
 def history_floats(history: Dict[str, Iterable]) -> Dict[str, List[float]]:
     return {k: [float(v) for v in values] for k, values in history.items()}
 

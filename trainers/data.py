@@ -17,6 +17,10 @@ def image_dataset(file_pattern: Union[str, Sequence[str]], feature_spec: Dict[st
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {patterns}")
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+    if not labeled_only:
+        # Counting raw records is cheap (no parsing); a known size lets Keras run many steps per graph call.
+        records = int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(records))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda records: tf.io.parse_example(records, feature_spec),

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_mean, require,
-                             require_choice, run_network)
+                             require_choice, run_network, with_known_size)
 
 PIXEL_RANGE = "symmetric"
 SCHEDULES = ("cosine", "linear")
@@ -295,5 +295,6 @@ def train(config: DiffusionConfig, input_shape: Sequence[int], train_data: tf.da
           eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[DiffusionModel, Dict[str, List[float]]]:
     """Trains the noise predictor on batches of images (B, H, W, C) in [-1, 1]; returns the model and history."""
     model = build_diffusion_model(config, input_shape)
+    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
     history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, verbose=2, callbacks=callbacks)
     return model, history_floats(history.history)

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, history_floats, make_optimizer,
-                             per_example_sum, require, require_choice, upsampling_plan)
+                             per_example_sum, require, require_choice, upsampling_plan, with_known_size)
 
 PIXEL_RANGE = "symmetric"
 ARCHITECTURES = ("dense", "dcgan")
@@ -231,6 +231,7 @@ def train(config: GANConfig, input_shape: Sequence[int], train_data: tf.data.Dat
     Raises TrainingDiverged when training diverges.
     """
     model = build_gan(config, input_shape)
+    train_data = with_known_size(train_data, config)
     history = model.fit(train_data, epochs=config.epochs, verbose=2,
                         callbacks=[divergence_monitor(config), *(callbacks or [])])
     return model, history_floats({k: v for k, v in history.history.items() if not k.startswith("step_")})

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_sum, require,
-                             require_choice, upsampling_plan)
+                             require_choice, upsampling_plan, with_known_size)
 
 PIXEL_RANGE = "unit"
 ARCHITECTURES = ("dense", "conv")
@@ -184,5 +184,6 @@ def train(config: VAEConfig, input_shape: Sequence[int], train_data: tf.data.Dat
           eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[VAE, Dict[str, List[float]]]:
     """Trains a VAE on batches of images (B, H, W, C) in [0, 1]; returns it and its per-epoch history."""
     model = build_vae(config, input_shape)
+    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
     history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, verbose=2, callbacks=callbacks)
     return model, history_floats(history.history)

@@ -1,0 +1,47 @@
+"""What the benchmarks share: the real MNIST (../shared/datasets/mnist or LATENTFORGE_MNIST_DIR), timing, results."""
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MNIST_DIR = os.environ.get("LATENTFORGE_MNIST_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets", "mnist"))
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+
+
+def load_mnist():
+    """(x_train (60000, 28, 28, 1), y_train, x_test (10000, 28, 28, 1), y_test); pixels float32 in [0, 1]."""
+    from components.image_example_gen import sources
+    if not os.path.isdir(MNIST_DIR):
+        sys.exit(f"benchmarks need the real MNIST IDX files in {MNIST_DIR} (or set LATENTFORGE_MNIST_DIR)")
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        _, images = sources.read_idx(os.path.join(MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"), 3)
+        _, labels = sources.read_idx(os.path.join(MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"), 1)
+        arrays[split] = (images[..., None].astype(np.float32) / 255.0, labels.astype(np.int64))
+    return (*arrays["train"], *arrays["test"])
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def save_results(name: str, results: dict) -> str:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    with open(path, "w") as f:
+        json.dump({"machine": machine, **results}, f, indent=1)
+    return path
