@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import (TrainingConfig, history_floats, make_optimizer, require, require_choice, upsampling_plan,
-                             with_known_size)
+                             use_xla, with_known_size)
 
 ARCHITECTURES = ("dense", "conv", "recurrent")
 NOISES = ("none", "gaussian", "dropout")
@@ -227,7 +227,7 @@ def _recurrent(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, ker
 def _compile(model: keras.Model, config: AutoencoderConfig) -> keras.Model:
     loss = "mse" if config.loss == "mse" else keras.losses.BinaryCrossentropy()
     model.compile(optimizer=make_optimizer(config), loss=loss, steps_per_execution=config.steps_per_execution,
-                  jit_compile=config.jit_compile)
+                  jit_compile=use_xla(config))
     return model
 
 

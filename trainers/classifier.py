@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers.common import TrainingConfig, history_floats, make_optimizer, require, with_known_size
+from trainers.common import TrainingConfig, history_floats, make_optimizer, require, use_xla, with_known_size
 
 PIXEL_RANGE = "unit"
 
@@ -69,7 +69,7 @@ def build_classifier(config: ClassifierConfig, encoder: keras.Model) -> keras.Se
 
 def _fit(config, model, learning_rate, epochs, train_data, eval_data, callbacks):
     model.compile(optimizer=make_optimizer(config, learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile)
+                  metrics=["accuracy"], steps_per_execution=config.steps_per_execution, jit_compile=use_xla(config))
     train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
     return model.fit(train_data, validation_data=eval_data, epochs=epochs, verbose=2, callbacks=callbacks).history
 

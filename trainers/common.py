@@ -51,11 +51,17 @@ class TrainingConfig:
         require(0 <= self.beta_1 < 1, f"beta_1={self.beta_1}: must be in [0, 1)")
 
 
+def use_xla(config: TrainingConfig) -> bool:
+    """config.jit_compile, except across replicas: XLA cannot read a variable mirrored on another device."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+    return config.jit_compile and replicas == 1
+
+
 def make_optimizer(config: TrainingConfig, learning_rate: Optional[float] = None) -> keras.optimizers.Optimizer:
     rate = config.learning_rate if learning_rate is None else learning_rate
     # tf_keras optimizers XLA-compile their update per variable by default: minutes of compiling for a
     # U-Net's hundreds of variables on CPU. They follow the config's jit_compile instead.
-    jit = config.jit_compile
+    jit = use_xla(config)
     if config.optimizer == "nadam":
         return keras.optimizers.Nadam(rate, beta_1=config.beta_1, jit_compile=jit)
     if config.optimizer == "adam":

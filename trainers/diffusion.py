@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_mean, require,
-                             require_choice, run_network, with_known_size)
+                             require_choice, run_network, use_xla, with_known_size)
 
 PIXEL_RANGE = "symmetric"
 SCHEDULES = ("cosine", "linear")
@@ -287,7 +287,7 @@ def build_diffusion_model(config: DiffusionConfig, input_shape: Sequence[int]) -
     model = DiffusionModel(build_unet(config, input_shape), diffusion, loss=config.loss,
                            sample_steps=config.sample_steps, eta=config.eta, name=f"ddpm_{config.schedule}")
     model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
-                  jit_compile=config.jit_compile)
+                  jit_compile=use_xla(config))
     return model
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, history_floats, make_optimizer,
-                             per_example_sum, require, require_choice, upsampling_plan, with_known_size)
+                             per_example_sum, require, require_choice, upsampling_plan, use_xla, with_known_size)
 
 PIXEL_RANGE = "symmetric"
 ARCHITECTURES = ("dense", "dcgan")
@@ -210,7 +210,7 @@ def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
     model.discriminator.build((None, *input_shape))
     model.compile(d_optimizer=make_optimizer(config, config.discriminator_learning_rate),
                   g_optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
-                  jit_compile=config.jit_compile)
+                  jit_compile=use_xla(config))
     return model
 
 

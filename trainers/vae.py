@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_sum, require,
-                             require_choice, upsampling_plan, with_known_size)
+                             require_choice, upsampling_plan, use_xla, with_known_size)
 
 PIXEL_RANGE = "unit"
 ARCHITECTURES = ("dense", "conv")
@@ -176,7 +176,7 @@ def build_vae(config: VAEConfig, input_shape: Sequence[int]) -> VAE:
                 name=f"{config.architecture}_vae")
     model.build((None, *input_shape))
     model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
-                  jit_compile=config.jit_compile)
+                  jit_compile=use_xla(config))
     return model
 
 

@@ -1,0 +1,43 @@
+"""Run by tests/test_distribution.py in a fresh process: two logical CPU devices must be set up before TF starts.
+
+Prints one JSON line: the summed per-replica average_loss vs the global mean, and each family's losses after
+one epoch under MirroredStrategy (the single-machine sibling of MultiWorkerMirroredStrategy).
+"""
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from tests.conftest import sample_digits  # noqa: E402  (after the device set-up)
+from trainers import registry  # noqa: E402
+from trainers.common import average_loss  # noqa: E402
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+report = {"replicas": strategy.num_replicas_in_sync}
+
+# The loss each replica computes from its half of a global batch of 8 sums to the global mean.
+values = tf.constant(np.arange(8, dtype=np.float32) ** 2)
+shards = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(values).unbatch().batch(8))
+per_replica = strategy.run(average_loss, args=(next(iter(shards)),))
+report["summed_replica_loss"] = float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+report["global_mean"] = float(tf.reduce_mean(values))
+
+TINY = {"stacked_ae": {}, "vae": {}, "dcgan": {"conv_filters": [16, 32]}, "wgan_gp": {"critic_steps": 2},
+        "ddpm": {"timesteps": 20, "base_channels": 16, "channel_multipliers": [1, 2], "sample_steps": 2}}
+images = sample_digits(256)
+for name in sys.argv[1:]:
+    entry = registry.get_model(name)
+    pixels = images * 2.0 - 1.0 if entry.pixel_range == "symmetric" else images
+    config = registry.make_config(name, {"epochs": 1, "batch_size": 32, **TINY[name]})
+    with strategy.scope():
+        model = entry.build(config, (28, 28, 1))
+    data = tf.data.Dataset.from_tensor_slices(pixels).batch(32)
+    if entry.family == "autoencoder":
+        data = data.map(lambda x: (x, x))
+    history = model.fit(data, epochs=1, verbose=0).history
+    report[name] = {k: float(v[-1]) for k, v in history.items()}
+print("RESULT " + json.dumps(report))
