@@ -27,5 +27,9 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
+# Not run by CI: speed and quality on the real MNIST (../shared/datasets/mnist), ~30 min on 2 cores.
+benchmark: install
+	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python quality.py
+
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache

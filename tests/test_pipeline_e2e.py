@@ -37,6 +37,24 @@ def test_first_run_executes_every_component_and_pushes_a_savedmodel(sample_run):
     assert model.signatures["serving_default"](images=images)["reconstructions"].shape == (3, 28, 28, 1)
 
 
+def test_a_gan_trains_on_symmetric_pixels_and_exports_generate(sample_run):
+    """Same data, another family: the data components come from the cache; Transform reruns for [-1, 1]."""
+    run_dir, _, _ = sample_run
+    args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "gan", "--epochs", "1", "--run-dir", run_dir]
+    assert cli.main(args) == 0
+    nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
+                                                    "latentforge")}
+    assert nodes["ImageExampleGen"].state == "CACHED" and nodes["Transform"].state == "COMPLETE"
+    transformed = glob.glob(os.path.join(nodes["Transform"].outputs["transformed_examples"], "Split-train", "*"))
+    record = next(iter(tf.data.TFRecordDataset(transformed, compression_type="GZIP")))
+    pixels = tf.train.Example.FromString(record.numpy()).features.feature["image"].float_list.value
+    assert min(pixels) == -1.0 and max(pixels) <= 1.0
+    pushed = glob.glob(os.path.join(run_dir, "latentforge", "serving", "gan", "*", "saved_model.pb"))
+    model = tf.saved_model.load(os.path.dirname(pushed[0]))
+    images = model.signatures["generate"](n=tf.constant(4), seed=tf.constant(1))["images"].numpy()
+    assert images.shape == (4, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+
+
 def test_transform_writes_every_split_of_the_sample(sample_run):
     run_dir, _, first = sample_run
     transform = next(n for n in first if n.node == "Transform")
