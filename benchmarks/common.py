@@ -38,6 +38,16 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
+def load_results(name: str) -> dict:
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        results = json.load(f)
+    results.pop("machine", None)
+    return results
+
+
 def save_results(name: str, results: dict) -> str:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{name}.json")

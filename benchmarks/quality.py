@@ -1,17 +1,17 @@
 """Model quality on the real MNIST at fixed budgets: ours side by side with the seed notebook's code.
 
-    python benchmarks/quality.py [--epochs 3] [--only autoencoders,vae,classifier]
+    python benchmarks/quality.py [--epochs 3] [--only autoencoders,vae,classifier] [--variants stacked_ae,...]
 
 - Autoencoders: test reconstruction MSE (10,000 test digits) of each variant, our registry preset vs the
   notebook's architecture trained by the notebook's code, same epochs and batch size.
 - VAE: test -ELBO (nats per image, Bernoulli likelihood) and reconstruction MSE, dense and conv.
 - Few labels: a conv autoencoder pretrained on all 60,000 training images (labels unused), then a classifier on
   its encoder with 10 and 100 labels per class, frozen -> unfrozen, vs the same network from scratch.
-Results: benchmarks/results/quality.json and Markdown tables.
+Results: benchmarks/results/quality.json (a rerun of some parts or variants updates just those) and Markdown.
 """
 import argparse
 
-from common import Timer, load_mnist, save_results  # first: sets up sys.path and the environment
+from common import Timer, load_mnist, load_results, save_results  # first: sets up sys.path and the environment
 import numpy as np
 import tensorflow as tf
 
@@ -33,9 +33,9 @@ def test_mse(model, x_test):
     return float(np.mean(np.square(reconstructions - x_test)))
 
 
-def autoencoder_quality(x_train, x_test, epochs):
+def autoencoder_quality(x_train, x_test, epochs, variants=AE_VARIANTS):
     rows = {}
-    for name in AE_VARIANTS:
+    for name in variants:
         config = registry.make_config(name, {"epochs": epochs})
         with Timer() as ours_time:
             ours, _ = autoencoders.train(config, (28, 28, 1), batches(x_train, config.batch_size))
@@ -74,8 +74,7 @@ def few_label_quality(x_train, y_train, x_test, y_test, pretrain_epochs, labels_
         labelled = labelled.shuffle(len(chosen), seed=0).batch(32)
         # A few hundred steps in every case: the epochs scale with the number of labels.
         epochs = max(10, 3000 // len(chosen))
-        clf_config = classifier.ClassifierConfig(epochs=epochs, unfrozen_epochs=epochs, head_units=(64,),
-                                                 learning_rate=1e-3)
+        clf_config = classifier.ClassifierConfig(epochs=epochs, unfrozen_epochs=epochs)
         accuracy = lambda model: float(np.mean(np.argmax(model.predict(x_test, batch_size=500, verbose=0), 1)
                                                == y_test))
         model = classifier.build_classifier(clf_config, classifier.copy_encoder(encoder))
@@ -95,18 +94,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every autoencoder and VAE")
     parser.add_argument("--only", default="autoencoders,vae,classifier")
+    parser.add_argument("--variants", default=",".join(AE_VARIANTS), help="autoencoder variants to compare")
     args = parser.parse_args()
     x_train, y_train, x_test, y_test = load_mnist()
     parts = args.only.split(",")
-    results = {"epochs": args.epochs}
+    results = load_results("quality")
+    if results.get("epochs") != args.epochs:
+        results = {"epochs": args.epochs}
     if "autoencoders" in parts:
-        results["autoencoders"] = autoencoder_quality(x_train, x_test, args.epochs)
+        results.setdefault("autoencoders", {}).update(
+            autoencoder_quality(x_train, x_test, args.epochs, args.variants.split(",")))
     if "vae" in parts:
         results["vae"] = vae_quality(x_train, x_test, args.epochs)
     if "classifier" in parts:
         results["few_labels"] = few_label_quality(x_train, y_train, x_test, y_test, args.epochs)
-    print("saved", save_results("quality" if parts == ["autoencoders", "vae", "classifier"] else
-                                "quality-" + "-".join(parts), results))
+    print("saved", save_results("quality", results))
     if "autoencoders" in results:
         print(f"\n| variant ({args.epochs} epochs, batch 32) | ours test MSE | notebook test MSE |\n|---|---|---|")
         for name, r in results["autoencoders"].items():

@@ -18,13 +18,16 @@ PIXEL_RANGE = "unit"
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig(TrainingConfig):
-    """epochs: the frozen phase; unfrozen_epochs: the fine-tuning phase at learning_rate * unfrozen_lr_factor."""
+    """epochs: the frozen phase at learning_rate; unfrozen_epochs: the fine-tuning phase at learning_rate *
+    unfrozen_lr_factor, the rate the from-scratch baseline also uses (it trains every layer, like phase 2)."""
 
     num_classes: int = 10
     head_units: Tuple[int, ...] = ()  # hidden layers of the head; () is a linear (softmax) probe
     dropout: float = 0.0
     unfrozen_epochs: int = 10
     unfrozen_lr_factor: float = 0.1
+    # A head on a hundred labels gets a few hundred steps: it needs a high rate (1e-3 left it near chance).
+    learning_rate: float = 1e-2
     epochs: int = 10
 
     def __post_init__(self):
@@ -52,13 +55,14 @@ def copy_encoder(encoder: keras.Model, keep_weights: bool = True) -> keras.Model
     copy.build(encoder.input_shape)
     if keep_weights:
         copy.set_weights(encoder.get_weights())
-    copy._name = "reused_encoder" if keep_weights else "scratch_encoder"
     return copy
 
 
 def build_classifier(config: ClassifierConfig, encoder: keras.Model) -> keras.Sequential:
     """encoder + head: images (B, H, W, C) -> class probabilities (B, num_classes). layers[0] is the encoder."""
-    head = [keras.layers.Flatten()]
+    # Codings are unnormalised (ReLU codes of an autoencoder run ~7 +- 5): standardising them lets a head trained
+    # on a hundred labels converge in a few hundred steps.
+    head = [keras.layers.Flatten(), keras.layers.BatchNormalization(momentum=0.9)]
     for units in config.head_units:
         head += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(config.dropout)]
     head.append(keras.layers.Dense(config.num_classes, activation="softmax"))
@@ -111,9 +115,11 @@ def train(config: ClassifierConfig, encoder: keras.Model, train_data: tf.data.Da
 def train_from_scratch(config: ClassifierConfig, encoder: keras.Model, train_data: tf.data.Dataset,
                        eval_data: Optional[tf.data.Dataset] = None,
                        callbacks=None) -> Tuple[keras.Model, Dict[str, List[float]]]:
-    """The baseline: the same architecture from random weights, all layers trained for both phases' epochs."""
+    """The baseline: the same architecture from random weights, every layer trained for both phases' epochs at
+    the unfrozen phase's rate (the head-only rate is too high for a whole network: 0.55 vs 0.75 test accuracy
+    at 100 MNIST labels)."""
     keras.utils.set_random_seed(config.seed)
     model = build_classifier(config, copy_encoder(encoder, keep_weights=False))
-    history = _fit(config, model, config.learning_rate, config.epochs + config.unfrozen_epochs, train_data,
-                   eval_data, callbacks)
+    history = _fit(config, model, config.learning_rate * config.unfrozen_lr_factor,
+                   config.epochs + config.unfrozen_epochs, train_data, eval_data, callbacks)
     return model, history_floats(history)
