@@ -177,7 +177,7 @@ _MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schem
 
 
 def _print_results(nodes) -> None:
-    """The last epoch's losses (from the Trainer's metrics file) and where the SavedModel went."""
+    """The last epoch's losses (from the Trainer's metrics file), its pictures and where the SavedModel went."""
     import json  # pylint: disable=import-outside-toplevel
     from components.trainer.run_fn import METRICS_FILE  # pylint: disable=import-outside-toplevel
     by_name = {n.node: n for n in nodes}
@@ -186,6 +186,9 @@ def _print_results(nodes) -> None:
         with open(os.path.join(model_run, METRICS_FILE)) as f:
             history = json.load(f)["history"]
         print("latentforge: last epoch " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(history.items())))
+        pictures = sorted(f for f in os.listdir(model_run) if f.endswith(".png"))
+        if pictures:
+            print(f"latentforge: pictures in {model_run}: {', '.join(pictures)}")
     pushed = by_name.get("Pusher") and by_name["Pusher"].properties.get("pushed_model", {})
     if pushed and pushed.get("pushed_destination"):
         print(f"latentforge: SavedModel at {pushed['pushed_destination']}")

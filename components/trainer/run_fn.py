@@ -1,5 +1,7 @@
 """run_fn for TFX's standard Trainer (GenericExecutor): trains a trainers/ model in process.
 
+Writes the SavedModel (serving_model_dir) and, in model_run_dir, metrics.json and the model's pictures.
+
 The glue between TFX's FnArgs and the model library; the models themselves know nothing of TFX.
 custom_config: {"model": name, "config": {...}, "image_shape": [h, w, c]}.
 """
@@ -10,6 +12,7 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from components.trainer import figures
 from serving import export
 from trainers import data, registry
 
@@ -33,3 +36,7 @@ def run_fn(fn_args: FnArgs) -> None:
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
         json.dump({"model": custom["model"], "config": custom["config"], "history": metrics}, f, indent=1)
+    shown = next(iter(evaluation)).numpy()
+    for path in figures.save_model_figures(entry.family, model, shown, entry.pixel_range, metrics,
+                                           fn_args.model_run_dir, seed=config.seed):
+        logging.info("figure: %s", path)

@@ -1,0 +1,77 @@
+"""Pictures of a trained model a person looks at instead of reading numbers: PNGs beside its metrics.
+
+    reconstructions.png  inputs (top row) over their reconstructions (autoencoders, VAEs)
+    samples.png          an 8x8 grid of generated images (VAEs, GANs, DDPM by DDIM)
+    interpolation.png    decoded codings along the line between two inputs (VAEs)
+    loss.png             the per-epoch training curves
+"""
+import os
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or a Ray worker
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """(N, H, W, C) floats in [0, 1] -> one uint8 image (rows*H + gaps, columns*W + gaps, C), 1-pixel gaps."""
+    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    count, height, width, channels = images.shape
+    rows = -(-count // columns)
+    grid = np.ones((rows * (height + 1) + 1, columns * (width + 1) + 1, channels), np.float32)
+    for i, image in enumerate(images):
+        top, left = 1 + (i // columns) * (height + 1), 1 + (i % columns) * (width + 1)
+        grid[top:top + height, left:left + width] = image
+    return np.round(grid * 255).astype(np.uint8)
+
+
+def save_png(path: str, grid: np.ndarray, zoom: int = 2) -> str:
+    """Writes a uint8 (H, W, C) image as PNG, each pixel a zoom x zoom block (28-pixel digits are small)."""
+    tf.io.write_file(path, tf.io.encode_png(np.repeat(np.repeat(grid, zoom, axis=0), zoom, axis=1)))
+    return path
+
+
+def save_loss_curves(path: str, history: Dict[str, List[float]]) -> str:
+    """One panel per quantity, train and validation together."""
+    names = sorted({k[len("val_"):] if k.startswith("val_") else k for k in history
+                    if len(history[k]) > 1 and not k.startswith("frozen_epochs")})
+    figure, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        for key, label in ((name, "train"), (f"val_{name}", "validation")):
+            if key in history:
+                axis.plot(range(1, len(history[key]) + 1), history[key], marker="o", label=label)
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def save_model_figures(family: str, model, inputs: np.ndarray, pixel_range: str, history: Dict[str, List[float]],
+                       out_dir: str, seed: int = 0) -> Sequence[str]:
+    """Writes the family's pictures for `inputs` (a batch in the model's pixel range) under out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    to_unit = (lambda x: (np.asarray(x) + 1.0) / 2.0) if pixel_range == "symmetric" else np.asarray
+    paths = [save_loss_curves(os.path.join(out_dir, "loss.png"), history)]
+    if family in ("autoencoder", "vae"):
+        shown = inputs[:10]
+        reconstructions = model(shown, training=False)
+        paths.append(save_png(os.path.join(out_dir, "reconstructions.png"),
+                              image_grid(np.concatenate([to_unit(shown), to_unit(reconstructions)]), len(shown))))
+    if family == "vae":
+        paths.append(save_png(os.path.join(out_dir, "samples.png"), image_grid(model.sample(64, seed=seed), 8)))
+        if len(inputs) >= 2:
+            strip = model.interpolate(inputs[0], inputs[1], steps=10)
+            paths.append(save_png(os.path.join(out_dir, "interpolation.png"), image_grid(strip, 10)))
+    if family == "gan":
+        paths.append(save_png(os.path.join(out_dir, "samples.png"),
+                              image_grid(to_unit(model.generate(64, seed=seed)), 8)))
+    if family == "diffusion":
+        paths.append(save_png(os.path.join(out_dir, "samples.png"),
+                              image_grid(to_unit(model.generate(32, seed=seed)), 8)))
+    return paths
