@@ -61,19 +61,19 @@ class AutoencoderConfig(TrainingConfig):
                               ("loss", LOSSES)):
             require_choice(self, name, allowed)
         require(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
-              f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
+                f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
         require(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
-              f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
+                f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
         require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
         require(self.finetune_epochs >= 0, f"finetune_epochs={self.finetune_epochs}: must be >= 0")
         require(self.noise == "none" or 0 < self.noise_level < (1 if self.noise == "dropout" else math.inf),
-              f"noise_level={self.noise_level}: must be > 0 (and < 1 for dropout)")
+                f"noise_level={self.noise_level}: must be > 0 (and < 1 for dropout)")
         require(self.sparsity_weight >= 0, f"sparsity_weight={self.sparsity_weight}: must be >= 0")
         require(0 < self.sparsity_target < 1, f"sparsity_target={self.sparsity_target}: must be in (0, 1)")
         require(not (self.tied_weights or self.greedy) or self.architecture == "dense",
-              "tied_weights and greedy need architecture='dense'")
+                "tied_weights and greedy need architecture='dense'")
         require(self.sparsity != "kl" or self.coding_activation == "sigmoid",
-              "sparsity='kl' needs a sigmoid coding layer: set activation='sigmoid'")
+                "sparsity='kl' needs a sigmoid coding layer: set activation='sigmoid'")
 
     @property
     def code_units(self) -> int:
@@ -203,7 +203,8 @@ def _conv(config: AutoencoderConfig, input_shape) -> Tuple[keras.Model, keras.Mo
                       keras.layers.Dense(start_h * start_w * filters[0], activation=config.activation),
                       keras.layers.Reshape((start_h, start_w, filters[0]))]
     for f in filters[1:]:
-        decoder_layers.append(keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=config.activation))
+        decoder_layers.append(keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same",
+                                                           activation=config.activation))
     decoder_layers.append(keras.layers.Conv2DTranspose(channels, 3, strides=2, padding="same",
                                                        activation=config.output_activation))
     decoder_layers.append(keras.layers.Cropping2D(cropping))

@@ -136,7 +136,8 @@ class DivergenceMonitor(keras.callbacks.Callback):
     `patience` consecutive steps (a GAN discriminator that wins outright gives its generator no gradient).
 
     The train step returns per-step values for the keys watched here (not epoch means), so a single bad step
-    is seen at the step it happens.
+    is seen at the step it happens. With steps_per_execution = N, Keras shows callbacks every Nth step only:
+    GANs keep the default of 1.
     """
 
     def __init__(self, keys: Sequence[str], wins=None, patience: int = 0):

@@ -37,7 +37,7 @@ def save_png(path: str, grid: np.ndarray, zoom: int = 2) -> str:
 def save_loss_curves(path: str, history: Dict[str, List[float]]) -> str:
     """One panel per quantity, train and validation together."""
     names = sorted({k[len("val_"):] if k.startswith("val_") else k for k in history
-                    if len(history[k]) > 1 and not k.startswith("frozen_epochs")})
+                    if history[k] and k != "frozen_epochs"})
     figure, axes = plt.subplots(1, max(len(names), 1), figsize=(4 * max(len(names), 1), 3), squeeze=False)
     for axis, name in zip(axes[0], names):
         for key, label in ((name, "train"), (f"val_{name}", "validation")):
