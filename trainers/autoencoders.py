@@ -264,22 +264,30 @@ def _greedy_pretrain(model: Autoencoder, config: AutoencoderConfig, inputs: tf.d
     return history
 
 
-def train(config: AutoencoderConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
-          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[Autoencoder, Dict[str, List[float]]]:
-    """Builds and trains an autoencoder on batches of inputs; returns it and its per-epoch history.
+def fit(model: Autoencoder, config: AutoencoderConfig, train_data: tf.data.Dataset,
+        eval_data: Optional[tf.data.Dataset] = None, callbacks=None, initial_epoch: int = 0) -> Dict[str, List[float]]:
+    """Trains a built autoencoder on batches of inputs (B, *input_shape), the targets being the inputs.
 
-    train_data / eval_data yield input batches (B, *input_shape); targets are the inputs themselves.
+    Greedy models first train layer by layer, then fine-tune the stack for finetune_epochs; `initial_epoch`
+    (a resumed run) counts the stacked epochs, and a resumed greedy run skips the layer-wise phase.
     """
-    model = build_autoencoder(config, input_shape)
     train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
     pairs = lambda ds: ds.map(lambda x: (x, x)) if ds is not None else None
     history: Dict[str, List[float]] = {}
     epochs = config.epochs
     if config.greedy:
-        history.update(_greedy_pretrain(model, config, pairs(train_data), callbacks))
+        if initial_epoch == 0:
+            history.update(_greedy_pretrain(model, config, pairs(train_data), callbacks))
         epochs = config.finetune_epochs
-    if epochs:
-        fit = model.fit(pairs(train_data), validation_data=pairs(eval_data), epochs=epochs, verbose=2,
-                        callbacks=callbacks)
-        history.update(fit.history)
-    return model, history_floats(history)
+    if epochs > initial_epoch:
+        fit_history = model.fit(pairs(train_data), validation_data=pairs(eval_data), epochs=epochs,
+                                initial_epoch=initial_epoch, verbose=2, callbacks=callbacks)
+        history.update(fit_history.history)
+    return history_floats(history)
+
+
+def train(config: AutoencoderConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
+          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[Autoencoder, Dict[str, List[float]]]:
+    """Builds and trains an autoencoder on batches of inputs; returns it and its per-epoch history."""
+    model = build_autoencoder(config, input_shape)
+    return model, fit(model, config, train_data, eval_data, callbacks)

@@ -291,10 +291,17 @@ def build_diffusion_model(config: DiffusionConfig, input_shape: Sequence[int]) -
     return model
 
 
+def fit(model: DiffusionModel, config: DiffusionConfig, train_data: tf.data.Dataset,
+        eval_data: Optional[tf.data.Dataset] = None, callbacks=None, initial_epoch: int = 0) -> Dict[str, List[float]]:
+    """Trains a built DDPM from `initial_epoch` to config.epochs; returns the per-epoch history."""
+    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
+    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, initial_epoch=initial_epoch,
+                        verbose=2, callbacks=callbacks)
+    return history_floats(history.history)
+
+
 def train(config: DiffusionConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
           eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[DiffusionModel, Dict[str, List[float]]]:
     """Trains the noise predictor on batches of images (B, H, W, C) in [-1, 1]; returns the model and history."""
     model = build_diffusion_model(config, input_shape)
-    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
-    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, verbose=2, callbacks=callbacks)
-    return model, history_floats(history.history)
+    return model, fit(model, config, train_data, eval_data, callbacks)

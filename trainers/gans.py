@@ -223,15 +223,21 @@ def divergence_monitor(config: GANConfig) -> DivergenceMonitor:
                              patience=config.max_discriminator_wins)
 
 
-def train(config: GANConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
-          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[GAN, Dict[str, List[float]]]:
-    """Trains a GAN on batches of real images (B, H, W, C) in [-1, 1]; returns it and its per-epoch history.
+def fit(model: GAN, config: GANConfig, train_data: tf.data.Dataset, eval_data: Optional[tf.data.Dataset] = None,
+        callbacks=None, initial_epoch: int = 0) -> Dict[str, List[float]]:
+    """Trains a built GAN from `initial_epoch` to config.epochs; returns the per-epoch d_loss and g_loss.
 
     eval_data is unused: a GAN's losses on held-out images say little (the Evaluator scores samples instead).
     Raises TrainingDiverged when training diverges.
     """
+    del eval_data
+    history = model.fit(with_known_size(train_data, config), epochs=config.epochs, initial_epoch=initial_epoch,
+                        verbose=2, callbacks=[divergence_monitor(config), *(callbacks or [])])
+    return history_floats({k: v for k, v in history.history.items() if not k.startswith("step_")})
+
+
+def train(config: GANConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
+          eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[GAN, Dict[str, List[float]]]:
+    """Trains a GAN on batches of real images (B, H, W, C) in [-1, 1]; returns it and its per-epoch history."""
     model = build_gan(config, input_shape)
-    train_data = with_known_size(train_data, config)
-    history = model.fit(train_data, epochs=config.epochs, verbose=2,
-                        callbacks=[divergence_monitor(config), *(callbacks or [])])
-    return model, history_floats({k: v for k, v in history.history.items() if not k.startswith("step_")})
+    return model, fit(model, config, train_data, eval_data, callbacks)

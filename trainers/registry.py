@@ -12,11 +12,13 @@ class ModelEntry:
     preset: Mapping[str, Any]
     pixel_range: str  # what the Transform scales images to: "unit" [0, 1] or "symmetric" [-1, 1]
     build: Callable  # (config, input_shape) -> compiled, untrained model
-    train: Callable  # (config, input_shape, train_images, eval_images, callbacks) -> (model, history)
+    fit: Callable  # (model, config, train_images, eval_images, callbacks, initial_epoch) -> history
+    train: Callable  # (config, input_shape, train_images, eval_images, callbacks) -> (model, history): build + fit
 
 
 def _entry(family: str, module, config_class: Type, build: Callable) -> Callable[..., ModelEntry]:
-    return lambda **preset: ModelEntry(family, config_class, preset, module.PIXEL_RANGE, build, module.train)
+    return lambda **preset: ModelEntry(family, config_class, preset, module.PIXEL_RANGE, build, module.fit,
+                                       module.train)
 
 
 _autoencoder = _entry("autoencoder", autoencoders, autoencoders.AutoencoderConfig, autoencoders.build_autoencoder)

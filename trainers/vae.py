@@ -180,10 +180,17 @@ def build_vae(config: VAEConfig, input_shape: Sequence[int]) -> VAE:
     return model
 
 
+def fit(model: VAE, config: VAEConfig, train_data: tf.data.Dataset, eval_data: Optional[tf.data.Dataset] = None,
+        callbacks=None, initial_epoch: int = 0) -> Dict[str, List[float]]:
+    """Trains a built VAE from `initial_epoch` (a resumed run) to config.epochs; returns the per-epoch history."""
+    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
+    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, initial_epoch=initial_epoch,
+                        verbose=2, callbacks=callbacks)
+    return history_floats(history.history)
+
+
 def train(config: VAEConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
           eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Tuple[VAE, Dict[str, List[float]]]:
     """Trains a VAE on batches of images (B, H, W, C) in [0, 1]; returns it and its per-epoch history."""
     model = build_vae(config, input_shape)
-    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
-    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, verbose=2, callbacks=callbacks)
-    return model, history_floats(history.history)
+    return model, fit(model, config, train_data, eval_data, callbacks)
