@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers.common import (TrainingConfig, history_floats, make_optimizer, require, require_choice, upsampling_plan,
-                             use_xla, with_known_size)
+from trainers.common import (TrainingConfig, fit_epochs, make_optimizer, require, require_choice, require_layer_sizes,
+                             start_build, upsampling_plan, use_xla, with_known_size)
 
 ARCHITECTURES = ("dense", "conv", "recurrent")
 NOISES = ("none", "gaussian", "dropout")
@@ -60,10 +60,8 @@ class AutoencoderConfig(TrainingConfig):
                               ("activation", ACTIVATIONS), ("output_activation", OUTPUT_ACTIVATIONS),
                               ("loss", LOSSES)):
             require_choice(self, name, allowed)
-        require(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
-                f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
-        require(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
-                f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
+        require_layer_sizes(self, "hidden_units", "unit")
+        require_layer_sizes(self, "conv_filters", "filter")
         require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
         require(self.finetune_epochs >= 0, f"finetune_epochs={self.finetune_epochs}: must be >= 0")
         require(self.noise == "none" or 0 < self.noise_level < (1 if self.noise == "dropout" else math.inf),
@@ -237,9 +235,7 @@ def _compile(model: keras.Model, config: AutoencoderConfig) -> keras.Model:
 
 def build_autoencoder(config: AutoencoderConfig, input_shape: Sequence[int]) -> Autoencoder:
     """A compiled autoencoder for inputs of `input_shape` (e.g. (28, 28, 1), or (3,) for the toy set)."""
-    input_shape = tuple(int(d) for d in input_shape)
-    config.check_input(input_shape)
-    keras.utils.set_random_seed(config.seed)
+    input_shape = start_build(config, input_shape)
     build = {"dense": _dense, "conv": _conv, "recurrent": _recurrent}[config.architecture]
     encoder, decoder = build(config, input_shape)
     model = Autoencoder(encoder, decoder, name=f"{config.architecture}_autoencoder")
@@ -259,7 +255,7 @@ def _greedy_pretrain(model: Autoencoder, config: AutoencoderConfig, inputs: tf.d
         shallow = keras.Sequential([keras.layers.Input((features.element_spec.shape[-1],)), enc, dec])
         _compile(shallow, config)
         phase = shallow.fit(features.map(lambda x: (x, x)), epochs=config.epochs, verbose=2, callbacks=callbacks)
-        history[f"greedy_layer{depth + 1}_loss"] = phase.history["loss"]
+        history[f"greedy_layer{depth + 1}_loss"] = [float(v) for v in phase.history["loss"]]
         features = features.map(lambda x, layer=enc: layer(x))
     return history
 
@@ -280,10 +276,9 @@ def fit(model: Autoencoder, config: AutoencoderConfig, train_data: tf.data.Datas
             history.update(_greedy_pretrain(model, config, pairs(train_data), callbacks))
         epochs = config.finetune_epochs
     if epochs > initial_epoch:
-        fit_history = model.fit(pairs(train_data), validation_data=pairs(eval_data), epochs=epochs,
-                                initial_epoch=initial_epoch, verbose=2, callbacks=callbacks)
-        history.update(fit_history.history)
-    return history_floats(history)
+        history.update(fit_epochs(model, config, pairs(train_data), pairs(eval_data), callbacks, initial_epoch,
+                                  epochs))
+    return history
 
 
 def train(config: AutoencoderConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers.common import TrainingConfig, history_floats, make_optimizer, require, use_xla, with_known_size
+from trainers.common import TrainingConfig, fit_epochs, make_optimizer, require, use_xla
 
 PIXEL_RANGE = "unit"
 
@@ -74,15 +74,14 @@ def build_classifier(config: ClassifierConfig, encoder: keras.Model) -> keras.Se
 def _fit(config, model, learning_rate, epochs, train_data, eval_data, callbacks):
     model.compile(optimizer=make_optimizer(config, learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=config.steps_per_execution, jit_compile=use_xla(config))
-    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
-    return model.fit(train_data, validation_data=eval_data, epochs=epochs, verbose=2, callbacks=callbacks).history
+    return fit_epochs(model, config, train_data, eval_data, callbacks, epochs=epochs)
 
 
 def train_frozen(config: ClassifierConfig, model: keras.Model, train_data: tf.data.Dataset,
                  eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Dict[str, List[float]]:
     """Phase 1: only the head learns (a frozen encoder also keeps its BatchNorm statistics)."""
     model.layers[0].trainable = False
-    return history_floats(_fit(config, model, config.learning_rate, config.epochs, train_data, eval_data, callbacks))
+    return _fit(config, model, config.learning_rate, config.epochs, train_data, eval_data, callbacks)
 
 
 def train_unfrozen(config: ClassifierConfig, model: keras.Model, train_data: tf.data.Dataset,
@@ -90,7 +89,7 @@ def train_unfrozen(config: ClassifierConfig, model: keras.Model, train_data: tf.
     """Phase 2: everything learns, at a lower rate so the pretrained features are adjusted, not overwritten."""
     model.layers[0].trainable = True
     rate = config.learning_rate * config.unfrozen_lr_factor
-    return history_floats(_fit(config, model, rate, config.unfrozen_epochs, train_data, eval_data, callbacks))
+    return _fit(config, model, rate, config.unfrozen_epochs, train_data, eval_data, callbacks)
 
 
 def _concatenate(first: Dict[str, List[float]], second: Dict[str, List[float]]) -> Dict[str, List[float]]:
@@ -122,4 +121,4 @@ def train_from_scratch(config: ClassifierConfig, encoder: keras.Model, train_dat
     model = build_classifier(config, copy_encoder(encoder, keep_weights=False))
     history = _fit(config, model, config.learning_rate * config.unfrozen_lr_factor,
                    config.epochs + config.unfrozen_epochs, train_data, eval_data, callbacks)
-    return model, history_floats(history)
+    return model, history

@@ -26,6 +26,13 @@ def require_choice(config, name: str, allowed: Sequence[str]) -> None:
     require(value in allowed, f"{name}={value!r}: must be one of {tuple(allowed)}")
 
 
+def require_layer_sizes(config, name: str, unit: str) -> None:
+    """A tuple of layer sizes (hidden_units, conv_filters): at least one layer, each of size >= 1."""
+    sizes = getattr(config, name)
+    require(sizes and all(int(size) >= 1 for size in sizes),
+            f"{name}={sizes}: need at least one layer, each with >= 1 {unit}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """Settings every family has. Subclasses redeclare a field to change its default.
@@ -55,6 +62,14 @@ def use_xla(config: TrainingConfig) -> bool:
     """config.jit_compile, except across replicas: XLA cannot read a variable mirrored on another device."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync if tf.distribute.has_strategy() else 1
     return config.jit_compile and replicas == 1
+
+
+def start_build(config: TrainingConfig, input_shape: Sequence[int]) -> Tuple[int, ...]:
+    """What every family's build does first: the shape as ints, checked against the config; the seed set."""
+    input_shape = tuple(int(d) for d in input_shape)
+    config.check_input(input_shape)
+    keras.utils.set_random_seed(config.seed)
+    return input_shape
 
 
 def make_optimizer(config: TrainingConfig, learning_rate: Optional[float] = None) -> keras.optimizers.Optimizer:
@@ -116,6 +131,17 @@ def with_known_size(dataset: Optional[tf.data.Dataset], config: TrainingConfig) 
         size = int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(size))
     return dataset
+
+
+def fit_epochs(model: keras.Model, config: TrainingConfig, train_data: tf.data.Dataset,
+               eval_data: Optional[tf.data.Dataset] = None, callbacks=None, initial_epoch: int = 0,
+               epochs: Optional[int] = None) -> Dict[str, List[float]]:
+    """model.fit from `initial_epoch` (a resumed run) to `epochs` (default config.epochs), progress a line per
+    epoch; returns the per-epoch history as floats."""
+    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
+    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs if epochs is None else epochs,
+                        initial_epoch=initial_epoch, verbose=2, callbacks=callbacks)
+    return history_floats(history.history)
 
 
 def history_floats(history: Dict[str, Iterable]) -> Dict[str, List[float]]:

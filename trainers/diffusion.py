@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_mean, require,
-                             require_choice, run_network, use_xla, with_known_size)
+from trainers.common import (TrainingConfig, average_loss, fit_epochs, make_optimizer, per_example_mean, require,
+                             require_choice, run_network, start_build, use_xla)
 
 PIXEL_RANGE = "symmetric"
 SCHEDULES = ("cosine", "linear")
@@ -279,9 +279,7 @@ class DiffusionModel(keras.Model):
 
 
 def build_diffusion_model(config: DiffusionConfig, input_shape: Sequence[int]) -> DiffusionModel:
-    input_shape = tuple(int(d) for d in input_shape)
-    config.check_input(input_shape)
-    keras.utils.set_random_seed(config.seed)
+    input_shape = start_build(config, input_shape)
     diffusion = GaussianDiffusion(noise_schedule(config.schedule, config.timesteps, config.cosine_offset,
                                                  config.max_beta))
     model = DiffusionModel(build_unet(config, input_shape), diffusion, loss=config.loss,
@@ -294,10 +292,7 @@ def build_diffusion_model(config: DiffusionConfig, input_shape: Sequence[int]) -
 def fit(model: DiffusionModel, config: DiffusionConfig, train_data: tf.data.Dataset,
         eval_data: Optional[tf.data.Dataset] = None, callbacks=None, initial_epoch: int = 0) -> Dict[str, List[float]]:
     """Trains a built DDPM from `initial_epoch` to config.epochs; returns the per-epoch history."""
-    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
-    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, initial_epoch=initial_epoch,
-                        verbose=2, callbacks=callbacks)
-    return history_floats(history.history)
+    return fit_epochs(model, config, train_data, eval_data, callbacks, initial_epoch)
 
 
 def train(config: DiffusionConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,

@@ -16,8 +16,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, history_floats, make_optimizer,
-                             per_example_sum, require, require_choice, upsampling_plan, use_xla, with_known_size)
+from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, fit_epochs, make_optimizer,
+                             per_example_sum, require, require_choice, require_layer_sizes, start_build,
+                             upsampling_plan, use_xla)
 
 PIXEL_RANGE = "symmetric"
 ARCHITECTURES = ("dense", "dcgan")
@@ -53,10 +54,8 @@ class GANConfig(TrainingConfig):
         require(self.activation in ("relu", "selu", "elu", "tanh", "leaky_relu"),
                 f"activation={self.activation!r}: must be one of ('relu', 'selu', 'elu', 'tanh', 'leaky_relu')")
         require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
-        require(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
-                f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
-        require(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
-                f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
+        require_layer_sizes(self, "hidden_units", "unit")
+        require_layer_sizes(self, "conv_filters", "filter")
         require(0 <= self.dropout < 1, f"dropout={self.dropout}: must be in [0, 1)")
         require(0 <= self.label_smoothing < 0.5, f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
         require(self.critic_steps >= 1, f"critic_steps={self.critic_steps}: must be at least 1")
@@ -199,9 +198,7 @@ def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
 
 
 def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
-    input_shape = tuple(int(d) for d in input_shape)
-    config.check_input(input_shape)
-    keras.utils.set_random_seed(config.seed)
+    input_shape = start_build(config, input_shape)
     generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
     model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
                 critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
@@ -231,9 +228,9 @@ def fit(model: GAN, config: GANConfig, train_data: tf.data.Dataset, eval_data: O
     Raises TrainingDiverged when training diverges.
     """
     del eval_data
-    history = model.fit(with_known_size(train_data, config), epochs=config.epochs, initial_epoch=initial_epoch,
-                        verbose=2, callbacks=[divergence_monitor(config), *(callbacks or [])])
-    return history_floats({k: v for k, v in history.history.items() if not k.startswith("step_")})
+    history = fit_epochs(model, config, train_data, None, [divergence_monitor(config), *(callbacks or [])],
+                         initial_epoch)
+    return {k: v for k, v in history.items() if not k.startswith("step_")}
 
 
 def train(config: GANConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,

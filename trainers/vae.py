@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers.common import (TrainingConfig, average_loss, history_floats, make_optimizer, per_example_sum, require,
-                             require_choice, upsampling_plan, use_xla, with_known_size)
+from trainers.common import (TrainingConfig, average_loss, fit_epochs, make_optimizer, per_example_sum, require,
+                             require_choice, require_layer_sizes, start_build, upsampling_plan, use_xla)
 
 PIXEL_RANGE = "unit"
 ARCHITECTURES = ("dense", "conv")
@@ -41,10 +41,8 @@ class VAEConfig(TrainingConfig):
         require_choice(self, "reconstruction", RECONSTRUCTIONS)
         require(self.activation in ("relu", "selu", "elu", "tanh", "swish"),
                 f"activation={self.activation!r}: must be one of ('relu', 'selu', 'elu', 'tanh', 'swish')")
-        require(self.hidden_units and all(int(u) >= 1 for u in self.hidden_units),
-                f"hidden_units={self.hidden_units}: need at least one layer, each with >= 1 unit")
-        require(self.conv_filters and all(int(f) >= 1 for f in self.conv_filters),
-                f"conv_filters={self.conv_filters}: need at least one layer, each with >= 1 filter")
+        require_layer_sizes(self, "hidden_units", "unit")
+        require_layer_sizes(self, "conv_filters", "filter")
         require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
         require(self.beta >= 0, f"beta={self.beta}: must be >= 0")
 
@@ -168,9 +166,7 @@ def _conv(config: VAEConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
 
 
 def build_vae(config: VAEConfig, input_shape: Sequence[int]) -> VAE:
-    input_shape = tuple(int(d) for d in input_shape)
-    config.check_input(input_shape)
-    keras.utils.set_random_seed(config.seed)
+    input_shape = start_build(config, input_shape)
     encoder, decoder = {"dense": _dense, "conv": _conv}[config.architecture](config, input_shape)
     model = VAE(encoder, decoder, beta=config.beta, reconstruction=config.reconstruction,
                 name=f"{config.architecture}_vae")
@@ -183,10 +179,7 @@ def build_vae(config: VAEConfig, input_shape: Sequence[int]) -> VAE:
 def fit(model: VAE, config: VAEConfig, train_data: tf.data.Dataset, eval_data: Optional[tf.data.Dataset] = None,
         callbacks=None, initial_epoch: int = 0) -> Dict[str, List[float]]:
     """Trains a built VAE from `initial_epoch` (a resumed run) to config.epochs; returns the per-epoch history."""
-    train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
-    history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs, initial_epoch=initial_epoch,
-                        verbose=2, callbacks=callbacks)
-    return history_floats(history.history)
+    return fit_epochs(model, config, train_data, eval_data, callbacks, initial_epoch)
 
 
 def train(config: VAEConfig, input_shape: Sequence[int], train_data: tf.data.Dataset,
