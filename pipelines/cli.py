@@ -1,10 +1,12 @@
 """The `latentforge` command.
 
-    latentforge run [--source SOURCE] [--model MODEL] [--epochs N] ...   run the pipeline locally
+    latentforge run [--source SOURCE] [--model MODEL] [--epochs N] ...   run the pipeline (training on Ray)
+    latentforge submit --address http://HEAD:8265 -- run ...           run it as a job on a Ray cluster
     latentforge models                                                 list the models --model takes
     latentforge inspect [--source SOURCE]                              probe a source: splits, shape, classes
 
-Exit codes: 0 ok; 2 bad input (flags, source, model config); 3 data validation failed; 1 anything else.
+Exit codes: 0 ok; 2 bad input (flags, source, model config); 3 data validation failed; 4 training diverged;
+5 the Ray cluster cannot run it (unreachable, or lacks the resources asked for); 1 anything else.
 """
 import argparse
 import logging
@@ -13,7 +15,7 @@ import sys
 import time
 from typing import List, Optional
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DATA_INVALID, EXIT_DIVERGED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DATA_INVALID, EXIT_DIVERGED, EXIT_CLUSTER = 0, 1, 2, 3, 4, 5
 DEFAULT_SOURCE = "idx:" + os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                        "data", "mnist-sample")
 
@@ -30,6 +32,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
 
 
@@ -67,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                      type=_setting, help="any field of the model's config (repeatable; VALUE is JSON or a word), "
                      "e.g. --set beta=4 --set hidden_units=[150,100]")
+    run.add_argument("--pretrain", default="stacked_ae", metavar="MODEL",
+                     help="--model classifier: the autoencoder or VAE whose encoder it fine-tunes (default stacked_ae)")
+    run.add_argument("--pretrain-epochs", type=_positive_int, help="--model classifier: epochs of the pretraining")
     run.add_argument("--labels-per-class", type=_positive_int,
                      help="keep labels for only K examples per class (default: all)")
     run.add_argument("--eval-percent", type=int, default=10,
@@ -75,6 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default="runs", help="where runs write everything (default ./runs)")
     run.add_argument("--pipeline-name", default="latentforge", help="pipeline name (cache and metadata scope)")
     run.add_argument("--no-cache", action="store_true", help="re-run every component, ignoring the TFX cache")
+    ray = run.add_argument_group("training on Ray Train")
+    ray.add_argument("--trainer", choices=("ray", "in-process"), default="ray",
+                     help="ray (default): Ray Train workers; in-process: TFX's own Trainer in this process")
+    ray.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (default 1)")
+    ray.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    ray.add_argument("--cpus-per-worker", type=float,
+                     help="CPUs per worker (default: a local Ray's cores shared among the workers; 1 on a cluster)")
+    ray.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0,
+                     help="GPUs per worker (default 0: CPU training)")
+    ray.add_argument("--max-failures", type=int, default=1,
+                     help="times a failed worker group restarts from its last checkpoint (default 1; -1: forever)")
+
+    submit = commands.add_parser("submit", help="submit a command (e.g. run ...) as a job to a Ray cluster",
+                                 usage="latentforge submit --address http://HEAD:8265 [--no-wait] -- run [FLAGS]")
+    submit.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
+                        help="the Ray Jobs API, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
+    submit.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="print the job id and return instead of following the job to its end")
+    submit.add_argument("--python", default="python", help="the cluster's Python for the job (default: python)")
+    submit.add_argument("--submission-id", help="the job's id (default: one Ray chooses)")
+    submit.add_argument("job_args", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the latentforge command the job runs, e.g. -- run --model vae --epochs 5")
 
     commands.add_parser("models", help="list the models --model takes")
     inspect = commands.add_parser("inspect", help="probe a source: its splits, image shape and classes")
@@ -131,6 +165,7 @@ def cmd_models(args) -> int:
     from trainers import registry  # pylint: disable=import-outside-toplevel
     for name, entry in sorted(registry.MODELS.items()):
         print(f"{name:16s} {entry.family:12s} pixels {entry.pixel_range}")
+    print(f"{'classifier':16s} {'classifier':12s} fine-tunes the encoder of --pretrain MODEL (an autoencoder or VAE)")
     return EXIT_OK
 
 
@@ -138,19 +173,30 @@ def cmd_run(args) -> int:
     from pipelines import local_runner, metadata, pipeline  # pylint: disable=import-outside-toplevel
     from trainers import registry  # pylint: disable=import-outside-toplevel
 
+    from trainers import classifier  # pylint: disable=import-outside-toplevel
+
     overrides = {**dict(args.settings), "epochs": args.epochs, "batch_size": args.batch_size,
                  "learning_rate": args.learning_rate, "seed": args.seed}
-    try:
-        config = registry.make_config(args.model, overrides)
-    except (ValueError, TypeError) as e:
-        raise CliError(str(e)) from e
     if args.schema and not os.path.isfile(args.schema):
         raise CliError(f"--schema {args.schema}: no such file")
     if not 1 <= args.eval_percent <= 50:
         raise CliError(f"--eval-percent {args.eval_percent}: must be between 1 and 50")
+    if args.model != classifier.NAME and args.model not in registry.MODELS:
+        raise CliError(f"--model {args.model!r} is unknown; choose one of: "
+                       f"{', '.join(sorted([*registry.MODELS, classifier.NAME]))}")
     info = _probe(args)
-    paths = local_runner.run_paths(args.run_dir, args.pipeline_name)
+    pretraining = None
+    if args.model == classifier.NAME:
+        overrides.setdefault("num_classes", info.num_classes)
+        pretrain_config = {"epochs": args.pretrain_epochs, "seed": args.seed}
+        pretraining = (args.pretrain, {k: v for k, v in pretrain_config.items() if v is not None})
     model_config = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        config = pipeline.check_model(args.model, model_config, info, pretraining)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e)) from e
+    paths = local_runner.run_paths(args.run_dir, args.pipeline_name)
+    ray = _ray_training(args, paths)
     print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {info.num_classes} classes) "
           f"-> {args.model} {config}", flush=True)
     print(f"latentforge: outputs under {paths.root}", flush=True)
@@ -158,7 +204,7 @@ def cmd_run(args) -> int:
         pipeline_name=args.pipeline_name, pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path,
         source_info=info, model_name=args.model, model_config=model_config, serving_dir=paths.serving_dir,
         eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
-        schema_path=args.schema, enable_cache=not args.no_cache)
+        schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining)
     start = time.time()
     local_runner.run(tfx_pipeline)
     elapsed = time.time() - start
@@ -174,6 +220,45 @@ def cmd_run(args) -> int:
 
 
 _MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema")
+
+
+def _ray_training(args, paths):
+    """The Trainer's Ray settings, checked against the cluster now: a run asking for GPUs the cluster does not
+    have fails here, not after the data stages, and not by waiting for resources forever."""
+    if args.trainer == "in-process":
+        return None
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    from trainers import ray_train  # pylint: disable=import-outside-toplevel
+    try:
+        settings = ray_train.RaySettings(address=args.ray_address, workers=args.workers,
+                                         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                                         max_failures=args.max_failures)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    ray_train.connect(settings)
+    resources = ray_train.worker_resources(settings)
+    print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
+    fields = {k: v for k, v in vars(settings).items() if v is not None}
+    return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage)
+
+
+def cmd_submit(args) -> int:
+    from pipelines import ray_jobs  # pylint: disable=import-outside-toplevel
+    job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
+    if not args.address:
+        raise CliError("submit needs --address http://HEAD:8265 (the Ray head's dashboard) or RAY_API_SERVER_ADDRESS")
+    if not job_args:
+        raise CliError("submit needs the command to run after --, e.g. latentforge submit --address URL -- run")
+    if job_args[0] == "run" and "--run-dir" not in job_args:
+        print("latentforge: note: without --run-dir the job writes under its working directory on the cluster; "
+              "pass an absolute path every node shares to keep the outputs", file=sys.stderr)
+    job_id = ray_jobs.submit(args.address, job_args, python=args.python, submission_id=args.submission_id)
+    print(f"latentforge: submitted Ray job {job_id} to {args.address}", flush=True)
+    if not args.wait:
+        return EXIT_OK
+    code = ray_jobs.follow(args.address, job_id)
+    print(f"latentforge: Ray job {job_id} {ray_jobs.status(args.address, job_id)} (exit code {code})", flush=True)
+    return code
 
 
 def _print_results(nodes) -> None:
@@ -198,7 +283,9 @@ def _explain(error: BaseException) -> Optional[tuple]:
     """(message, exit code) for errors that are the user's to fix, searched along the cause chain."""
     from components.image_example_gen.sources import SourceError  # pylint: disable=import-outside-toplevel
     from components.strict_example_validator.executor import DataValidationError  # pylint: disable=import-outside-toplevel
+    from pipelines.ray_jobs import JobSubmissionError  # pylint: disable=import-outside-toplevel
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
+    from trainers.ray_train import RayClusterError  # pylint: disable=import-outside-toplevel
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -210,6 +297,8 @@ def _explain(error: BaseException) -> Optional[tuple]:
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
         if isinstance(error, TrainingDiverged):
             return str(error), EXIT_DIVERGED
+        if isinstance(error, (RayClusterError, JobSubmissionError)):
+            return str(error), EXIT_CLUSTER
         error = error.__cause__ or error.__context__
     return None
 
@@ -217,7 +306,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logs(args.verbose)
-    handlers = {"run": cmd_run, "models": cmd_models, "inspect": cmd_inspect}
+    handlers = {"run": cmd_run, "submit": cmd_submit, "models": cmd_models, "inspect": cmd_inspect}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ Layout of a run directory (--run-dir, default ./runs), per pipeline name:
     RUN_DIR/PIPELINE/tfx/         pipeline_root: every component's artifacts
     RUN_DIR/PIPELINE/metadata.sqlite   ML Metadata (executions, artifacts, cache)
     RUN_DIR/PIPELINE/serving/MODEL/VERSION/   SavedModels the Pusher wrote
+    RUN_DIR/PIPELINE/ray/RUN/          Ray Train runs: checkpoints, Ray's own state
 """
 import dataclasses
 import os
@@ -22,6 +23,10 @@ class RunPaths:
     @property
     def metadata_path(self) -> str:
         return os.path.join(self.root, "metadata.sqlite")
+
+    @property
+    def ray_storage(self) -> str:
+        return os.path.join(self.root, "ray")
 
     @property
     def serving_dir(self) -> str:

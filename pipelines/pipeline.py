@@ -3,21 +3,25 @@
     ImageExampleGen -> StatisticsGen -> SchemaGen -> ImageSchemaCurator -> StrictExampleValidator
                                                  (or ImportSchemaGen)          |
                                           Transform (preprocessing_fn) <-------'
-                                              -> Trainer (run_fn) -> Pusher
+                                              -> Trainer (Ray Train, or run_fn in process) -> Pusher
+
+A classifier is fine-tuned on a pretrained encoder: its pipeline trains the pretraining model first
+(PretrainingTrainer) and wires that Model artifact into the classifier's Trainer as `base_model`.
 """
 import dataclasses
 import hashlib
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tfx import v1 as tfx
-from tfx.dsl.components.base import base_node
+from tfx.dsl.components.base import base_node, executor_spec
 
 from components.image_example_gen.component import DEFAULT_EVAL_PERCENT, ImageExampleGen
 from components.image_example_gen.sources import SourceInfo
 from components.image_schema_curator.component import ImageSchemaCurator
 from components.strict_example_validator.component import StrictExampleValidator
-from trainers import registry
+from components.trainer.executor import RayTrainerExecutor
+from trainers import classifier, registry
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPROCESSING_FN = "pipelines.preprocessing.preprocessing_fn"
@@ -91,36 +95,93 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
     return DataNodes(example_gen, statistics_gen, schema_gen, curator, validator, transform, schema)
 
 
-def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
-                   serving_dir: str) -> List[base_node.BaseNode]:
-    """The model's Trainer (in-process run_fn) and a Pusher writing its SavedModel to `serving_dir`."""
-    trainer = tfx.components.Trainer(
+@dataclasses.dataclass(frozen=True)
+class RayTraining:
+    """Train on Ray: RaySettings fields (trainers.ray_train) and where Ray keeps its runs and checkpoints."""
+    settings: Dict[str, Any]
+    storage_path: str
+
+
+def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
+            ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer") -> tfx.components.Trainer:
+    """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers."""
+    custom_config = {"model": model_name, "config": model_config, "image_shape": list(source_info.image_shape),
+                     "code": code_digest(_TRAINER_CODE)}
+    extra = {}
+    if ray is not None:
+        custom_config["ray"] = {"settings": ray.settings, "storage_path": ray.storage_path}
+        extra["custom_executor_spec"] = executor_spec.ExecutorClassSpec(RayTrainerExecutor)
+    if base_model is not None:
+        extra["base_model"] = base_model
+    return tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=data.transform.outputs["transformed_examples"],
         transform_graph=data.transform.outputs["transform_graph"],
         schema=data.schema,
-        custom_config={"model": model_name, "config": model_config,
-                       "image_shape": list(source_info.image_shape), "code": code_digest(_TRAINER_CODE)})
+        custom_config=custom_config,
+        **extra).with_id(node_id)
+
+
+def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
+                   serving_dir: str, ray: Optional[RayTraining] = None,
+                   pretraining: Optional[Tuple[str, Dict[str, Any]]] = None) -> List[base_node.BaseNode]:
+    """The model's Trainer (after a PretrainingTrainer for a classifier) and a Pusher writing its SavedModel
+    to `serving_dir`."""
+    nodes: List[base_node.BaseNode] = []
+    base_model = None
+    if model_name == classifier.NAME:
+        pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
+        nodes.append(pretrainer)
+        base_model = pretrainer.outputs["model"]
+    model_trainer = trainer(data, source_info, model_name, model_config, ray, base_model)
     pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"],
+        model=model_trainer.outputs["model"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=os.path.join(serving_dir, model_name))))
-    return [trainer, pusher]
+    return nodes + [model_trainer, pusher]
+
+
+def check_model(model_name: str, model_config: Dict[str, Any], source_info: SourceInfo,
+                pretraining: Optional[Tuple[str, Dict[str, Any]]] = None) -> Any:
+    """The model's validated config (errors name the bad setting), and for a classifier its pretraining's."""
+    if model_name != classifier.NAME:
+        return registry.make_config(model_name, model_config)
+    if source_info.num_classes < 2:
+        raise ValueError(f"the classifier needs a labelled source with at least 2 classes; "
+                         f"{source_info.spec.uri} has {source_info.num_classes}")
+    if pretraining is None:
+        raise ValueError("the classifier fine-tunes a pretrained encoder: name the model to pretrain")
+    pretrained = registry.get_model(pretraining[0])
+    if pretrained.family not in ("autoencoder", "vae"):
+        raise ValueError(f"cannot pretrain the classifier's encoder with {pretraining[0]} ({pretrained.family}): "
+                         "GANs and DDPMs map noise to images, not images to codings; pretrain an autoencoder or "
+                         "a VAE")
+    registry.make_config(*pretraining)
+    return classifier.ClassifierConfig(**classifier.config_values(model_config))
+
+
+def pixel_range(model_name: str, pretraining: Optional[Tuple[str, Dict[str, Any]]]) -> str:
+    name = pretraining[0] if model_name == classifier.NAME else model_name
+    return registry.get_model(name).pixel_range
 
 
 def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: str, source_info: SourceInfo,
                     model_name: str, model_config: Dict[str, Any], serving_dir: str,
                     eval_percent: int = DEFAULT_EVAL_PERCENT, labels_per_class: Optional[int] = None,
                     seed: int = 0, schema_path: Optional[str] = None, enable_cache: bool = True,
-                    beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+                    beam_pipeline_args: Optional[List[str]] = None, ray: Optional[RayTraining] = None,
+                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None) -> tfx.dsl.Pipeline:
+    """`ray`: train on Ray Train (None: in this process). `pretraining`: (model, config overrides) whose encoder
+    a classifier fine-tunes."""
     # Fail on a bad model name or config here, before any component runs.
-    registry.make_config(model_name, model_config)
-    data = data_nodes(source_info, registry.get_model(model_name).pixel_range, eval_percent,
-                      labels_per_class, seed, schema_path)
+    check_model(model_name, model_config, source_info, pretraining)
+    data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, labels_per_class, seed,
+                      schema_path)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=data.all() + training_nodes(data, source_info, model_name, model_config, serving_dir),
+        components=data.all() + training_nodes(data, source_info, model_name, model_config, serving_dir, ray,
+                                               pretraining),
         enable_cache=enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory", "--direct_num_workers=1"],

@@ -4,6 +4,7 @@
     vae          the same, plus sample(n, seed)
     gan          generate(n, seed) (serving_default), generate_from_codings
     diffusion    generate(n, seed, steps) by DDIM (serving_default)
+    classifier   classify (serving_default): class probabilities and the most likely class
 
 Images go in as float32 (B, H, W, C) in the model's pixel range (see `latentforge models`). Generated images
 come out in [0, 1] whatever the model's range, ready to look at.
@@ -105,8 +106,17 @@ def diffusion_signatures(model, image_shape) -> Dict[str, Callable]:
     return {"serving_default": generate, "generate": generate}
 
 
+def classifier_signatures(model, image_shape) -> Dict[str, Callable]:
+    @tf.function(input_signature=[_image_spec(image_shape)])
+    def classify(x):
+        probabilities = model(x, training=False)
+        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+
+    return {"serving_default": classify, "classify": classify}
+
+
 SIGNATURES = {"autoencoder": autoencoder_signatures, "vae": vae_signatures, "gan": gan_signatures,
-              "diffusion": diffusion_signatures}
+              "diffusion": diffusion_signatures, "classifier": classifier_signatures}
 
 
 def export_model(family: str, model, image_shape: Sequence[int], export_dir: str) -> Dict[str, Callable]:

@@ -60,3 +60,27 @@ def sample_digits(n: int) -> np.ndarray:
     info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
     images = [record[0] for _, record in zip(range(n), sources.read_split(info, "train"))]
     return np.stack(images).astype(np.float32) / 255.0
+
+
+# The Transform's output features (pipelines/preprocessing.py) as trainers.job.TrainingJob takes them.
+TRANSFORMED_SPEC = {"image": ([28, 28, 1], "float32"), "label": ([], "int64"), "labeled": ([], "int64")}
+
+
+def sample_labels(n: int) -> np.ndarray:
+    from components.image_example_gen import sources
+    info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
+    return np.array([record[1] for _, record in zip(range(n), sources.read_split(info, "train"))], np.int64)
+
+
+def write_transformed(path: str, images: np.ndarray, labels: np.ndarray) -> str:
+    """Gzipped tf.Examples shaped like the Transform's output: image floats, label, labeled flag (all 1)."""
+    import tensorflow as tf
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for image, label in zip(images, labels):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel().tolist())),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                "labeled": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))}))
+            writer.write(example.SerializeToString())
+    return path

@@ -243,10 +243,10 @@ def build_autoencoder(config: AutoencoderConfig, input_shape: Sequence[int]) -> 
     return _compile(model, config)
 
 
-def _greedy_pretrain(model: Autoencoder, config: AutoencoderConfig, inputs: tf.data.Dataset,
-                     callbacks) -> Dict[str, List[float]]:
+def _greedy_pretrain(model: Autoencoder, config: AutoencoderConfig, inputs: tf.data.Dataset) -> Dict[str, List[float]]:
     """Trains one shallow autoencoder per encoder layer, each on the codings of the ones before, copying
-    its weights into the stacked model (the chapter's greedy layer-wise training)."""
+    its weights into the stacked model (the chapter's greedy layer-wise training). The caller's callbacks
+    watch the stacked model (checkpoints, epoch counts), so the shallow ones run without them."""
     dense_encoders = [l for l in model.encoder.layers if isinstance(l, keras.layers.Dense)]
     dense_decoders = [l for l in model.decoder.layers if isinstance(l, (keras.layers.Dense, DenseTranspose))][::-1]
     history: Dict[str, List[float]] = {}
@@ -254,7 +254,7 @@ def _greedy_pretrain(model: Autoencoder, config: AutoencoderConfig, inputs: tf.d
     for depth, (enc, dec) in enumerate(zip(dense_encoders, dense_decoders)):
         shallow = keras.Sequential([keras.layers.Input((features.element_spec.shape[-1],)), enc, dec])
         _compile(shallow, config)
-        phase = shallow.fit(features.map(lambda x: (x, x)), epochs=config.epochs, verbose=2, callbacks=callbacks)
+        phase = shallow.fit(features.map(lambda x: (x, x)), epochs=config.epochs, verbose=2)
         history[f"greedy_layer{depth + 1}_loss"] = [float(v) for v in phase.history["loss"]]
         features = features.map(lambda x, layer=enc: layer(x))
     return history
@@ -273,7 +273,7 @@ def fit(model: Autoencoder, config: AutoencoderConfig, train_data: tf.data.Datas
     epochs = config.epochs
     if config.greedy:
         if initial_epoch == 0:
-            history.update(_greedy_pretrain(model, config, pairs(train_data), callbacks))
+            history.update(_greedy_pretrain(model, config, pairs(train_data)))
         epochs = config.finetune_epochs
     if epochs > initial_epoch:
         history.update(fit_epochs(model, config, pairs(train_data), pairs(eval_data), callbacks, initial_epoch,

@@ -6,14 +6,14 @@ the same architecture from random weights for the same number of epochs: the bas
 The encoder is copied: the pretrained model is never changed.
 """
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
 from trainers.common import TrainingConfig, fit_epochs, make_optimizer, require, use_xla
 
-PIXEL_RANGE = "unit"
+NAME = "classifier"  # what --model says; its pixel range is that of the pretrained model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,25 +71,52 @@ def build_classifier(config: ClassifierConfig, encoder: keras.Model) -> keras.Se
     return model
 
 
-def _fit(config, model, learning_rate, epochs, train_data, eval_data, callbacks):
+def config_values(overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """ClassifierConfig keyword arguments from JSON-like overrides (lists back to tuples)."""
+    fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in fields)
+    require(not unknown, f"classifier has no setting(s) {unknown}; it has: {', '.join(sorted(fields))}")
+    return {k: tuple(v) if k == "head_units" else v for k, v in overrides.items() if v is not None}
+
+
+def _fit(config, model, learning_rate, train_data, eval_data, callbacks, initial_epoch, epochs):
     model.compile(optimizer=make_optimizer(config, learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], steps_per_execution=config.steps_per_execution, jit_compile=use_xla(config))
-    return fit_epochs(model, config, train_data, eval_data, callbacks, epochs=epochs)
+    return fit_epochs(model, config, train_data, eval_data, callbacks, initial_epoch, epochs)
 
 
 def train_frozen(config: ClassifierConfig, model: keras.Model, train_data: tf.data.Dataset,
-                 eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Dict[str, List[float]]:
-    """Phase 1: only the head learns (a frozen encoder also keeps its BatchNorm statistics)."""
+                 eval_data: Optional[tf.data.Dataset] = None, callbacks=None,
+                 initial_epoch: int = 0) -> Dict[str, List[float]]:
+    """Phase 1, epochs [0, config.epochs): only the head learns (a frozen encoder also keeps its BatchNorm
+    statistics)."""
     model.layers[0].trainable = False
-    return _fit(config, model, config.learning_rate, config.epochs, train_data, eval_data, callbacks)
+    return _fit(config, model, config.learning_rate, train_data, eval_data, callbacks, initial_epoch, config.epochs)
 
 
 def train_unfrozen(config: ClassifierConfig, model: keras.Model, train_data: tf.data.Dataset,
-                   eval_data: Optional[tf.data.Dataset] = None, callbacks=None) -> Dict[str, List[float]]:
-    """Phase 2: everything learns, at a lower rate so the pretrained features are adjusted, not overwritten."""
+                   eval_data: Optional[tf.data.Dataset] = None, callbacks=None,
+                   initial_epoch: Optional[int] = None) -> Dict[str, List[float]]:
+    """Phase 2, epochs [config.epochs, config.epochs + unfrozen_epochs): everything learns, at a lower rate so
+    the pretrained features are adjusted, not overwritten."""
     model.layers[0].trainable = True
     rate = config.learning_rate * config.unfrozen_lr_factor
-    return _fit(config, model, rate, config.unfrozen_epochs, train_data, eval_data, callbacks)
+    start = config.epochs if initial_epoch is None else max(initial_epoch, config.epochs)
+    return _fit(config, model, rate, train_data, eval_data, callbacks, start, config.epochs + config.unfrozen_epochs)
+
+
+def fit(model: keras.Model, config: ClassifierConfig, train_data: tf.data.Dataset,
+        eval_data: Optional[tf.data.Dataset] = None, callbacks=None, initial_epoch: int = 0) -> Dict[str, List[float]]:
+    """Both phases of a built classifier from `initial_epoch` (counted across the phases: a resumed run skips
+    what it had done). Returns the history of the epochs run; `frozen_epochs` says where phase 2 starts."""
+    history: Dict[str, List[float]] = {}
+    if initial_epoch < config.epochs:
+        history = train_frozen(config, model, train_data, eval_data, callbacks, initial_epoch)
+    if config.unfrozen_epochs and initial_epoch < config.epochs + config.unfrozen_epochs:
+        history = _concatenate(history, train_unfrozen(config, model, train_data, eval_data, callbacks,
+                                                       initial_epoch))
+    history["frozen_epochs"] = [float(config.epochs)]
+    return history
 
 
 def _concatenate(first: Dict[str, List[float]], second: Dict[str, List[float]]) -> Dict[str, List[float]]:
@@ -104,11 +131,7 @@ def train(config: ClassifierConfig, encoder: keras.Model, train_data: tf.data.Da
     """
     keras.utils.set_random_seed(config.seed)
     model = build_classifier(config, copy_encoder(encoder))
-    history = train_frozen(config, model, train_data, eval_data, callbacks)
-    if config.unfrozen_epochs:
-        history = _concatenate(history, train_unfrozen(config, model, train_data, eval_data, callbacks))
-    history["frozen_epochs"] = [float(config.epochs)]
-    return model, history
+    return model, fit(model, config, train_data, eval_data, callbacks)
 
 
 def train_from_scratch(config: ClassifierConfig, encoder: keras.Model, train_data: tf.data.Dataset,
@@ -119,6 +142,6 @@ def train_from_scratch(config: ClassifierConfig, encoder: keras.Model, train_dat
     at 100 MNIST labels)."""
     keras.utils.set_random_seed(config.seed)
     model = build_classifier(config, copy_encoder(encoder, keep_weights=False))
-    history = _fit(config, model, config.learning_rate * config.unfrozen_lr_factor,
-                   config.epochs + config.unfrozen_epochs, train_data, eval_data, callbacks)
+    history = _fit(config, model, config.learning_rate * config.unfrozen_lr_factor, train_data, eval_data,
+                   callbacks, 0, config.epochs + config.unfrozen_epochs)
     return model, history

@@ -1,12 +1,22 @@
-"""run_fn for TFX's standard Trainer (GenericExecutor): trains a trainers/ model in process.
+"""The Trainer's glue between TFX and the model library: FnArgs -> TrainingJob, and what a trained model leaves.
 
-Writes the SavedModel (serving_model_dir) and, in model_run_dir, metrics.json and the model's pictures.
+`run_fn` is the in-process path (TFX's standard GenericExecutor runs it in the pipeline's process);
+`components.trainer.executor.RayTrainerExecutor` runs the same job on Ray Train workers and then calls `finish`.
 
-The glue between TFX's FnArgs and the model library; the models themselves know nothing of TFX.
-custom_config: {"model": name, "config": {...}, "image_shape": [h, w, c]}.
+custom_config: {"model": name, "config": {...}, "image_shape": [h, w, c]} (+ "ray": {...} for the Ray executor).
+A classifier's Trainer also gets `base_model`: the pretraining Trainer's Model artifact, whose saved training
+state holds the encoder it fine-tunes.
+
+What a trained model leaves:
+    model/Format-Serving/    the SavedModel (serving_model_dir) with the family's signatures
+    model/keras-state/       weights + state.json (trainers.job.save_state): what a later Trainer rebuilds from
+    model_run/metrics.json   {"model", "config", "history": per-epoch metrics, ...}
+    model_run/*.png          loss curves, reconstructions, samples...
 """
 import json
 import os
+import shutil
+from typing import Any, Dict, List, Optional
 
 import tensorflow_transform as tft
 from absl import logging
@@ -14,29 +24,65 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components.trainer import figures
 from serving import export
-from trainers import data, registry
+from trainers import classifier, job as training, registry
 
 METRICS_FILE = "metrics.json"
+KERAS_STATE_DIR = "keras-state"
+
+
+def keras_state_dir(serving_model_dir: str) -> str:
+    """Where a Model artifact keeps its saved training state: beside its Format-Serving directory."""
+    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), KERAS_STATE_DIR)
+
+
+def training_job(fn_args: FnArgs) -> training.TrainingJob:
+    custom = fn_args.custom_config
+    encoder_from = None
+    if custom["model"] == classifier.NAME:
+        if not fn_args.base_model:
+            raise ValueError("the classifier's Trainer needs base_model: the Model artifact of a pretraining Trainer")
+        encoder_from = keras_state_dir(fn_args.base_model)
+    return training.TrainingJob(
+        model=custom["model"], config=dict(custom["config"]), image_shape=tuple(int(d) for d in custom["image_shape"]),
+        train_files=list(fn_args.train_files), eval_files=list(fn_args.eval_files),
+        feature_spec=training.plain_feature_spec(
+            tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()),
+        encoder_from=encoder_from)
+
+
+def pixel_range(job: training.TrainingJob) -> str:
+    if job.family == classifier.NAME:
+        return registry.get_model(training.read_state(job.encoder_from)["model"]).pixel_range
+    return registry.get_model(job.model).pixel_range
 
 
 def run_fn(fn_args: FnArgs) -> None:
-    custom = fn_args.custom_config
-    entry = registry.get_model(custom["model"])
-    config = registry.make_config(custom["model"], custom["config"])
-    image_shape = tuple(int(d) for d in custom["image_shape"])
-    feature_spec = tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()
+    job = training_job(fn_args)
+    config = job.make_config()
+    train_data, eval_data = training.datasets(job, config)
+    logging.info("training %s in process for %d epochs", job.model, training.total_epochs(job, config))
+    model = training.build_model(job, config)
+    history = training.train(job, model, config, train_data, eval_data)
+    finish(fn_args, job, model, history)
 
-    images = lambda batch: batch["image"]
-    train = data.image_dataset(fn_args.train_files, feature_spec, config.batch_size, seed=config.seed).map(images)
-    evaluation = data.image_dataset(fn_args.eval_files, feature_spec, config.batch_size, shuffle=False).map(images)
 
-    logging.info("training %s for %d epochs", custom["model"], config.epochs)
-    model, metrics = entry.train(config, image_shape, train, evaluation)
-    export.export_model(entry.family, model, image_shape, fn_args.serving_model_dir)
+def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str, List[float]],
+           checkpoint_dir: Optional[str] = None, **details: Any) -> None:
+    """Exports the SavedModel, keeps the training state (copied from `checkpoint_dir`, or saved from `model`),
+    writes metrics.json (history plus `details`) and the family's pictures."""
+    config = job.make_config()
+    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir)
+    state_dir = keras_state_dir(fn_args.serving_model_dir)
+    if checkpoint_dir:
+        shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
+    else:
+        training.save_state(model, state_dir, job, training.total_epochs(job, config), history)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
-        json.dump({"model": custom["model"], "config": custom["config"], "history": metrics}, f, indent=1)
-    shown = next(iter(evaluation)).numpy()
-    for path in figures.save_model_figures(entry.family, model, shown, entry.pixel_range, metrics,
+        json.dump({"model": job.model, "config": job.config, "history": history, **details}, f, indent=1)
+    _, eval_data = training.datasets(job, config)
+    shown = next(iter(eval_data))
+    shown = (shown[0] if isinstance(shown, tuple) else shown).numpy()
+    for path in figures.save_model_figures(job.family, model, shown, pixel_range(job), history,
                                            fn_args.model_run_dir, seed=config.seed):
         logging.info("figure: %s", path)

@@ -1,0 +1,41 @@
+"""RayTrainerExecutor: TFX's standard Trainer whose execution is a Ray Train run (TFX's extension mechanism:
+`Trainer(custom_executor_spec=ExecutorClassSpec(RayTrainerExecutor))`, as TFX's Cloud AI Platform trainer does).
+
+The executor resolves the Trainer's inputs into a TrainingJob (components.trainer.run_fn), hands it to
+trainers.ray_train (workers, checkpoints, restarts), rebuilds the trained model from the final checkpoint in
+this process and finishes as the in-process run_fn does: SavedModel, training state, metrics, pictures.
+
+custom_config["ray"]: {"settings": RaySettings fields, "storage_path": where Ray keeps runs and checkpoints}.
+The Ray run is named after the Trainer's inputs and config, so rerunning the same Trainer after a crash
+resumes from its last checkpoint; a run that finished is never resumed into (run_name picks a new name).
+"""
+import hashlib
+import json
+from typing import Any, Dict, List
+
+from absl import logging
+from tfx import types
+from tfx.components.trainer.executor import GenericExecutor
+
+from components.trainer import run_fn
+from trainers import job as training, ray_train
+
+
+class RayTrainerExecutor(GenericExecutor):
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        fn_args = self._GetFnArgs(input_dict, output_dict, exec_properties)
+        job = run_fn.training_job(fn_args)
+        ray_config = fn_args.custom_config["ray"]
+        settings = ray_train.RaySettings(**ray_config["settings"])
+        identity = json.dumps({"train": job.train_files, "eval": job.eval_files, "base": job.encoder_from,
+                               "model": job.model, "config": job.config, "workers": settings.workers},
+                              sort_keys=True)
+        name = ray_train.run_name(ray_config["storage_path"],
+                                  f"{job.model}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}")
+        logging.info("training %s on Ray: %d worker(s), run %s", job.model, settings.workers, name)
+        outcome = ray_train.train(job, settings, ray_config["storage_path"], name)
+        model, _ = training.restore(outcome.checkpoint_dir)
+        run_fn.finish(fn_args, job, model, outcome.history, checkpoint_dir=outcome.checkpoint_dir,
+                      workers=outcome.workers, ray_run=outcome.run_path)

@@ -1,0 +1,142 @@
+"""Ray Train (trainers/ray_train.py): models train on 2 Ray workers under MultiWorkerMirroredStrategy, match a
+1-worker run, survive a killed worker by resuming from the last checkpoint, and GPU requests fail fast."""
+import glob
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write_transformed
+from trainers import job as training, ray_train
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray_train.connect(ray_train.RaySettings())  # a local Ray with this machine's cores (2 on CI)
+    import ray
+    if ray.cluster_resources().get("CPU", 0) < 2:
+        pytest.skip("two Ray workers need 2 CPUs")
+    return ray
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """Real digits as the Transform writes them: 64 train (one global batch), 640 train, 128 eval."""
+    root = tmp_path_factory.mktemp("transformed")
+    images, labels = sample_digits(768), sample_labels(768)
+    return {"one_batch": write_transformed(str(root / "one_batch.gz"), images[:64], labels[:64]),
+            "train": write_transformed(str(root / "train.gz"), images[:640], labels[:640]),
+            "eval": write_transformed(str(root / "eval.gz"), images[640:], labels[640:])}
+
+
+def job(model, config, train_file, eval_file, **kw):
+    return training.TrainingJob(model, config, (28, 28, 1), [train_file], [eval_file], TRANSFORMED_SPEC, **kw)
+
+
+def test_two_workers_train_an_autoencoder_like_one_worker_with_the_same_global_batch(local_ray, digits, tmp_path):
+    # One global batch of 64 per epoch: the first epoch is exactly one step, so its eval loss is the model
+    # after the first step. Two workers each take 32 of the 64 and all-reduce the gradients.
+    ae = job("stacked_ae", {"epochs": 2, "batch_size": 64, "seed": 7}, digits["one_batch"], digits["eval"])
+    two = ray_train.train(ae, ray_train.RaySettings(workers=2), str(tmp_path), "ae-2")
+    one = ray_train.train(ae, ray_train.RaySettings(workers=1), str(tmp_path), "ae-1")
+
+    assert [w["rank"] for w in two.workers] == [0, 1]
+    assert all(w["replicas"] == 2 and w["workers"] == 2 for w in two.workers)
+    assert len({w["pid"] for w in two.workers}) == 2  # two processes, not two threads
+    assert [w["replicas"] for w in one.workers] == [1]
+    assert len(two.history["val_loss"]) == 2
+    np.testing.assert_allclose(two.history["val_loss"][0], one.history["val_loss"][0], rtol=1e-3)
+    np.testing.assert_allclose(two.history["loss"][0], one.history["loss"][0], rtol=1e-3)
+    # It learned: the second step's model reconstructs better than the first's.
+    assert two.history["val_loss"][1] < two.history["val_loss"][0]
+
+    # The final checkpoint rebuilds the trained model anywhere.
+    model, state = training.restore(two.checkpoint_dir)
+    assert state["epoch"] == 2
+    images = sample_digits(8)
+    assert model(images).shape == images.shape
+
+
+def test_two_workers_train_a_dcgan_to_completion(local_ray, digits, tmp_path):
+    gan = job("dcgan", {"epochs": 2, "batch_size": 64, "coding_size": 32}, digits["train"], digits["eval"])
+    outcome = ray_train.train(gan, ray_train.RaySettings(workers=2), str(tmp_path), "dcgan")
+    assert all(w["replicas"] == 2 for w in outcome.workers) and len(outcome.workers) == 2
+    assert len(outcome.history["d_loss"]) == 2 and np.all(np.isfinite(outcome.history["g_loss"]))
+    model, _ = training.restore(outcome.checkpoint_dir)
+    samples = model.generate(4, seed=0).numpy()
+    assert samples.shape == (4, 28, 28, 1) and np.all(np.abs(samples) <= 1)
+
+
+def _checkpoints(run_path):
+    """Finished checkpoints of a run (both workers' files uploaded), oldest first."""
+    done = [d for d in glob.glob(os.path.join(run_path, "checkpoint_*"))
+            if all(os.path.exists(os.path.join(d, f)) for f in ("state.json", "worker-0.json", "worker-1.json"))]
+    return sorted(done, key=os.path.getmtime)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(local_ray, digits, tmp_path):
+    # 4 epochs of ~8 s; one worker is killed 3 s into epoch 2. (Ray's controller collects reported checkpoints
+    # every 2 s: a worker killed sooner after a report can take that checkpoint with it.)
+    images, labels = sample_digits(2000), sample_labels(2000)
+    train_file = write_transformed(str(tmp_path / "data" / "train.gz"), np.concatenate([images] * 3),
+                                   np.concatenate([labels] * 3))
+    ae = job("stacked_ae", {"epochs": 4, "batch_size": 32, "steps_per_execution": 1}, train_file, digits["eval"])
+    storage, name = str(tmp_path / "ray"), "killed"
+    outcome, errors = {}, []
+
+    def run():
+        try:
+            outcome["value"] = ray_train.train(ae, ray_train.RaySettings(workers=2, max_failures=1), storage, name)
+        except Exception as e:  # pylint: disable=broad-except
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 300
+    while not _checkpoints(os.path.join(storage, name)) and time.time() < deadline and thread.is_alive():
+        time.sleep(0.2)
+    first = _checkpoints(os.path.join(storage, name))
+    assert first, f"no checkpoint of epoch 1 appeared: {errors}"
+    with open(os.path.join(first[0], "state.json")) as f:
+        epoch_one = json.load(f)
+    with open(os.path.join(first[0], "worker-1.json")) as f:
+        victim = json.load(f)["pid"]
+    assert epoch_one["epoch"] == 1
+    time.sleep(3.0)
+    assert len(_checkpoints(os.path.join(storage, name))) == 1, "epoch 2 ended before the kill: make epochs longer"
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive() and not errors, errors
+
+    result = outcome["value"]
+    state = training.read_state(result.checkpoint_dir)
+    assert state["epoch"] == 4 and len(result.history["loss"]) == 4
+    # The new worker group restored epoch 1's checkpoint (not epoch 0), without the killed process; the
+    # history kept epoch 1 as the first group trained it.
+    assert [w["resumed_from_epoch"] for w in result.workers] == [1, 1]
+    assert result.history["loss"][0] == epoch_one["history"]["loss"][0]
+    assert victim not in {w["pid"] for w in result.workers}
+    model, _ = training.restore(result.checkpoint_dir)
+    assert model(sample_digits(2)).shape == (2, 28, 28, 1)
+
+
+def test_asking_for_gpus_on_a_cpu_cluster_fails_fast_and_says_what_is_there(local_ray):
+    if local_ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine's Ray has GPUs")
+    start = time.time()
+    with pytest.raises(ray_train.RayClusterError, match=r"need 2 GPUs, but the Ray cluster .* has 0: it has CPU"):
+        ray_train.worker_resources(ray_train.RaySettings(workers=2, gpus_per_worker=1))
+    with pytest.raises(ray_train.RayClusterError, match="need 64 CPUs"):
+        ray_train.worker_resources(ray_train.RaySettings(workers=2, cpus_per_worker=32))
+    assert time.time() - start < 5
+
+
+def test_a_finished_run_is_never_resumed_into(tmp_path):
+    os.makedirs(tmp_path / "ae")
+    assert ray_train.run_name(str(tmp_path), "ae") == "ae"  # unfinished: a rerun resumes it
+    (tmp_path / "ae" / ray_train.COMPLETE_MARKER).write_text("{}")
+    assert ray_train.run_name(str(tmp_path), "ae") == "ae-2"

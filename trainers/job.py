@@ -1,0 +1,135 @@
+"""One training job as every worker runs it: what to train on which files, the model, its saved state.
+
+A TrainingJob is plain data (picklable: it travels to Ray workers). The functions here are the per-worker
+training code shared by the in-process Trainer and the Ray workers; nothing here knows TFX, Ray or MLflow.
+Under a tf.distribute strategy, call `build_model` and `train` inside `strategy.scope()`.
+
+Saved state (`save_state` / `load_state`), a directory:
+    weights.*      TF-format checkpoint of the model (the optimizer's slots included: a resumed run continues
+                   with the same moments)
+    state.json     {"epoch": epochs done, "history": per-epoch metrics so far, "model": name, "config": {...},
+                    "image_shape": [h, w, c]}: enough to rebuild the model anywhere
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+from trainers import classifier, data, registry
+
+WEIGHTS = "weights"
+STATE_FILE = "state.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingJob:
+    model: str  # a registry name, or "classifier" (fine-tuned on `encoder_from`'s encoder)
+    config: Dict[str, Any]  # overrides of the model's preset (registry.make_config)
+    image_shape: Tuple[int, int, int]
+    train_files: Sequence[str]  # glob patterns of gzipped transformed tf.Examples
+    eval_files: Sequence[str]
+    feature_spec: Dict[str, Tuple[List[int], str]]  # the transformed features: name -> (shape, dtype name)
+    encoder_from: Optional[str] = None  # classifier only: a directory written by save_state (the pretrained model)
+
+    def __post_init__(self):
+        if self.model == classifier.NAME and not self.encoder_from:
+            raise ValueError("the classifier fine-tunes a pretrained encoder: give encoder_from, the saved state "
+                             "of an autoencoder or VAE trained first")
+
+    @property
+    def family(self) -> str:
+        return classifier.NAME if self.model == classifier.NAME else registry.get_model(self.model).family
+
+    def make_config(self):
+        if self.model == classifier.NAME:
+            return classifier.ClassifierConfig(**classifier.config_values(self.config))
+        return registry.make_config(self.model, self.config)
+
+
+def plain_feature_spec(feature_spec: Dict[str, tf.io.FixedLenFeature]) -> Dict[str, Tuple[List[int], str]]:
+    """tf.io.FixedLenFeature specs as plain data: a job that travels to Ray does not import TensorFlow where it
+    is only passed along (Ray's controller)."""
+    return {name: ([int(d) for d in spec.shape], spec.dtype.name) for name, spec in feature_spec.items()}
+
+
+def _tf_feature_spec(plain: Dict[str, Tuple[List[int], str]]) -> Dict[str, tf.io.FixedLenFeature]:
+    return {name: tf.io.FixedLenFeature(list(shape), tf.as_dtype(dtype)) for name, (shape, dtype) in plain.items()}
+
+
+def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
+             ) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset]]:
+    """(train, eval) batches of `config.batch_size` (the global batch): images, or (images, labels) for a
+    classifier, which trains on the examples whose few-label flag is set and is scored on every labelled one."""
+    spec = _tf_feature_spec(job.feature_spec)
+    if job.family == classifier.NAME:
+        pairs = lambda batch: (batch["image"], batch["label"])
+        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed, labeled_only=True)
+        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False)
+        evaluation = evaluation.unbatch().filter(lambda ex: ex["label"] >= 0).batch(config.batch_size)
+        train, evaluation = train.map(pairs), evaluation.map(pairs)
+    else:
+        images = lambda batch: batch["image"]
+        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed).map(images)
+        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False).map(images)
+    if options is not None:
+        train, evaluation = train.with_options(options), evaluation.with_options(options)
+    return train, evaluation
+
+
+def build_model(job: TrainingJob, config):
+    """The untrained model (a classifier: the pretrained encoder, copied, under a fresh head)."""
+    if job.family == classifier.NAME:
+        pretrained, _ = restore(job.encoder_from)
+        return classifier.build_classifier(config, classifier.copy_encoder(classifier.reusable_encoder(pretrained)))
+    return registry.get_model(job.model).build(config, job.image_shape)
+
+
+def train(job: TrainingJob, model, config, train_data, eval_data, callbacks=None,
+          initial_epoch: int = 0) -> Dict[str, List[float]]:
+    """Trains a built model from `initial_epoch` to the end of its budget; the history of those epochs."""
+    if job.family == classifier.NAME:
+        return classifier.fit(model, config, train_data, eval_data, callbacks, initial_epoch)
+    return registry.get_model(job.model).fit(model, config, train_data, eval_data, callbacks, initial_epoch)
+
+
+def total_epochs(job: TrainingJob, config) -> int:
+    """Epochs `train` counts through (what `initial_epoch` and the saved state's epoch refer to)."""
+    if job.family == classifier.NAME:
+        return config.epochs + config.unfrozen_epochs
+    return config.finetune_epochs if getattr(config, "greedy", False) else config.epochs
+
+
+def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dict[str, List[float]]) -> None:
+    """Under a multi-worker strategy every worker must call this (saving is a collective operation); only the
+    chief's directory is the real one."""
+    os.makedirs(directory, exist_ok=True)
+    model.save_weights(os.path.join(directory, WEIGHTS))
+    state = {"epoch": epoch, "history": history, "model": job.model, "config": job.config,
+             "image_shape": list(job.image_shape), "encoder_from": job.encoder_from}
+    with open(os.path.join(directory, STATE_FILE), "w") as f:
+        json.dump(state, f)
+
+
+def read_state(directory: str) -> Dict[str, Any]:
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory} holds no saved training state ({STATE_FILE} is missing)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_weights(model, directory: str) -> None:
+    # expect_partial: a model rebuilt for export has no optimizer, whose slots the checkpoint also holds.
+    model.load_weights(os.path.join(directory, WEIGHTS)).expect_partial()
+
+
+def restore(directory: str):
+    """(model, state) rebuilt from a directory save_state wrote: the same architecture, the trained weights."""
+    state = read_state(directory)
+    job = TrainingJob(state["model"], state["config"], tuple(state["image_shape"]), (), (), {},
+                      state.get("encoder_from"))
+    model = build_model(job, job.make_config())
+    load_weights(model, directory)
+    return model, state

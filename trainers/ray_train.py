@@ -1,0 +1,279 @@
+"""Ray Train: a TrainingJob on Ray workers with MultiWorkerMirroredStrategy. The one module that uses Ray Train.
+
+    outcome = ray_train.train(job, RaySettings(workers=2), storage_path="runs/latentforge/ray", name="...")
+    outcome.checkpoint_dir  -> the final saved state (trainers.job.restore rebuilds the model from it)
+
+- Cluster: `RaySettings.address` (or RAY_ADDRESS) joins a running cluster; without either, a local Ray starts in
+  this process with the machine's cores. Inside a Ray job (`latentforge submit`) the job's cluster is used.
+- Workers: `ray.train.tensorflow.TensorflowTrainer` starts `workers` actors and sets TF_CONFIG; each builds the
+  model under MultiWorkerMirroredStrategy and reads the TFRecords itself. tf.data auto-shards them by DATA: each
+  worker keeps its 1/N of every global batch, so the per-replica batch is global_batch / N and every worker
+  runs the same number of steps (file-level sharding would give workers unequal steps when the files differ
+  in size, and a collective all-reduce then waits forever).
+- Checkpoints: after every epoch all workers save (a collective operation) and report; the chief's directory
+  is the checkpoint Ray keeps, every worker adds a `worker-RANK.json` (pid, host, replicas in sync).
+  FailureConfig(max_failures) restarts the worker group from the latest checkpoint when a worker dies; the
+  same `name` and `storage_path` also resume a run whose driver died.
+- Resources are checked before anything starts: asking for GPUs (or more CPUs) than the cluster has is an
+  error that says what the cluster has, instead of a run waiting for resources forever.
+"""
+import dataclasses
+import glob
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from trainers.job import TrainingJob
+
+# No TensorFlow at import: Ray's controller unpickles this module's train loop (and the job, passed as a dict)
+# without training anything, and importing TF there would cost seconds and half a GiB for nothing.
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What a worker needs in its environment: tf_keras behind tf.keras (Keras 3 fails under
+# MultiWorkerMirroredStrategy with 2+ workers, keras-team/keras#20585) and quiet TF C++ logs.
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Shipped to a remote cluster as the job's working_dir: the code, not environments, runs or data.
+PROJECT_EXCLUDES = [".venv", ".git", "runs", "mlruns", "**/__pycache__", ".pytest_cache", "*.egg-info"]
+COMPLETE_MARKER = "latentforge-complete.json"
+_log = logging.getLogger("latentforge.ray")
+
+
+class RayClusterError(RuntimeError):
+    """The Ray cluster cannot be reached, or cannot ever give the workers what they ask for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RaySettings:
+    address: Optional[str] = None  # None: RAY_ADDRESS, else a local Ray in this process
+    workers: int = 1
+    cpus_per_worker: Optional[float] = None  # None: a local Ray's cores shared among the workers; 1 on a cluster
+    gpus_per_worker: float = 0.0
+    max_failures: int = 1  # worker-group restarts from the latest checkpoint before the run fails
+    checkpoints_to_keep: int = 2
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers}: must be at least 1")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker}: must be >= 0")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker={self.cpus_per_worker}: must be positive")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures={self.max_failures}: must be >= 0 (or -1: retry forever)")
+        if self.checkpoints_to_keep < 1:
+            raise ValueError(f"checkpoints_to_keep={self.checkpoints_to_keep}: must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOutcome:
+    checkpoint_dir: str  # the final saved state (trainers.job.save_state's layout)
+    history: Dict[str, List[float]]  # every epoch's metrics, across restarts
+    workers: List[Dict[str, Any]]  # per worker: rank, pid, host, replicas
+    run_path: str  # Ray's directory of this run (checkpoints, its state)
+
+
+def _in_ray_job() -> bool:
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def connect(settings: RaySettings) -> None:
+    """Joins the cluster (settings.address, RAY_ADDRESS) or starts a local Ray in this process; no-op when this
+    process is already connected."""
+    import ray  # pylint: disable=import-outside-toplevel
+    if ray.is_initialized():
+        return
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # A driver inside a Ray job runs the job's working_dir already; from elsewhere, ship this project.
+        runtime_env = None if _in_ray_job() else {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES,
+                                                  "env_vars": dict(WORKER_ENV)}
+        _log.info("joining the Ray cluster at %s", address)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except (ConnectionError, TimeoutError, ValueError) as e:
+            raise RayClusterError(f"cannot join the Ray cluster at {address}: {e}. Is it running (`ray status "
+                                  f"--address {address}`)? Drop --ray-address (and RAY_ADDRESS) to train on a "
+                                  "local Ray.") from e
+    else:
+        python_path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+        _log.info("starting a local Ray with %d CPUs", os.cpu_count())
+        # No dashboard: it doubles the start-up (16 s vs 8 s on 2 cores). Ray's default object store is 30%
+        # of memory; training passes files, not objects.
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                 object_store_memory=256 * 1024 ** 2,
+                 runtime_env={"env_vars": {"PYTHONPATH": python_path, **WORKER_ENV},
+                              "worker_process_setup_hook": "trainers.ray_train.quiet_local_cluster_logs"})
+
+
+def quiet_local_cluster_logs() -> None:
+    """Runs in each process of the local Ray. Without a dashboard there is no state API, so Ray Train's placement
+    group cleaner (which frees a crashed driver's resources on a shared cluster; a local Ray ends with its
+    driver) warns every second that it cannot query it."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def _describe(resources: Dict[str, float]) -> str:
+    shown = {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory") or k.startswith("accelerator")}
+    return ", ".join(f"{k} {v / 1024 ** 3:.1f} GiB" if k == "memory" else f"{k} {v:g}" for k, v in sorted(shown.items()))
+
+
+def worker_resources(settings: RaySettings) -> Dict[str, float]:
+    """Resources each worker asks for, checked against what the connected cluster has in total."""
+    import ray  # pylint: disable=import-outside-toplevel
+    available = ray.cluster_resources()
+    where = settings.address or os.environ.get("RAY_ADDRESS") or "local Ray"
+    cpus = settings.cpus_per_worker
+    if cpus is None:
+        cpus = max(1.0, float(available.get("CPU", 1)) // settings.workers) if not (
+            settings.address or os.environ.get("RAY_ADDRESS")) else 1.0
+    need = {"CPU": cpus * settings.workers, "GPU": settings.gpus_per_worker * settings.workers}
+    if need["GPU"] > available.get("GPU", 0):
+        raise RayClusterError(
+            f"{settings.workers} worker(s) x {settings.gpus_per_worker:g} GPU need {need['GPU']:g} GPUs, but the "
+            f"Ray cluster ({where}) has {available.get('GPU', 0):g}: it has {_describe(available)}. Train on CPU "
+            "(drop --gpus-per-worker) or join a cluster with GPUs (--ray-address).")
+    if need["CPU"] > available.get("CPU", 0):
+        raise RayClusterError(
+            f"{settings.workers} worker(s) x {cpus:g} CPU need {need['CPU']:g} CPUs, but the Ray cluster ({where}) "
+            f"has {available.get('CPU', 0):g}: it has {_describe(available)}. Use fewer --workers or "
+            "--cpus-per-worker.")
+    return {"CPU": cpus, **({"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {})}
+
+
+def run_name(storage_path: str, base: str) -> str:
+    """`base` while a run of that name is unfinished (so a rerun resumes from its checkpoint), else the next free
+    `base-N`: a finished run is never resumed into, nor overwritten."""
+    name, attempt = base, 1
+    while os.path.exists(os.path.join(storage_path, name, COMPLETE_MARKER)):
+        attempt += 1
+        name = f"{base}-{attempt}"
+    return name
+
+
+def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: str) -> TrainingOutcome:
+    """Trains `job` on Ray workers to the end of its budget (resuming the run `name` if it has a checkpoint)."""
+    import ray.train  # pylint: disable=import-outside-toplevel
+    from ray.train.tensorflow import TensorflowTrainer  # pylint: disable=import-outside-toplevel
+    from ray.train.v2.api.exceptions import WorkerGroupError  # pylint: disable=import-outside-toplevel
+
+    connect(settings)
+    resources = worker_resources(settings)
+    storage_path = os.path.abspath(storage_path)
+    _log.info("Ray Train: %d worker(s) with %s each; checkpoints in %s", settings.workers, resources,
+              os.path.join(storage_path, name))
+    trainer = TensorflowTrainer(
+        train_loop_per_worker=_train_loop,
+        train_loop_config={"job": dataclasses.asdict(job), "threads": max(1, int(resources["CPU"]))},
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.checkpoints_to_keep),
+            worker_runtime_env={"env_vars": WORKER_ENV}))
+    try:
+        result = trainer.fit()
+    except WorkerGroupError as e:
+        raise _worker_error(e) from e
+    if result.checkpoint is None:
+        raise RuntimeError(f"the Ray run {name} finished without a checkpoint: no epoch was trained")
+    checkpoint_dir = result.checkpoint.path
+    with open(os.path.join(checkpoint_dir, "state.json")) as f:  # trainers.job.STATE_FILE
+        history = json.load(f)["history"]
+    workers = []
+    for path in sorted(glob.glob(os.path.join(checkpoint_dir, "worker-*.json"))):
+        with open(path) as f:
+            workers.append(json.load(f))
+    run_path = os.path.join(storage_path, name)
+    with open(os.path.join(run_path, COMPLETE_MARKER), "w") as f:
+        json.dump({"checkpoint": checkpoint_dir, "workers": workers}, f)
+    return TrainingOutcome(checkpoint_dir, history, workers, run_path)
+
+
+def _worker_error(error) -> BaseException:
+    """The first worker's own exception (a TrainingDiverged, a bad config...) rather than Ray's wrapper."""
+    for _, failure in sorted(error.worker_failures.items()):
+        cause = getattr(failure, "cause", None)
+        return cause if isinstance(cause, BaseException) else failure
+    return error
+
+
+def _train_loop(loop_config: Dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (TensorflowTrainer has set TF_CONFIG)."""
+    os.environ.update(WORKER_ENV)
+    import ray.train  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+    from trainers import job as training  # pylint: disable=import-outside-toplevel
+
+    # TF's INFO logs (collective all-reduce set-up, checkpoint sharding) would bury the epochs' progress.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    job = training.TrainingJob(**loop_config["job"])
+    context = ray.train.get_context()
+    rank, size = context.get_world_rank(), context.get_world_size()
+    # As many TF threads as CPUs Ray gave this worker: two workers on two cores would each start two pools.
+    tf.config.threading.set_intra_op_parallelism_threads(loop_config["threads"])
+    tf.config.threading.set_inter_op_parallelism_threads(loop_config["threads"])
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    identity = {"rank": rank, "workers": size, "pid": os.getpid(), "host": socket.gethostname(),
+                "replicas": strategy.num_replicas_in_sync, "resumed_from_epoch": 0}
+    config = job.make_config()
+    print(f"latentforge worker {rank + 1}/{size}: pid {identity['pid']} on {identity['host']}, "
+          f"{identity['replicas']} replicas in sync, {config.batch_size // identity['replicas']} images per replica "
+          "per step", flush=True)
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # one copy of Keras's progress is enough: the chief's
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_data, eval_data = training.datasets(job, config, options)
+    with strategy.scope():
+        model = training.build_model(job, config)
+        initial_epoch, history = 0, {}
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                training.load_weights(model, directory)
+                state = training.read_state(directory)
+            initial_epoch, history = state["epoch"], state["history"]
+            identity["resumed_from_epoch"] = initial_epoch
+            print(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch {initial_epoch}",
+                  flush=True)
+        callback = _report_each_epoch(job, identity, history)
+        training.train(job, model, config, train_data, eval_data, [callback], initial_epoch)
+
+
+def _report_each_epoch(job: "TrainingJob", identity: Dict[str, Any], history: Dict[str, List[float]]):
+    """A Keras callback: after each epoch every worker saves the model (a collective operation) and calls
+    ray.train.report with the epoch's metrics and its checkpoint directory; Ray keeps the chief's weights and
+    every worker's identity file."""
+    import ray.train  # pylint: disable=import-outside-toplevel
+    import tf_keras as keras  # pylint: disable=import-outside-toplevel
+    from trainers import job as training  # pylint: disable=import-outside-toplevel
+
+    class ReportEachEpoch(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history = {k: list(v) for k, v in history.items()}
+
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = {k: float(v) for k, v in (logs or {}).items() if not k.startswith("step_")}
+            for key, value in metrics.items():
+                self.history.setdefault(key, []).append(value)
+            with tempfile.TemporaryDirectory(prefix="latentforge-checkpoint-") as directory:
+                training.save_state(self.model, directory, job, epoch + 1, self.history)
+                if identity["rank"] != 0:  # only the chief's weights are the checkpoint
+                    for name in os.listdir(directory):
+                        os.remove(os.path.join(directory, name))
+                with open(os.path.join(directory, f"worker-{identity['rank']}.json"), "w") as f:
+                    json.dump(identity, f)
+                ray.train.report({"epoch": epoch + 1, **metrics},
+                                 checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+    return ReportEachEpoch()
