@@ -25,6 +25,29 @@ def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path
     assert expected in err and "Traceback" not in err
 
 
+def test_asking_for_gpus_on_a_cpu_only_ray_fails_before_any_pipeline_work(capsys, tmp_path):
+    import ray
+    from trainers import ray_train
+    ray_train.connect(ray_train.RaySettings())
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this machine's Ray has GPUs")
+    code = cli.main(["run", "--gpus-per-worker", "1", "--run-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_CLUSTER
+    assert "need 1 GPUs, but the Ray cluster (local Ray) has 0" in err and "drop --gpus-per-worker" in err
+    assert not os.path.exists(tmp_path / "latentforge" / "tfx")  # nothing ran
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["submit", "--", "run"], "submit needs --address"),
+    (["submit", "--address", "http://127.0.0.1:1"], "submit needs the command to run after --"),
+    (["run", "--model", "classifier", "--pretrain", "dcgan"], "cannot pretrain the classifier's encoder with dcgan"),
+])
+def test_bad_ray_and_classifier_requests_exit_2(argv, expected, capsys):
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert expected in capsys.readouterr().err
+
+
 def test_argparse_rejects_non_positive_epochs(capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["run", "--epochs", "0"])

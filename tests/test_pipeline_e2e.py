@@ -1,6 +1,7 @@
 """The whole local pipeline on real data: a run, a cached rerun (checked in ML Metadata), and validation
 failures that stop it before training with the anomaly named."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -35,6 +36,50 @@ def test_first_run_executes_every_component_and_pushes_a_savedmodel(sample_run):
     images = tf.random.uniform([3, 28, 28, 1])
     assert model.signatures["encode"](images=images)["codings"].shape == (3, 30)
     assert model.signatures["serving_default"](images=images)["reconstructions"].shape == (3, 28, 28, 1)
+
+
+def test_the_trainer_ran_on_ray_and_kept_its_checkpoints_and_history(sample_run):
+    run_dir, _, first = sample_run
+    trainer = next(n for n in first if n.node == "Trainer")
+    with open(os.path.join(trainer.outputs["model_run"], "metrics.json")) as f:
+        metrics = json.load(f)
+    assert [w["replicas"] for w in metrics["workers"]] == [1]
+    assert len(metrics["history"]["loss"]) == 2 and len(metrics["history"]["val_loss"]) == 2
+    assert metrics["ray_run"].startswith(os.path.join(run_dir, "latentforge", "ray"))
+    assert len(glob.glob(os.path.join(metrics["ray_run"], "checkpoint_*", "state.json"))) == 2  # one per epoch
+    # The Model artifact keeps the training state a later Trainer (a classifier) rebuilds from.
+    with open(os.path.join(trainer.outputs["model"], "keras-state", "state.json")) as f:
+        assert json.load(f)["epoch"] == 2
+
+
+def test_a_classifier_fine_tunes_the_encoder_of_the_pretraining_trainer(sample_run):
+    """--model classifier: a PretrainingTrainer's Model artifact is wired into the classifier's Trainer as
+    base_model. With no unfrozen epochs the classifier's encoder is exactly the pretrained one."""
+    from trainers import job as training
+    run_dir, _, _ = sample_run
+    args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "classifier", "--pretrain", "stacked_ae",
+            "--pretrain-epochs", "1", "--epochs", "2", "--set", "unfrozen_epochs=0", "--labels-per-class", "10",
+            "--run-dir", run_dir]
+    assert cli.main(args) == 0
+    nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
+                                                    "latentforge")}
+    assert list(nodes)[-3:] == ["PretrainingTrainer", "Trainer", "Pusher"]
+    pretrained_state = os.path.join(nodes["PretrainingTrainer"].outputs["model"], "keras-state")
+    classifier_state = os.path.join(nodes["Trainer"].outputs["model"], "keras-state")
+    pretrained, _ = training.restore(pretrained_state)
+    fine_tuned, state = training.restore(classifier_state)
+    assert state["encoder_from"] == pretrained_state
+    for mine, theirs in zip(fine_tuned.layers[0].get_weights(), pretrained.encoder.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    with open(os.path.join(nodes["Trainer"].outputs["model_run"], "metrics.json")) as f:
+        history = json.load(f)["history"]
+    assert len(history["val_accuracy"]) == 2
+
+    pushed = glob.glob(os.path.join(run_dir, "latentforge", "serving", "classifier", "*", "saved_model.pb"))
+    model = tf.saved_model.load(os.path.dirname(pushed[0]))
+    out = model.signatures["classify"](images=tf.random.uniform([5, 28, 28, 1]))
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert out["classes"].shape == (5,)
 
 
 def test_a_gan_trains_on_symmetric_pixels_and_exports_generate(sample_run):

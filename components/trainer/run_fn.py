@@ -63,6 +63,7 @@ def run_fn(fn_args: FnArgs) -> None:
     logging.info("training %s in process for %d epochs", job.model, training.total_epochs(job, config))
     model = training.build_model(job, config)
     history = training.train(job, model, config, train_data, eval_data)
+    history.pop("frozen_epochs", None)  # finish() records it for classifiers, whichever way they trained
     finish(fn_args, job, model, history)
 
 
@@ -71,6 +72,8 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     """Exports the SavedModel, keeps the training state (copied from `checkpoint_dir`, or saved from `model`),
     writes metrics.json (history plus `details`) and the family's pictures."""
     config = job.make_config()
+    if job.family == classifier.NAME:
+        details.setdefault("frozen_epochs", config.epochs)  # where fine-tuning (phase 2) starts in the history
     export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir)
     state_dir = keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
