@@ -39,9 +39,12 @@ def submit(address: str, cli_args: List[str], python: str = "python", submission
         raise JobSubmissionError(f"the Ray cluster at {address} refused the job: {e}") from e
 
 
-def follow(address: str, job_id: str, out: TextIO = sys.stdout, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Prints the job's logs as they grow until it ends; returns its exit code (0 when it succeeded)."""
+def follow(address: str, job_id: str, out: Optional[TextIO] = None,
+           sleep: Callable[[float], None] = time.sleep) -> int:
+    """Prints the job's logs (to `out`, default stdout) as they grow until it ends; returns its exit code (0 when
+    it succeeded)."""
     from ray.job_submission import JobStatus  # pylint: disable=import-outside-toplevel
+    out = out or sys.stdout
     client = _client(address)
     printed = 0
     while True:

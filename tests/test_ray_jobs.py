@@ -1,0 +1,90 @@
+"""`latentforge submit`: a pipeline run as a Ray Job on a real Ray head this module starts on 127.0.0.1 (and
+stops): the job succeeds and leaves its artifacts; a bad flag fails the job with the CLI's own error in its
+logs and the CLI's exit code."""
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from pipelines import cli
+
+pytestmark = pytest.mark.slow
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    ray_cli = os.path.join(VENV_BIN, "ray")
+    if not os.path.exists(ray_cli):
+        pytest.skip(f"no `ray` command beside {sys.executable}")
+    # A short temp dir: Ray's unix sockets live under it, and socket paths are limited to ~100 characters.
+    temp_dir = tempfile.mkdtemp(prefix="lf-ray-")
+    port, dashboard_port = _free_port(), _free_port()
+    # The cluster's nodes run this project's environment: `python` on their PATH is the venv's.
+    env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
+    env.pop("RAY_ADDRESS", None)
+    log = open(os.path.join(temp_dir, "head.log"), "w")
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard_port}",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+        deadline = time.time() + 180
+        while True:
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:  # pylint: disable=broad-except
+                if time.time() > deadline or head.poll() is not None:
+                    with open(os.path.join(temp_dir, "head.log")) as f:
+                        pytest.fail(f"the Ray head did not come up at {address}:\n{f.read()[-3000:]}")
+                time.sleep(1)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` and everything it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_submitted_run_succeeds_and_leaves_its_artifacts(ray_head, tmp_path, capsys):
+    code = cli.main(["submit", "--address", ray_head, "--", "run", "--epochs", "1", "--run-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "latentforge: submitted Ray job" in out and "SUCCEEDED (exit code 0)" in out
+    assert "latentforge: pipeline finished" in out  # the job's own logs, followed
+    assert glob.glob(str(tmp_path / "latentforge" / "serving" / "stacked_ae" / "*" / "saved_model.pb"))
+    # Trained by Ray Train on the job's cluster: its checkpoints are under the run directory.
+    assert glob.glob(str(tmp_path / "latentforge" / "ray" / "stacked_ae-*" / "checkpoint_*" / "state.json"))
+
+
+def test_a_job_with_a_bad_flag_fails_with_the_clis_error_and_exit_code(ray_head, capsys):
+    code = cli.main(["submit", "--address", ray_head, "--", "run", "--epochs", "0"])
+    out = capsys.readouterr().out
+    assert code == cli.EXIT_BAD_INPUT
+    assert "argument --epochs: 0 is not a positive integer" in out
+    assert "FAILED (exit code 2)" in out
+
+
+def test_an_unreachable_jobs_api_is_a_cluster_error(capsys):
+    assert cli.main(["submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", "run"]) == cli.EXIT_CLUSTER
+    assert "cannot reach the Ray Jobs API" in capsys.readouterr().err
