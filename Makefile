@@ -8,6 +8,7 @@ STAMP := $(VENV)/.latentforge-installed
 SOURCE ?= idx:data/mnist-sample
 MODEL ?= stacked_ae
 EPOCHS ?= 5
+WORKERS ?= 1
 RUN_DIR ?= runs
 PYTEST_ARGS ?=
 
@@ -22,14 +23,14 @@ $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
 	@touch $@
 
 run: install
-	$(BIN)/latentforge run --source $(SOURCE) --model $(MODEL) --epochs $(EPOCHS) --run-dir $(RUN_DIR)
+	$(BIN)/latentforge run --source $(SOURCE) --model $(MODEL) --epochs $(EPOCHS) --workers $(WORKERS) --run-dir $(RUN_DIR)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
 
-# Not run by CI: speed and quality on the real MNIST (../shared/datasets/mnist), ~30 min on 2 cores.
+# Not run by CI: speed, quality and Ray overhead on the real MNIST (../shared/datasets/mnist), ~50 min on 2 cores.
 benchmark: install
-	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python quality.py
+	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python quality.py && ../$(BIN)/python ray_overhead.py
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache

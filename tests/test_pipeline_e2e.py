@@ -52,6 +52,21 @@ def test_the_trainer_ran_on_ray_and_kept_its_checkpoints_and_history(sample_run)
         assert json.load(f)["epoch"] == 2
 
 
+def test_the_in_process_trainer_leaves_the_same_outputs(sample_run):
+    """--trainer in-process: TFX's own GenericExecutor runs the same job in the pipeline's process."""
+    from trainers import job as training
+    run_dir, args, _ = sample_run
+    assert cli.main([*args[:-2], "--epochs", "1", "--trainer", "in-process", "--run-dir", run_dir]) == 0
+    nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
+                                                    "latentforge")}
+    assert nodes["Transform"].state == "CACHED" and nodes["Trainer"].state == "COMPLETE"
+    with open(os.path.join(nodes["Trainer"].outputs["model_run"], "metrics.json")) as f:
+        metrics = json.load(f)
+    assert "workers" not in metrics and len(metrics["history"]["loss"]) == 1
+    model, state = training.restore(os.path.join(nodes["Trainer"].outputs["model"], "keras-state"))
+    assert state["epoch"] == 1 and model(tf.zeros([1, 28, 28, 1])).shape == (1, 28, 28, 1)
+
+
 def test_a_classifier_fine_tunes_the_encoder_of_the_pretraining_trainer(sample_run):
     """--model classifier: a PretrainingTrainer's Model artifact is wired into the classifier's Trainer as
     base_model. With no unfrozen epochs the classifier's encoder is exactly the pretrained one."""

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write_transformed
 from trainers import job as training, ray_train
+from trainers.common import TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,16 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(local_ray, digits, tmp
     assert victim not in {w["pid"] for w in result.workers}
     model, _ = training.restore(result.checkpoint_dir)
     assert model(sample_digits(2)).shape == (2, 28, 28, 1)
+
+
+def test_a_worker_that_diverges_raises_training_diverged_not_rays_wrapper(local_ray, tmp_path):
+    # NaN pixels make the GAN's losses NaN at the first step; the divergence monitor stops the worker.
+    images = sample_digits(128)
+    images[:] = np.nan
+    train_file = write_transformed(str(tmp_path / "nan.gz"), images, np.zeros(128))
+    gan = job("gan", {"epochs": 1, "batch_size": 64}, train_file, train_file)
+    with pytest.raises(TrainingDiverged, match="at step 1"):
+        ray_train.train(gan, ray_train.RaySettings(workers=1, max_failures=0), str(tmp_path), "nan")
 
 
 def test_asking_for_gpus_on_a_cpu_cluster_fails_fast_and_says_what_is_there(local_ray):

@@ -156,6 +156,10 @@ class TrainingDiverged(RuntimeError):
                          "label_smoothing, spectral_norm or loss='wgan_gp'.")
         self.step, self.reason = step, reason
 
+    def __reduce__(self):
+        # Picklable with its own arguments: it travels from a Ray worker to the driver.
+        return TrainingDiverged, (self.step, self.reason)
+
 
 class DivergenceMonitor(keras.callbacks.Callback):
     """Raises TrainingDiverged when a watched log value is NaN/Inf, or when `wins(logs)` is true for

@@ -101,13 +101,14 @@ def total_epochs(job: TrainingJob, config) -> int:
     return config.finetune_epochs if getattr(config, "greedy", False) else config.epochs
 
 
-def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dict[str, List[float]]) -> None:
+def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dict[str, List[float]],
+               **details: Any) -> None:
     """Under a multi-worker strategy every worker must call this (saving is a collective operation); only the
-    chief's directory is the real one."""
+    chief's directory is the real one. `details` (JSON values) are kept in state.json too."""
     os.makedirs(directory, exist_ok=True)
     model.save_weights(os.path.join(directory, WEIGHTS))
     state = {"epoch": epoch, "history": history, "model": job.model, "config": job.config,
-             "image_shape": list(job.image_shape), "encoder_from": job.encoder_from}
+             "image_shape": list(job.image_shape), "encoder_from": job.encoder_from, **details}
     with open(os.path.join(directory, STATE_FILE), "w") as f:
         json.dump(state, f)
 

@@ -6,7 +6,8 @@
 - Cluster: `RaySettings.address` (or RAY_ADDRESS) joins a running cluster; without either, a local Ray starts in
   this process with the machine's cores. Inside a Ray job (`latentforge submit`) the job's cluster is used.
 - Workers: `ray.train.tensorflow.TensorflowTrainer` starts `workers` actors and sets TF_CONFIG; each builds the
-  model under MultiWorkerMirroredStrategy and reads the TFRecords itself. tf.data auto-shards them by DATA: each
+  model under MultiWorkerMirroredStrategy (a single worker: as in process, see _strategy) and reads the
+  TFRecords itself. tf.data auto-shards them by DATA: each
   worker keeps its 1/N of every global batch, so the per-replica batch is global_batch / N and every worker
   runs the same number of steps (file-level sharding would give workers unequal steps when the files differ
   in size, and a collective all-reduce then waits forever).
@@ -25,6 +26,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 if TYPE_CHECKING:
@@ -73,8 +75,10 @@ class RaySettings:
 class TrainingOutcome:
     checkpoint_dir: str  # the final saved state (trainers.job.save_state's layout)
     history: Dict[str, List[float]]  # every epoch's metrics, across restarts
-    workers: List[Dict[str, Any]]  # per worker: rank, pid, host, replicas
+    workers: List[Dict[str, Any]]  # per worker: rank, pid, host, replicas, resumed_from_epoch
     run_path: str  # Ray's directory of this run (checkpoints, its state)
+    epoch_started_at: List[float]  # wall-clock time each epoch began on the chief (time.time())
+    finished_at: float  # when the run's result reached this driver
 
 
 def _in_ray_job() -> bool:
@@ -183,8 +187,9 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray run {name} finished without a checkpoint: no epoch was trained")
     checkpoint_dir = result.checkpoint.path
+    finished_at = time.time()
     with open(os.path.join(checkpoint_dir, "state.json")) as f:  # trainers.job.STATE_FILE
-        history = json.load(f)["history"]
+        state = json.load(f)
     workers = []
     for path in sorted(glob.glob(os.path.join(checkpoint_dir, "worker-*.json"))):
         with open(path) as f:
@@ -192,7 +197,8 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     run_path = os.path.join(storage_path, name)
     with open(os.path.join(run_path, COMPLETE_MARKER), "w") as f:
         json.dump({"checkpoint": checkpoint_dir, "workers": workers}, f)
-    return TrainingOutcome(checkpoint_dir, history, workers, run_path)
+    return TrainingOutcome(checkpoint_dir, state["history"], workers, run_path, state.get("epoch_started_at", []),
+                           finished_at)
 
 
 def _worker_error(error) -> BaseException:
@@ -220,7 +226,7 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     # As many TF threads as CPUs Ray gave this worker: two workers on two cores would each start two pools.
     tf.config.threading.set_intra_op_parallelism_threads(loop_config["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(loop_config["threads"])
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = _strategy(tf, size)
     identity = {"rank": rank, "workers": size, "pid": os.getpid(), "host": socket.gethostname(),
                 "replicas": strategy.num_replicas_in_sync, "resumed_from_epoch": 0}
     config = job.make_config()
@@ -235,24 +241,37 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     train_data, eval_data = training.datasets(job, config, options)
     with strategy.scope():
         model = training.build_model(job, config)
-        initial_epoch, history = 0, {}
+        initial_epoch, history, started_at = 0, {}, []
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 training.load_weights(model, directory)
                 state = training.read_state(directory)
             initial_epoch, history = state["epoch"], state["history"]
+            started_at = state.get("epoch_started_at", [])[:initial_epoch]
             identity["resumed_from_epoch"] = initial_epoch
             print(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch {initial_epoch}",
                   flush=True)
-        callback = _report_each_epoch(job, identity, history)
+        callback = _report_each_epoch(job, identity, history, started_at)
         training.train(job, model, config, train_data, eval_data, [callback], initial_epoch)
 
 
-def _report_each_epoch(job: "TrainingJob", identity: Dict[str, Any], history: Dict[str, List[float]]):
+def _strategy(tf, workers: int):
+    """MultiWorkerMirroredStrategy across workers. A single worker trains as in process (MirroredStrategy over its
+    GPUs when it has several): one worker gains nothing from collective ops, and they cost ~10 % of a small
+    model's steps (and XLA, which cannot read variables mirrored for collectives)."""
+    if workers > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _report_each_epoch(job: "TrainingJob", identity: Dict[str, Any], history: Dict[str, List[float]],
+                       started_at: List[float]):
     """A Keras callback: after each epoch every worker saves the model (a collective operation) and calls
     ray.train.report with the epoch's metrics and its checkpoint directory; Ray keeps the chief's weights and
-    every worker's identity file."""
+    every worker's identity file. The state also keeps when each epoch began (throughput, start-up time)."""
     import ray.train  # pylint: disable=import-outside-toplevel
     import tf_keras as keras  # pylint: disable=import-outside-toplevel
     from trainers import job as training  # pylint: disable=import-outside-toplevel
@@ -261,19 +280,26 @@ def _report_each_epoch(job: "TrainingJob", identity: Dict[str, Any], history: Di
         def __init__(self):
             super().__init__()
             self.history = {k: list(v) for k, v in history.items()}
+            self.started_at = list(started_at)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started_at = self.started_at[:epoch] + [time.time()]
 
         def on_epoch_end(self, epoch, logs=None):
             metrics = {k: float(v) for k, v in (logs or {}).items() if not k.startswith("step_")}
             for key, value in metrics.items():
                 self.history.setdefault(key, []).append(value)
-            with tempfile.TemporaryDirectory(prefix="latentforge-checkpoint-") as directory:
-                training.save_state(self.model, directory, job, epoch + 1, self.history)
-                if identity["rank"] != 0:  # only the chief's weights are the checkpoint
-                    for name in os.listdir(directory):
-                        os.remove(os.path.join(directory, name))
-                with open(os.path.join(directory, f"worker-{identity['rank']}.json"), "w") as f:
-                    json.dump(identity, f)
-                ray.train.report({"epoch": epoch + 1, **metrics},
-                                 checkpoint=ray.train.Checkpoint.from_directory(directory))
+            # Ray uploads the directory in the background and deletes it after (ASYNC): the next epoch starts
+            # as soon as the weights are written. The upload still ends before fit() returns.
+            directory = tempfile.mkdtemp(prefix="latentforge-checkpoint-")
+            training.save_state(self.model, directory, job, epoch + 1, self.history,
+                                epoch_started_at=self.started_at)
+            if identity["rank"] != 0:  # only the chief's weights are the checkpoint
+                for name in os.listdir(directory):
+                    os.remove(os.path.join(directory, name))
+            with open(os.path.join(directory, f"worker-{identity['rank']}.json"), "w") as f:
+                json.dump(identity, f)
+            ray.train.report({"epoch": epoch + 1, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
 
     return ReportEachEpoch()
