@@ -72,6 +72,20 @@ def test_two_workers_train_a_dcgan_to_completion(local_ray, digits, tmp_path):
     assert samples.shape == (4, 28, 28, 1) and np.all(np.abs(samples) <= 1)
 
 
+@pytest.mark.parametrize("model, config", [
+    ("vae", {}),
+    ("ddpm", {"timesteps": 20, "sample_steps": 4, "base_channels": 16, "channel_multipliers": [1, 2]}),
+    ("greedy_ae", {"finetune_epochs": 1}),  # layer-wise phase, then the stacked model checkpointed
+])
+def test_other_families_train_on_two_workers(model, config, local_ray, digits, tmp_path):
+    outcome = ray_train.train(job(model, {"epochs": 1, "batch_size": 64, **config}, digits["one_batch"],
+                                  digits["eval"]), ray_train.RaySettings(workers=2), str(tmp_path), model)
+    assert [w["replicas"] for w in outcome.workers] == [2, 2]
+    assert np.isfinite(outcome.history["loss"]).all()
+    restored, state = training.restore(outcome.checkpoint_dir)
+    assert state["epoch"] == 1 and restored is not None
+
+
 def _checkpoints(run_path):
     """Finished checkpoints of a run (both workers' files uploaded), oldest first."""
     done = [d for d in glob.glob(os.path.join(run_path, "checkpoint_*"))
