@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, TextIO
 from trainers.ray_train import PROJECT_EXCLUDES, PROJECT_ROOT, WORKER_ENV
 
 POLL_SECONDS = 1.0
+AGENT_WAIT_SECONDS = 60.0  # how long a just-started head may take to accept jobs
 
 
 class JobSubmissionError(RuntimeError):
@@ -33,10 +34,17 @@ def submit(address: str, cli_args: List[str], python: str = "python", submission
     client = _client(address)
     entrypoint = shlex.join([python, "-m", "pipelines.cli", *cli_args])
     runtime_env = {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES, "env_vars": dict(WORKER_ENV)}
-    try:
-        return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id)
-    except RuntimeError as e:
-        raise JobSubmissionError(f"the Ray cluster at {address} refused the job: {e}") from e
+    deadline = time.time() + AGENT_WAIT_SECONDS
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id)
+        except RuntimeError as e:
+            # A head that has just started answers before its job agent is up: "No available agent to submit
+            # job, please try again later". Only that is retried.
+            if "try again later" not in str(e) or time.time() > deadline:
+                raise JobSubmissionError(f"the Ray cluster at {address} refused the job: {e}") from e
+            print(f"latentforge: {address} has no job agent yet; retrying", file=sys.stderr, flush=True)
+            time.sleep(2)
 
 
 def follow(address: str, job_id: str, out: Optional[TextIO] = None,

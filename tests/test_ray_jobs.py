@@ -33,6 +33,11 @@ def ray_head():
     # A short temp dir: Ray's unix sockets live under it, and socket paths are limited to ~100 characters.
     temp_dir = tempfile.mkdtemp(prefix="lf-ray-")
     port, dashboard_port = _free_port(), _free_port()
+    # Its own agent ports too: a local Ray in this test process already holds the default ones (52365...),
+    # and a head whose job agent cannot bind refuses every job ("No available agent").
+    agent_ports = [f"--{flag}={_free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "ray-client-server-port")]
     # The cluster's nodes run this project's environment: `python` on their PATH is the venv's.
     env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
     env.pop("RAY_ADDRESS", None)
@@ -40,7 +45,7 @@ def ray_head():
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard_port}",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats", *agent_ports],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
@@ -68,8 +73,8 @@ def ray_head():
 
 def test_a_submitted_run_succeeds_and_leaves_its_artifacts(ray_head, tmp_path, capsys):
     code = cli.main(["submit", "--address", ray_head, "--", "run", "--epochs", "1", "--run-dir", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
+    out, err = capsys.readouterr()
+    assert code == 0, out[-3000:] + err[-3000:]
     assert "latentforge: submitted Ray job" in out and "SUCCEEDED (exit code 0)" in out
     assert "latentforge: pipeline finished" in out  # the job's own logs, followed
     assert glob.glob(str(tmp_path / "latentforge" / "serving" / "stacked_ae" / "*" / "saved_model.pb"))
@@ -79,8 +84,8 @@ def test_a_submitted_run_succeeds_and_leaves_its_artifacts(ray_head, tmp_path, c
 
 def test_a_job_with_a_bad_flag_fails_with_the_clis_error_and_exit_code(ray_head, capsys):
     code = cli.main(["submit", "--address", ray_head, "--", "run", "--epochs", "0"])
-    out = capsys.readouterr().out
-    assert code == cli.EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_BAD_INPUT, out[-3000:] + err[-3000:]
     assert "argument --epochs: 0 is not a positive integer" in out
     assert "FAILED (exit code 2)" in out
 

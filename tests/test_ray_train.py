@@ -94,12 +94,13 @@ def _checkpoints(run_path):
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(local_ray, digits, tmp_path):
-    # 4 epochs of ~8 s; one worker is killed 3 s into epoch 2. (Ray's controller collects reported checkpoints
-    # every 2 s: a worker killed sooner after a report can take that checkpoint with it.)
+    # 4 epochs of 1,000 steps (10-40 ms each on 2 cores); one worker is killed 3 s into epoch 2. (Ray's
+    # controller collects reported checkpoints every 2 s: a worker killed sooner after a report can take that
+    # checkpoint with it.)
     images, labels = sample_digits(2000), sample_labels(2000)
-    train_file = write_transformed(str(tmp_path / "data" / "train.gz"), np.concatenate([images] * 3),
-                                   np.concatenate([labels] * 3))
-    ae = job("stacked_ae", {"epochs": 4, "batch_size": 32, "steps_per_execution": 1}, train_file, digits["eval"])
+    train_file = write_transformed(str(tmp_path / "data" / "train.gz"), np.concatenate([images] * 8),
+                                   np.concatenate([labels] * 8))
+    ae = job("stacked_ae", {"epochs": 4, "batch_size": 16, "steps_per_execution": 1}, train_file, digits["eval"])
     storage, name = str(tmp_path / "ray"), "killed"
     outcome, errors = {}, []
 

@@ -123,7 +123,8 @@ def quiet_local_cluster_logs() -> None:
 
 def _describe(resources: Dict[str, float]) -> str:
     shown = {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory") or k.startswith("accelerator")}
-    return ", ".join(f"{k} {v / 1024 ** 3:.1f} GiB" if k == "memory" else f"{k} {v:g}" for k, v in sorted(shown.items()))
+    return ", ".join(f"{k} {v / 1024 ** 3:.1f} GiB" if k == "memory" else f"{k} {v:g}"
+                     for k, v in sorted(shown.items()))
 
 
 def worker_resources(settings: RaySettings) -> Dict[str, float]:
@@ -202,11 +203,13 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
 
 
 def _worker_error(error) -> BaseException:
-    """The first worker's own exception (a TrainingDiverged, a bad config...) rather than Ray's wrapper."""
-    for _, failure in sorted(error.worker_failures.items()):
-        cause = getattr(failure, "cause", None)
-        return cause if isinstance(cause, BaseException) else failure
-    return error
+    """The lowest-ranked failed worker's own exception (a TrainingDiverged, a bad config...) rather than Ray's
+    wrapper, so the CLI can name the problem and pick its exit code."""
+    failures = [failure for _, failure in sorted(error.worker_failures.items())]
+    if not failures:
+        return error
+    cause = getattr(failures[0], "cause", None)  # a RayTaskError wraps the worker's exception as `cause`
+    return cause if isinstance(cause, BaseException) else failures[0]
 
 
 def _train_loop(loop_config: Dict[str, Any]) -> None:
