@@ -157,7 +157,7 @@ def check_model(model_name: str, model_config: Dict[str, Any], source_info: Sour
                          "GANs and DDPMs map noise to images, not images to codings; pretrain an autoencoder or "
                          "a VAE")
     registry.make_config(*pretraining)
-    return classifier.ClassifierConfig(**classifier.config_values(model_config))
+    return registry.config_from(classifier.NAME, classifier.ClassifierConfig, model_config)
 
 
 def pixel_range(model_name: str, pretraining: Optional[Tuple[str, Dict[str, Any]]]) -> str:

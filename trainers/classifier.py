@@ -6,7 +6,7 @@ the same architecture from random weights for the same number of epochs: the bas
 The encoder is copied: the pretrained model is never changed.
 """
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -69,14 +69,6 @@ def build_classifier(config: ClassifierConfig, encoder: keras.Model) -> keras.Se
     model = keras.Sequential([encoder, *head], name="classifier")
     model.build(encoder.input_shape)
     return model
-
-
-def config_values(overrides: Mapping[str, Any]) -> Dict[str, Any]:
-    """ClassifierConfig keyword arguments from JSON-like overrides (lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(ClassifierConfig)}
-    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in fields)
-    require(not unknown, f"classifier has no setting(s) {unknown}; it has: {', '.join(sorted(fields))}")
-    return {k: tuple(v) if k == "head_units" else v for k, v in overrides.items() if v is not None}
 
 
 def _fit(config, model, learning_rate, train_data, eval_data, callbacks, initial_epoch, epochs):

@@ -44,7 +44,7 @@ class TrainingJob:
 
     def make_config(self):
         if self.model == classifier.NAME:
-            return classifier.ClassifierConfig(**classifier.config_values(self.config))
+            return registry.config_from(classifier.NAME, classifier.ClassifierConfig, self.config)
         return registry.make_config(self.model, self.config)
 
 

@@ -59,12 +59,18 @@ def get_model(name: str) -> ModelEntry:
 def make_config(name: str, overrides: Mapping[str, Any]):
     """The model's validated config: its preset, then the non-None overrides. Unknown keys are errors."""
     entry = get_model(name)
-    fields = {f.name for f in dataclasses.fields(entry.config_class)}
+    return config_from(name, entry.config_class, overrides, entry.preset)
+
+
+def config_from(name: str, config_class: Type, overrides: Mapping[str, Any], preset: Mapping[str, Any] = None):
+    """`config_class(**preset, **overrides)` for JSON-like overrides: None values skipped, unknown keys an error
+    naming them, lists back to tuples (JSON, and TFX's custom_config, turn tuples into lists)."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(k for k, v in overrides.items() if v is not None and k not in fields)
     if unknown:
         raise ValueError(f"{name} has no setting(s) {unknown}; it has: {', '.join(sorted(fields))}")
-    values = {**entry.preset, **{k: v for k, v in overrides.items() if v is not None}}
-    for field in dataclasses.fields(entry.config_class):
+    values = {**(preset or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    for field in dataclasses.fields(config_class):
         if field.name in values and isinstance(field.default, tuple):
-            values[field.name] = tuple(values[field.name])  # JSON (TFX custom_config) turns tuples into lists
-    return entry.config_class(**values)
+            values[field.name] = tuple(values[field.name])
+    return config_class(**values)
