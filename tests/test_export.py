@@ -1,11 +1,18 @@
-"""serving.export: each family's SavedModel loads with plain TensorFlow and its signatures match the model."""
+"""serving.export: each family's SavedModel loads in a fresh Python process with plain TensorFlow (no project
+import), every signature runs and matches the in-memory model within 1e-5, and bad inputs are refused inside
+the graph."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from serving import export
 from tests.conftest import sample_digits
-from trainers import registry
+from trainers import classifier, registry
 
 TINY = {
     "stacked_ae": {},
@@ -13,37 +20,158 @@ TINY = {
     "dcgan": {},
     "ddpm": {"timesteps": 20, "sample_steps": 4, "base_channels": 16, "channel_multipliers": (1, 2)},
 }
+SHAPE = (28, 28, 1)
+
+# Runs in a fresh interpreter: only TensorFlow and NumPy. For each model: call every signature listed in its
+# cases file, compare with the expected outputs, call the SavedModel itself, and try each bad input.
+FRESH_PROCESS_CHECK = r'''
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tensorflow as tf
+report = {}
+for name, directory in json.loads(sys.argv[1]).items():
+    loaded = tf.saved_model.load(directory)
+    cases = np.load(os.path.join(directory, "..", name + "-cases.npz"), allow_pickle=True)
+    result = {"signatures": sorted(loaded.signatures), "max_error": {}, "refused": {}}
+    for key in cases.files:
+        if not key.startswith("in."):
+            continue
+        _, signature, argument = key.split(".")
+        inputs = {k.split(".")[2]: tf.constant(cases[k]) for k in cases.files if k.startswith(f"in.{signature}.")}
+        outputs = loaded.signatures[signature](**inputs)
+        for output, value in outputs.items():
+            expected = cases[f"out.{signature}.{output}"]
+            result["max_error"][f"{signature}.{output}"] = float(np.max(np.abs(value.numpy() - expected)))
+    result["max_error"]["__call__"] = float(np.max(np.abs(loaded(tf.constant(cases["call.in"])).numpy()
+                                                          - cases["call.out"])))
+    for key in cases.files:
+        if key.startswith("bad."):
+            _, signature, label = key.split(".")
+            arguments = {k: tf.constant(v) for k, v in cases[key].item().items()}
+            try:
+                loaded.signatures[signature](**arguments)
+                result["refused"][label] = None
+            except tf.errors.InvalidArgumentError as error:
+                result["refused"][label] = next((line for line in error.message.splitlines()
+                                                 if "assertion failed" in line), error.message)[:300]
+    report[name] = result
+report["project_imported"] = sorted(m for m in ("trainers", "serving", "components", "pipelines") if m in sys.modules)
+print(json.dumps(report))
+'''
 
 
-def build(name):
-    entry = registry.get_model(name)
-    return entry, entry.build(registry.make_config(name, TINY[name]), (28, 28, 1))
+def unit_or_symmetric(entry, images):
+    return images * 2.0 - 1.0 if entry.pixel_range == "symmetric" else images
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_signatures_match_the_in_memory_model(name, tmp_path):
-    entry, model = build(name)
-    export.export_model(entry.family, model, (28, 28, 1), str(tmp_path))
-    loaded = tf.saved_model.load(str(tmp_path))
-    images = tf.constant(sample_digits(4) * (2.0 if entry.pixel_range == "symmetric" else 1.0)
-                         - (1.0 if entry.pixel_range == "symmetric" else 0.0))
-    close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+def expected_cases(name, entry, model, images):
+    """{npz key: array}: inputs and in-memory outputs per signature, the __call__ pair, and bad inputs."""
+    cases = {}
+
+    def case(signature, inputs, outputs):
+        cases.update({f"in.{signature}.{k}": np.asarray(v) for k, v in inputs.items()})
+        cases.update({f"out.{signature}.{k}": np.asarray(v) for k, v in outputs.items()})
+
     if entry.family in ("autoencoder", "vae"):
-        codings = loaded.signatures["encode"](images=images)["codings"]
-        close(loaded.signatures["reconstruct"](images=images)["reconstructions"], model(images))
-        close(loaded.signatures["serving_default"](images=images)["reconstructions"], model(images))
-        decoded = loaded.signatures["decode"](codings=codings)["images"]
-        close(decoded, model(images))
-        scores = loaded.signatures["anomaly_score"](images=images)["scores"]
-        close(scores, tf.reduce_mean(tf.square(model(images) - images), axis=[1, 2, 3]))
-    if entry.family == "vae":
-        close(loaded.signatures["sample"](n=tf.constant(3), seed=tf.constant(7))["images"], model.sample(3, seed=7))
+        reconstructions = model(images)
+        case("reconstruct", {"images": images}, {"reconstructions": reconstructions})
+        case("anomaly_score", {"images": images},
+             {"scores": tf.reduce_mean(tf.square(reconstructions - images), axis=[1, 2, 3])})
+        if entry.family == "vae":
+            mean, log_var = model.encoder(images)
+            case("encode", {"images": images}, {"codings": mean, "log_var": log_var})
+            case("decode", {"codings": mean}, {"images": model.decode(mean)})
+            case("sample", {"n": np.int32(3), "seed": np.int32(7)}, {"images": model.sample(3, seed=7)})
+        else:
+            codings = model.encoder(images)
+            case("encode", {"images": images}, {"codings": codings})
+            case("decode", {"codings": codings}, {"images": model.decoder(codings)})
+        cases["call.in"], cases["call.out"] = images, np.asarray(reconstructions)
+        high = np.full((1, *SHAPE), 255.0, np.float32)  # raw bytes instead of the model's [0, 1]
+        cases["bad.reconstruct.out_of_range"] = np.array({"images": high}, dtype=object)
+        cases["bad.encode.nan"] = np.array({"images": np.full((1, *SHAPE), np.nan, np.float32)}, dtype=object)
     if entry.family == "gan":
-        generated = loaded.signatures["generate"](n=tf.constant(3), seed=tf.constant(7))["images"]
-        close(generated, (model.generate(3, seed=7) + 1) / 2)
-        codings = tf.random.stateless_normal([2, model.coding_size], seed=[1, 2])
-        close(loaded.signatures["generate_from_codings"](codings=codings)["images"], (model(codings) + 1) / 2)
+        codings = tf.random.stateless_normal([3, model.coding_size], seed=[1, 2])
+        case("generate", {"n": np.int32(3), "seed": np.int32(7)}, {"images": (model.generate(3, seed=7) + 1) / 2})
+        case("generate_from_codings", {"codings": codings}, {"images": (model(codings) + 1) / 2})
+        cases["call.in"], cases["call.out"] = np.asarray(codings), np.asarray((model(codings) + 1) / 2)
+        cases["bad.generate.n_zero"] = np.array({"n": np.int32(0), "seed": np.int32(0)}, dtype=object)
+        cases["bad.generate.n_too_many"] = np.array({"n": np.int32(export.MAX_GENERATED + 1), "seed": np.int32(0)},
+                                                    dtype=object)
     if entry.family == "diffusion":
-        generated = loaded.signatures["generate"](n=tf.constant(2), seed=tf.constant(7), steps=tf.constant(3))
-        assert generated["images"].shape == (2, 28, 28, 1)
-        close(generated["images"], (model.generate(2, seed=7, steps=3) + 1) / 2)
+        case("generate", {"n": np.int32(2), "seed": np.int32(7), "steps": np.int32(3)},
+             {"images": (model.generate(2, seed=7, steps=3) + 1) / 2})
+        noise = tf.random.stateless_normal([2, *SHAPE], seed=[7, 0])
+        # From the same x_T with eta 0, generate_from_noise is generate(seed 7) (its noise is drawn from [7, 0]).
+        case("generate_from_noise", {"noise": noise, "steps": np.int32(3)},
+             {"images": (model.generate(2, seed=7, steps=3) + 1) / 2})
+        cases["call.in"] = np.asarray(noise)
+        cases["call.out"] = np.asarray((model.generate(2, seed=7, steps=model.sample_steps) + 1) / 2)
+        cases["bad.generate.steps_beyond_T"] = np.array(
+            {"n": np.int32(1), "seed": np.int32(0), "steps": np.int32(model.diffusion.timesteps + 1)}, dtype=object)
+    if entry.family == "classifier":
+        probabilities = model(images)
+        case("classify", {"images": images},
+             {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)})
+        cases["call.in"], cases["call.out"] = images, np.asarray(probabilities)
+        cases["bad.classify.out_of_range"] = np.array({"images": np.full((1, *SHAPE), -1.0, np.float32)},
+                                                      dtype=object)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Every family exported under one directory, with its cases file beside it."""
+    root = tmp_path_factory.mktemp("exported")
+    digits = sample_digits(4)
+    directories = {}
+    models = {name: (registry.get_model(name), registry.make_config(name, TINY[name])) for name in TINY}
+    built = {name: entry.build(config, SHAPE) for name, (entry, config) in models.items()}
+    encoder = classifier.copy_encoder(classifier.reusable_encoder(built["stacked_ae"]))
+    head = classifier.build_classifier(classifier.ClassifierConfig(num_classes=10), encoder)
+    families = {name: entry for name, (entry, _) in models.items()}
+    families["classifier"] = registry.ModelEntry("classifier", None, {}, "unit", None, None, None)
+    built["classifier"] = head
+    for name, entry in families.items():
+        directory = str(root / name)
+        export.export_model(entry.family, built[name], SHAPE, directory, entry.pixel_range)
+        images = tf.constant(unit_or_symmetric(entry, digits))
+        np.savez(str(root / f"{name}-cases.npz"), **expected_cases(name, entry, built[name], images))
+        directories[name] = directory
+    return directories
+
+
+def test_every_signature_matches_in_a_fresh_process_with_plain_tensorflow(exported, tmp_path):
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS_CHECK, json.dumps(exported)], cwd=str(tmp_path),
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report.pop("project_imported") == []
+    expected_signatures = {
+        "stacked_ae": ["anomaly_score", "decode", "encode", "reconstruct", "serving_default"],
+        "conv_vae": ["anomaly_score", "decode", "encode", "reconstruct", "sample", "serving_default"],
+        "dcgan": ["generate", "generate_from_codings", "serving_default"],
+        "ddpm": ["generate", "generate_from_noise", "serving_default"],
+        "classifier": ["classify", "serving_default"],
+    }
+    for name, signatures in expected_signatures.items():
+        assert report[name]["signatures"] == signatures, name
+        for output, error in report[name]["max_error"].items():
+            assert error <= 1e-5, (name, output, error)
+        for label, message in report[name]["refused"].items():
+            assert message is not None, f"{name}: {label} was accepted"
+    assert "pixel range" in report["stacked_ae"]["refused"]["out_of_range"]
+    assert "finite" in report["stacked_ae"]["refused"]["nan"]
+    assert "n: must be between 1 and" in report["dcgan"]["refused"]["n_zero"]
+    assert str(export.MAX_GENERATED + 1) in report["dcgan"]["refused"]["n_too_many"]
+    assert "steps: must be between 1 and" in report["ddpm"]["refused"]["steps_beyond_T"]
+    assert "[0, 1]" in report["classifier"]["refused"]["out_of_range"]
+
+
+def test_unknown_pixel_range_is_refused(tmp_path):
+    entry = registry.get_model("stacked_ae")
+    model = entry.build(registry.make_config("stacked_ae", {}), SHAPE)
+    with pytest.raises(ValueError, match="pixel_range='bytes'"):
+        export.export_model(entry.family, model, SHAPE, str(tmp_path), "bytes")

@@ -136,9 +136,13 @@ class GaussianDiffusion:
 
         Every random draw is stateless from (seed, step), so one seed gives one result in eager and graph mode.
         """
+        return self.denoise(network, tf.random.stateless_normal(shape, seed=[seed, 0]), seed, steps, eta)
+
+    def denoise(self, network, x, seed, steps, eta):
+        """`sample` from the given x_T (B, H, W, C) instead of drawn noise: with eta=0 a deterministic map."""
+        shape = tf.shape(x)
         times = tf.cast(tf.round(tf.linspace(float(self.timesteps - 1), 0.0, steps)), tf.int32)
         prev_times = tf.concat([times[1:], [-1]], axis=0)
-        x = tf.random.stateless_normal(shape, seed=[seed, 0])
         for i in tf.range(steps):
             noise = tf.random.stateless_normal(shape, seed=[seed, i + 1])
             x = self.ddim_step(network, x, times[i], prev_times[i], eta, noise)

@@ -74,7 +74,7 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     config = job.make_config()
     if job.family == classifier.NAME:
         details.setdefault("frozen_epochs", config.epochs)  # where fine-tuning (phase 2) starts in the history
-    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir)
+    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixel_range(job))
     state_dir = keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
         shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
