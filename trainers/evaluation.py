@@ -1,0 +1,355 @@
+"""Scores of trained models, computed from what they export (their SavedModel signatures) and a metric network.
+
+    autoencoder  test_mse, test_bce per pixel; anomaly_auroc when a class was held out of training
+    vae          the same, plus test_neg_elbo (reconstruction + KL per example, one sampled coding)
+    vae, gan, diffusion   fid, kid (x 1e3), mode_entropy, mode_kl: see below
+    classifier   test_accuracy, per-class accuracy, confusion matrix
+
+FID/KID here are *domain* scores: the features are the penultimate layer of a small CNN trained on the dataset's
+own labels (the metric network), not Inception's (which knows nothing of 28x28 digits), so the numbers compare
+models on one dataset, not across papers. Mode coverage: the metric network's predicted-class histogram over the
+generated images; its entropy (log K when every class is equally common) and its KL divergence to the real
+train histogram (0 when the proportions match).
+"""
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.linalg
+import scipy.stats
+import tensorflow as tf
+import tf_keras as keras
+
+# family -> (key metric, True when higher is better): what blessing compares against the champion.
+KEY_METRICS = {"autoencoder": ("test_mse", False), "vae": ("test_neg_elbo", False), "gan": ("fid", False),
+               "diffusion": ("fid", False), "classifier": ("test_accuracy", True)}
+GENERATIVE_FAMILIES = ("vae", "gan", "diffusion")
+METRIC_NETWORK_FEATURES = "features"  # the metric network's SavedModel signature: images in [0, 1] -> features
+
+
+# ---------------------------------------------------------------------------------------------- plain scores
+
+def to_unit(images: np.ndarray, pixel_range: str) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    return (images + 1.0) / 2.0 if pixel_range == "symmetric" else images
+
+
+def reconstruction_errors(images: np.ndarray, reconstructions: np.ndarray, pixel_range: str) -> Dict[str, np.ndarray]:
+    """Per example: mean squared error and binary cross-entropy per pixel, both on [0, 1] pixels."""
+    x = to_unit(images, pixel_range).reshape(len(images), -1)
+    p = np.clip(to_unit(reconstructions, pixel_range).reshape(len(images), -1), 1e-7, 1 - 1e-7)
+    return {"mse": np.mean(np.square(x - p), axis=1),
+            "bce": -np.mean(x * np.log(p) + (1 - x) * np.log(1 - p), axis=1)}
+
+
+def negative_elbo(images: np.ndarray, mean: np.ndarray, log_var: np.ndarray, decoded: np.ndarray,
+                  reconstruction: str) -> Dict[str, np.ndarray]:
+    """Per example, as the VAE trains (trainers/vae.py): reconstruction (summed Bernoulli NLL in nats, or summed
+    squared error) + KL(q(z|x) || N(0, I)), `decoded` being the decoder's output for one sampled coding."""
+    x = images.reshape(len(images), -1).astype(np.float64)
+    p = np.clip(decoded.reshape(len(images), -1).astype(np.float64), 1e-7, 1 - 1e-7)
+    if reconstruction == "bce":
+        rebuilt = -np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=1)
+    else:
+        rebuilt = np.sum(np.square(x - p), axis=1)
+    kl = -0.5 * np.sum(1.0 + log_var - np.square(mean) - np.exp(log_var), axis=1)
+    return {"neg_elbo": rebuilt + kl, "reconstruction": rebuilt, "kl": kl}
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for the boolean `positive` (Mann-Whitney U; ties count half)."""
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUROC needs both classes: {n_pos} positive and {n_neg} negative examples")
+    ranks = scipy.stats.rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classification_scores(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> Dict[str, Any]:
+    confusion = np.zeros((num_classes, num_classes), np.int64)  # rows: true class, columns: predicted
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+            "per_class_accuracy": per_class.tolist(), "confusion_matrix": confusion.tolist()}
+
+
+def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    features = np.asarray(features, np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mean_a, cov_a, mean_b, cov_b) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between two Gaussians (Heusel et al. 2017)."""
+    covmean, _ = scipy.linalg.sqrtm(cov_a @ cov_b, disp=False)
+    if not np.isfinite(covmean).all():  # near-singular product: regularise, as the reference implementation does
+        offset = np.eye(len(cov_a)) * 1e-6
+        covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    diff = mean_a - mean_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean.real))
+
+
+def kernel_inception_distance(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 10,
+                              subset_size: int = 1000, seed: int = 0) -> Tuple[float, float]:
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y / d + 1)^3 (Binkowski et al. 2018), averaged over
+    random subsets: (mean, standard deviation)."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 feature vectors on each side; got {len(a)} and {len(b)}")
+    kernel = lambda x, y: (x @ y.T / x.shape[1] + 1.0) ** 3
+    values = []
+    for _ in range(subsets):
+        x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
+        k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
+        values.append((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+                      - 2.0 * k_xy.mean())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def class_histogram(classes: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(np.asarray(classes, np.int64), minlength=num_classes)[:num_classes] / max(len(classes), 1)
+
+
+def mode_coverage(predicted_classes: np.ndarray, real_histogram: np.ndarray) -> Dict[str, float]:
+    """Entropy (nats) of the predicted-class histogram and its KL divergence to the real one."""
+    generated = class_histogram(predicted_classes, len(real_histogram))
+    nonzero = generated > 0
+    entropy = -float(np.sum(generated[nonzero] * np.log(generated[nonzero])))
+    kl = float(np.sum(generated[nonzero] * np.log(generated[nonzero] / np.maximum(real_histogram[nonzero], 1e-12))))
+    return {"mode_entropy": entropy, "mode_kl": kl, "mode_entropy_max": math.log(len(real_histogram)),
+            "modes_covered": int(nonzero.sum())}
+
+
+# ------------------------------------------------------------------------------------------- metric network
+
+@dataclasses.dataclass(frozen=True)
+class MetricNetworkConfig:
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    feature_units: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.feature_units < 2 or self.learning_rate <= 0:
+            raise ValueError(f"metric network config {self}: epochs, batch_size >= 1, feature_units >= 2 and "
+                             "learning_rate > 0 required")
+
+
+def build_metric_network(image_shape: Sequence[int], num_classes: int, config: MetricNetworkConfig) -> keras.Model:
+    """A small CNN classifier for images in [0, 1]; its `features` layer is what FID and KID compare."""
+    keras.utils.set_random_seed(config.seed)
+    inputs = keras.Input(tuple(image_shape))
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    features = keras.layers.Dense(config.feature_units, activation="relu", name=METRIC_NETWORK_FEATURES)(x)
+    x = keras.layers.Dropout(0.3)(features)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="metric_network")
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def export_metric_network(model: keras.Model, export_dir: str) -> None:
+    """SavedModel with one signature, `features`: images (B, H, W, C) in [0, 1] -> features, probabilities."""
+    features_model = keras.Model(model.inputs, [model.get_layer(METRIC_NETWORK_FEATURES).output, model.outputs[0]])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="images")])
+    def features(images):
+        values, probabilities = features_model(images, training=False)
+        return {"features": values, "probabilities": probabilities}
+
+    root = tf.Module()
+    root.model_variables = list(model.variables)
+    root.features = features
+    tf.saved_model.save(root, export_dir, signatures={METRIC_NETWORK_FEATURES: features})
+
+
+class MetricNetwork:
+    """A loaded metric network: features and class predictions for images in [0, 1], in batches."""
+
+    def __init__(self, export_dir: str):
+        self._loaded = tf.saved_model.load(export_dir)
+        self._features = self._loaded.signatures[METRIC_NETWORK_FEATURES]
+
+    def __call__(self, images: np.ndarray, batch_size: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+        features, classes = [], []
+        for start in range(0, len(images), batch_size):
+            out = self._features(images=tf.constant(images[start:start + batch_size], tf.float32))
+            features.append(out["features"].numpy())
+            classes.append(np.argmax(out["probabilities"].numpy(), axis=1))
+        return np.concatenate(features), np.concatenate(classes)
+
+
+@dataclasses.dataclass
+class FeatureReference:
+    """What generated images are compared with: the real train split through the metric network."""
+    mean: np.ndarray
+    covariance: np.ndarray
+    sample: np.ndarray  # up to 2,000 feature vectors, for KID
+    class_histogram: np.ndarray
+
+    FILE = "reference.npz"
+
+    @classmethod
+    def from_features(cls, features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0,
+                      sample_size: int = 2000) -> "FeatureReference":
+        mean, covariance = feature_statistics(features)
+        rng = np.random.default_rng(seed)
+        sample = features[rng.choice(len(features), min(sample_size, len(features)), replace=False)]
+        return cls(mean, covariance, sample, class_histogram(labels, num_classes))
+
+    def save(self, directory: str) -> str:
+        path = os.path.join(directory, self.FILE)
+        np.savez(path, mean=self.mean, covariance=self.covariance, sample=self.sample,
+                 class_histogram=self.class_histogram)
+        return path
+
+    @classmethod
+    def load(cls, directory: str) -> "FeatureReference":
+        with np.load(os.path.join(directory, cls.FILE)) as data:
+            return cls(data["mean"], data["covariance"], data["sample"], data["class_histogram"])
+
+
+def generative_scores(images_unit: np.ndarray, network: MetricNetwork, reference: FeatureReference,
+                      seed: int = 0) -> Dict[str, float]:
+    """FID, KID (x 1e3, with its spread over subsets) and mode coverage of images in [0, 1] against the reference."""
+    features, classes = network(images_unit)
+    kid, kid_std = kernel_inception_distance(features, reference.sample, seed=seed)
+    return {"fid": frechet_distance(*feature_statistics(features), reference.mean, reference.covariance),
+            "kid_x1e3": kid * 1e3, "kid_std_x1e3": kid_std * 1e3, "samples": int(len(images_unit)),
+            **mode_coverage(classes, reference.class_histogram)}
+
+
+# ------------------------------------------------------------------------------------ scoring a SavedModel
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationOptions:
+    num_samples: int = 1000  # generated images for FID, KID and mode coverage
+    batch_size: int = 250
+    seed: int = 0
+    anomaly_class: Optional[int] = None  # the class held out of training: anomalous in the AUROC
+    sample_steps: Optional[int] = None  # DDPM: DDIM steps (default: the model's config)
+
+
+def generate(family: str, signatures, count: int, seed: int, batch_size: int,
+             sample_steps: Optional[int] = None) -> np.ndarray:
+    """`count` images in [0, 1] from a generative SavedModel's sample/generate signature, in batches."""
+    batches = []
+    for index, start in enumerate(range(0, count, batch_size)):
+        n = tf.constant(min(batch_size, count - start), tf.int32)
+        batch_seed = tf.constant(seed * 100_003 + index, tf.int32)
+        if family == "vae":
+            batches.append(signatures["sample"](n=n, seed=batch_seed)["images"].numpy())
+        elif family == "diffusion":
+            batches.append(signatures["generate"](n=n, seed=batch_seed,
+                                                  steps=tf.constant(sample_steps, tf.int32))["images"].numpy())
+        else:
+            batches.append(signatures["generate"](n=n, seed=batch_seed)["images"].numpy())
+    return np.concatenate(batches)
+
+
+def _batched(function: Callable, images: np.ndarray, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
+    for start in range(0, len(images), batch_size):
+        yield {k: v.numpy() for k, v in function(images=tf.constant(images[start:start + batch_size])).items()}
+
+
+def _concatenated(function: Callable, images: np.ndarray, batch_size: int) -> Dict[str, np.ndarray]:
+    parts = list(_batched(function, images, batch_size))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def score_model(family: str, saved_model_dir: str, images: np.ndarray, labels: np.ndarray, pixel_range: str,
+                config: Dict[str, Any], num_classes: int, options: EvaluationOptions = EvaluationOptions(),
+                metric_network: Optional[MetricNetwork] = None,
+                reference: Optional[FeatureReference] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """(metrics, arrays) for a SavedModel on the test images (in the model's pixel range) and labels (-1: none).
+    `arrays` holds what the pictures need: codings, generated samples."""
+    loaded = tf.saved_model.load(saved_model_dir)
+    signatures = loaded.signatures
+    metrics: Dict[str, Any] = {"test_examples": int(len(images))}
+    arrays: Dict[str, np.ndarray] = {}
+    if family in ("autoencoder", "vae"):
+        reconstructed = _concatenated(signatures["reconstruct"], images, options.batch_size)["reconstructions"]
+        errors = reconstruction_errors(images, reconstructed, pixel_range)
+        metrics.update(test_mse=float(errors["mse"].mean()), test_bce=float(errors["bce"].mean()))
+        arrays["codings"] = _concatenated(signatures["encode"], images, options.batch_size)["codings"]
+        if options.anomaly_class is not None:
+            scores = _concatenated(signatures["anomaly_score"], images, options.batch_size)["scores"]
+            metrics["anomaly_class"] = int(options.anomaly_class)
+            metrics["anomaly_auroc"] = auroc(scores, labels == options.anomaly_class)
+    if family == "vae":
+        encoded = _concatenated(signatures["encode"], images, options.batch_size)
+        mean, log_var = encoded["codings"], encoded["log_var"]
+        rng = np.random.default_rng(options.seed)
+        codings = (mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)).astype(np.float32)
+        decoded = np.concatenate([signatures["decode"](codings=tf.constant(codings[s:s + options.batch_size]))[
+            "images"].numpy() for s in range(0, len(codings), options.batch_size)])
+        elbo = negative_elbo(images, mean, log_var, decoded, config.get("reconstruction", "bce"))
+        metrics.update(test_neg_elbo=float(elbo["neg_elbo"].mean()), test_kl=float(elbo["kl"].mean()))
+    if family in GENERATIVE_FAMILIES:
+        steps = options.sample_steps or config.get("sample_steps")
+        samples = generate(family, signatures, options.num_samples, options.seed, options.batch_size, steps)
+        arrays["samples"] = samples
+        if metric_network is not None and reference is not None:
+            scores = generative_scores(samples, metric_network, reference, options.seed)
+            arrays["sample_classes"] = metric_network(samples)[1]
+            metrics.update(scores)
+    if family == "classifier":
+        predicted = _concatenated(signatures["classify"], images, options.batch_size)["classes"]
+        scores = classification_scores(predicted, labels, num_classes)
+        metrics.update(test_accuracy=scores["accuracy"], per_class_accuracy=scores["per_class_accuracy"],
+                       confusion_matrix=scores["confusion_matrix"])
+    return metrics, arrays
+
+
+# ------------------------------------------------------------------------------------------------ blessing
+
+@dataclasses.dataclass(frozen=True)
+class Blessing:
+    blessed: bool
+    metric: str
+    higher_is_better: bool
+    candidate: Optional[float]
+    champion: Optional[float]  # None: no champion to beat
+    champion_version: Optional[str]
+    margin: float
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+def decide_blessing(family: str, metrics: Dict[str, Any], champion: Optional[Tuple[str, Dict[str, float]]],
+                    margin: float) -> Blessing:
+    """Blessed when the family's key metric beats the champion's by `margin` (relative: 0.01 = 1 % better), or
+    when there is no champion. `champion`: (version, its metrics) or None."""
+    metric, higher = KEY_METRICS[family]
+    candidate = metrics.get(metric)
+    common = dict(metric=metric, higher_is_better=higher, candidate=candidate, margin=margin)
+    if candidate is None or not math.isfinite(candidate):
+        return Blessing(False, champion=None, champion_version=champion and champion[0],
+                        reason=f"no finite {metric} was measured ({candidate}); not blessed", **common)
+    if champion is None:
+        return Blessing(True, champion=None, champion_version=None,
+                        reason=f"no champion yet: blessed with {metric} {candidate:.6g}", **common)
+    version, champion_metrics = champion
+    best = champion_metrics.get(metric)
+    if best is None:
+        return Blessing(True, champion=None, champion_version=version,
+                        reason=f"champion version {version} has no {metric}: blessed", **common)
+    needed = best * (1 + margin) if higher else best * (1 - margin)
+    better = candidate > needed if higher else candidate < needed
+    relation = ("above" if higher else "below")
+    reason = (f"{metric} {candidate:.6g} vs champion version {version}'s {best:.6g}: "
+              f"{'beats' if better else 'does not beat'} it by the margin {margin:g} (needs {relation} {needed:.6g})")
+    return Blessing(better, champion=best, champion_version=version, reason=reason, **common)
