@@ -6,7 +6,8 @@
     latentforge inspect [--source SOURCE]                              probe a source: splits, shape, classes
 
 Exit codes: 0 ok; 2 bad input (flags, source, model config); 3 data validation failed; 4 training diverged;
-5 the Ray cluster cannot run it (unreachable, or lacks the resources asked for); 1 anything else.
+5 infrastructure: the Ray cluster cannot run it (unreachable, or lacks the resources asked for) or the MLflow
+server does not answer; 1 anything else.
 """
 import argparse
 import logging
@@ -87,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default="runs", help="where runs write everything (default ./runs)")
     run.add_argument("--pipeline-name", default="latentforge", help="pipeline name (cache and metadata scope)")
     run.add_argument("--no-cache", action="store_true", help="re-run every component, ignoring the TFX cache")
+    scoring = run.add_argument_group("evaluation and MLflow")
+    scoring.add_argument("--mlflow-uri", help="MLflow tracking/registry server or store (default: MLFLOW_TRACKING_URI, "
+                         "else a SQLite store under the run directory)")
+    scoring.add_argument("--bless-margin", type=_non_negative_float, default=0.01,
+                         help="relative improvement over the champion's key metric a model needs to be blessed "
+                         "(default 0.01: 1 %% better)")
+    scoring.add_argument("--eval-samples", type=_positive_int, default=1000,
+                         help="generated images scored by FID, KID and mode coverage (default 1000)")
+    scoring.add_argument("--anomaly-class", type=int,
+                         help="autoencoders: keep this class out of training and report the AUROC of detecting it")
+    scoring.add_argument("--metric-network-epochs", type=_positive_int, default=3,
+                         help="epochs of the metric network (trained once per dataset; default 3)")
     ray = run.add_argument_group("training on Ray Train")
     ray.add_argument("--trainer", choices=("ray", "in-process"), default="ray",
                      help="ray (default): Ray Train workers; in-process: TFX's own Trainer in this process")
@@ -195,7 +208,9 @@ def cmd_run(args) -> int:
         config = pipeline.check_model(args.model, model_config, info, pretraining)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from e
+    _check_anomaly_class(args, info)
     paths = local_runner.run_paths(args.run_dir, args.pipeline_name)
+    evaluation_settings = _evaluation_settings(args, paths)
     ray = _ray_training(args, paths)
     print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {info.num_classes} classes) "
           f"-> {args.model} {config}", flush=True)
@@ -204,7 +219,8 @@ def cmd_run(args) -> int:
         pipeline_name=args.pipeline_name, pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path,
         source_info=info, model_name=args.model, model_config=model_config, serving_dir=paths.serving_dir,
         eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
-        schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining)
+        schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
+        evaluation_settings=evaluation_settings)
     start = time.time()
     local_runner.run(tfx_pipeline)
     elapsed = time.time() - start
@@ -219,7 +235,31 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
-_MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema")
+_MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema", "evaluation", "registration")
+
+
+def _check_anomaly_class(args, info) -> None:
+    if args.anomaly_class is None:
+        return
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    if pipeline.family_of(args.model) != "autoencoder":
+        raise CliError(f"--anomaly-class is for autoencoders (reconstruction error as the anomaly score); "
+                       f"{args.model} is a {pipeline.family_of(args.model)}")
+    if not 0 <= args.anomaly_class < info.num_classes:
+        raise CliError(f"--anomaly-class {args.anomaly_class}: {info.spec.uri} has classes 0..{info.num_classes - 1}"
+                       if info.num_classes else f"--anomaly-class needs labelled data; {info.spec.uri} has no labels")
+
+
+def _evaluation_settings(args, paths):
+    """Where MLflow is (checked now: a server that does not answer fails the run before any work) and how the
+    Evaluator scores and blesses."""
+    from pipelines import pipeline, tracking  # pylint: disable=import-outside-toplevel
+    config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
+    tracking.check_reachable(config)
+    print(f"latentforge: MLflow at {config.uri}", flush=True)
+    return pipeline.EvaluationSettings(tracking=config, margin=args.bless_margin, num_samples=args.eval_samples,
+                                       anomaly_class=args.anomaly_class,
+                                       metric_network_epochs=args.metric_network_epochs, seed=args.seed)
 
 
 def _ray_training(args, paths):
@@ -274,6 +314,20 @@ def _print_results(nodes) -> None:
         pictures = sorted(f for f in os.listdir(model_run) if f.endswith(".png"))
         if pictures:
             print(f"latentforge: pictures in {model_run}: {', '.join(pictures)}")
+    evaluator = by_name.get("ModelEvaluator")
+    if evaluator and os.path.exists(os.path.join(evaluator.outputs.get("evaluation", ""), "evaluation.json")):
+        with open(os.path.join(evaluator.outputs["evaluation"], "evaluation.json")) as f:
+            evaluated = json.load(f)
+        scalars = {k: v for k, v in evaluated["metrics"].items() if isinstance(v, float)}
+        print("latentforge: evaluation " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))
+        print(f"latentforge: {'blessed' if evaluated['blessing']['blessed'] else 'not blessed'}: "
+              f"{evaluated['blessing']['reason']}")
+    registrar = by_name.get("MlflowRegistrar")
+    registration = registrar and registrar.properties.get("registration", {})
+    if registration:
+        champion = registration.get("champion") == "1"
+        print(f"latentforge: MLflow model {registration['name']} version {registration['version']}"
+              f"{' (now @champion)' if champion else ''}")
     pushed = by_name.get("Pusher") and by_name["Pusher"].properties.get("pushed_model", {})
     if pushed and pushed.get("pushed_destination"):
         print(f"latentforge: SavedModel at {pushed['pushed_destination']}")
@@ -284,6 +338,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
     from components.image_example_gen.sources import SourceError  # pylint: disable=import-outside-toplevel
     from components.strict_example_validator.executor import DataValidationError  # pylint: disable=import-outside-toplevel
     from pipelines.ray_jobs import JobSubmissionError  # pylint: disable=import-outside-toplevel
+    from pipelines.tracking import TrackingError  # pylint: disable=import-outside-toplevel
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     from trainers.ray_train import RayClusterError  # pylint: disable=import-outside-toplevel
     seen = set()
@@ -297,7 +352,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
         if isinstance(error, TrainingDiverged):
             return str(error), EXIT_DIVERGED
-        if isinstance(error, (RayClusterError, JobSubmissionError)):
+        if isinstance(error, (RayClusterError, JobSubmissionError, TrackingError)):
             return str(error), EXIT_CLUSTER
         error = error.__cause__ or error.__context__
     return None

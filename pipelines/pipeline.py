@@ -3,25 +3,31 @@
     ImageExampleGen -> StatisticsGen -> SchemaGen -> ImageSchemaCurator -> StrictExampleValidator
                                                  (or ImportSchemaGen)          |
                                           Transform (preprocessing_fn) <-------'
-                                              -> Trainer (Ray Train, or run_fn in process) -> Pusher
+                                              -> Trainer (Ray Train, or run_fn in process)
+    [MetricNetworkTrainer (generative models on labelled data)] -> ModelEvaluator -> Pusher (blessed only)
+                                                                                -> MlflowRegistrar
 
 A classifier is fine-tuned on a pretrained encoder: its pipeline trains the pretraining model first
 (PretrainingTrainer) and wires that Model artifact into the classifier's Trainer as `base_model`.
 """
 import dataclasses
 import hashlib
+import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node, executor_spec
 
+from components.evaluation.component import MetricNetworkTrainer, ModelEvaluator
 from components.image_example_gen.component import DEFAULT_EVAL_PERCENT, ImageExampleGen
 from components.image_example_gen.sources import SourceInfo
 from components.image_schema_curator.component import ImageSchemaCurator
 from components.strict_example_validator.component import StrictExampleValidator
+from components.registrar.component import MlflowRegistrar
 from components.trainer.executor import RayTrainerExecutor
-from trainers import classifier, registry
+from pipelines import tracking
+from trainers import classifier, evaluation, registry
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPROCESSING_FN = "pipelines.preprocessing.preprocessing_fn"
@@ -34,6 +40,8 @@ _EXAMPLE_GEN_CODE = ("components/image_example_gen",)
 _CURATOR_CODE = ("components/image_schema_curator",)
 _TRANSFORM_CODE = ("pipelines/preprocessing.py",)
 _TRAINER_CODE = ("trainers", "serving", "components/trainer")
+_EVALUATION_CODE = ("trainers/evaluation.py", "components/evaluation", "components/trainer/figures.py")
+_REGISTRAR_CODE = ("components/registrar", "pipelines/tracking.py")
 
 
 def code_digest(paths: Sequence[str]) -> str:
@@ -103,10 +111,14 @@ class RayTraining:
 
 
 def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
-            ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer") -> tfx.components.Trainer:
-    """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers."""
+            ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer",
+            holdout_class: Optional[int] = None) -> tfx.components.Trainer:
+    """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers. `holdout_class`: a class
+    kept out of an autoencoder's training data (the anomaly its Evaluator detects)."""
     custom_config = {"model": model_name, "config": model_config, "image_shape": list(source_info.image_shape),
                      "code": code_digest(_TRAINER_CODE)}
+    if holdout_class is not None:
+        custom_config["holdout_class"] = holdout_class
     extra = {}
     if ray is not None:
         custom_config["ray"] = {"settings": ray.settings, "storage_path": ray.storage_path}
@@ -122,23 +134,87 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
         **extra).with_id(node_id)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluationSettings:
+    """How the ModelEvaluator scores and blesses, and where MLflow is."""
+    tracking: tracking.TrackingConfig
+    margin: float = 0.01  # relative improvement over the champion's key metric needed to be blessed
+    num_samples: int = 1000  # generated images for FID, KID and mode coverage
+    anomaly_class: Optional[int] = None  # autoencoders: the class held out of training, anomalous in the AUROC
+    metric_network_epochs: int = 3
+    seed: int = 0
+
+
+def family_of(model_name: str) -> str:
+    return classifier.NAME if model_name == classifier.NAME else registry.get_model(model_name).family
+
+
 def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
                    serving_dir: str, ray: Optional[RayTraining] = None,
-                   pretraining: Optional[Tuple[str, Dict[str, Any]]] = None) -> List[base_node.BaseNode]:
-    """The model's Trainer (after a PretrainingTrainer for a classifier) and a Pusher writing its SavedModel
-    to `serving_dir`."""
+                   pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
+                   settings: Optional[EvaluationSettings] = None) -> List[base_node.BaseNode]:
+    """The model's Trainer (after a PretrainingTrainer for a classifier), its evaluation and MLflow registration
+    (with `settings`), and a Pusher writing its SavedModel to `serving_dir` (only when blessed, with `settings`)."""
     nodes: List[base_node.BaseNode] = []
     base_model = None
     if model_name == classifier.NAME:
         pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
         nodes.append(pretrainer)
         base_model = pretrainer.outputs["model"]
-    model_trainer = trainer(data, source_info, model_name, model_config, ray, base_model)
+    model_trainer = trainer(data, source_info, model_name, model_config, ray, base_model,
+                            holdout_class=settings and settings.anomaly_class)
+    nodes.append(model_trainer)
+    blessing = None
+    if settings is not None:
+        evaluation_nodes_ = evaluation_nodes(data, source_info, model_name, model_config, model_trainer,
+                                             pretraining, settings)
+        nodes += evaluation_nodes_
+        blessing = next(n for n in evaluation_nodes_ if isinstance(n, ModelEvaluator)).outputs["blessing"]
     pusher = tfx.components.Pusher(
-        model=model_trainer.outputs["model"],
+        model=model_trainer.outputs["model"], model_blessing=blessing,
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=os.path.join(serving_dir, model_name))))
-    return nodes + [model_trainer, pusher]
+    return nodes + [pusher]
+
+
+def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
+                     model_trainer: tfx.components.Trainer, pretraining: Optional[Tuple[str, Dict[str, Any]]],
+                     settings: EvaluationSettings) -> List[base_node.BaseNode]:
+    """[MetricNetworkTrainer,] ModelEvaluator, MlflowRegistrar for the Trainer's model."""
+    family = family_of(model_name)
+    nodes: List[base_node.BaseNode] = []
+    metric_network = None
+    if family in evaluation.GENERATIVE_FAMILIES and source_info.num_classes >= 2:
+        metric_config = dataclasses.asdict(evaluation.MetricNetworkConfig(epochs=settings.metric_network_epochs,
+                                                                          seed=settings.seed))
+        # Its only input is the ingested data: TFX's cache trains it once per dataset, whatever the model.
+        metric_network = MetricNetworkTrainer(data.example_gen.outputs["examples"], json.dumps(metric_config),
+                                              code_version=code_digest(_EVALUATION_CODE))
+        nodes.append(metric_network)
+    full_config = dataclasses.asdict(check_model(model_name, model_config, source_info, pretraining))
+    registered = tracking.registered_model_name(source_info.dataset_name, family)
+    options = evaluation.EvaluationOptions(num_samples=settings.num_samples, seed=settings.seed,
+                                           anomaly_class=settings.anomaly_class)
+    evaluator = ModelEvaluator(
+        model=model_trainer.outputs["model"], examples=data.transform.outputs["transformed_examples"],
+        transform_graph=data.transform.outputs["transform_graph"],
+        metric_model=metric_network.outputs["model"] if metric_network else None,
+        config={"family": family, "pixel_range": pixel_range(model_name, pretraining),
+                "num_classes": source_info.num_classes, "model_config": full_config,
+                "options": dataclasses.asdict(options), "margin": settings.margin,
+                "tracking": dataclasses.asdict(settings.tracking), "registered_model": registered},
+        code_version=code_digest(_EVALUATION_CODE))
+    registrar = MlflowRegistrar(
+        model=model_trainer.outputs["model"], model_run=model_trainer.outputs["model_run"],
+        evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
+        metric_model=metric_network.outputs["model"] if metric_network else None,
+        metric_evaluation=metric_network.outputs["evaluation"] if metric_network else None,
+        config={"tracking": dataclasses.asdict(settings.tracking), "registered_model": registered,
+                "metric_network_model": tracking.registered_model_name(source_info.dataset_name, "metric-network"),
+                "pipeline": settings.tracking.experiment, "dataset": source_info.dataset_name,
+                "source": source_info.spec.uri},
+        code_version=code_digest(_REGISTRAR_CODE))
+    return nodes + [evaluator, registrar]
 
 
 def check_model(model_name: str, model_config: Dict[str, Any], source_info: SourceInfo,
@@ -170,9 +246,10 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: str, 
                     eval_percent: int = DEFAULT_EVAL_PERCENT, labels_per_class: Optional[int] = None,
                     seed: int = 0, schema_path: Optional[str] = None, enable_cache: bool = True,
                     beam_pipeline_args: Optional[List[str]] = None, ray: Optional[RayTraining] = None,
-                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None) -> tfx.dsl.Pipeline:
+                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
+                    evaluation_settings: Optional[EvaluationSettings] = None) -> tfx.dsl.Pipeline:
     """`ray`: train on Ray Train (None: in this process). `pretraining`: (model, config overrides) whose encoder
-    a classifier fine-tunes."""
+    a classifier fine-tunes. `evaluation_settings`: evaluate, bless and register in MLflow (None: train and push)."""
     # Fail on a bad model name or config here, before any component runs.
     check_model(model_name, model_config, source_info, pretraining)
     data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, labels_per_class, seed,
@@ -181,7 +258,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: str, 
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=data.all() + training_nodes(data, source_info, model_name, model_config, serving_dir, ray,
-                                               pretraining),
+                                               pretraining, evaluation_settings),
         enable_cache=enable_cache,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory", "--direct_num_workers=1"],

@@ -171,6 +171,8 @@ def export_metric_network(model: keras.Model, export_dir: str) -> None:
     root = tf.Module()
     root.model_variables = list(model.variables)
     root.features = features
+    root.__call__ = tf.function(lambda images: features(images)["probabilities"],
+                                input_signature=features.input_signature)
     tf.saved_model.save(root, export_dir, signatures={METRIC_NETWORK_FEATURES: features})
 
 

@@ -32,6 +32,7 @@ class TrainingJob:
     eval_files: Sequence[str]
     feature_spec: Dict[str, Tuple[List[int], str]]  # the transformed features: name -> (shape, dtype name)
     encoder_from: Optional[str] = None  # classifier only: a directory written by save_state (the pretrained model)
+    holdout_class: Optional[int] = None  # autoencoders: a class kept out of training (the anomaly to detect)
 
     def __post_init__(self):
         if self.model == classifier.NAME and not self.encoder_from:
@@ -71,8 +72,13 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
         train, evaluation = train.map(pairs), evaluation.map(pairs)
     else:
         images = lambda batch: batch["image"]
-        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed).map(images)
-        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False).map(images)
+        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed)
+        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False)
+        if job.holdout_class is not None:
+            kept = lambda ex: ex["label"] != job.holdout_class
+            train = train.unbatch().filter(kept).batch(config.batch_size)
+            evaluation = evaluation.unbatch().filter(kept).batch(config.batch_size)
+        train, evaluation = train.map(images), evaluation.map(images)
     if options is not None:
         train, evaluation = train.with_options(options), evaluation.with_options(options)
     return train, evaluation

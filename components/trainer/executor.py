@@ -30,7 +30,8 @@ class RayTrainerExecutor(GenericExecutor):
         ray_config = fn_args.custom_config["ray"]
         settings = ray_train.RaySettings(**ray_config["settings"])
         identity = json.dumps({"train": job.train_files, "eval": job.eval_files, "base": job.encoder_from,
-                               "model": job.model, "config": job.config, "workers": settings.workers},
+                               "model": job.model, "config": job.config, "workers": settings.workers,
+                               "holdout": job.holdout_class},
                               sort_keys=True)
         name = ray_train.run_name(ray_config["storage_path"],
                                   f"{job.model}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}")

@@ -4,6 +4,11 @@
     samples.png          an 8x8 grid of generated images (VAEs, GANs, DDPM by DDIM)
     interpolation.png    decoded codings along the line between two inputs (VAEs)
     loss.png             the per-epoch training curves
+and the Evaluator's:
+    codings.png          the test codings projected on their first two principal components, coloured by label
+    samples.png          generated images the scores were computed on
+    modes.png            the metric network's class histogram of generated vs real images
+    confusion.png        a classifier's confusion matrix on the test split
 """
 import os
 from typing import Dict, List, Sequence
@@ -75,3 +80,51 @@ def save_model_figures(family: str, model, inputs: np.ndarray, pixel_range: str,
         paths.append(save_png(os.path.join(out_dir, "samples.png"),
                               image_grid(to_unit(model.generate(32, seed=seed)), 8)))
     return paths
+
+
+def save_codings_map(path: str, codings: np.ndarray, labels: np.ndarray) -> str:
+    """Codings (N, D) projected on their first two principal components (D = 2: as they are), by label."""
+    codings = np.asarray(codings, np.float64).reshape(len(codings), -1)
+    centred = codings - codings.mean(axis=0)
+    if codings.shape[1] > 2:
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        centred = centred @ components[:2].T
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    points = axis.scatter(centred[:, 0], centred[:, 1], c=labels, cmap="tab10", s=4)
+    if np.any(labels >= 0):
+        figure.colorbar(points, ax=axis, label="label")
+    axis.set_title("test codings (first two principal components)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def save_class_histograms(path: str, generated: np.ndarray, real: np.ndarray) -> str:
+    figure, axis = plt.subplots(figsize=(5, 3))
+    classes = np.arange(len(real))
+    axis.bar(classes - 0.2, real, width=0.4, label="real (train)")
+    axis.bar(classes + 0.2, generated, width=0.4, label="generated")
+    axis.set_xticks(classes)
+    axis.set_xlabel("class predicted by the metric network")
+    axis.set_ylabel("share")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def save_confusion_matrix(path: str, matrix: np.ndarray) -> str:
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    image = axis.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > matrix.max() / 2 else "black")
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

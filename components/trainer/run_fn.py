@@ -13,6 +13,7 @@ What a trained model leaves:
     model_run/metrics.json   {"model", "config", "history": per-epoch metrics, ...}
     model_run/*.png          loss curves, reconstructions, samples...
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -47,7 +48,7 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
         train_files=list(fn_args.train_files), eval_files=list(fn_args.eval_files),
         feature_spec=training.plain_feature_spec(
             tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()),
-        encoder_from=encoder_from)
+        encoder_from=encoder_from, holdout_class=custom.get("holdout_class"))
 
 
 def pixel_range(job: training.TrainingJob) -> str:
@@ -82,7 +83,9 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
         training.save_state(model, state_dir, job, training.total_epochs(job, config), history)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
-        json.dump({"model": job.model, "config": job.config, "history": history, **details}, f, indent=1)
+        json.dump({"model": job.model, "family": job.family, "config": job.config,
+                   "full_config": dataclasses.asdict(config), "pixel_range": pixel_range(job),
+                   "holdout_class": job.holdout_class, "history": history, **details}, f, indent=1)
     _, eval_data = training.datasets(job, config)
     shown = next(iter(eval_data))
     shown = (shown[0] if isinstance(shown, tuple) else shown).numpy()

@@ -1,0 +1,192 @@
+"""Executors of MetricNetworkTrainer and ModelEvaluator (components/evaluation/component.py)."""
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from absl import logging
+from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils, path_utils
+
+from components.image_example_gen.executor import CLASS_NAMES_PROPERTY, IMAGE_SHAPE_PROPERTY
+from components.trainer import figures
+from trainers import data, evaluation
+
+EVALUATION_FILE = "evaluation.json"
+INPUT_EXAMPLE_FILE = "input_example.npy"  # what MLflow shows as the logged model's input example
+METRIC_INPUT_EXAMPLE_FILE = "metric_input_example.npy"
+METRIC_NETWORK_DIR = "saved_model"
+
+
+def dump_config(config: Dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def evaluation_split(examples: types.Artifact) -> str:
+    """The split models are scored on: test when the data has one, else eval."""
+    names = artifact_utils.decode_split_names(examples.split_names)
+    return "test" if "test" in names else "eval"
+
+
+def _split_files(examples: types.Artifact, split: str) -> str:
+    return os.path.join(artifact_utils.get_split_uri([examples], split), "*")
+
+
+def read_raw_split(examples: types.Artifact, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """ExampleGen's examples of one split: (images (N, H, W, C) float32 in [0, 1], labels (N,) int64)."""
+    shape = [int(d) for d in examples.get_json_value_custom_property(IMAGE_SHAPE_PROPERTY)]
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    files = sorted(tf.io.gfile.glob(_split_files(examples, split)))
+    if not files:
+        raise FileNotFoundError(f"no examples for split {split!r} under {examples.uri}")
+    dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
+               .map(lambda records: tf.io.parse_example(records, spec))
+               .map(lambda ex: (tf.reshape(tf.io.decode_raw(ex["image"], tf.uint8), [-1, *shape]), ex["label"])))
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in dataset))
+    return np.concatenate(images).astype(np.float32) / 255.0, np.concatenate(labels)
+
+
+def read_transformed_split(examples: types.Artifact, transform_graph: types.Artifact,
+                           split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The Transform's examples of one split: (images in the model's pixel range, labels)."""
+    spec = tft.TFTransformOutput(transform_graph.uri).transformed_feature_spec()
+    dataset = data.image_dataset(_split_files(examples, split), spec, 1024, shuffle=False)
+    images, labels = zip(*((batch["image"].numpy(), batch["label"].numpy()) for batch in dataset))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _write_json(directory: str, name: str, value: Any) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
+    return path
+
+
+class MetricNetworkExecutor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        config = evaluation.MetricNetworkConfig(**json.loads(exec_properties["config"]))
+        num_classes = len(examples.get_json_value_custom_property(CLASS_NAMES_PROPERTY))
+        if num_classes < 2:
+            raise ValueError(f"the metric network needs labelled data with at least 2 classes; {examples.uri} has "
+                             f"{num_classes}")
+        images, labels = read_raw_split(examples, "train")
+        labelled = labels >= 0
+        images, labels = images[labelled], labels[labelled]
+        logging.info("training the metric network on %d labelled images for %d epochs", len(images), config.epochs)
+        network = evaluation.build_metric_network(images.shape[1:], num_classes, config)
+        network.fit(images, labels, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=2)
+
+        model_dir = artifact_utils.get_single_uri(output_dict["model"])
+        evaluation.export_metric_network(network, os.path.join(model_dir, METRIC_NETWORK_DIR))
+        loaded = evaluation.MetricNetwork(os.path.join(model_dir, METRIC_NETWORK_DIR))
+        train_features, _ = loaded(images)
+        reference = evaluation.FeatureReference.from_features(train_features, labels, num_classes, seed=config.seed)
+        reference.save(model_dir)
+
+        split = evaluation_split(examples)
+        test_images, test_labels = read_raw_split(examples, split)
+        test_images, test_labels = test_images[test_labels >= 0], test_labels[test_labels >= 0]
+        test_features, predicted = loaded(test_images)
+        # The floor: real held-out digits score this against the train split; no generator can expect less.
+        floor = evaluation.generative_scores(test_images, loaded, reference, seed=config.seed)
+        metrics = {"test_accuracy": float(np.mean(predicted == test_labels)), "split": split,
+                   "train_examples": int(len(images)), "test_examples": int(len(test_images)),
+                   "fid_floor": floor["fid"], "kid_floor_x1e3": floor["kid_x1e3"], "config": dataclasses.asdict(config)}
+        del test_features
+        evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
+        _write_json(evaluation_dir, EVALUATION_FILE, metrics)
+        logging.info("metric network: test accuracy %.4f, FID floor (test vs train) %.3f", metrics["test_accuracy"],
+                     metrics["fid_floor"])
+
+
+def _input_example(family: str, images: np.ndarray, signatures, seed: int) -> np.ndarray:
+    """A small array of what the SavedModel's callable (and MLflow's pyfunc) takes."""
+    if family == "gan":
+        size = int(signatures["generate_from_codings"].structured_input_signature[1]["codings"].shape[-1])
+        return np.random.default_rng(seed).standard_normal((2, size)).astype(np.float32)
+    if family == "diffusion":
+        return np.random.default_rng(seed).standard_normal((2, *images.shape[1:])).astype(np.float32)
+    return images[:2].astype(np.float32)
+
+
+class ModelEvaluatorExecutor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        from pipelines import tracking  # pylint: disable=import-outside-toplevel  (MLflow's one module)
+        config = json.loads(exec_properties["config"])
+        family = config["family"]
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        transform_graph = artifact_utils.get_single_instance(input_dict["transform_graph"])
+        options = evaluation.EvaluationOptions(**config["options"])
+        split = evaluation_split(examples)
+        images, labels = read_transformed_split(examples, transform_graph, split)
+        if family == "classifier" or options.anomaly_class is not None:
+            images, labels = images[labels >= 0], labels[labels >= 0]
+
+        network = reference = None
+        if input_dict.get("metric_model"):
+            metric_dir = artifact_utils.get_single_uri(input_dict["metric_model"])
+            network = evaluation.MetricNetwork(os.path.join(metric_dir, METRIC_NETWORK_DIR))
+            reference = evaluation.FeatureReference.load(metric_dir)
+        saved_model = path_utils.serving_model_path(model.uri)
+        logging.info("evaluating %s on the %s split (%d images)", family, split, len(images))
+        metrics, arrays = evaluation.score_model(family, saved_model, images, labels, config["pixel_range"],
+                                                 config["model_config"], config["num_classes"], options, network,
+                                                 reference)
+        metrics["split"] = split
+
+        champion = tracking.champion_metrics(tracking.TrackingConfig(**config["tracking"]), config["registered_model"])
+        blessing = evaluation.decide_blessing(family, metrics, champion, float(config["margin"]))
+        logging.info("evaluation: %s", blessing.reason)
+
+        evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
+        _write_json(evaluation_dir, EVALUATION_FILE, {"family": family, "metrics": metrics,
+                                                      "blessing": dataclasses.asdict(blessing)})
+        loaded = tf.saved_model.load(saved_model)
+        np.save(os.path.join(evaluation_dir, INPUT_EXAMPLE_FILE),
+                _input_example(family, images, loaded.signatures, options.seed))
+        # The metric network's input example: real test images in [0, 1].
+        np.save(os.path.join(evaluation_dir, METRIC_INPUT_EXAMPLE_FILE),
+                evaluation.to_unit(images[:2], config["pixel_range"]))
+        for path in self._figures(family, metrics, arrays, labels, reference, evaluation_dir):
+            logging.info("figure: %s", path)
+
+        evaluation_artifact = artifact_utils.get_single_instance(output_dict["evaluation"])
+        evaluation_artifact.set_string_custom_property("key_metric", blessing.metric)
+        evaluation_artifact.set_float_custom_property("key_metric_value", float(blessing.candidate or float("nan")))
+        blessing_artifact = artifact_utils.get_single_instance(output_dict["blessing"])
+        # As TFX's Evaluator writes it: the Pusher reads the `blessed` property; the file is for people.
+        blessing_artifact.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                                  int(blessing.blessed))
+        blessing_artifact.set_string_custom_property("reason", blessing.reason)
+        io_utils.write_string_file(os.path.join(blessing_artifact.uri, "BLESSED" if blessing.blessed
+                                                else "NOT_BLESSED"), blessing.to_json())
+
+    @staticmethod
+    def _figures(family, metrics, arrays, labels, reference, directory) -> List[str]:
+        paths = []
+        if "codings" in arrays:
+            paths.append(figures.save_codings_map(os.path.join(directory, "codings.png"), arrays["codings"], labels))
+        if "samples" in arrays:
+            paths.append(figures.save_png(os.path.join(directory, "samples.png"),
+                                          figures.image_grid(arrays["samples"][:64], 8)))
+        if "sample_classes" in arrays and reference is not None:
+            generated = evaluation.class_histogram(arrays["sample_classes"], len(reference.class_histogram))
+            paths.append(figures.save_class_histograms(os.path.join(directory, "modes.png"), generated,
+                                                       reference.class_histogram))
+        if "confusion_matrix" in metrics:
+            paths.append(figures.save_confusion_matrix(os.path.join(directory, "confusion.png"),
+                                                       np.array(metrics["confusion_matrix"])))
+        return paths

@@ -1,0 +1,104 @@
+"""Executor of MlflowRegistrar: gathers what the Trainer and Evaluator left and hands it to pipelines.tracking."""
+import glob
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import path_utils
+
+from components.evaluation.executor import (EVALUATION_FILE, INPUT_EXAMPLE_FILE, METRIC_INPUT_EXAMPLE_FILE,
+                                           METRIC_NETWORK_DIR)
+from components.trainer.run_fn import METRICS_FILE
+from pipelines import tracking
+
+REGISTRATION_FILE = "registration.json"
+
+
+def dump_config(config: Dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _read_json(directory: str, name: str) -> Dict[str, Any]:
+    with open(os.path.join(directory, name)) as f:
+        return json.load(f)
+
+
+def _execution_id(artifact: types.Artifact) -> Optional[str]:
+    """The id of the execution that wrote `artifact`: TFX's local layout is PIPELINE_ROOT/NODE/KEY/EXECUTION_ID."""
+    last = os.path.basename(artifact.uri.rstrip("/"))
+    return last if last.isdigit() else None
+
+
+def _scalars(values: Dict[str, Any]) -> Dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Executor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        config = json.loads(exec_properties["config"])
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        model_run = artifact_utils.get_single_instance(input_dict["model_run"])
+        evaluation = artifact_utils.get_single_instance(input_dict["evaluation"])
+        blessing_artifact = artifact_utils.get_single_instance(input_dict["blessing"])
+        trained = _read_json(model_run.uri, METRICS_FILE)
+        evaluated = _read_json(evaluation.uri, EVALUATION_FILE)
+        blessing = evaluated["blessing"]
+        pipeline_run_id = (self._context.pipeline_run_id if self._context else None) or "unknown"
+        ids = {"tfx.model_artifact_id": model.id, "tfx.trainer_execution_id": _execution_id(model),
+               "tfx.evaluator_execution_id": _execution_id(evaluation),
+               "tfx.registrar_execution_id": _execution_id(
+                   artifact_utils.get_single_instance(output_dict["registration"])),
+               "tfx.pipeline_run_id": pipeline_run_id, "tfx.model_uri": model.uri}
+        ids = {k: str(v) for k, v in ids.items() if v is not None}
+
+        trainer = tracking.ChildRun(
+            name="Trainer", params={"model": trained["model"], **trained.get("full_config", trained["config"])},
+            history={k: v for k, v in trained["history"].items() if isinstance(v, list)},
+            tags={"family": trained.get("family", ""), **ids},
+            artifacts=sorted(glob.glob(os.path.join(model_run.uri, "*.png"))) + [
+                os.path.join(model_run.uri, METRICS_FILE)])
+        evaluator = tracking.ChildRun(
+            name="Evaluator", metrics=_scalars(evaluated["metrics"]),
+            tags={"blessed": str(blessing["blessed"]), "blessing.reason": blessing["reason"],
+                  "blessing.metric": blessing["metric"], **ids},
+            artifacts=sorted(glob.glob(os.path.join(evaluation.uri, "*.png"))) + [
+                os.path.join(evaluation.uri, EVALUATION_FILE)])
+        metric_network = None
+        if input_dict.get("metric_model"):
+            metric_model = artifact_utils.get_single_instance(input_dict["metric_model"])
+            metric_scores = _read_json(artifact_utils.get_single_uri(input_dict["metric_evaluation"]),
+                                       EVALUATION_FILE)
+            child = tracking.ChildRun(name="MetricNetworkTrainer", params=metric_scores.get("config", {}),
+                                      metrics=_scalars(metric_scores),
+                                      tags={"tfx.artifact_uri": metric_model.uri,
+                                            "tfx.metric_network_execution_id": str(_execution_id(metric_model))})
+            metric_network = (child, os.path.join(metric_model.uri, METRIC_NETWORK_DIR),
+                              np.load(os.path.join(evaluation.uri, METRIC_INPUT_EXAMPLE_FILE)),
+                              config["metric_network_model"])
+
+        logged = tracking.log_pipeline_run(
+            tracking.TrackingConfig(**config["tracking"]), pipeline=config["pipeline"],
+            pipeline_run_id=pipeline_run_id, registered_name=config["registered_model"],
+            saved_model_dir=path_utils.serving_model_path(model.uri),
+            input_example=np.load(os.path.join(evaluation.uri, INPUT_EXAMPLE_FILE)),
+            blessed=bool(blessing["blessed"]), key_metric=blessing["metric"],
+            key_metric_value=blessing["candidate"], trainer=trainer, evaluator=evaluator,
+            version_tags={**ids, "tfx.blessing_uri": blessing_artifact.uri},
+            parent_tags={"source": config["source"], "dataset": config["dataset"]}, metric_network=metric_network)
+        logging.info("MLflow: %s version %s%s", logged.name, logged.version,
+                     f" is now @{tracking.CHAMPION}" if logged.champion else "")
+
+        registration = artifact_utils.get_single_instance(output_dict["registration"])
+        os.makedirs(registration.uri, exist_ok=True)
+        with open(os.path.join(registration.uri, REGISTRATION_FILE), "w") as f:
+            json.dump({**logged.__dict__, "tracking_uri": config["tracking"]["uri"]}, f, indent=1)
+        registration.set_string_custom_property("name", logged.name)
+        registration.set_string_custom_property("version", logged.version)
+        registration.set_int_custom_property("champion", int(logged.champion))

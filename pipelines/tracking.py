@@ -1,0 +1,255 @@
+"""MLflow: the one module that talks to it (tracking, the model registry, logged models).
+
+Where: `--mlflow-uri` (or MLFLOW_TRACKING_URI) names a server (http://HOST:5000) or a store; the embedded default
+is a SQLite store RUN_DIR/PIPELINE/mlflow.db with artifacts under RUN_DIR/PIPELINE/mlartifacts. The
+experiment is the pipeline's name.
+
+What a pipeline run leaves (written by the MlflowRegistrar component, after the Evaluator):
+    parent run "PIPELINE RUN_ID"     tags: tfx.pipeline_run_id, tfx.pipeline, source, dataset
+      child run "Trainer"            params: the model's full config; metrics: per-epoch history (step = epoch);
+                                     artifacts: the Trainer's pictures, metrics.json; the model (tensorflow
+                                     flavor, signature + input example) registered as a version of DATASET-FAMILY
+      child run "Evaluator"          metrics: the evaluation; tags: blessing decision; artifacts: its pictures
+      child run "MetricNetworkTrainer"  once per dataset: its scores; the network registered as
+                                     DATASET-metric-network
+Each registered version carries tags: the key metric and its value, the evaluator run, the TFX artifact and
+execution ids; the alias `champion` moves to it only when the Evaluator blessed it. Versions are never deleted.
+"""
+import dataclasses
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+CHAMPION = "champion"
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "mlartifacts"
+# A server that is down should fail a run in seconds, not after MLflow's default minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be reached or refused a request; the message names the URI and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    uri: str  # tracking and registry URI
+    experiment: str
+    artifact_location: Optional[str] = None  # a new experiment's artifact root (embedded store); None: the server's
+
+
+def embedded(root: str, experiment: str) -> TrackingConfig:
+    return TrackingConfig(uri="sqlite:///" + os.path.join(os.path.abspath(root), EMBEDDED_DB), experiment=experiment,
+                          artifact_location="file://" + os.path.join(os.path.abspath(root), EMBEDDED_ARTIFACTS))
+
+
+def resolve(flag: Optional[str], root: str, experiment: str) -> TrackingConfig:
+    """--mlflow-uri, else MLFLOW_TRACKING_URI, else the embedded store under `root`."""
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI")
+    return TrackingConfig(uri=uri, experiment=experiment) if uri else embedded(root, experiment)
+
+
+def check_reachable(config: TrackingConfig, timeout: float = 5.0) -> None:
+    """For a server URI: its /health answers within `timeout`, or TrackingError."""
+    if not config.uri.startswith(("http://", "https://")):
+        return
+    url = config.uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise TrackingError(f"the MLflow server {config.uri} does not answer ({error}); start it (mlflow server "
+                            "--host ... --port ...), fix --mlflow-uri, or leave it unset for the embedded store") from error
+
+
+def registered_model_name(dataset: str, family: str) -> str:
+    """DATASET-FAMILY with what MLflow allows in a name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{family}")
+
+
+def _client(config: TrackingConfig):
+    import mlflow  # pylint: disable=import-outside-toplevel
+    mlflow.set_tracking_uri(config.uri)
+    mlflow.set_registry_uri(config.uri)
+    return mlflow.MlflowClient(tracking_uri=config.uri, registry_uri=config.uri)
+
+
+def _experiment_id(client, config: TrackingConfig) -> str:
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(config.experiment, artifact_location=config.artifact_location)
+
+
+def _guarded(action: str, config: TrackingConfig):
+    """Turns MLflow's and the network's errors into a TrackingError naming the URI."""
+    import mlflow  # pylint: disable=import-outside-toplevel
+
+    class _Guard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, error, trace):
+            if error is not None and isinstance(error, (mlflow.exceptions.MlflowException, OSError)) and not \
+                    isinstance(error, TrackingError):
+                raise TrackingError(f"MLflow at {config.uri} failed while {action}: {error}") from error
+            return False
+
+    return _Guard()
+
+
+def champion_metrics(config: TrackingConfig, name: str) -> Optional[Tuple[str, Dict[str, float]]]:
+    """(version, the metrics its evaluator logged) of NAME@champion, or None when there is no champion."""
+    import mlflow  # pylint: disable=import-outside-toplevel
+    check_reachable(config)
+    with _guarded(f"reading {name}@{CHAMPION}", config):
+        client = _client(config)
+        try:
+            version = client.get_model_version_by_alias(name, CHAMPION)
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+        run_id = version.tags.get("evaluator_run_id")
+        metrics = dict(client.get_run(run_id).data.metrics) if run_id else {}
+        return version.version, metrics
+
+
+@dataclasses.dataclass
+class ChildRun:
+    """What one component's child run gets."""
+    name: str
+    params: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
+    history: Dict[str, List[float]] = dataclasses.field(default_factory=dict)  # per-epoch, logged at step = epoch
+    tags: Dict[str, str] = dataclasses.field(default_factory=dict)
+    artifacts: Sequence[str] = ()  # files
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedVersion:
+    name: str
+    version: str
+    champion: bool  # whether NAME@champion now points at it
+    parent_run_id: str
+    trainer_run_id: str
+    evaluator_run_id: str
+
+
+def _flat_params(values: Dict[str, Any], prefix: str = "") -> Dict[str, str]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def _log_child(client, experiment_id: str, parent_id: str, child: ChildRun) -> str:
+    from mlflow.entities import Metric, Param  # pylint: disable=import-outside-toplevel
+    run = client.create_run(experiment_id, run_name=child.name,
+                            tags={"mlflow.parentRunId": parent_id, **child.tags})
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in child.metrics.items()]
+    metrics += [Metric(k, float(v), now, epoch) for k, values in child.history.items()
+                for epoch, v in enumerate(values, start=1)]
+    params = [Param(k, v[:6000]) for k, v in _flat_params(child.params).items()]
+    for start in range(0, max(len(metrics), len(params), 1), 100):  # MLflow's batch limits
+        client.log_batch(run.info.run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
+                         tags=[])
+    for path in child.artifacts:
+        client.log_artifact(run.info.run_id, path)
+    return run.info.run_id
+
+
+def _parent_run(client, experiment_id: str, pipeline: str, pipeline_run_id: str, tags: Dict[str, str]) -> str:
+    """The parent run of this pipeline run (made by the first registrar that logs for it)."""
+    found = client.search_runs([experiment_id], f"tags.`tfx.pipeline_run_id` = '{pipeline_run_id}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"{pipeline} {pipeline_run_id}",
+                            tags={"tfx.pipeline_run_id": pipeline_run_id, "tfx.pipeline": pipeline, **tags})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _mlflow_module(saved_model_dir: str):
+    """(tf.Module, its signatures, the loaded SavedModel): MLflow's tensorflow flavor wants a tf.Module, so a loaded
+    SavedModel is wrapped in one that keeps its callable (what pyfunc.predict calls) and every named signature."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    loaded = tf.saved_model.load(saved_model_dir)
+    module = tf.Module()
+    module.saved = loaded
+    module.__call__ = loaded.__call__
+    return module, dict(loaded.signatures), loaded
+
+
+def _log_model(config: TrackingConfig, run_id: str, saved_model_dir: str, input_example, registered_name: str):
+    import mlflow  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from mlflow.models import infer_signature  # pylint: disable=import-outside-toplevel
+    module, signatures, loaded = _mlflow_module(saved_model_dir)
+    output = loaded(tf.constant(input_example)).numpy()
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.tensorflow.log_model(
+            module, name="model", signature=infer_signature(input_example, output), input_example=input_example,
+            registered_model_name=registered_name, saved_model_kwargs={"signatures": signatures},
+            # Given, not inferred: inference loads the model again in a subprocess (tens of seconds).
+            pip_requirements=[f"tensorflow=={tf.__version__}"])
+    return info
+
+
+def log_pipeline_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: str, registered_name: str,
+                     saved_model_dir: str, input_example, blessed: bool, key_metric: str,
+                     key_metric_value: Optional[float], trainer: ChildRun, evaluator: ChildRun,
+                     version_tags: Dict[str, str], parent_tags: Dict[str, str],
+                     metric_network: Optional[Tuple[ChildRun, str, Any, str]] = None) -> LoggedVersion:
+    """Logs one trained model's runs, registers it as a new version of `registered_name` and moves `champion`
+    to it when `blessed`. metric_network: (its child run, SavedModel dir, input example, registered name),
+    registered only when no version of that name holds the same artifact."""
+    check_reachable(config)
+    with _guarded(f"logging {registered_name}", config):
+        client = _client(config)
+        experiment_id = _experiment_id(client, config)
+        parent_id = _parent_run(client, experiment_id, pipeline, pipeline_run_id, parent_tags)
+        trainer_id = _log_child(client, experiment_id, parent_id, trainer)
+        evaluator_id = _log_child(client, experiment_id, parent_id, evaluator)
+        info = _log_model(config, trainer_id, saved_model_dir, input_example, registered_name)
+        version = str(info.registered_model_version)
+        tags = {**version_tags, "evaluator_run_id": evaluator_id, "trainer_run_id": trainer_id,
+                "key_metric": key_metric, "key_metric_value": str(key_metric_value), "blessed": str(blessed)}
+        for key, value in tags.items():
+            client.set_model_version_tag(registered_name, version, key, value)
+        if blessed:
+            client.set_registered_model_alias(registered_name, CHAMPION, version)
+        for run_id in (trainer_id, evaluator_id):
+            client.set_terminated(run_id)
+        if metric_network is not None:
+            _register_metric_network(config, client, experiment_id, parent_id, *metric_network)
+        return LoggedVersion(registered_name, version, blessed, parent_id, trainer_id, evaluator_id)
+
+
+def _register_metric_network(config, client, experiment_id, parent_id, child: ChildRun, saved_model_dir: str,
+                             input_example, name: str) -> None:
+    artifact = child.tags.get("tfx.artifact_uri", saved_model_dir)
+    existing = client.search_model_versions(f"name = '{name}'")
+    if any(v.tags.get("tfx.artifact_uri") == artifact for v in existing):
+        return  # this network (the same TFX artifact, from the cache) is registered already
+    run_id = _log_child(client, experiment_id, parent_id, child)
+    info = _log_model(config, run_id, saved_model_dir, input_example, name)
+    client.set_model_version_tag(name, str(info.registered_model_version), "tfx.artifact_uri", artifact)
+    client.set_terminated(run_id)
+
+
+def load_model(config: TrackingConfig, model_uri: str):
+    """An MLflow pyfunc model, e.g. models:/mnist-autoencoder@champion."""
+    import mlflow  # pylint: disable=import-outside-toplevel
+    _client(config)
+    with _guarded(f"loading {model_uri}", config):
+        return mlflow.pyfunc.load_model(model_uri)
