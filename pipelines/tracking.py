@@ -15,6 +15,7 @@ What a pipeline run leaves (written by the MlflowRegistrar component, after the 
 Each registered version carries tags: the key metric and its value, the evaluator run, the TFX artifact and
 execution ids; the alias `champion` moves to it only when the Evaluator blessed it. Versions are never deleted.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -74,9 +75,28 @@ def registered_model_name(dataset: str, family: str) -> str:
 
 def _client(config: TrackingConfig):
     import mlflow  # pylint: disable=import-outside-toplevel
+    return mlflow.MlflowClient(tracking_uri=config.uri, registry_uri=config.uri)
+
+
+@contextlib.contextmanager
+def _fluent_api_at(config: TrackingConfig):
+    """Points MLflow's global (fluent) API at `config.uri` for the block, then back: mlflow.set_tracking_uri also
+    sets MLFLOW_TRACKING_URI in the environment, which would otherwise leak into the next run in this process
+    (and change its tracking config, hence its TFX cache key)."""
+    import mlflow  # pylint: disable=import-outside-toplevel
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(config.uri)
     mlflow.set_registry_uri(config.uri)
-    return mlflow.MlflowClient(tracking_uri=config.uri, registry_uri=config.uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _experiment_id(client, config: TrackingConfig) -> str:
@@ -117,7 +137,7 @@ def champion_metrics(config: TrackingConfig, name: str) -> Optional[Tuple[str, D
             raise
         run_id = version.tags.get("evaluator_run_id")
         metrics = dict(client.get_run(run_id).data.metrics) if run_id else {}
-        return version.version, metrics
+        return str(version.version), metrics
 
 
 @dataclasses.dataclass
@@ -196,7 +216,7 @@ def _log_model(config: TrackingConfig, run_id: str, saved_model_dir: str, input_
     from mlflow.models import infer_signature  # pylint: disable=import-outside-toplevel
     module, signatures, loaded = _mlflow_module(saved_model_dir)
     output = loaded(tf.constant(input_example)).numpy()
-    with mlflow.start_run(run_id=run_id):
+    with _fluent_api_at(config), mlflow.start_run(run_id=run_id):
         info = mlflow.tensorflow.log_model(
             module, name="model", signature=infer_signature(input_example, output), input_example=input_example,
             registered_model_name=registered_name, saved_model_kwargs={"signatures": signatures},
@@ -250,6 +270,5 @@ def _register_metric_network(config, client, experiment_id, parent_id, child: Ch
 def load_model(config: TrackingConfig, model_uri: str):
     """An MLflow pyfunc model, e.g. models:/mnist-autoencoder@champion."""
     import mlflow  # pylint: disable=import-outside-toplevel
-    _client(config)
-    with _guarded(f"loading {model_uri}", config):
+    with _guarded(f"loading {model_uri}", config), _fluent_api_at(config):
         return mlflow.pyfunc.load_model(model_uri)

@@ -18,6 +18,8 @@ from tests.conftest import SAMPLE_DIR
     (["run", "--source", f"idx:{SAMPLE_DIR}", "--data-dir", "/tmp"], "TFDS options"),
     (["run", "--model", "vae", "--set", "beta=-2"], "beta=-2: must be >= 0"),
     (["run", "--model", "dcgan", "--set", "dropout_rate=0.3"], "dcgan has no setting(s) ['dropout_rate']"),
+    (["run", "--model", "vae", "--anomaly-class", "3"], "--anomaly-class is for autoencoders"),
+    (["run", "--anomaly-class", "10"], "--anomaly-class 10: idx:"),
 ])
 def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path):
     assert cli.main(argv + ["--run-dir", str(tmp_path)]) == cli.EXIT_BAD_INPUT

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import cli, metadata
+from pipelines import cli, metadata, tracking
 from tests.conftest import SAMPLE_DIR, random_images
 
 pytestmark = pytest.mark.slow
 ALL_NODES = ["ImageExampleGen", "StatisticsGen", "SchemaGen", "ImageSchemaCurator", "StrictExampleValidator",
-             "Transform", "Trainer", "Pusher"]
+             "Transform", "Trainer", "ModelEvaluator", "MlflowRegistrar", "Pusher"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,44 @@ def test_first_run_executes_every_component_and_pushes_a_savedmodel(sample_run):
     images = tf.random.uniform([3, 28, 28, 1])
     assert model.signatures["encode"](images=images)["codings"].shape == (3, 30)
     assert model.signatures["serving_default"](images=images)["reconstructions"].shape == (3, 28, 28, 1)
+
+
+def _evaluation(node):
+    with open(os.path.join(node.outputs["evaluation"], "evaluation.json")) as f:
+        return json.load(f)
+
+
+def test_the_model_is_evaluated_registered_in_the_embedded_mlflow_and_loads_as_champion(sample_run):
+    import mlflow
+    run_dir, _, first = sample_run
+    nodes = {n.node: n for n in first}
+    evaluated = _evaluation(nodes["ModelEvaluator"])
+    assert evaluated["metrics"]["split"] == "test" and evaluated["metrics"]["test_examples"] == 500
+    assert 0 < evaluated["metrics"]["test_mse"] < 0.2 and evaluated["blessing"]["blessed"] is True
+    assert os.path.exists(os.path.join(nodes["ModelEvaluator"].outputs["blessing"], "BLESSED"))
+    registration = nodes["MlflowRegistrar"].properties["registration"]
+    assert (registration["name"], registration["version"], registration["champion"]) == (
+        "mnist-sample-autoencoder", "1", "1")
+    uri = "sqlite:///" + os.path.join(run_dir, "latentforge", "mlflow.db")
+    client = mlflow.MlflowClient(uri, uri)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("latentforge").experiment_id])}
+    parent = next(r for name, r in runs.items() if name.startswith("latentforge "))
+    assert runs["Trainer"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert runs["Trainer"].data.params["hidden_units"] == "[100, 30]" and runs["Trainer"].data.params["epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(runs["Trainer"].info.run_id, "val_loss")] == [1, 2]
+    assert runs["Evaluator"].data.metrics["test_mse"] == pytest.approx(evaluated["metrics"]["test_mse"])
+    assert {"loss.png", "reconstructions.png"} <= {a.path for a in client.list_artifacts(runs["Trainer"].info.run_id)}
+    assert "codings.png" in {a.path for a in client.list_artifacts(runs["Evaluator"].info.run_id)}
+    version = client.get_model_version_by_alias("mnist-sample-autoencoder", "champion")
+    assert str(version.version) == "1" and version.tags["key_metric"] == "test_mse"
+    assert version.tags["tfx.trainer_execution_id"] == os.path.basename(nodes["Trainer"].outputs["model"])
+    served = tracking.load_model(tracking.TrackingConfig(uri, "latentforge"), "models:/mnist-sample-autoencoder@champion")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow's global URI does not leak into the next run
+    images = np.random.default_rng(0).random((3, 28, 28, 1), np.float32)
+    pushed = glob.glob(os.path.join(run_dir, "latentforge", "serving", "stacked_ae", "*", "saved_model.pb"))[0]
+    expected = tf.saved_model.load(os.path.dirname(pushed)).signatures["reconstruct"](images=images)
+    np.testing.assert_allclose(served.predict(images), expected["reconstructions"].numpy(), atol=1e-6)
 
 
 def test_the_trainer_ran_on_ray_and_kept_its_checkpoints_and_history(sample_run):
@@ -78,7 +116,10 @@ def test_a_classifier_fine_tunes_the_encoder_of_the_pretraining_trainer(sample_r
     assert cli.main(args) == 0
     nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
                                                     "latentforge")}
-    assert list(nodes)[-3:] == ["PretrainingTrainer", "Trainer", "Pusher"]
+    assert list(nodes)[-5:] == ["PretrainingTrainer", "Trainer", "ModelEvaluator", "MlflowRegistrar", "Pusher"]
+    metrics = _evaluation(nodes["ModelEvaluator"])["metrics"]
+    assert 0.1 < metrics["test_accuracy"] <= 1 and np.array(metrics["confusion_matrix"]).sum() == 500
+    assert len(metrics["per_class_accuracy"]) == 10
     pretrained_state = os.path.join(nodes["PretrainingTrainer"].outputs["model"], "keras-state")
     classifier_state = os.path.join(nodes["Trainer"].outputs["model"], "keras-state")
     pretrained, _ = training.restore(pretrained_state)
@@ -113,6 +154,33 @@ def test_a_gan_trains_on_symmetric_pixels_and_exports_generate(sample_run):
     model = tf.saved_model.load(os.path.dirname(pushed[0]))
     images = model.signatures["generate"](n=tf.constant(4), seed=tf.constant(1))["images"].numpy()
     assert images.shape == (4, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
+    # Generative: a metric network was trained on the labelled data; FID, KID and mode coverage on 1,000 samples.
+    assert nodes["MetricNetworkTrainer"].state == "COMPLETE"
+    with open(os.path.join(nodes["MetricNetworkTrainer"].outputs["evaluation"], "evaluation.json")) as f:
+        network = json.load(f)
+    assert network["test_accuracy"] > 0.8 and network["fid_floor"] > 0
+    metrics = _evaluation(nodes["ModelEvaluator"])["metrics"]
+    assert metrics["samples"] == 1000 and metrics["fid"] > network["fid_floor"]
+    assert 0 <= metrics["mode_entropy"] <= metrics["mode_entropy_max"] and metrics["mode_kl"] >= 0
+    assert os.path.exists(os.path.join(nodes["ModelEvaluator"].outputs["evaluation"], "modes.png"))
+
+
+def test_the_metric_network_is_trained_once_per_dataset_and_reused_from_the_cache(sample_run):
+    """After the GAN's run, a VAE on the same data reuses the metric network; MLflow registers it once."""
+    import mlflow
+    run_dir, _, _ = sample_run
+    args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "vae", "--epochs", "1", "--eval-samples", "300",
+            "--trainer", "in-process", "--run-dir", run_dir]
+    assert cli.main(args) == 0
+    nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
+                                                    "latentforge")}
+    assert nodes["MetricNetworkTrainer"].state == "CACHED"
+    metrics = _evaluation(nodes["ModelEvaluator"])["metrics"]
+    assert metrics["test_neg_elbo"] > metrics["test_kl"] > 0 and metrics["samples"] == 300 and metrics["fid"] > 0
+    uri = "sqlite:///" + os.path.join(run_dir, "latentforge", "mlflow.db")
+    client = mlflow.MlflowClient(uri, uri)
+    assert len(client.search_model_versions("name = 'mnist-sample-metric-network'")) == 1
+    assert str(client.get_model_version_by_alias("mnist-sample-vae", "champion").version) == "1"
 
 
 def test_transform_writes_every_split_of_the_sample(sample_run):

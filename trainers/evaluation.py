@@ -119,7 +119,7 @@ def mode_coverage(predicted_classes: np.ndarray, real_histogram: np.ndarray) -> 
     """Entropy (nats) of the predicted-class histogram and its KL divergence to the real one."""
     generated = class_histogram(predicted_classes, len(real_histogram))
     nonzero = generated > 0
-    entropy = -float(np.sum(generated[nonzero] * np.log(generated[nonzero])))
+    entropy = max(0.0, -float(np.sum(generated[nonzero] * np.log(generated[nonzero]))))  # no -0.0
     kl = float(np.sum(generated[nonzero] * np.log(generated[nonzero] / np.maximum(real_histogram[nonzero], 1e-12))))
     return {"mode_entropy": entropy, "mode_kl": kl, "mode_entropy_max": math.log(len(real_histogram)),
             "modes_covered": int(nonzero.sum())}
