@@ -22,6 +22,12 @@ TINY = {
 }
 SHAPE = (28, 28, 1)
 
+
+def build(name):
+    """(registry entry, an untrained model) of a TINY preset."""
+    entry = registry.get_model(name)
+    return entry, entry.build(registry.make_config(name, TINY[name]), SHAPE)
+
 # Runs in a fresh interpreter: only TensorFlow and NumPy. For each model: call every signature listed in its
 # cases file, compare with the expected outputs, call the SavedModel itself, and try each bad input.
 FRESH_PROCESS_CHECK = r'''
