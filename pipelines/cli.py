@@ -305,6 +305,7 @@ def _print_results(nodes) -> None:
     """The last epoch's losses (from the Trainer's metrics file), its pictures and where the SavedModel went."""
     import json  # pylint: disable=import-outside-toplevel
     from components.trainer.run_fn import METRICS_FILE  # pylint: disable=import-outside-toplevel
+    from components.evaluation.executor import EVALUATION_FILE  # pylint: disable=import-outside-toplevel
     by_name = {n.node: n for n in nodes}
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
     if model_run and os.path.exists(os.path.join(model_run, METRICS_FILE)):
@@ -315,8 +316,8 @@ def _print_results(nodes) -> None:
         if pictures:
             print(f"latentforge: pictures in {model_run}: {', '.join(pictures)}")
     evaluator = by_name.get("ModelEvaluator")
-    if evaluator and os.path.exists(os.path.join(evaluator.outputs.get("evaluation", ""), "evaluation.json")):
-        with open(os.path.join(evaluator.outputs["evaluation"], "evaluation.json")) as f:
+    if evaluator and os.path.exists(os.path.join(evaluator.outputs.get("evaluation", ""), EVALUATION_FILE)):
+        with open(os.path.join(evaluator.outputs["evaluation"], EVALUATION_FILE)) as f:
             evaluated = json.load(f)
         scalars = {k: v for k, v in evaluated["metrics"].items() if isinstance(v, float)}
         print("latentforge: evaluation " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))

@@ -12,7 +12,6 @@ A classifier is fine-tuned on a pretrained encoder: its pipeline trains the pret
 """
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -188,7 +187,7 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
         metric_config = dataclasses.asdict(evaluation.MetricNetworkConfig(epochs=settings.metric_network_epochs,
                                                                           seed=settings.seed))
         # Its only input is the ingested data: TFX's cache trains it once per dataset, whatever the model.
-        metric_network = MetricNetworkTrainer(data.example_gen.outputs["examples"], json.dumps(metric_config),
+        metric_network = MetricNetworkTrainer(data.example_gen.outputs["examples"], metric_config,
                                               code_version=code_digest(_EVALUATION_CODE))
         nodes.append(metric_network)
     full_config = dataclasses.asdict(check_model(model_name, model_config, source_info, pretraining))

@@ -106,21 +106,16 @@ def _experiment_id(client, config: TrackingConfig) -> str:
     return client.create_experiment(config.experiment, artifact_location=config.artifact_location)
 
 
+@contextlib.contextmanager
 def _guarded(action: str, config: TrackingConfig):
     """Turns MLflow's and the network's errors into a TrackingError naming the URI."""
     import mlflow  # pylint: disable=import-outside-toplevel
-
-    class _Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, error, trace):
-            if error is not None and isinstance(error, (mlflow.exceptions.MlflowException, OSError)) and not \
-                    isinstance(error, TrackingError):
-                raise TrackingError(f"MLflow at {config.uri} failed while {action}: {error}") from error
-            return False
-
-    return _Guard()
+    try:
+        yield
+    except TrackingError:
+        raise
+    except (mlflow.exceptions.MlflowException, OSError) as error:
+        raise TrackingError(f"MLflow at {config.uri} failed while {action}: {error}") from error
 
 
 def champion_metrics(config: TrackingConfig, name: str) -> Optional[Tuple[str, Dict[str, float]]]:

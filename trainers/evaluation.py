@@ -225,10 +225,15 @@ class FeatureReference:
 def generative_scores(images_unit: np.ndarray, network: MetricNetwork, reference: FeatureReference,
                       seed: int = 0) -> Dict[str, float]:
     """FID, KID (x 1e3, with its spread over subsets) and mode coverage of images in [0, 1] against the reference."""
-    features, classes = network(images_unit)
+    return feature_scores(*network(images_unit), reference, seed)
+
+
+def feature_scores(features: np.ndarray, classes: np.ndarray, reference: FeatureReference,
+                   seed: int = 0) -> Dict[str, float]:
+    """generative_scores from the metric network's outputs (features, predicted classes) for the images."""
     kid, kid_std = kernel_inception_distance(features, reference.sample, seed=seed)
     return {"fid": frechet_distance(*feature_statistics(features), reference.mean, reference.covariance),
-            "kid_x1e3": kid * 1e3, "kid_std_x1e3": kid_std * 1e3, "samples": int(len(images_unit)),
+            "kid_x1e3": kid * 1e3, "kid_std_x1e3": kid_std * 1e3, "samples": int(len(features)),
             **mode_coverage(classes, reference.class_histogram)}
 
 
@@ -284,13 +289,13 @@ def score_model(family: str, saved_model_dir: str, images: np.ndarray, labels: n
         reconstructed = _concatenated(signatures["reconstruct"], images, options.batch_size)["reconstructions"]
         errors = reconstruction_errors(images, reconstructed, pixel_range)
         metrics.update(test_mse=float(errors["mse"].mean()), test_bce=float(errors["bce"].mean()))
-        arrays["codings"] = _concatenated(signatures["encode"], images, options.batch_size)["codings"]
+        encoded = _concatenated(signatures["encode"], images, options.batch_size)
+        arrays["codings"] = encoded["codings"]
         if options.anomaly_class is not None:
             scores = _concatenated(signatures["anomaly_score"], images, options.batch_size)["scores"]
             metrics["anomaly_class"] = int(options.anomaly_class)
             metrics["anomaly_auroc"] = auroc(scores, labels == options.anomaly_class)
     if family == "vae":
-        encoded = _concatenated(signatures["encode"], images, options.batch_size)
         mean, log_var = encoded["codings"], encoded["log_var"]
         rng = np.random.default_rng(options.seed)
         codings = (mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)).astype(np.float32)
@@ -303,9 +308,8 @@ def score_model(family: str, saved_model_dir: str, images: np.ndarray, labels: n
         samples = generate(family, signatures, options.num_samples, options.seed, options.batch_size, steps)
         arrays["samples"] = samples
         if metric_network is not None and reference is not None:
-            scores = generative_scores(samples, metric_network, reference, options.seed)
-            arrays["sample_classes"] = metric_network(samples)[1]
-            metrics.update(scores)
+            features, arrays["sample_classes"] = metric_network(samples)
+            metrics.update(feature_scores(features, arrays["sample_classes"], reference, options.seed))
     if family == "classifier":
         predicted = _concatenated(signatures["classify"], images, options.batch_size)["classes"]
         scores = classification_scores(predicted, labels, num_classes)

@@ -66,19 +66,18 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
     spec = _tf_feature_spec(job.feature_spec)
     if job.family == classifier.NAME:
         pairs = lambda batch: (batch["image"], batch["label"])
-        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed, labeled_only=True)
-        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False)
-        evaluation = evaluation.unbatch().filter(lambda ex: ex["label"] >= 0).batch(config.batch_size)
+        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed,
+                                   keep=lambda ex: ex["labeled"] > 0)
+        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False,
+                                        keep=lambda ex: ex["label"] >= 0)
         train, evaluation = train.map(pairs), evaluation.map(pairs)
     else:
         images = lambda batch: batch["image"]
-        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed)
-        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False)
-        if job.holdout_class is not None:
-            kept = lambda ex: ex["label"] != job.holdout_class
-            train = train.unbatch().filter(kept).batch(config.batch_size)
-            evaluation = evaluation.unbatch().filter(kept).batch(config.batch_size)
-        train, evaluation = train.map(images), evaluation.map(images)
+        # An autoencoder's held-out class (the anomaly its Evaluator detects) never reaches its training.
+        kept = None if job.holdout_class is None else (lambda ex: ex["label"] != job.holdout_class)
+        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed, keep=kept).map(images)
+        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False,
+                                        keep=kept).map(images)
     if options is not None:
         train, evaluation = train.with_options(options), evaluation.with_options(options)
     return train, evaluation

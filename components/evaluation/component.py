@@ -34,9 +34,9 @@ class MetricNetworkTrainer(base_component.BaseComponent):
     SPEC_CLASS = MetricNetworkTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.MetricNetworkExecutor)
 
-    def __init__(self, examples: types.BaseChannel, config_json: str, code_version: str = ""):
+    def __init__(self, examples: types.BaseChannel, config: Dict[str, Any], code_version: str = ""):
         super().__init__(spec=MetricNetworkTrainerSpec(
-            examples=examples, config=config_json, code_version=code_version,
+            examples=examples, config=executor.dump_config(config), code_version=code_version,
             model=types.Channel(type=standard_artifacts.Model),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation)))
 

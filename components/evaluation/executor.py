@@ -61,7 +61,7 @@ def read_transformed_split(examples: types.Artifact, transform_graph: types.Arti
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _write_json(directory: str, name: str, value: Any) -> str:
+def write_json(directory: str, name: str, value: Any) -> str:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     with open(path, "w") as f:
@@ -98,21 +98,19 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
         test_images, test_labels = test_images[test_labels >= 0], test_labels[test_labels >= 0]
         test_features, predicted = loaded(test_images)
         # The floor: real held-out digits score this against the train split; no generator can expect less.
-        floor = evaluation.generative_scores(test_images, loaded, reference, seed=config.seed)
+        floor = evaluation.feature_scores(test_features, predicted, reference, seed=config.seed)
         metrics = {"test_accuracy": float(np.mean(predicted == test_labels)), "split": split,
                    "train_examples": int(len(images)), "test_examples": int(len(test_images)),
                    "fid_floor": floor["fid"], "kid_floor_x1e3": floor["kid_x1e3"], "config": dataclasses.asdict(config)}
-        del test_features
-        evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
-        _write_json(evaluation_dir, EVALUATION_FILE, metrics)
+        write_json(artifact_utils.get_single_uri(output_dict["evaluation"]), EVALUATION_FILE, metrics)
         logging.info("metric network: test accuracy %.4f, FID floor (test vs train) %.3f", metrics["test_accuracy"],
                      metrics["fid_floor"])
 
 
-def _input_example(family: str, images: np.ndarray, signatures, seed: int) -> np.ndarray:
+def _input_example(family: str, images: np.ndarray, model_config: Dict[str, Any], seed: int) -> np.ndarray:
     """A small array of what the SavedModel's callable (and MLflow's pyfunc) takes."""
     if family == "gan":
-        size = int(signatures["generate_from_codings"].structured_input_signature[1]["codings"].shape[-1])
+        size = int(model_config["coding_size"])
         return np.random.default_rng(seed).standard_normal((2, size)).astype(np.float32)
     if family == "diffusion":
         return np.random.default_rng(seed).standard_normal((2, *images.shape[1:])).astype(np.float32)
@@ -152,11 +150,10 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
         logging.info("evaluation: %s", blessing.reason)
 
         evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
-        _write_json(evaluation_dir, EVALUATION_FILE, {"family": family, "metrics": metrics,
-                                                      "blessing": dataclasses.asdict(blessing)})
-        loaded = tf.saved_model.load(saved_model)
+        write_json(evaluation_dir, EVALUATION_FILE, {"family": family, "metrics": metrics,
+                                                     "blessing": dataclasses.asdict(blessing)})
         np.save(os.path.join(evaluation_dir, INPUT_EXAMPLE_FILE),
-                _input_example(family, images, loaded.signatures, options.seed))
+                _input_example(family, images, config["model_config"], options.seed))
         # The metric network's input example: real test images in [0, 1].
         np.save(os.path.join(evaluation_dir, METRIC_INPUT_EXAMPLE_FILE),
                 evaluation.to_unit(images[:2], config["pixel_range"]))

@@ -13,6 +13,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import artifact, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components.evaluation.executor import dump_config
 from components.registrar import executor
 
 
@@ -47,5 +48,5 @@ class MlflowRegistrar(base_component.BaseComponent):
                  metric_evaluation: Optional[types.BaseChannel] = None, code_version: str = ""):
         super().__init__(spec=MlflowRegistrarSpec(
             model=model, model_run=model_run, evaluation=evaluation, blessing=blessing, metric_model=metric_model,
-            metric_evaluation=metric_evaluation, config=executor.dump_config(config), code_version=code_version,
+            metric_evaluation=metric_evaluation, config=dump_config(config), code_version=code_version,
             registration=types.Channel(type=MlflowModelVersion)))

@@ -1,4 +1,5 @@
 """Executor of MlflowRegistrar: gathers what the Trainer and Evaluator left and hands it to pipelines.tracking."""
+import dataclasses
 import glob
 import json
 import os
@@ -12,15 +13,11 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from components.evaluation.executor import (EVALUATION_FILE, INPUT_EXAMPLE_FILE, METRIC_INPUT_EXAMPLE_FILE,
-                                           METRIC_NETWORK_DIR)
+                                           METRIC_NETWORK_DIR, write_json)
 from components.trainer.run_fn import METRICS_FILE
 from pipelines import tracking
 
 REGISTRATION_FILE = "registration.json"
-
-
-def dump_config(config: Dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True)
 
 
 def _read_json(directory: str, name: str) -> Dict[str, Any]:
@@ -96,9 +93,8 @@ class Executor(base_executor.BaseExecutor):
                      f" is now @{tracking.CHAMPION}" if logged.champion else "")
 
         registration = artifact_utils.get_single_instance(output_dict["registration"])
-        os.makedirs(registration.uri, exist_ok=True)
-        with open(os.path.join(registration.uri, REGISTRATION_FILE), "w") as f:
-            json.dump({**logged.__dict__, "tracking_uri": config["tracking"]["uri"]}, f, indent=1)
+        write_json(registration.uri, REGISTRATION_FILE,
+                   {**dataclasses.asdict(logged), "tracking_uri": config["tracking"]["uri"]})
         registration.set_string_custom_property("name", logged.name)
         registration.set_string_custom_property("version", logged.version)
         registration.set_int_custom_property("champion", int(logged.champion))

@@ -39,6 +39,13 @@ def save_png(path: str, grid: np.ndarray, zoom: int = 2) -> str:
     return path
 
 
+def _save_figure(figure, path: str) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
 def save_loss_curves(path: str, history: Dict[str, List[float]]) -> str:
     """One panel per quantity, train and validation together."""
     names = sorted({k[len("val_"):] if k.startswith("val_") else k for k in history
@@ -51,10 +58,7 @@ def save_loss_curves(path: str, history: Dict[str, List[float]]) -> str:
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def save_model_figures(family: str, model, inputs: np.ndarray, pixel_range: str, history: Dict[str, List[float]],
@@ -94,10 +98,7 @@ def save_codings_map(path: str, codings: np.ndarray, labels: np.ndarray) -> str:
     if np.any(labels >= 0):
         figure.colorbar(points, ax=axis, label="label")
     axis.set_title("test codings (first two principal components)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def save_class_histograms(path: str, generated: np.ndarray, real: np.ndarray) -> str:
@@ -109,10 +110,7 @@ def save_class_histograms(path: str, generated: np.ndarray, real: np.ndarray) ->
     axis.set_xlabel("class predicted by the metric network")
     axis.set_ylabel("share")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def save_confusion_matrix(path: str, matrix: np.ndarray) -> str:
@@ -124,7 +122,4 @@ def save_confusion_matrix(path: str, matrix: np.ndarray) -> str:
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)

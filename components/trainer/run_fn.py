@@ -73,9 +73,10 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     """Exports the SavedModel, keeps the training state (copied from `checkpoint_dir`, or saved from `model`),
     writes metrics.json (history plus `details`) and the family's pictures."""
     config = job.make_config()
+    pixels = pixel_range(job)
     if job.family == classifier.NAME:
         details.setdefault("frozen_epochs", config.epochs)  # where fine-tuning (phase 2) starts in the history
-    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixel_range(job))
+    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels)
     state_dir = keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
         shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
@@ -84,11 +85,11 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
         json.dump({"model": job.model, "family": job.family, "config": job.config,
-                   "full_config": dataclasses.asdict(config), "pixel_range": pixel_range(job),
+                   "full_config": dataclasses.asdict(config), "pixel_range": pixels,
                    "holdout_class": job.holdout_class, "history": history, **details}, f, indent=1)
     _, eval_data = training.datasets(job, config)
     shown = next(iter(eval_data))
     shown = (shown[0] if isinstance(shown, tuple) else shown).numpy()
-    for path in figures.save_model_figures(job.family, model, shown, pixel_range(job), history,
+    for path in figures.save_model_figures(job.family, model, shown, pixels, history,
                                            fn_args.model_run_dir, seed=config.seed):
         logging.info("figure: %s", path)
