@@ -2,6 +2,8 @@
 
     latentforge run [--source SOURCE] [--model MODEL] [--epochs N] ...   run the pipeline (training on Ray)
     latentforge submit --address http://HEAD:8265 -- run ...           run it as a job on a Ray cluster
+    latentforge serve --model NAME[@ALIAS|/VERSION] | --saved-model DIR  serve models over HTTP on Ray Serve
+    latentforge predict --model NAME (--input FILE | --generate N)      call a running server
     latentforge models                                                 list the models --model takes
     latentforge inspect [--source SOURCE]                              probe a source: splits, shape, classes
 
@@ -123,10 +125,64 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("job_args", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the latentforge command the job runs, e.g. -- run --model vae --epochs 5")
 
+    _add_serve_parser(commands)
+    _add_predict_parser(commands)
     commands.add_parser("models", help="list the models --model takes")
     inspect = commands.add_parser("inspect", help="probe a source: its splits, image shape and classes")
     _add_source_flags(inspect)
     return parser
+
+
+def _add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="serve models over HTTP (TF Serving's REST API) on Ray Serve",
+                                description="Serves registered models (following their alias: a new @champion is "
+                                "picked up without dropping requests) or SavedModel directories until Ctrl-C.")
+    serve.add_argument("--model", dest="models", action="append", default=[], metavar="NAME[@ALIAS|/VERSION]",
+                       help="a registered MLflow model (repeatable); NAME alone follows @champion")
+    serve.add_argument("--saved-model", dest="saved_models", action="append", default=[], metavar="[NAME=]DIR",
+                       help="a SavedModel, or a folder of numbered versions as the Pusher writes them "
+                       "(RUN_DIR/PIPELINE/serving/MODEL: the highest is served and followed); repeatable")
+    serve.add_argument("--mlflow-uri", help="the registry (default: MLFLOW_TRACKING_URI, else the embedded store "
+                       "of --run-dir/--pipeline-name)")
+    serve.add_argument("--run-dir", default="runs", help="where `latentforge run` wrote (embedded registry)")
+    serve.add_argument("--pipeline-name", default="latentforge")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--ray-address", help="deploy on this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    serve.add_argument("--detach", action="store_true",
+                       help="return once deployed (with --ray-address: the server stays on the cluster)")
+    scaling = serve.add_argument_group("replicas and batching (passed to Ray Serve)")
+    scaling.add_argument("--replicas", type=_positive_int, default=1, help="replicas (autoscaling: the minimum)")
+    scaling.add_argument("--max-replicas", type=_positive_int, help="autoscale between --replicas and this")
+    scaling.add_argument("--target-ongoing-requests", type=float, default=4.0,
+                         help="autoscaling: requests in flight per replica it aims at (default 4)")
+    scaling.add_argument("--cpus-per-replica", type=float, default=1.0)
+    scaling.add_argument("--max-batch-size", type=_positive_int, default=16,
+                         help="requests stacked into one TensorFlow call (default 16; 1: no batching)")
+    scaling.add_argument("--batch-wait-ms", type=_non_negative_float, default=5.0,
+                         help="how long a batch waits to fill (default 5 ms)")
+    scaling.add_argument("--poll-interval", type=_non_negative_float, default=30.0,
+                         help="seconds between checks of the registry alias / version folder (default 30; 0: never)")
+    limits = serve.add_argument_group("request limits (beyond them: 400, or 413 for the body)")
+    limits.add_argument("--max-generated", type=_positive_int, default=64, help="images per :generate (default 64)")
+    limits.add_argument("--max-steps", type=_positive_int, default=1000, help="DDPM steps per :generate")
+    limits.add_argument("--max-instances", type=_positive_int, default=1024, help="rows per :predict")
+    limits.add_argument("--max-body-mb", type=float, default=16.0, help="request body size (default 16 MiB)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (Ray Serve's access log)")
+
+
+def _add_predict_parser(commands) -> None:
+    predict = commands.add_parser("predict", help="call a running model server (latentforge serve)")
+    predict.add_argument("--url", default="http://127.0.0.1:8000")
+    predict.add_argument("--model", required=True, help="the served model's NAME")
+    what = predict.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", help="images to send: .npy, .npz (its one array) or .png (one image)")
+    what.add_argument("--generate", type=_positive_int, metavar="N", help="generate N images")
+    what.add_argument("--info", action="store_true", help="print the model's version and signatures")
+    predict.add_argument("--signature", default="serving_default", help="with --input (default serving_default)")
+    predict.add_argument("--seed", type=int, default=0, help="with --generate")
+    predict.add_argument("--steps", type=_positive_int, help="with --generate, DDPM: sampling steps")
+    predict.add_argument("--output", help="write the result: .png (images as a grid), .npy (one output) or .npz")
 
 
 class _ProgressOnly(logging.Filter):
@@ -301,6 +357,136 @@ def cmd_submit(args) -> int:
     return code
 
 
+def _serve_sources(args):
+    """ModelSources for --model / --saved-model; a registry that does not answer, or lacks a model, fails here."""
+    from pipelines import tracking  # pylint: disable=import-outside-toplevel
+    from serving import server  # pylint: disable=import-outside-toplevel
+    if not args.models and not args.saved_models:
+        raise CliError("serve needs --model NAME[@ALIAS|/VERSION] (a registered model) or --saved-model DIR")
+    sources = []
+    for text in args.saved_models:
+        name, sep, directory = text.partition("=")
+        if not sep:
+            directory = text
+            base = os.path.basename(os.path.normpath(directory))
+            name = os.path.basename(os.path.dirname(os.path.normpath(directory))) if base.isdigit() else base
+        try:
+            _, version = server.latest_saved_model(directory)
+        except FileNotFoundError as e:
+            raise CliError(f"--saved-model {text}: {e}") from e
+        sources.append(server.ModelSource(name=name, saved_model_dir=os.path.abspath(directory)))
+        print(f"latentforge: {name}: {directory} (version {version})", flush=True)
+    if args.models:
+        root = os.path.abspath(os.path.join(args.run_dir, args.pipeline_name))
+        config = tracking.resolve(args.mlflow_uri, root, args.pipeline_name)
+        if config.uri.startswith("sqlite:///") and not os.path.exists(config.uri[len("sqlite:///"):]):
+            raise CliError(f"no MLflow registry at {config.uri}: run `latentforge run` first (it registers every "
+                           "model), or point --mlflow-uri / MLFLOW_TRACKING_URI at your server")
+        for text in args.models:
+            try:
+                name, alias, version = server.parse_model_reference(text)
+            except ValueError as e:
+                raise CliError(f"--model {e}") from e
+            resolved = tracking.registry_version(config, name, alias, version)
+            print(f"latentforge: {name}: MLflow {config.uri}, {'@' + alias if alias else 'pinned'} -> version "
+                  f"{resolved}", flush=True)
+            sources.append(server.ModelSource(name=name, registered_name=name, alias=alias, version=version,
+                                              tracking_uri=config.uri))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise CliError(f"two models share a name in {names}: name them, --saved-model NAME=DIR")
+    return sources
+
+
+def cmd_serve(args) -> int:
+    from serving import model, server  # pylint: disable=import-outside-toplevel
+    sources = _serve_sources(args)
+    try:
+        limits = model.Limits(max_generated=args.max_generated, max_steps=args.max_steps,
+                              max_instances=args.max_instances, max_body_bytes=int(args.max_body_mb * 1024 ** 2))
+        options = server.ServerOptions(limits=limits, max_batch_size=args.max_batch_size,
+                                       batch_wait_timeout_s=args.batch_wait_ms / 1000.0,
+                                       poll_interval_s=args.poll_interval)
+        deployment = server.Deployment(replicas=args.replicas, max_replicas=args.max_replicas,
+                                       target_ongoing_requests=args.target_ongoing_requests,
+                                       cpus_per_replica=args.cpus_per_replica)
+        deployment.ray_options()
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    url = server.start(sources, options, deployment, host=args.host, port=args.port,
+                       ray_address=args.ray_address, access_log=args.access_log)
+    first = sources[0].name
+    print(f"latentforge: serving {', '.join(s.name for s in sources)} at {url}\n"
+          f"  curl {url}/v1/models/{first}\n"
+          f"  latentforge predict --url {url} --model {first} --info", flush=True)
+    if args.detach:
+        return EXIT_OK
+    print("latentforge: Ctrl-C stops the server", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("latentforge: stopping the server", flush=True)
+        server.stop()
+    return EXIT_OK
+
+
+def _read_images(path: str):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    if not os.path.isfile(path):
+        raise CliError(f"--input {path}: no such file")
+    if path.endswith(".png"):
+        from PIL import Image  # pylint: disable=import-outside-toplevel
+        image = np.asarray(Image.open(path), np.float32) / 255.0
+        return (image[..., None] if image.ndim == 2 else image)[None]
+    if path.endswith((".npy", ".npz")):
+        data = np.load(path)
+        if path.endswith(".npz"):
+            if len(data.files) != 1:
+                raise CliError(f"--input {path}: holds {data.files}; give an .npz with one array (or an .npy)")
+            data = data[data.files[0]]
+        return data
+    raise CliError(f"--input {path}: expected .npy, .npz or .png")
+
+
+def cmd_predict(args) -> int:
+    import json  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from serving.client import Client, ServingError  # pylint: disable=import-outside-toplevel
+    from serving.images import png_grid  # pylint: disable=import-outside-toplevel
+    client = Client(args.url)
+    try:
+        if args.info:
+            print(json.dumps(client.metadata(args.model), indent=1))
+            return EXIT_OK
+        if args.generate:
+            reply = client.generate(args.model, args.generate, args.seed, args.steps)
+        else:
+            reply = client.predict(args.model, _read_images(args.input), args.signature)
+    except ServingError as e:
+        raise CliError(f"the server refused it: {e.message}", EXIT_BAD_INPUT if e.status < 500 else EXIT_ERROR) from e
+    except OSError as e:
+        raise CliError(f"no server answers at {args.url} ({e}); start one with `latentforge serve`",
+                       EXIT_CLUSTER) from e
+    outputs = reply.outputs if isinstance(reply.outputs, dict) else {"output": reply.outputs}
+    print(f"latentforge: {args.model} version {reply.version}: " +
+          ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in outputs.items()))
+    if args.output:
+        if args.output.endswith(".png"):
+            images = next((v for v in outputs.values() if v.ndim == 4), None)
+            if images is None:
+                raise CliError(f"--output {args.output}: the outputs are not images; use .npy or .npz")
+            low = -1.0 if images.min() < -1e-3 else 0.0  # a symmetric-range autoencoder's reconstructions
+            with open(args.output, "wb") as f:
+                f.write(png_grid((images - low) / (1.0 - low)))
+        elif args.output.endswith(".npz"):
+            np.savez(args.output, **outputs)
+        else:
+            np.save(args.output, next(iter(outputs.values())))
+        print(f"latentforge: wrote {args.output}")
+    return EXIT_OK
+
+
 def _print_results(nodes) -> None:
     """The last epoch's losses (from the Trainer's metrics file), its pictures and where the SavedModel went."""
     import json  # pylint: disable=import-outside-toplevel
@@ -339,7 +525,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
     from components.image_example_gen.sources import SourceError  # pylint: disable=import-outside-toplevel
     from components.strict_example_validator.executor import DataValidationError  # pylint: disable=import-outside-toplevel
     from pipelines.ray_jobs import JobSubmissionError  # pylint: disable=import-outside-toplevel
-    from pipelines.tracking import TrackingError  # pylint: disable=import-outside-toplevel
+    from pipelines.tracking import RegistryLookupError, TrackingError  # pylint: disable=import-outside-toplevel
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     from trainers.ray_train import RayClusterError  # pylint: disable=import-outside-toplevel
     seen = set()
@@ -351,6 +537,8 @@ def _explain(error: BaseException) -> Optional[tuple]:
             return str(error).split(" [while running")[0], EXIT_BAD_INPUT
         if isinstance(error, DataValidationError):
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
+        if isinstance(error, RegistryLookupError):
+            return str(error), EXIT_BAD_INPUT
         if isinstance(error, TrainingDiverged):
             return str(error), EXIT_DIVERGED
         if isinstance(error, (RayClusterError, JobSubmissionError, TrackingError)):
@@ -362,7 +550,8 @@ def _explain(error: BaseException) -> Optional[tuple]:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logs(args.verbose)
-    handlers = {"run": cmd_run, "submit": cmd_submit, "models": cmd_models, "inspect": cmd_inspect}
+    handlers = {"run": cmd_run, "submit": cmd_submit, "serve": cmd_serve, "predict": cmd_predict,
+                "models": cmd_models, "inspect": cmd_inspect}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -37,6 +37,10 @@ class TrackingError(RuntimeError):
     """MLflow cannot be reached or refused a request; the message names the URI and what to do."""
 
 
+class RegistryLookupError(TrackingError):
+    """The registry answers but has no such model, version or alias."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrackingConfig:
     uri: str  # tracking and registry URI
@@ -260,6 +264,59 @@ def _register_metric_network(config, client, experiment_id, parent_id, child: Ch
     info = _log_model(config, run_id, saved_model_dir, input_example, name)
     client.set_model_version_tag(name, str(info.registered_model_version), "tfx.artifact_uri", artifact)
     client.set_terminated(run_id)
+
+
+def register_saved_model(config: TrackingConfig, name: str, saved_model_dir: str, input_example, *,
+                         alias: Optional[str] = None, tags: Optional[Dict[str, str]] = None) -> str:
+    """Logs an exported SavedModel (serving/export.py) in a run of its own, registers it as a new version of NAME
+    and, with `alias`, points the alias at it; returns the version. For models trained outside a pipeline run."""
+    check_reachable(config)
+    with _guarded(f"registering {name}", config):
+        client = _client(config)
+        run = client.create_run(_experiment_id(client, config), run_name=f"register {name}", tags=tags or {})
+        version = str(_log_model(config, run.info.run_id, saved_model_dir, input_example, name)
+                      .registered_model_version)
+        client.set_terminated(run.info.run_id)
+        if alias:
+            client.set_registered_model_alias(name, alias, version)
+        return version
+
+
+def registry_version(config: TrackingConfig, name: str, alias: Optional[str] = None,
+                     version: Optional[str] = None) -> str:
+    """The version number NAME@ALIAS points at (or VERSION, checked to exist); TrackingError naming what is
+    missing otherwise."""
+    import mlflow  # pylint: disable=import-outside-toplevel
+    check_reachable(config)
+    with _guarded(f"reading {name}", config):
+        client = _client(config)
+        try:
+            found = (client.get_model_version(name, str(version)) if version is not None
+                     else client.get_model_version_by_alias(name, alias or CHAMPION))
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise
+            known = [m.name for m in client.search_registered_models(max_results=100)]
+            what = f"version {version}" if version is not None else f"alias @{alias or CHAMPION}"
+            raise RegistryLookupError(f"the MLflow registry at {config.uri} has no {what} of {name!r} (registered "
+                                f"models: {', '.join(sorted(known)) or 'none'}); `latentforge run` registers "
+                                "DATASET-FAMILY and sets @champion when the Evaluator blesses a model") from None
+        return str(found.version)
+
+
+def download_saved_model(config: TrackingConfig, name: str, version: str, destination: str) -> str:
+    """Downloads version VERSION of registered model NAME (logged with the tensorflow flavor) into
+    `destination`; returns the SavedModel directory inside it."""
+    import mlflow  # pylint: disable=import-outside-toplevel
+    from mlflow.models import Model  # pylint: disable=import-outside-toplevel
+    check_reachable(config)
+    with _guarded(f"downloading {name} version {version}", config), _fluent_api_at(config):
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=destination)
+        flavor = Model.load(local).flavors.get("tensorflow")
+    if flavor is None or "saved_model_dir" not in flavor:
+        raise TrackingError(f"{name} version {version} was not logged with MLflow's tensorflow flavor; it has no "
+                            "SavedModel to serve")
+    return os.path.join(local, flavor["saved_model_dir"])
 
 
 def load_model(config: TrackingConfig, model_uri: str):

@@ -13,11 +13,16 @@ Inputs are checked inside the graph, so a plain `tf.saved_model.load` user gets 
 images outside the pixel range or not finite, n outside [1, MAX_GENERATED], steps outside [1, T] raise
 InvalidArgumentError naming the input (the input signature already rejects wrong shapes and dtypes).
 
+Besides the signatures, the SavedModel carries `metadata`, a string variable holding JSON (family, pixel range,
+image shape, generation limits, DDPM's T and default sampling steps): what a server needs to know and the
+signatures cannot say. `json.loads(tf.saved_model.load(d).metadata.numpy())`.
+
 The SavedModel is also callable (`loaded(array)`): the family's array-in, array-out function (reconstruct,
 generate_from_codings, generate_from_noise, classify's probabilities), which MLflow's tensorflow flavor calls
 for `pyfunc.predict`.
 """
-from typing import Callable, Dict, Sequence
+import json
+from typing import Any, Callable, Dict, Sequence
 
 import tensorflow as tf
 
@@ -183,6 +188,14 @@ def _array_function(family: str, signatures: Dict[str, Callable], model) -> Call
     return tf.function(lambda x: signatures[name](x)[key], input_signature=[spec])
 
 
+def export_metadata(family: str, model, image_shape: Sequence[int], pixel_range: str) -> Dict[str, Any]:
+    metadata = {"family": family, "pixel_range": pixel_range, "image_shape": [int(d) for d in image_shape],
+                "max_generated": MAX_GENERATED}
+    if family == "diffusion":
+        metadata.update(timesteps=int(model.diffusion.timesteps), sample_steps=int(model.sample_steps))
+    return metadata
+
+
 def export_model(family: str, model, image_shape: Sequence[int], export_dir: str,
                  pixel_range: str) -> Dict[str, Callable]:
     """Writes `model` as a SavedModel with its family's signatures; returns the signature functions.
@@ -197,5 +210,7 @@ def export_model(family: str, model, image_shape: Sequence[int], export_dir: str
     for name, function in signatures.items():
         setattr(root, name, function)
     root.__call__ = _array_function(family, signatures, model)
+    root.metadata = tf.Variable(json.dumps(export_metadata(family, model, image_shape, pixel_range)),
+                                trainable=False, name="metadata")
     tf.saved_model.save(root, export_dir, signatures=signatures)
     return signatures

@@ -1,0 +1,383 @@
+"""The model server: exported SavedModels behind TF Serving's REST API, on Ray Serve.
+
+    GET  /v1/models                      the models served: name, version, family
+    GET  /v1/models/NAME                 version, family, signatures (inputs/outputs: dtype, shape), limits
+    POST /v1/models/NAME:predict         {"signature_name": S, "instances": [...]} | {"inputs": ...}
+    POST /v1/models/NAME:generate        {"n": N, "seed": S, "steps": T, "format": "json" | "png"}
+    GET  /-/healthz                      Ray Serve's own health check (200 once the proxy is up)
+
+Every response from a model carries the version that computed it in the header `X-Model-Version`.
+A model comes from the MLflow registry (NAME@ALIAS, default @champion, or NAME/VERSION) or from a directory: a
+SavedModel, or as TF Serving and our Pusher lay them out, a base directory of numbered versions (the highest is
+served). Aliases and base directories are followed: each replica polls them every `poll_interval_s` and, when
+they point at another version, loads that version next to the current one and swaps them; requests already
+running finish on the version they started with, so none is dropped.
+
+Requests to batchable signatures (every input has a batch dimension) are stacked by Ray Serve's `serve.batch`
+into one TensorFlow call per signature; a stacked call that one request's values make fail (the pixel range is
+checked inside the graph) is re-run request by request, so only that request gets the 400.
+
+Ray is touched here and in trainers/ray_train.py (whose `connect` this reuses); MLflow only through
+pipelines/tracking.py.
+"""
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from ray import serve
+from starlette.responses import JSONResponse
+
+from serving.images import png_grid
+from serving.model import Limits, RequestError, ServedModel, split_rows, stack_rows
+
+VERSION_HEADER = "X-Model-Version"
+_DRAIN_FACTOR = 8
+APP_NAME = "latentforge"
+_log = logging.getLogger("latentforge.serving")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where one served model comes from: a SavedModel directory, or a registered MLflow model."""
+    name: str  # the NAME in /v1/models/NAME
+    saved_model_dir: Optional[str] = None
+    registered_name: Optional[str] = None
+    alias: Optional[str] = None  # followed: the server moves with it
+    version: Optional[str] = None  # pinned
+    tracking_uri: Optional[str] = None
+
+    @property
+    def followed(self) -> bool:
+        if self.saved_model_dir:
+            return not _is_saved_model(self.saved_model_dir)
+        return self.version is None
+
+
+def _is_saved_model(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "saved_model.pb"))
+
+
+def latest_saved_model(directory: str) -> Tuple[str, str]:
+    """(SavedModel directory, version) of `directory`: itself (version "0"; its name when that is a number), or
+    the highest numbered SavedModel under it, as TF Serving and TFX's Pusher lay versions out."""
+    if _is_saved_model(directory):
+        base = os.path.basename(os.path.normpath(directory))
+        return directory, base if base.isdigit() else "0"
+    versions = sorted((int(v) for v in os.listdir(directory) if v.isdigit()
+                       and _is_saved_model(os.path.join(directory, v))), reverse=True) if os.path.isdir(directory) else []
+    if not versions:
+        raise FileNotFoundError(f"{directory}: neither a SavedModel (no saved_model.pb) nor a directory of numbered "
+                                "SavedModel versions; give the folder latentforge's Pusher writes "
+                                "(RUN_DIR/PIPELINE/serving/MODEL) or a SavedModel")
+    return os.path.join(directory, str(versions[0])), str(versions[0])
+
+
+def parse_model_reference(text: str) -> Tuple[str, Optional[str], Optional[str]]:
+    """NAME@ALIAS | NAME/VERSION | NAME -> (name, alias, version); a bare NAME follows @champion."""
+    if "@" in text:
+        name, _, alias = text.partition("@")
+        if not name or not alias:
+            raise ValueError(f"{text!r}: expected NAME@ALIAS, e.g. mnist-autoencoder@champion")
+        return name, alias, None
+    if "/" in text:
+        name, _, version = text.rpartition("/")
+        if not name or not version.isdigit():
+            raise ValueError(f"{text!r}: expected NAME/VERSION with a version number, e.g. mnist-vae/3")
+        return name, None, version
+    if not text:
+        raise ValueError("empty model name")
+    return text, "champion", None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    limits: Limits = Limits()
+    max_batch_size: int = 16  # requests stacked into one call; 1 turns batching off
+    batch_wait_timeout_s: float = 0.005  # how long a batch waits to fill
+    poll_interval_s: float = 30.0  # registry aliases; 0: never re-read
+
+    def __post_init__(self):
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size={self.max_batch_size}: must be at least 1 (1: no batching)")
+        if self.batch_wait_timeout_s < 0 or self.poll_interval_s < 0:
+            raise ValueError("batch_wait_timeout_s and poll_interval_s must be >= 0")
+
+
+def _current_version(source: ModelSource) -> str:
+    """The version `source` points at now: the registry alias's (or the pinned one), the directory's highest."""
+    if source.saved_model_dir:
+        return latest_saved_model(source.saved_model_dir)[1]
+    from pipelines import tracking  # pylint: disable=import-outside-toplevel
+    config = tracking.TrackingConfig(uri=source.tracking_uri, experiment="")
+    return tracking.registry_version(config, source.registered_name, source.alias, source.version)
+
+
+def _load(source: ModelSource, version: str, limits: Limits,
+          download_root: str) -> Tuple[ServedModel, Optional[str]]:
+    """(version `version` of the model `source` names, the directory it was downloaded to or None)."""
+    if source.saved_model_dir:
+        directory = source.saved_model_dir
+        if not _is_saved_model(directory):
+            directory = os.path.join(directory, version)
+        return ServedModel(directory, source.name, version, limits), None
+    from pipelines import tracking  # pylint: disable=import-outside-toplevel
+    config = tracking.TrackingConfig(uri=source.tracking_uri, experiment="")
+    download = tempfile.mkdtemp(prefix=f"{source.name}-v{version}-", dir=download_root)
+    try:
+        directory = tracking.download_saved_model(config, source.registered_name, version, download)
+        return ServedModel(directory, source.name, version, limits), download
+    except BaseException:
+        shutil.rmtree(download, ignore_errors=True)
+        raise
+
+
+def _describe(source: ModelSource) -> str:
+    if source.saved_model_dir:
+        return source.saved_model_dir
+    return f"{source.registered_name}@{source.alias}" if source.followed else f"{source.registered_name}/{source.version}"
+
+
+def _json_response(content: Dict[str, Any], status: int = 200, version: Optional[str] = None):
+    return JSONResponse(content, status_code=status, headers={VERSION_HEADER: version} if version else None)
+
+
+def _error(status: int, message: str, version: Optional[str] = None):
+    return _json_response({"error": message}, status, version)
+
+
+class ModelServer:
+    """The Ray Serve deployment (one instance per replica); also usable in-process for tests of its logic."""
+
+    def __init__(self, sources: List[ModelSource], options: ServerOptions = ServerOptions()):
+        names = [s.name for s in sources]
+        if not sources or len(set(names)) != len(names):
+            raise ValueError(f"model names must be given and distinct; got {names}")
+        self.options = options
+        self.sources = {s.name: s for s in sources}
+        self._download_root = tempfile.mkdtemp(prefix="latentforge-serve-")
+        self.models: Dict[str, ServedModel] = {}
+        self._downloads: Dict[str, Optional[str]] = {}
+        for source in sources:
+            self.models[source.name], self._downloads[source.name] = _load(
+                source, _current_version(source), options.limits, self._download_root)
+        for model in self.models.values():
+            _log.info("serving %s version %s (%s: %s)", model.name, model.version, model.family,
+                      ", ".join(sorted(model.signatures)))
+        self._batched_predict.set_max_batch_size(options.max_batch_size)
+        self._batched_predict.set_batch_wait_timeout_s(options.batch_wait_timeout_s)
+        self._stop = threading.Event()
+        if options.poll_interval_s > 0 and any(s.followed for s in sources):
+            threading.Thread(target=self._follow_registry, name="follow-registry", daemon=True).start()
+
+    def __del__(self):  # Ray Serve calls it when the replica stops
+        if hasattr(self, "_stop"):
+            self._stop.set()
+        if hasattr(self, "_download_root"):
+            shutil.rmtree(self._download_root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ the registry's aliases
+    def _follow_registry(self) -> None:
+        while not self._stop.wait(self.options.poll_interval_s):
+            for source in self.sources.values():
+                if source.followed:
+                    self.refresh(source.name)
+
+    def refresh(self, name: str) -> bool:
+        """Loads the version the alias (or base directory) points at now if it is not the served one; True when
+        it swapped."""
+        source, current = self.sources[name], self.models[name]
+        try:
+            version = _current_version(source)
+            if version == current.version:
+                return False
+            replacement, download = _load(source, version, self.options.limits, self._download_root)
+        except Exception as error:  # pylint: disable=broad-except
+            # The registry being away must not take the model down: keep serving what is loaded.
+            _log.warning("%s: cannot follow %s (%s); still serving version %s", name, _describe(source), error,
+                         current.version)
+            return False
+        self.models[name] = replacement  # one reference swap: running requests keep the model they hold
+        # The old version's variables are in memory: its files can go.
+        old_download, self._downloads[name] = self._downloads[name], download
+        if old_download:
+            shutil.rmtree(old_download, ignore_errors=True)
+        _log.info("%s: %s moved to version %s; now serving it (was %s)", name, _describe(source), version,
+                  current.version)
+        return True
+
+    # ------------------------------------------------------------------ HTTP
+    async def __call__(self, request):
+        path, method = request.url.path.rstrip("/") or "/", request.method
+        model: Optional[ServedModel] = None
+        try:
+            if path == "/v1/models":
+                self._require(method, "GET", path)
+                return _json_response({"models": [{"name": m.name, "version": m.version, "family": m.family}
+                                                  for m in self.models.values()]})
+            if not path.startswith("/v1/models/"):
+                raise RequestError(f"no route {path}: the API is /v1/models/NAME, /v1/models/NAME:predict and "
+                                   "/v1/models/NAME:generate", status=404)
+            name, _, verb = path[len("/v1/models/"):].partition(":")
+            model = self._model(name)
+            if not verb:
+                self._require(method, "GET", path)
+                return _json_response(model.describe(), version=model.version)
+            self._require(method, "POST", path)
+            body = await self._json_body(request)
+            if verb == "predict":
+                signature, inputs, row_format = model.parse_predict(body)
+                outputs, model = await self._predict(model, signature, inputs)
+                return _json_response(model.format_outputs(outputs, row_format), version=model.version)
+            if verb == "generate":
+                signature, inputs, as_png = model.parse_generate(body)
+                outputs = await asyncio.get_running_loop().run_in_executor(None, model.run, signature, inputs)
+                images = outputs["images"]
+                if as_png:
+                    content = {"format": "png", "n": len(images),
+                               "png_base64": base64.b64encode(png_grid(images)).decode("ascii")}
+                else:
+                    content = {"format": "json", "n": len(images), "images": images.tolist()}
+                return _json_response(content, version=model.version)
+            raise RequestError(f"unknown verb :{verb}: use :predict or :generate", status=404)
+        except RequestError as error:
+            return _error(error.status, str(error), model.version if model else None)
+        except Exception as error:  # pylint: disable=broad-except
+            _log.exception("request %s %s failed", method, path)
+            return _error(500, f"internal error: {type(error).__name__}: {error}",
+                          model.version if model else None)
+
+    @staticmethod
+    def _require(method: str, expected: str, path: str) -> None:
+        if method != expected:
+            raise RequestError(f"{method} {path}: use {expected}", status=405)
+
+    def _model(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise RequestError(f"no model {name!r}; this server serves {sorted(self.models)}", status=404)
+        return self.models[name]
+
+    async def _json_body(self, request) -> Any:
+        limit = self.options.limits.max_body_bytes
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > _DRAIN_FACTOR * limit:
+                break
+        # An oversized body is read to its end (and dropped) up to _DRAIN_FACTOR x the limit, so that a client
+        # still sending it gets the 413 instead of a reset connection.
+        if size > limit:
+            raise RequestError(f"the body is over {limit} bytes (the server's --max-body-mb): send fewer "
+                               "instances per request", status=413)
+        if not size:
+            raise RequestError("the body is empty: send a JSON object")
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RequestError(f"malformed JSON: {error}") from None
+
+    # ------------------------------------------------------------------ running signatures
+    async def _predict(self, model: ServedModel, signature: str,
+                       inputs: Dict[str, Any]) -> Tuple[Dict[str, Any], ServedModel]:
+        if self.options.max_batch_size > 1 and model.batchable(signature):
+            outcome = await self._batched_predict((model, signature, inputs))
+        else:
+            outcome = await asyncio.get_running_loop().run_in_executor(None, _run_one, model, signature, inputs)
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome, model
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # set from the options in __init__
+    async def _batched_predict(self, items: List[Tuple[ServedModel, str, Dict[str, Any]]]) -> List[Any]:
+        """One stacked call per (model version, signature) among the waiting requests."""
+        groups: Dict[Tuple[int, str], List[int]] = {}
+        for index, (model, signature, _) in enumerate(items):
+            groups.setdefault((id(model), signature), []).append(index)
+        results: List[Any] = [None] * len(items)
+        loop = asyncio.get_running_loop()
+        for indices in groups.values():
+            model, signature, _ = items[indices[0]]
+            requests = [items[i][2] for i in indices]
+            outcomes = await loop.run_in_executor(None, _run_stacked, model, signature, requests)
+            for i, outcome in zip(indices, outcomes):
+                results[i] = outcome
+        return results
+
+
+def _run_one(model: ServedModel, signature: str, inputs: Dict[str, Any]):
+    try:
+        return model.run(signature, inputs)
+    except RequestError as error:
+        return error
+
+
+def _run_stacked(model: ServedModel, signature: str, requests: List[Dict[str, Any]]) -> List[Any]:
+    """Outputs per request of one call on the stacked inputs; request by request when that call is refused."""
+    if len(requests) == 1:
+        return [_run_one(model, signature, requests[0])]
+    stacked, counts = stack_rows(requests)
+    try:
+        return split_rows(model.run(signature, stacked), counts)
+    except RequestError:
+        return [_run_one(model, signature, r) for r in requests]
+
+
+# ---------------------------------------------------------------------- starting it on Ray Serve
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    """How Ray Serve runs the server: replicas (fixed, or autoscaled up to max_replicas) and their resources."""
+    replicas: int = 1
+    max_replicas: Optional[int] = None  # autoscale between `replicas` and this
+    target_ongoing_requests: float = 4.0
+    cpus_per_replica: float = 1.0
+    max_ongoing_requests: int = 64  # per replica; more wait in the proxy
+
+    def ray_options(self) -> Dict[str, Any]:
+        options: Dict[str, Any] = {"ray_actor_options": {"num_cpus": self.cpus_per_replica},
+                                   "max_ongoing_requests": self.max_ongoing_requests}
+        if self.max_replicas:
+            if self.max_replicas < self.replicas:
+                raise ValueError(f"max_replicas={self.max_replicas} is below replicas={self.replicas}")
+            options["autoscaling_config"] = {"min_replicas": self.replicas, "max_replicas": self.max_replicas,
+                                             "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            options["num_replicas"] = self.replicas
+        return options
+
+
+def application(sources: List[ModelSource], options: ServerOptions = ServerOptions(),
+                deployment: Deployment = Deployment()):
+    """The Ray Serve application (bound deployment); `serve run`-able."""
+    return serve.deployment(ModelServer, name="ModelServer").options(**deployment.ray_options()).bind(
+        sources, options)
+
+
+def start(sources: List[ModelSource], options: ServerOptions = ServerOptions(),
+          deployment: Deployment = Deployment(), *, host: str = "127.0.0.1", port: int = 8000,
+          ray_address: Optional[str] = None, access_log: bool = False) -> str:
+    """Connects to Ray (a cluster, or a local Ray in this process), deploys the server and returns its URL once
+    every replica has loaded its models."""
+    from trainers import ray_train  # pylint: disable=import-outside-toplevel
+    ray_train.connect(ray_train.RaySettings(address=ray_address))
+    serve.start(http_options={"host": host, "port": port})
+    started = time.monotonic()
+    serve.run(application(sources, options, deployment), name=APP_NAME, route_prefix="/",
+              logging_config={"enable_access_log": access_log})
+    _log.info("serving %s on http://%s:%d (ready in %.0f s)", ", ".join(s.name for s in sources), host, port,
+              time.monotonic() - started)
+    return f"http://{host}:{port}"
+
+
+def stop() -> None:
+    """Deletes the application and shuts Ray Serve down."""
+    serve.shutdown()
