@@ -365,17 +365,13 @@ def _serve_sources(args):
         raise CliError("serve needs --model NAME[@ALIAS|/VERSION] (a registered model) or --saved-model DIR")
     sources = []
     for text in args.saved_models:
-        name, sep, directory = text.partition("=")
-        if not sep:
-            directory = text
-            base = os.path.basename(os.path.normpath(directory))
-            name = os.path.basename(os.path.dirname(os.path.normpath(directory))) if base.isdigit() else base
         try:
-            _, version = server.latest_saved_model(directory)
+            source = server.directory_source(text)
         except FileNotFoundError as e:
             raise CliError(f"--saved-model {text}: {e}") from e
-        sources.append(server.ModelSource(name=name, saved_model_dir=os.path.abspath(directory)))
-        print(f"latentforge: {name}: {directory} (version {version})", flush=True)
+        sources.append(source)
+        print(f"latentforge: {source.name}: {source.saved_model_dir} (version "
+              f"{server.latest_saved_model(source.saved_model_dir)[1]})", flush=True)
     if args.models:
         root = os.path.abspath(os.path.join(args.run_dir, args.pipeline_name))
         config = tracking.resolve(args.mlflow_uri, root, args.pipeline_name)
@@ -384,14 +380,13 @@ def _serve_sources(args):
                            "model), or point --mlflow-uri / MLFLOW_TRACKING_URI at your server")
         for text in args.models:
             try:
-                name, alias, version = server.parse_model_reference(text)
+                source = server.registry_source(text, config.uri)
             except ValueError as e:
                 raise CliError(f"--model {e}") from e
-            resolved = tracking.registry_version(config, name, alias, version)
-            print(f"latentforge: {name}: MLflow {config.uri}, {'@' + alias if alias else 'pinned'} -> version "
-                  f"{resolved}", flush=True)
-            sources.append(server.ModelSource(name=name, registered_name=name, alias=alias, version=version,
-                                              tracking_uri=config.uri))
+            resolved = tracking.registry_version(config, source.registered_name, source.alias, source.version)
+            print(f"latentforge: {source.name}: MLflow {config.uri}, "
+                  f"{'@' + source.alias if source.alias else 'pinned'} -> version {resolved}", flush=True)
+            sources.append(source)
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise CliError(f"two models share a name in {names}: name them, --saved-model NAME=DIR")

@@ -97,6 +97,24 @@ def parse_model_reference(text: str) -> Tuple[str, Optional[str], Optional[str]]
     return text, "champion", None
 
 
+def directory_source(text: str) -> ModelSource:
+    """[NAME=]DIR -> a ModelSource; NAME defaults to the folder's name (its parent's for a version folder).
+    FileNotFoundError, naming what was expected, when DIR holds no SavedModel."""
+    name, sep, directory = text.partition("=")
+    if not sep:
+        directory = text
+        base = os.path.basename(os.path.normpath(directory))
+        name = os.path.basename(os.path.dirname(os.path.normpath(directory))) if base.isdigit() else base
+    latest_saved_model(directory)
+    return ModelSource(name=name, saved_model_dir=os.path.abspath(directory))
+
+
+def registry_source(text: str, tracking_uri: str) -> ModelSource:
+    """NAME[@ALIAS|/VERSION] in the registry at `tracking_uri` -> a ModelSource served as NAME."""
+    name, alias, version = parse_model_reference(text)
+    return ModelSource(name=name, registered_name=name, alias=alias, version=version, tracking_uri=tracking_uri)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerOptions:
     limits: Limits = Limits()
@@ -360,6 +378,41 @@ def application(sources: List[ModelSource], options: ServerOptions = ServerOptio
     """The Ray Serve application (bound deployment); `serve run`-able."""
     return serve.deployment(ModelServer, name="ModelServer").options(**deployment.ray_options()).bind(
         sources, options)
+
+
+def build_app(args: Dict[str, str]):
+    """An application builder for Ray Serve's own CLI and config files:
+
+        serve run serving.server:build_app saved_model=runs/latentforge/serving/stacked_ae
+        serve run serving.server:build_app model=mnist-autoencoder@champion mlflow_uri=http://HOST:5000 \
+            replicas=2 max_batch_size=32
+
+    Keys: saved_model ([NAME=]DIR) and/or model (NAME[@ALIAS|/VERSION]), comma-separated for several;
+    mlflow_uri (default MLFLOW_TRACKING_URI); replicas, max_replicas, cpus_per_replica, max_batch_size,
+    batch_wait_ms, poll_interval, max_generated, max_steps, max_instances, max_body_mb."""
+    known = {"saved_model", "model", "mlflow_uri", "replicas", "max_replicas", "cpus_per_replica", "max_batch_size",
+             "batch_wait_ms", "poll_interval", "max_generated", "max_steps", "max_instances", "max_body_mb"}
+    unknown = set(args) - known
+    if unknown:
+        raise ValueError(f"unknown argument(s) {sorted(unknown)}; known: {sorted(known)}")
+    sources = [directory_source(text) for text in filter(None, args.get("saved_model", "").split(","))]
+    uri = args.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    for text in filter(None, args.get("model", "").split(",")):
+        if not uri:
+            raise ValueError(f"model={text}: registry models need mlflow_uri=... (or MLFLOW_TRACKING_URI)")
+        sources.append(registry_source(text, uri))
+    if not sources:
+        raise ValueError("give saved_model=DIR and/or model=NAME[@ALIAS|/VERSION]")
+    number = lambda key, default, kind=int: kind(args.get(key, default))  # noqa: E731
+    limits = Limits(max_generated=number("max_generated", 64), max_steps=number("max_steps", 1000),
+                    max_instances=number("max_instances", 1024),
+                    max_body_bytes=int(number("max_body_mb", 16, float) * 1024 ** 2))
+    options = ServerOptions(limits=limits, max_batch_size=number("max_batch_size", 16),
+                            batch_wait_timeout_s=number("batch_wait_ms", 5, float) / 1000.0,
+                            poll_interval_s=number("poll_interval", 30, float))
+    deployment = Deployment(replicas=number("replicas", 1), max_replicas=number("max_replicas", 0) or None,
+                            cpus_per_replica=number("cpus_per_replica", 1.0, float))
+    return application(sources, options, deployment)
 
 
 def start(sources: List[ModelSource], options: ServerOptions = ServerOptions(),

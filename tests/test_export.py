@@ -39,7 +39,8 @@ report = {}
 for name, directory in json.loads(sys.argv[1]).items():
     loaded = tf.saved_model.load(directory)
     cases = np.load(os.path.join(directory, "..", name + "-cases.npz"), allow_pickle=True)
-    result = {"signatures": sorted(loaded.signatures), "max_error": {}, "refused": {}}
+    result = {"signatures": sorted(loaded.signatures), "max_error": {}, "refused": {},
+              "metadata": json.loads(loaded.metadata.numpy().decode())}
     for key in cases.files:
         if not key.startswith("in."):
             continue
@@ -162,12 +163,20 @@ def test_every_signature_matches_in_a_fresh_process_with_plain_tensorflow(export
         "ddpm": ["generate", "generate_from_noise", "serving_default"],
         "classifier": ["classify", "serving_default"],
     }
+    families_of = {"stacked_ae": "autoencoder", "conv_vae": "vae", "dcgan": "gan", "ddpm": "diffusion",
+                   "classifier": "classifier"}
     for name, signatures in expected_signatures.items():
         assert report[name]["signatures"] == signatures, name
         for output, error in report[name]["max_error"].items():
             assert error <= 1e-5, (name, output, error)
         for label, message in report[name]["refused"].items():
             assert message is not None, f"{name}: {label} was accepted"
+    for name in expected_signatures:  # what a server reads: family, pixel range, shape, DDPM's steps
+        assert report[name]["metadata"]["family"] == families_of[name], name
+        assert report[name]["metadata"]["image_shape"] == list(SHAPE)
+    assert report["stacked_ae"]["metadata"]["pixel_range"] == "unit"
+    assert report["dcgan"]["metadata"]["pixel_range"] == "symmetric"
+    assert report["ddpm"]["metadata"]["timesteps"] == 20 and report["ddpm"]["metadata"]["sample_steps"] == 4
     assert "pixel range" in report["stacked_ae"]["refused"]["out_of_range"]
     assert "finite" in report["stacked_ae"]["refused"]["nan"]
     assert "n: must be between 1 and" in report["dcgan"]["refused"]["n_zero"]

@@ -306,3 +306,61 @@ def test_png_grid_tiles_images():
     assert grid[2:6, 14:18].min() == 255 and grid[2:6, 2:6].max() == 0
     with pytest.raises(ValueError, match="expected images"):
         png_grid(np.zeros((4, 4)))
+
+
+def test_latentforge_serve_follows_a_pusher_folder_and_stops_on_ctrl_c(served, tmp_path):
+    """The command as a user runs it, in its own process (its own local Ray): a base folder of numbered versions
+    as the Pusher writes it; a newer version pushed while it serves is picked up."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    base = tmp_path / "serving" / "stacked_ae"
+    shutil.copytree(served["root"] / "registered-v1", base / "7")
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--saved-model", str(base),
+                                "--port", str(port), "--poll-interval", "0.5", "--max-batch-size", "4"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client, deadline = Client(f"http://127.0.0.1:{port}", timeout=30), time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if client.metadata("stacked_ae")["version"] == "7":
+                    break
+            except (ServingError, OSError):
+                time.sleep(1)
+        assert client.metadata("stacked_ae")["version"] == "7"
+        image = sample_digits(1)
+        assert client.predict("stacked_ae", image).version == "7"
+        shutil.copytree(served["root"] / "registered-v2", base / "9")  # the Pusher pushes a newer model
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.predict("stacked_ae", image).version != "9":
+            time.sleep(0.5)
+        reply = client.predict("stacked_ae", image, "reconstruct")
+        expected = tf.saved_model.load(str(base / "9")).signatures["reconstruct"](images=tf.constant(image))
+        assert reply.version == "9"
+        assert np.max(np.abs(reply.outputs - expected["reconstructions"].numpy())) <= 1e-5
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output[-3000:]
+        assert f"serving stacked_ae at http://127.0.0.1:{port}" in output and "stopping the server" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_serve_run_builder_checks_its_arguments(served):
+    from ray import serve
+    from serving import server
+    app = server.build_app({"saved_model": f"ae={served['root'] / 'stacked_ae'}", "replicas": "2",
+                            "max_batch_size": "8"})
+    assert isinstance(app, serve.Application)
+    with pytest.raises(ValueError, match="unknown argument"):
+        server.build_app({"saved_model": str(served["root"] / "stacked_ae"), "replica": "2"})
+    with pytest.raises(ValueError, match="give saved_model"):
+        server.build_app({})
+    with pytest.raises(ValueError, match="need mlflow_uri"):
+        server.build_app({"model": "mnist-vae@champion"})
+    with pytest.raises(FileNotFoundError, match="neither a SavedModel"):
+        server.build_app({"saved_model": str(served["root"])})
