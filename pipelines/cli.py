@@ -395,6 +395,9 @@ def _serve_sources(args):
 
 def cmd_serve(args) -> int:
     from serving import model, server  # pylint: disable=import-outside-toplevel
+    if args.detach and not (args.ray_address or os.environ.get("RAY_ADDRESS")):
+        raise CliError("--detach leaves the server on a Ray cluster: give --ray-address (a local Ray ends with "
+                       "this command)")
     sources = _serve_sources(args)
     try:
         limits = model.Limits(max_generated=args.max_generated, max_steps=args.max_steps,

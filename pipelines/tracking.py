@@ -5,7 +5,8 @@ is a SQLite store RUN_DIR/PIPELINE/mlflow.db with artifacts under RUN_DIR/PIPELI
 experiment is the pipeline's name.
 
 What a pipeline run leaves (written by the MlflowRegistrar component, after the Evaluator):
-    parent run "PIPELINE RUN_ID"     tags: tfx.pipeline_run_id, tfx.pipeline, source, dataset
+    parent run "PIPELINE RUN_ID"     tags: tfx.pipeline_run_id, tfx.pipeline, latentforge.run_kind=pipeline,
+                                     source, dataset
       child run "Trainer"            params: the model's full config; metrics: per-epoch history (step = epoch);
                                      artifacts: the Trainer's pictures, metrics.json; the model (tensorflow
                                      flavor, signature + input example) registered as a version of DATASET-FAMILY
@@ -28,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 CHAMPION = "champion"
 EMBEDDED_DB = "mlflow.db"
 EMBEDDED_ARTIFACTS = "mlartifacts"
+RUN_KIND_TAG = "latentforge.run_kind"  # "pipeline" on a pipeline run's parent run
 # A server that is down should fail a run in seconds, not after MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -189,11 +191,14 @@ def _log_child(client, experiment_id: str, parent_id: str, child: ChildRun) -> s
 
 def _parent_run(client, experiment_id: str, pipeline: str, pipeline_run_id: str, tags: Dict[str, str]) -> str:
     """The parent run of this pipeline run (made by the first registrar that logs for it)."""
-    found = client.search_runs([experiment_id], f"tags.`tfx.pipeline_run_id` = '{pipeline_run_id}'", max_results=1)
+    # The child runs carry tfx.pipeline_run_id too: the parent is the one tagged as such.
+    found = client.search_runs([experiment_id], f"tags.`tfx.pipeline_run_id` = '{pipeline_run_id}' and "
+                               f"tags.`{RUN_KIND_TAG}` = 'pipeline'", max_results=1)
     if found:
         return found[0].info.run_id
     run = client.create_run(experiment_id, run_name=f"{pipeline} {pipeline_run_id}",
-                            tags={"tfx.pipeline_run_id": pipeline_run_id, "tfx.pipeline": pipeline, **tags})
+                            tags={"tfx.pipeline_run_id": pipeline_run_id, "tfx.pipeline": pipeline,
+                                  RUN_KIND_TAG: "pipeline", **tags})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

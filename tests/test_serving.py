@@ -285,6 +285,8 @@ def test_cli_serve_refuses_bad_references_before_starting(tmp_path, capsys):
     assert cli.main(["serve", "--model", "mnist-vae@", "--run-dir", str(tmp_path)]) == cli.EXIT_BAD_INPUT
     assert cli.main(["serve", "--model", "mnist-vae", "--run-dir", str(tmp_path)]) == cli.EXIT_BAD_INPUT
     assert "no MLflow registry" in capsys.readouterr().err
+    assert cli.main(["serve", "--saved-model", str(tmp_path), "--detach"]) == cli.EXIT_BAD_INPUT
+    assert "--detach leaves the server on a Ray cluster" in capsys.readouterr().err
 
 
 def test_cli_serve_names_a_missing_registered_model(served, capsys):
