@@ -26,7 +26,7 @@ run: install
 	$(BIN)/latentforge run --source $(SOURCE) --model $(MODEL) --epochs $(EPOCHS) --workers $(WORKERS) --run-dir $(RUN_DIR)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS) tests
 
 # Not run by CI: speed, quality and Ray overhead on the real MNIST (../shared/datasets/mnist), ~50 min on 2 cores.
 benchmark: install

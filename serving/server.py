@@ -1,7 +1,7 @@
 """The model server: exported SavedModels behind TF Serving's REST API, on Ray Serve.
 
     GET  /v1/models                      the models served: name, version, family
-    GET  /v1/models/NAME                 version, family, signatures (inputs/outputs: dtype, shape), limits
+    GET  /v1/models/NAME[/metadata]      version, family, signatures (inputs/outputs: dtype, shape), limits
     POST /v1/models/NAME:predict         {"signature_name": S, "instances": [...]} | {"inputs": ...}
     POST /v1/models/NAME:generate        {"n": N, "seed": S, "steps": T, "format": "json" | "png"}
     GET  /-/healthz                      Ray Serve's own health check (200 once the proxy is up)
@@ -244,6 +244,8 @@ class ModelServer:
                 raise RequestError(f"no route {path}: the API is /v1/models/NAME, /v1/models/NAME:predict and "
                                    "/v1/models/NAME:generate", status=404)
             name, _, verb = path[len("/v1/models/"):].partition(":")
+            if name.endswith("/metadata") and not verb:  # TF Serving's metadata URL: the same answer
+                name = name[:-len("/metadata")]
             model = self._model(name)
             if not verb:
                 self._require(method, "GET", path)

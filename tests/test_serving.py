@@ -107,6 +107,7 @@ def test_every_signature_answers_what_the_saved_model_computes(served):
         loaded = tf.saved_model.load(str(served["root"] / name))
         info = client.metadata(name)
         assert info["family"] == entry.family and info["version"] == "0"
+        assert client.request("GET", f"/v1/models/{name}/metadata")[2] == info  # TF Serving's URL too
         assert set(info["signatures"]) == set(loaded.signatures)
         for signature, signature_info in info["signatures"].items():
             inputs = _inputs_for(signature_info, entry, rng)
