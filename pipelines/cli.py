@@ -9,7 +9,8 @@
 
 Exit codes: 0 ok; 2 bad input (flags, source, model config); 3 data validation failed; 4 training diverged;
 5 infrastructure: the Ray cluster cannot run it (unreachable, or lacks the resources asked for) or the MLflow
-server does not answer; 1 anything else.
+server does not answer; 6 another run holds the same run directory and pipeline (nothing was done: try later);
+1 anything else.
 """
 import argparse
 import logging
@@ -18,7 +19,7 @@ import sys
 import time
 from typing import List, Optional
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DATA_INVALID, EXIT_DIVERGED, EXIT_CLUSTER = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DATA_INVALID, EXIT_DIVERGED, EXIT_CLUSTER, EXIT_BUSY = 0, 1, 2, 3, 4, 5, 6
 DEFAULT_SOURCE = "idx:" + os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                        "data", "mnist-sample")
 
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default="runs", help="where runs write everything (default ./runs)")
     run.add_argument("--pipeline-name", default="latentforge", help="pipeline name (cache and metadata scope)")
     run.add_argument("--no-cache", action="store_true", help="re-run every component, ignoring the TFX cache")
+    run.add_argument("--if-busy", choices=("exit", "wait"), default="exit",
+                     help="when another run holds this run directory + pipeline: exit at once with code 6 "
+                     "(default) or wait for it")
+    run.add_argument("--lock-timeout", type=_non_negative_float, metavar="SECONDS",
+                     help="--if-busy wait: give up (exit code 6) after this long (default: wait as long as it takes)")
     scoring = run.add_argument_group("evaluation and MLflow")
     scoring.add_argument("--mlflow-uri", help="MLflow tracking/registry server or store (default: MLFLOW_TRACKING_URI, "
                          "else a SQLite store under the run directory)")
@@ -239,10 +245,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipelines import local_runner, metadata, pipeline  # pylint: disable=import-outside-toplevel
-    from trainers import registry  # pylint: disable=import-outside-toplevel
-
-    from trainers import classifier  # pylint: disable=import-outside-toplevel
+    from pipelines import local_runner, pipeline, run_lock  # pylint: disable=import-outside-toplevel
+    from trainers import classifier, registry  # pylint: disable=import-outside-toplevel
 
     overrides = {**dict(args.settings), "epochs": args.epochs, "batch_size": args.batch_size,
                  "learning_rate": args.learning_rate, "seed": args.seed}
@@ -266,6 +270,43 @@ def cmd_run(args) -> int:
         raise CliError(str(e)) from e
     _check_anomaly_class(args, info)
     paths = local_runner.run_paths(args.run_dir, args.pipeline_name)
+    wait_s = 0.0 if args.if_busy == "exit" else args.lock_timeout
+    command = f"latentforge run --model {args.model} --source {args.source}"
+    started = time.time()
+    try:
+        with run_lock.pipeline_lock(paths.root, wait_s, command):
+            summary = _run_pipeline(args, paths, info, config, model_config, pretraining)
+    except Exception as error:  # pylint: disable=broad-except
+        explained = _explain(error)
+        code = explained[1] if explained else EXIT_ERROR
+        summary = {"status": "busy" if code == EXIT_BUSY else "failed", "exit_code": code,
+                   "error": (explained[0] if explained else f"{type(error).__name__}: {error}")[:500]}
+        _write_summary(paths.root, args, summary, started, append=code != EXIT_BUSY)
+        raise
+    _write_summary(paths.root, args, summary, started)
+    return EXIT_OK
+
+
+RUNS_LOG = "runs.jsonl"
+
+
+def _write_summary(root: str, args, summary: dict, started: float, append: bool = True) -> None:
+    """The run's one summary line (JSON, for a scheduler's logs), also appended to RUN_DIR/PIPELINE/runs.jsonl
+    (not for a run that found the root busy: that is the other run's log)."""
+    import json  # pylint: disable=import-outside-toplevel
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "model": args.model,
+              "source": args.source, "pipeline": args.pipeline_name, **summary,
+              "wall_s": round(time.time() - started, 1)}
+    line = json.dumps(record, sort_keys=False)
+    print(f"latentforge: summary {line}", flush=True)
+    if append:
+        with open(os.path.join(root, RUNS_LOG), "a") as f:
+            f.write(line + "\n")
+
+
+def _run_pipeline(args, paths, info, config, model_config, pretraining) -> dict:
+    """Runs the pipeline (the caller holds the root's lock); prints what ran and returns the run's summary."""
+    from pipelines import local_runner, metadata, pipeline  # pylint: disable=import-outside-toplevel
     evaluation_settings = _evaluation_settings(args, paths)
     ray = _ray_training(args, paths)
     print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {info.num_classes} classes) "
@@ -285,10 +326,12 @@ def cmd_run(args) -> int:
         key = next((k for k in _MAIN_OUTPUTS if k in node.outputs), min(node.outputs, default=None))
         shown = f"{key} -> {os.path.relpath(node.outputs[key], paths.root)}" if key else ""
         print(f"  {node.node:24s} {node.state.lower():9s} {shown}")
-    cached = sum(n.state == "CACHED" for n in nodes)
-    print(f"latentforge: pipeline finished in {elapsed:.0f} s ({len(nodes) - cached} ran, {cached} from cache)")
-    _print_results(nodes)
-    return EXIT_OK
+    cached = [n.node for n in nodes if n.state == "CACHED"]
+    print(f"latentforge: pipeline finished in {elapsed:.0f} s ({len(nodes) - len(cached)} ran, {len(cached)} from "
+          "cache)")
+    results = _print_results(nodes)
+    return {"status": "ok", "exit_code": EXIT_OK, "pipeline_s": round(elapsed, 1),
+            "ran": [n.node for n in nodes if n.state != "CACHED"], "cached": cached, **results}
 
 
 _MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema", "evaluation", "registration")
@@ -485,17 +528,19 @@ def cmd_predict(args) -> int:
     return EXIT_OK
 
 
-def _print_results(nodes) -> None:
-    """The last epoch's losses (from the Trainer's metrics file), its pictures and where the SavedModel went."""
+def _print_results(nodes) -> dict:
+    """Prints the last epoch's losses (from the Trainer's metrics file), its pictures, the evaluation, the
+    registered version and where the SavedModel went; returns them for the run's summary."""
     import json  # pylint: disable=import-outside-toplevel
     from components.trainer.run_fn import METRICS_FILE  # pylint: disable=import-outside-toplevel
     from components.evaluation.executor import EVALUATION_FILE  # pylint: disable=import-outside-toplevel
-    by_name = {n.node: n for n in nodes}
+    by_name, results = {n.node: n for n in nodes}, {}
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
     if model_run and os.path.exists(os.path.join(model_run, METRICS_FILE)):
         with open(os.path.join(model_run, METRICS_FILE)) as f:
             history = json.load(f)["history"]
         print("latentforge: last epoch " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(history.items())))
+        results["last_epoch"] = {k: round(v[-1], 6) for k, v in sorted(history.items())}
         pictures = sorted(f for f in os.listdir(model_run) if f.endswith(".png"))
         if pictures:
             print(f"latentforge: pictures in {model_run}: {', '.join(pictures)}")
@@ -505,6 +550,8 @@ def _print_results(nodes) -> None:
             evaluated = json.load(f)
         scalars = {k: v for k, v in evaluated["metrics"].items() if isinstance(v, float)}
         print("latentforge: evaluation " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))
+        results.update(metrics={k: round(v, 6) for k, v in sorted(scalars.items())},
+                       blessed=bool(evaluated["blessing"]["blessed"]))
         print(f"latentforge: {'blessed' if evaluated['blessing']['blessed'] else 'not blessed'}: "
               f"{evaluated['blessing']['reason']}")
     registrar = by_name.get("MlflowRegistrar")
@@ -513,9 +560,12 @@ def _print_results(nodes) -> None:
         champion = registration.get("champion") == "1"
         print(f"latentforge: MLflow model {registration['name']} version {registration['version']}"
               f"{' (now @champion)' if champion else ''}")
+        results.update(registered=f"{registration['name']}/{registration['version']}", champion=champion)
     pushed = by_name.get("Pusher") and by_name["Pusher"].properties.get("pushed_model", {})
     if pushed and pushed.get("pushed_destination"):
         print(f"latentforge: SavedModel at {pushed['pushed_destination']}")
+        results["pushed"] = pushed["pushed_destination"]
+    return results
 
 
 def _explain(error: BaseException) -> Optional[tuple]:
@@ -523,6 +573,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
     from components.image_example_gen.sources import SourceError  # pylint: disable=import-outside-toplevel
     from components.strict_example_validator.executor import DataValidationError  # pylint: disable=import-outside-toplevel
     from pipelines.ray_jobs import JobSubmissionError  # pylint: disable=import-outside-toplevel
+    from pipelines.run_lock import PipelineBusy  # pylint: disable=import-outside-toplevel
     from pipelines.tracking import RegistryLookupError, TrackingError  # pylint: disable=import-outside-toplevel
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     from trainers.ray_train import RayClusterError  # pylint: disable=import-outside-toplevel
@@ -535,6 +586,8 @@ def _explain(error: BaseException) -> Optional[tuple]:
             return str(error).split(" [while running")[0], EXIT_BAD_INPUT
         if isinstance(error, DataValidationError):
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
+        if isinstance(error, PipelineBusy):
+            return str(error), EXIT_BUSY
         if isinstance(error, RegistryLookupError):
             return str(error), EXIT_BAD_INPUT
         if isinstance(error, TrainingDiverged):

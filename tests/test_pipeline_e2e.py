@@ -202,6 +202,13 @@ def test_second_run_is_served_from_the_tfx_cache(sample_run):
     assert {n.state for n in second} == {"CACHED"}, [(n.node, n.state) for n in second]
     # Cached executions point at the first run's artifacts: nothing was recomputed.
     assert [n.outputs for n in second] == [n.outputs for n in first]
+    # One summary line per run, for a scheduler's logs: what ran, what was cached, the scores, the version.
+    with open(os.path.join(run_dir, "latentforge", "runs.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert records[0]["status"] == "ok" and records[0]["exit_code"] == 0 and records[0]["ran"] == ALL_NODES
+    assert records[0]["registered"] == "mnist-sample-autoencoder/1" and records[0]["champion"] is True
+    assert 0 < records[0]["metrics"]["test_mse"] < 0.2 and records[0]["pushed"]
+    assert records[-1]["cached"] == ALL_NODES and records[-1]["ran"] == [] and records[-1]["status"] == "ok"
 
 
 def _npz(path, x_train, y_train, x_test, y_test):
@@ -211,7 +218,9 @@ def _npz(path, x_train, y_train, x_test, y_test):
 
 def _run_expecting_validation_failure(capsys, run_dir, source, *extra):
     code = cli.main(["run", "--source", source, "--run-dir", run_dir, "--epochs", "1", *extra])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    summary = json.loads(out.split("latentforge: summary ", 1)[1].splitlines()[0])
+    assert summary["status"] == "failed" and summary["exit_code"] == cli.EXIT_DATA_INVALID
     nodes = metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"), "latentforge")
     assert code == cli.EXIT_DATA_INVALID, err
     assert "Transform" not in [n.node for n in nodes] and "Trainer" not in [n.node for n in nodes]
