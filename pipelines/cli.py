@@ -121,11 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="times a failed worker group restarts from its last checkpoint (default 1; -1: forever)")
 
     submit = commands.add_parser("submit", help="submit a command (e.g. run ...) as a job to a Ray cluster",
-                                 usage="latentforge submit --address http://HEAD:8265 [--no-wait] -- run [FLAGS]")
+                                 usage="latentforge submit --address http://HEAD:8265 [--wait|--no-wait] -- run [FLAGS]")
     submit.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS"),
                         help="the Ray Jobs API, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS)")
-    submit.add_argument("--no-wait", dest="wait", action="store_false",
-                        help="print the job id and return instead of following the job to its end")
+    submit.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                        help="--wait (default): follow the job's logs to its end and exit with its exit code; "
+                        "--no-wait: print the job id and its status and return (for schedulers)")
     submit.add_argument("--python", default="python", help="the cluster's Python for the job (default: python)")
     submit.add_argument("--submission-id", help="the job's id (default: one Ray chooses)")
     submit.add_argument("job_args", nargs=argparse.REMAINDER, metavar="-- COMMAND",
@@ -394,6 +395,8 @@ def cmd_submit(args) -> int:
     job_id = ray_jobs.submit(args.address, job_args, python=args.python, submission_id=args.submission_id)
     print(f"latentforge: submitted Ray job {job_id} to {args.address}", flush=True)
     if not args.wait:
+        print(f"latentforge: Ray job {job_id} {ray_jobs.status(args.address, job_id)}; follow it with `ray job logs "
+              f"--address {args.address} --follow {job_id}`", flush=True)
         return EXIT_OK
     code = ray_jobs.follow(args.address, job_id)
     print(f"latentforge: Ray job {job_id} {ray_jobs.status(args.address, job_id)} (exit code {code})", flush=True)

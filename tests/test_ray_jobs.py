@@ -93,3 +93,17 @@ def test_a_job_with_a_bad_flag_fails_with_the_clis_error_and_exit_code(ray_head,
 def test_an_unreachable_jobs_api_is_a_cluster_error(capsys):
     assert cli.main(["submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", "run"]) == cli.EXIT_CLUSTER
     assert "cannot reach the Ray Jobs API" in capsys.readouterr().err
+
+
+def test_no_wait_returns_at_once_with_the_job_status(ray_head, capsys):
+    import re
+    import time
+    from pipelines import ray_jobs
+    assert cli.main(["submit", "--address", ray_head, "--no-wait", "--", "models"]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"Ray job (\S+) (PENDING|RUNNING|SUCCEEDED);", out)
+    assert found, out
+    deadline = time.monotonic() + 120
+    while ray_jobs.status(ray_head, found.group(1)) != "SUCCEEDED" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert ray_jobs.status(ray_head, found.group(1)) == "SUCCEEDED"
