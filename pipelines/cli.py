@@ -1,6 +1,7 @@
 """The `latentforge` command.
 
     latentforge run [--source SOURCE] [--model MODEL] [--epochs N] ...   run the pipeline (training on Ray)
+    latentforge compile --target kubeflow-v2 --pipeline-root gs://B/R ...   write it as a Kubeflow Pipelines v2 spec
     latentforge submit --address http://HEAD:8265 -- run ...           run it as a job on a Ray cluster
     latentforge serve --model NAME[@ALIAS|/VERSION] | --saved-model DIR  serve models over HTTP on Ray Serve
     latentforge predict --model NAME (--input FILE | --generate N)      call a running server
@@ -65,38 +66,28 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manual-dir", help="folder with a TFDS dataset's downloaded files, for offline use")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentforge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="show TFX/Beam logs")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="run the pipeline: ingest, validate, transform, train, push")
-    _add_source_flags(run)
-    run.add_argument("--model", default="stacked_ae", help="model to train (see `latentforge models`)")
-    run.add_argument("--epochs", type=_positive_int, help="training epochs (default: the model's)")
-    run.add_argument("--batch-size", type=_positive_int, help="global batch size (default: the model's)")
-    run.add_argument("--learning-rate", type=float, help="optimizer learning rate (default: the model's)")
-    run.add_argument("--seed", type=int, default=42, help="seed for training and the few-label choice")
-    run.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
+def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """What the pipeline is made of: shared by `run` and `compile`."""
+    _add_source_flags(parser)
+    parser.add_argument("--model", default="stacked_ae", help="model to train (see `latentforge models`)")
+    parser.add_argument("--epochs", type=_positive_int, help="training epochs (default: the model's)")
+    parser.add_argument("--batch-size", type=_positive_int, help="global batch size (default: the model's)")
+    parser.add_argument("--learning-rate", type=float, help="optimizer learning rate (default: the model's)")
+    parser.add_argument("--seed", type=int, default=42, help="seed for training and the few-label choice")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                      type=_setting, help="any field of the model's config (repeatable; VALUE is JSON or a word), "
                      "e.g. --set beta=4 --set hidden_units=[150,100]")
-    run.add_argument("--pretrain", default="stacked_ae", metavar="MODEL",
+    parser.add_argument("--pretrain", default="stacked_ae", metavar="MODEL",
                      help="--model classifier: the autoencoder or VAE whose encoder it fine-tunes (default stacked_ae)")
-    run.add_argument("--pretrain-epochs", type=_positive_int, help="--model classifier: epochs of the pretraining")
-    run.add_argument("--labels-per-class", type=_positive_int,
+    parser.add_argument("--pretrain-epochs", type=_positive_int, help="--model classifier: epochs of the pretraining")
+    parser.add_argument("--labels-per-class", type=_positive_int,
                      help="keep labels for only K examples per class (default: all)")
-    run.add_argument("--eval-percent", type=int, default=10,
+    parser.add_argument("--eval-percent", type=int, default=10,
                      help="share of train carved into eval when the source has no eval split (default 10)")
-    run.add_argument("--schema", help="a schema.pbtxt to validate against instead of the inferred one")
-    run.add_argument("--run-dir", default="runs", help="where runs write everything (default ./runs)")
-    run.add_argument("--pipeline-name", default="latentforge", help="pipeline name (cache and metadata scope)")
-    run.add_argument("--no-cache", action="store_true", help="re-run every component, ignoring the TFX cache")
-    run.add_argument("--if-busy", choices=("exit", "wait"), default="exit",
-                     help="when another run holds this run directory + pipeline: exit at once with code 6 "
-                     "(default) or wait for it")
-    run.add_argument("--lock-timeout", type=_non_negative_float, metavar="SECONDS",
-                     help="--if-busy wait: give up (exit code 6) after this long (default: wait as long as it takes)")
-    scoring = run.add_argument_group("evaluation and MLflow")
+    parser.add_argument("--schema", help="a schema.pbtxt to validate against instead of the inferred one")
+    parser.add_argument("--pipeline-name", default="latentforge", help="pipeline name (cache and metadata scope)")
+    parser.add_argument("--no-cache", action="store_true", help="re-run every component, ignoring the TFX cache")
+    scoring = parser.add_argument_group("evaluation and MLflow")
     scoring.add_argument("--mlflow-uri", help="MLflow tracking/registry server or store (default: MLFLOW_TRACKING_URI, "
                          "else a SQLite store under the run directory)")
     scoring.add_argument("--bless-margin", type=_non_negative_float, default=0.01,
@@ -108,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="autoencoders: keep this class out of training and report the AUROC of detecting it")
     scoring.add_argument("--metric-network-epochs", type=_positive_int, default=3,
                          help="epochs of the metric network (trained once per dataset; default 3)")
-    ray = run.add_argument_group("training on Ray Train")
+    ray = parser.add_argument_group("training on Ray Train")
     ray.add_argument("--trainer", choices=("ray", "in-process"), default="ray",
                      help="ray (default): Ray Train workers; in-process: TFX's own Trainer in this process")
     ray.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (default 1)")
@@ -119,6 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="GPUs per worker (default 0: CPU training)")
     ray.add_argument("--max-failures", type=int, default=1,
                      help="times a failed worker group restarts from its last checkpoint (default 1; -1: forever)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentforge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show TFX/Beam logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline: ingest, validate, transform, train, push")
+    _add_pipeline_flags(run)
+    run.add_argument("--run-dir", default="runs", help="where runs write everything (default ./runs)")
+    run.add_argument("--if-busy", choices=("exit", "wait"), default="exit",
+                     help="when another run holds this run directory + pipeline: exit at once with code 6 "
+                     "(default) or wait for it")
+    run.add_argument("--lock-timeout", type=_non_negative_float, metavar="SECONDS",
+                     help="--if-busy wait: give up (exit code 6) after this long (default: wait as long as it takes)")
+
+    compile_ = commands.add_parser("compile", help="compile the pipeline for an orchestrator (Kubeflow Pipelines v2 "
+                                   "/ Vertex AI Pipelines) instead of running it")
+    _add_pipeline_flags(compile_)
+    compile_.add_argument("--target", choices=("kubeflow-v2",), default="kubeflow-v2")
+    compile_.add_argument("--out", default="pipeline.json", help="the pipeline spec to write (default pipeline.json)")
+    compile_.add_argument("--image", default="latentforge:latest",
+                          help="the container image every step runs in: this project installed with its lock")
+    compile_.add_argument("--pipeline-root", required=True,
+                          help="where the steps write their artifacts, seen by every step (e.g. gs://BUCKET/latentforge)")
+    compile_.add_argument("--serving-dir", help="where the Pusher writes blessed SavedModels (default "
+                          "PIPELINE_ROOT/serving)")
 
     submit = commands.add_parser("submit", help="submit a command (e.g. run ...) as a job to a Ray cluster",
                                  usage="latentforge submit --address http://HEAD:8265 [--wait|--no-wait] -- run [FLAGS]")
@@ -245,10 +263,10 @@ def cmd_models(args) -> int:
     return EXIT_OK
 
 
-def cmd_run(args) -> int:
-    from pipelines import local_runner, pipeline, run_lock  # pylint: disable=import-outside-toplevel
+def _checked_request(args):
+    """(source info, the model's full config, its overrides, pretraining) from the flags, every one checked."""
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
     from trainers import classifier, registry  # pylint: disable=import-outside-toplevel
-
     overrides = {**dict(args.settings), "epochs": args.epochs, "batch_size": args.batch_size,
                  "learning_rate": args.learning_rate, "seed": args.seed}
     if args.schema and not os.path.isfile(args.schema):
@@ -270,6 +288,12 @@ def cmd_run(args) -> int:
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from e
     _check_anomaly_class(args, info)
+    return info, config, model_config, pretraining
+
+
+def cmd_run(args) -> int:
+    from pipelines import local_runner, run_lock  # pylint: disable=import-outside-toplevel
+    info, config, model_config, pretraining = _checked_request(args)
     paths = local_runner.run_paths(args.run_dir, args.pipeline_name)
     wait_s = 0.0 if args.if_busy == "exit" else args.lock_timeout
     command = f"latentforge run --model {args.model} --source {args.source}"
@@ -353,13 +377,28 @@ def _check_anomaly_class(args, info) -> None:
 def _evaluation_settings(args, paths):
     """Where MLflow is (checked now: a server that does not answer fails the run before any work) and how the
     Evaluator scores and blesses."""
-    from pipelines import pipeline, tracking  # pylint: disable=import-outside-toplevel
+    from pipelines import tracking  # pylint: disable=import-outside-toplevel
     config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
     tracking.check_reachable(config)
     print(f"latentforge: MLflow at {config.uri}", flush=True)
-    return pipeline.EvaluationSettings(tracking=config, margin=args.bless_margin, num_samples=args.eval_samples,
-                                       anomaly_class=args.anomaly_class,
+    return _scoring(args, config)
+
+
+def _scoring(args, tracking_config):
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    return pipeline.EvaluationSettings(tracking=tracking_config, margin=args.bless_margin,
+                                       num_samples=args.eval_samples, anomaly_class=args.anomaly_class,
                                        metric_network_epochs=args.metric_network_epochs, seed=args.seed)
+
+
+def _ray_settings(args):
+    from trainers import ray_train  # pylint: disable=import-outside-toplevel
+    try:
+        return ray_train.RaySettings(address=args.ray_address, workers=args.workers,
+                                     cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                                     max_failures=args.max_failures)
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def _ray_training(args, paths):
@@ -369,17 +408,40 @@ def _ray_training(args, paths):
         return None
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
     from trainers import ray_train  # pylint: disable=import-outside-toplevel
-    try:
-        settings = ray_train.RaySettings(address=args.ray_address, workers=args.workers,
-                                         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-                                         max_failures=args.max_failures)
-    except ValueError as e:
-        raise CliError(str(e)) from e
+    settings = _ray_settings(args)
     ray_train.connect(settings)
     resources = ray_train.worker_resources(settings)
     print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
     fields = {k: v for k, v in vars(settings).items() if v is not None}
     return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage)
+
+
+def cmd_compile(args) -> int:
+    """The same pipeline as `run`, written as a Kubeflow Pipelines v2 spec by TFX's KubeflowV2DagRunner."""
+    from pipelines import kubeflow, pipeline, tracking  # pylint: disable=import-outside-toplevel
+    info, config, model_config, pretraining = _checked_request(args)
+    if not args.mlflow_uri:
+        raise CliError("compile needs --mlflow-uri http://HOST:5000: steps on a cluster cannot share the embedded "
+                       "SQLite store")
+    ray = None
+    if args.trainer == "ray":
+        if not args.ray_address:
+            raise CliError("compile with --trainer ray needs --ray-address (the cluster the Trainer step joins), "
+                           "or use --trainer in-process (the Trainer trains inside its step)")
+        fields = {k: v for k, v in vars(_ray_settings(args)).items() if v is not None}
+        ray = pipeline.RayTraining(settings=fields, storage_path=args.pipeline_root.rstrip("/") + "/ray")
+    tfx_pipeline = pipeline.create_pipeline(
+        pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root, metadata_path=None,
+        source_info=info, model_name=args.model, model_config=model_config,
+        serving_dir=args.serving_dir or args.pipeline_root.rstrip("/") + "/serving",
+        eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
+        schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
+        evaluation_settings=_scoring(args, tracking.TrackingConfig(uri=args.mlflow_uri,
+                                                                   experiment=args.pipeline_name)))
+    path = kubeflow.compile_v2(tfx_pipeline, args.image, args.out)
+    print(f"latentforge: {args.model} {config} -> {path} (Kubeflow Pipelines v2; image {args.image}, "
+          f"pipeline root {args.pipeline_root})", flush=True)
+    return EXIT_OK
 
 
 def cmd_submit(args) -> int:
@@ -604,7 +666,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logs(args.verbose)
-    handlers = {"run": cmd_run, "submit": cmd_submit, "serve": cmd_serve, "predict": cmd_predict,
+    handlers = {"run": cmd_run, "compile": cmd_compile, "submit": cmd_submit, "serve": cmd_serve, "predict": cmd_predict,
                 "models": cmd_models, "inspect": cmd_inspect}
     try:
         return handlers[args.command](args)

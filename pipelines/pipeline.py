@@ -240,7 +240,7 @@ def pixel_range(model_name: str, pretraining: Optional[Tuple[str, Dict[str, Any]
     return registry.get_model(name).pixel_range
 
 
-def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: str, source_info: SourceInfo,
+def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optional[str], source_info: SourceInfo,
                     model_name: str, model_config: Dict[str, Any], serving_dir: str,
                     eval_percent: int = DEFAULT_EVAL_PERCENT, labels_per_class: Optional[int] = None,
                     seed: int = 0, schema_path: Optional[str] = None, enable_cache: bool = True,
@@ -259,6 +259,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: str, 
         components=data.all() + training_nodes(data, source_info, model_name, model_config, serving_dir, ray,
                                                pretraining, evaluation_settings),
         enable_cache=enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+        # None: the orchestrator brings its own ML Metadata (Kubeflow, Vertex).
+        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+                                    if metadata_path else None),
         beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
     )

@@ -19,7 +19,7 @@ from components.registrar import executor
 
 class MlflowModelVersion(artifact.Artifact):
     """A registered MLflow model version: registration.json and the properties name, version, champion."""
-    TYPE_NAME = "MlflowModelVersion"
+    TYPE_NAME = "latentforge.MlflowModelVersion"  # namespace.Title: what KFP v2 accepts for a custom type
 
 
 class MlflowRegistrarSpec(ComponentSpec):
