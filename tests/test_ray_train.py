@@ -166,3 +166,25 @@ def test_a_finished_run_is_never_resumed_into(tmp_path):
     assert ray_train.run_name(str(tmp_path), "ae") == "ae"  # unfinished: a rerun resumes it
     (tmp_path / "ae" / ray_train.COMPLETE_MARKER).write_text("{}")
     assert ray_train.run_name(str(tmp_path), "ae") == "ae-2"
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(local_ray, digits, tmp_path):
+    """A run interrupted after its newest checkpoint was truncated (a crash mid-write, a full disk): the rerun
+    says so, skips it and resumes from the checkpoint Ray kept before it."""
+    storage, name = str(tmp_path / "ray"), "damaged"
+    two = job("stacked_ae", {"epochs": 2, "batch_size": 32}, digits["train"], digits["eval"])
+    first = ray_train.train(two, ray_train.RaySettings(workers=1, max_failures=0), storage, name)
+    checkpoints = sorted((d for d in glob.glob(os.path.join(storage, name, "checkpoint_*")) if os.path.isdir(d)),
+                         key=os.path.getmtime)
+    assert len(checkpoints) == 2
+    newest = checkpoints[-1]
+    os.remove(os.path.join(storage, name, ray_train.COMPLETE_MARKER))  # as if the run had been killed
+    for data in glob.glob(os.path.join(newest, "weights.data-*")):
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+    three = job("stacked_ae", {"epochs": 3, "batch_size": 32}, digits["train"], digits["eval"])
+    result = ray_train.train(three, ray_train.RaySettings(workers=1, max_failures=0), storage, name)
+    worker = result.workers[0]
+    assert [os.path.normpath(p) for p in worker["unreadable_checkpoints"]] == [os.path.normpath(newest)]
+    assert worker["resumed_from_epoch"] == 1
+    assert len(result.history["loss"]) == 3 and result.history["loss"][0] == first.history["loss"][0]

@@ -247,16 +247,47 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
         initial_epoch, history, started_at = 0, {}, []
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                training.load_weights(model, directory)
-                state = training.read_state(directory)
-            initial_epoch, history = state["epoch"], state["history"]
-            started_at = state.get("epoch_started_at", [])[:initial_epoch]
-            identity["resumed_from_epoch"] = initial_epoch
-            print(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch {initial_epoch}",
-                  flush=True)
+            with checkpoint.as_directory() as latest:
+                directory, skipped = _readable_checkpoint(latest, tf, training, rank, size)
+                identity["unreadable_checkpoints"] = skipped
+                if directory is not None:
+                    training.load_weights(model, directory)
+                    state = training.read_state(directory)
+                    initial_epoch, history = state["epoch"], state["history"]
+                    started_at = state.get("epoch_started_at", [])[:initial_epoch]
+                    identity["resumed_from_epoch"] = initial_epoch
+                    print(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch "
+                          f"{initial_epoch}", flush=True)
         callback = _report_each_epoch(job, identity, history, started_at)
         training.train(job, model, config, train_data, eval_data, [callback], initial_epoch)
+
+
+def _readable_checkpoint(latest: str, tf, training, rank: int, size: int):
+    """(the newest checkpoint directory whose state and every saved tensor read back, the unreadable ones skipped
+    on the way). Ray hands a restarted or resumed run its latest checkpoint; when that one is damaged (a
+    truncated file after a crash or a full disk), the ones Ray kept before it are tried, newest first. (None, ...)
+    when none is readable: training starts over."""
+    older = []
+    parent = os.path.dirname(os.path.normpath(latest))
+    if os.path.basename(os.path.normpath(latest)).startswith("checkpoint_") and os.path.isdir(parent):
+        older = sorted((p for p in glob.glob(os.path.join(parent, "checkpoint_*"))
+                        if os.path.isdir(p) and os.path.normpath(p) != os.path.normpath(latest)), reverse=True)
+    skipped = []
+    for directory in [latest, *older]:
+        try:
+            training.read_state(directory)
+            reader = tf.train.load_checkpoint(os.path.join(directory, training.WEIGHTS))
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)
+            if skipped:
+                print(f"latentforge worker {rank + 1}/{size}: falling back to {directory}", flush=True)
+            return directory, skipped
+        except Exception as error:  # pylint: disable=broad-except
+            print(f"latentforge worker {rank + 1}/{size}: checkpoint {directory} is unreadable "
+                  f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", flush=True)
+            skipped.append(directory)
+    print(f"latentforge worker {rank + 1}/{size}: no readable checkpoint; training from epoch 0", flush=True)
+    return None, skipped
 
 
 def _strategy(tf, workers: int):
