@@ -249,3 +249,64 @@ def test_wrong_image_size_against_a_given_schema(sample_run, tmp_path, capsys):
     source = _npz(tmp_path / "d.npz", x, np.arange(300) % 10, x[:30], np.arange(30) % 10)
     err = _run_expecting_validation_failure(capsys, str(tmp_path / "runs"), source, "--schema", schema)
     assert "feature 'height'" in err and "feature 'width'" in err and "Unexpectedly small value: 8" in err
+
+
+def _tree_digest(directory):
+    import hashlib
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(directory)):
+        for name in sorted(files):
+            with open(os.path.join(root, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    return digest.hexdigest()
+
+
+def test_a_runner_killed_during_training_is_resumed_by_the_rerun(sample_run):
+    """SIGKILL the `latentforge run` process (by its pid) once the Trainer's first Ray checkpoint exists. The same
+    command again: the data components come from the TFX cache, the Trainer resumes from the killed run's last
+    checkpoint, and the first run's registered model and artifacts are untouched."""
+    import mlflow
+    import signal
+    import subprocess
+    import sys
+    import time
+    run_dir, args, first = sample_run
+    root = os.path.join(run_dir, "latentforge")
+    nodes = {n.node: n for n in first}
+    before = {key: _tree_digest(nodes[node].outputs[key]) for node, key in
+              (("Trainer", "model"), ("Transform", "transformed_examples"), ("Pusher", "pushed_model"))}
+    uri = "sqlite:///" + os.path.join(root, "mlflow.db")
+    versions_before = {v.version: v.source for v in
+                       mlflow.MlflowClient(uri, uri).search_model_versions("name = 'mnist-sample-autoencoder'")}
+    rayed = set(glob.glob(os.path.join(root, "ray", "*")))
+    command = [sys.executable, "-m", "pipelines.cli", *args[:-2], "--epochs", "30", "--set", "hidden_units=[64,16]",
+               "--run-dir", run_dir]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    checkpoints = []
+    while time.monotonic() < deadline and process.poll() is None and not checkpoints:
+        checkpoints = [c for run in set(glob.glob(os.path.join(root, "ray", "*"))) - rayed
+                       for c in glob.glob(os.path.join(run, "checkpoint_*", "state.json"))]
+        time.sleep(0.2)
+    assert checkpoints and process.poll() is None, "the Trainer never checkpointed before the run ended"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_run = os.path.dirname(os.path.dirname(checkpoints[0]))
+    assert not os.path.exists(os.path.join(killed_run, "latentforge-complete.json"))
+
+    assert cli.main([*args[:-2], "--epochs", "30", "--set", "hidden_units=[64,16]", "--run-dir", run_dir]) == 0
+    rerun = {n.node: n for n in metadata.latest_run(os.path.join(root, "metadata.sqlite"), "latentforge")}
+    assert all(rerun[n].state == "CACHED" for n in ALL_NODES[:6]), [(n, rerun[n].state) for n in ALL_NODES[:6]]
+    assert rerun["Trainer"].state == "COMPLETE"
+    with open(os.path.join(rerun["Trainer"].outputs["model_run"], "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["ray_run"] == killed_run  # the killed run, resumed, not a new one
+    assert metrics["workers"][0]["resumed_from_epoch"] >= 1 and len(metrics["history"]["loss"]) == 30
+    # Nothing of the earlier run changed; its registered version is still there, still loadable.
+    assert {key: _tree_digest(nodes[node].outputs[key]) for node, key in
+            (("Trainer", "model"), ("Transform", "transformed_examples"), ("Pusher", "pushed_model"))} == before
+    client = mlflow.MlflowClient(uri, uri)
+    versions = {v.version: v.source for v in client.search_model_versions("name = 'mnist-sample-autoencoder'")}
+    assert {k: versions[k] for k in versions_before} == versions_before and len(versions) == len(versions_before) + 1
+    model = tracking.load_model(tracking.TrackingConfig(uri, "latentforge"), "models:/mnist-sample-autoencoder/1")
+    assert model.predict(np.zeros((1, 28, 28, 1), np.float32)).shape == (1, 28, 28, 1)
