@@ -27,32 +27,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+def _start_server(root, port):
+    """(the `mlflow server` process, its URL) once /health answers; SQLite store and artifacts under `root`."""
+    os.makedirs(root, exist_ok=True)
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     process = subprocess.Popen(
         [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2):
-                break
+                return process, url
         except OSError:
             if process.poll() is not None or time.time() > deadline:
                 os.killpg(process.pid, signal.SIGKILL)
                 pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
             time.sleep(1)
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)
+
+
+def _stop_server(process, sig=signal.SIGTERM):
+    os.killpg(process.pid, sig)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    process, url = _start_server(tmp_path_factory.mktemp("mlflow-server"), _free_port())
+    yield url
+    _stop_server(process)
 
 
 def _run(run_dir, url, *extra):
@@ -113,3 +122,45 @@ def test_an_mlflow_server_that_does_not_answer_stops_the_run_before_any_work(tmp
     assert code == cli.EXIT_CLUSTER and time.time() - start < 30
     assert "does not answer" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(str(tmp_path), "latentforge", "metadata.sqlite"))
+
+
+def test_the_server_going_away_during_training_fails_the_run_clearly_and_keeps_the_model(tmp_path, capsys):
+    """The server is killed when the Trainer starts. Training needs no MLflow and finishes; the Evaluator, which
+    reads the champion, fails the run with exit code 5 naming the server; the trained SavedModel stays on disk.
+    When the server is back on the same store, the same command takes the model from the TFX cache and registers
+    it."""
+    import json
+    import threading
+    root, port = tmp_path / "server", _free_port()
+    process, url = _start_server(root, port)
+    run_dir = str(tmp_path / "runs")
+
+    def kill_when_training_starts():
+        while not glob.glob(os.path.join(run_dir, "latentforge", "tfx", "Trainer", "model_run", "*")):
+            time.sleep(0.1)
+        _stop_server(process, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_training_starts, daemon=True)
+    killer.start()
+    args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "stacked_ae", "--trainer", "in-process",
+            "--epochs", "2", "--mlflow-uri", url, "--run-dir", run_dir]
+    code = cli.main(args)
+    out, err = capsys.readouterr()
+    killer.join(timeout=5)
+    assert code == cli.EXIT_CLUSTER, err[-2000:]
+    assert url in err and "does not answer" in err
+    summary = json.loads(out.split("latentforge: summary ", 1)[1].splitlines()[0])
+    assert summary["status"] == "failed" and summary["exit_code"] == cli.EXIT_CLUSTER
+    nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
+                                                    "latentforge")}
+    assert nodes["Trainer"].state == "COMPLETE" and nodes["ModelEvaluator"].state == "FAILED"
+    saved_model = os.path.join(nodes["Trainer"].outputs["model"], "Format-Serving")
+    assert tf.saved_model.load(saved_model).signatures["reconstruct"] is not None
+
+    process, url = _start_server(root, port)  # back, same store
+    try:
+        nodes = _run(run_dir, url, "--epochs", "2")
+        assert nodes["Trainer"].state == "CACHED"
+        assert nodes["MlflowRegistrar"].properties["registration"]["version"] == "1"
+    finally:
+        _stop_server(process)
