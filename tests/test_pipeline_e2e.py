@@ -310,3 +310,28 @@ def test_a_runner_killed_during_training_is_resumed_by_the_rerun(sample_run):
     assert {k: versions[k] for k in versions_before} == versions_before and len(versions) == len(versions_before) + 1
     model = tracking.load_model(tracking.TrackingConfig(uri, "latentforge"), "models:/mnist-sample-autoencoder/1")
     assert model.predict(np.zeros((1, 28, 28, 1), np.float32)).shape == (1, 28, 28, 1)
+
+
+def test_two_runs_started_together_on_one_root_run_one_after_the_other(sample_run):
+    """Two identical `latentforge run --if-busy wait` started at the same moment: one takes the root's lock and
+    trains; the other waits for it, then finds everything in the TFX cache. One summary line each, in order."""
+    import subprocess
+    import sys
+    run_dir, args, _ = sample_run
+    root = os.path.join(run_dir, "latentforge")
+    with open(os.path.join(root, "runs.jsonl")) as f:
+        logged = len(f.readlines())
+    command = [sys.executable, "-m", "pipelines.cli", *args[:-2], "--epochs", "1", "--trainer", "in-process",
+               "--set", "hidden_units=[32,8]", "--run-dir", run_dir, "--if-busy", "wait"]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [o[1][-2000:] for o in outputs]
+    waited = [i for i, (_, err) in enumerate(outputs) if "waiting for it" in err]
+    assert len(waited) == 1
+    with open(os.path.join(root, "runs.jsonl")) as f:
+        records = [json.loads(line) for line in f][logged:]
+    assert len(records) == 2 and [r["status"] for r in records] == ["ok", "ok"]
+    assert "Trainer" in records[0]["ran"]  # the first trained ...
+    assert records[1]["ran"] == [] and "Trainer" in records[1]["cached"]  # ... the one that waited reused it
+    assert records[1]["time"] >= records[0]["time"]
