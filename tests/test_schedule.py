@@ -1,0 +1,86 @@
+"""The README's cron line and deploy/'s systemd units, run as written (the install path /opt/latentforge swapped for
+a directory laid out like an install: the project's .venv and data linked in). The second run, the same command,
+comes from the TFX cache: a schedule repeats safely."""
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from pipelines import cli
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+INSTALL = "/opt/latentforge"
+
+
+@pytest.fixture
+def install(tmp_path):
+    directory = tmp_path / "opt-latentforge"
+    directory.mkdir()
+    for name in (".venv", "data", "deploy"):
+        os.symlink(os.path.join(REPO_ROOT, name), directory / name)
+    return str(directory)
+
+
+def _cron_line() -> str:
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+        lines = [line.strip() for line in f if re.match(r"^[\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ ", line)]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _unit(name: str) -> dict:
+    fields = {}
+    with open(os.path.join(REPO_ROOT, "deploy", name)) as f:
+        for line in f:
+            if "=" in line and not line.startswith("#"):
+                key, _, value = line.strip().partition("=")
+                fields[key] = value
+    return fields
+
+
+def _records(install):
+    with open(os.path.join(install, "runs", "latentforge", "runs.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_the_cron_line_then_the_systemd_service_run_as_written(install, tmp_path):
+    command = _cron_line().split(maxsplit=5)[5].replace(INSTALL, install)
+    # cron's environment: /bin/sh, a bare PATH, HOME.
+    cron_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHELL": "/bin/sh",
+                "LATENTFORGE_MNIST_DIR": os.environ.get("LATENTFORGE_MNIST_DIR", "")}
+    done = subprocess.run(["/bin/sh", "-c", command], env=cron_env, timeout=900)
+    assert done.returncode == 0, open(os.path.join(install, "runs", "cron.log")).read()[-3000:]
+    with open(os.path.join(install, "runs", "cron.log")) as f:
+        assert "latentforge: summary" in f.read()
+    first = _records(install)[-1]
+    assert first["status"] == "ok" and "Trainer" in first["ran"] and first["registered"]
+
+    service = _unit("latentforge.service")
+    assert service["Type"] == "oneshot" and service["SuccessExitStatus"] == str(cli.EXIT_BUSY)
+    assert service["WorkingDirectory"] == INSTALL
+    done = subprocess.run(shlex.split(service["ExecStart"].replace(INSTALL, install)),
+                          cwd=service["WorkingDirectory"].replace(INSTALL, install),
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = _records(install)[-1]
+    assert again["status"] == "ok" and again["ran"] == [] and "Trainer" in again["cached"]
+    assert again["registered"] == first["registered"]  # nothing new trained, nothing new registered
+
+
+def test_the_systemd_units_verify(tmp_path, install):
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.skip("systemd-analyze is not installed here")
+    for name in ("latentforge.service", "latentforge.timer"):
+        with open(os.path.join(REPO_ROOT, "deploy", name)) as f:
+            (tmp_path / name).write_text(f.read().replace(INSTALL, install))
+    done = subprocess.run([analyze, "verify", str(tmp_path / "latentforge.service"),
+                           str(tmp_path / "latentforge.timer")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    assert _unit("latentforge.timer")["Persistent"] == "true"
