@@ -3,6 +3,7 @@
     latentforge run [--source SOURCE] [--model MODEL] [--epochs N] ...   run the pipeline (training on Ray)
     latentforge compile --target kubeflow-v2 --pipeline-root gs://B/R ...   write it as a Kubeflow Pipelines v2 spec
     latentforge submit --address http://HEAD:8265 -- run ...           run it as a job on a Ray cluster
+    latentforge gc --keep N                                            delete old runs nothing needs any more
     latentforge serve --model NAME[@ALIAS|/VERSION] | --saved-model DIR  serve models over HTTP on Ray Serve
     latentforge predict --model NAME (--input FILE | --generate N)      call a running server
     latentforge models                                                 list the models --model takes
@@ -150,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("job_args", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the latentforge command the job runs, e.g. -- run --model vae --epochs 5")
 
+    gc = commands.add_parser("gc", help="delete old pipeline runs' artifacts that no kept run and no registered "
+                             "model version needs")
+    gc.add_argument("--keep", type=_positive_int, required=True, help="keep the newest N pipeline runs")
+    gc.add_argument("--run-dir", default="runs")
+    gc.add_argument("--pipeline-name", default="latentforge")
+    gc.add_argument("--mlflow-uri", help="the registry (default: MLFLOW_TRACKING_URI, else the embedded store)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    gc.add_argument("--if-busy", choices=("exit", "wait"), default="exit",
+                    help="when a run holds the run directory: exit with code 6 (default) or wait")
     _add_serve_parser(commands)
     _add_predict_parser(commands)
     commands.add_parser("models", help="list the models --model takes")
@@ -444,6 +454,22 @@ def cmd_compile(args) -> int:
     return EXIT_OK
 
 
+def cmd_gc(args) -> int:
+    from pipelines import gc, local_runner, run_lock, tracking  # pylint: disable=import-outside-toplevel
+    paths = local_runner.RunPaths(os.path.abspath(os.path.join(args.run_dir, args.pipeline_name)))
+    if not os.path.exists(paths.metadata_path):
+        raise CliError(f"no pipeline runs under {paths.root} (no {os.path.basename(paths.metadata_path)}): check "
+                       "--run-dir and --pipeline-name")
+    config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
+    if config.uri.startswith("sqlite:///") and not os.path.exists(config.uri[len("sqlite:///"):]):
+        config = None  # no embedded store: nothing was ever registered here
+    with run_lock.pipeline_lock(paths.root, 0.0 if args.if_busy == "exit" else None,
+                                f"latentforge gc --keep {args.keep}"):
+        result = gc.collect(paths.metadata_path, args.pipeline_name, args.keep, config, args.dry_run)
+    print("latentforge: gc " + gc.describe(result, args.dry_run).replace("\n", "\n  "), flush=True)
+    return EXIT_OK
+
+
 def cmd_submit(args) -> int:
     from pipelines import ray_jobs  # pylint: disable=import-outside-toplevel
     job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
@@ -666,7 +692,7 @@ def _explain(error: BaseException) -> Optional[tuple]:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logs(args.verbose)
-    handlers = {"run": cmd_run, "compile": cmd_compile, "submit": cmd_submit, "serve": cmd_serve, "predict": cmd_predict,
+    handlers = {"run": cmd_run, "compile": cmd_compile, "gc": cmd_gc, "submit": cmd_submit, "serve": cmd_serve, "predict": cmd_predict,
                 "models": cmd_models, "inspect": cmd_inspect}
     try:
         return handlers[args.command](args)

@@ -324,6 +324,40 @@ def download_saved_model(config: TrackingConfig, name: str, version: str, destin
     return os.path.join(local, flavor["saved_model_dir"])
 
 
+def all_model_versions(config: TrackingConfig) -> list:
+    """Every version of every registered model (for retention: what they came from must stay)."""
+    check_reachable(config)
+    with _guarded("listing registered model versions", config):
+        client = _client(config)
+        versions, token = [], None
+        while True:
+            page = client.search_model_versions(max_results=1000, page_token=token)
+            versions.extend(page)
+            token = page.token
+            if not token:
+                return versions
+
+
+def delete_pipeline_runs(config: TrackingConfig, pipeline_run_ids: Sequence[str]) -> int:
+    """Deletes (MLflow's soft delete) the parent and child runs of these TFX pipeline runs in the experiment;
+    returns how many. Runs a registered version names are left alone."""
+    check_reachable(config)
+    with _guarded("deleting old pipeline runs", config):
+        client = _client(config)
+        experiment = client.get_experiment_by_name(config.experiment)
+        if experiment is None or not pipeline_run_ids:
+            return 0
+        needed = {v.tags.get(k) for v in all_model_versions(config) for k in ("trainer_run_id", "evaluator_run_id")}
+        deleted = 0
+        for run_id in pipeline_run_ids:
+            for run in client.search_runs([experiment.experiment_id], f"tags.`tfx.pipeline_run_id` = '{run_id}'",
+                                          max_results=1000):
+                if run.info.run_id not in needed:
+                    client.delete_run(run.info.run_id)
+                    deleted += 1
+        return deleted
+
+
 def load_model(config: TrackingConfig, model_uri: str):
     """An MLflow pyfunc model, e.g. models:/mnist-autoencoder@champion."""
     import mlflow  # pylint: disable=import-outside-toplevel

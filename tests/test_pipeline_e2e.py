@@ -335,3 +335,46 @@ def test_two_runs_started_together_on_one_root_run_one_after_the_other(sample_ru
     assert "Trainer" in records[0]["ran"]  # the first trained ...
     assert records[1]["ran"] == [] and "Trainer" in records[1]["cached"]  # ... the one that waited reused it
     assert records[1]["time"] >= records[0]["time"]
+
+
+def test_gc_deletes_only_runs_that_no_kept_run_and_no_registered_version_needs(sample_run, capsys):
+    """A user deletes registered version 2 (the in-process run's model). `gc --keep 1` then collects that run: its
+    Trainer's outputs leave the disk and are DELETED in ML Metadata, so the same command trains again instead of
+    reusing a hole from the cache. Runs behind registered versions keep everything."""
+    import mlflow
+    from ml_metadata.proto import metadata_store_pb2
+    run_dir, args, first = sample_run
+    root = os.path.join(run_dir, "latentforge")
+    uri = "sqlite:///" + os.path.join(root, "mlflow.db")
+    client = mlflow.MlflowClient(uri, uri)
+    name = "mnist-sample-autoencoder"
+    versions = {str(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+    dropped, kept = versions["2"], versions["1"]
+    client.delete_model_version(name, "2")
+
+    assert cli.main(["gc", "--keep", "1", "--run-dir", run_dir, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete" in out and dropped.tags["tfx.model_uri"] in out
+    assert os.path.exists(dropped.tags["tfx.model_uri"])  # a dry run deletes nothing
+
+    assert cli.main(["gc", "--keep", "1", "--run-dir", run_dir]) == 0
+    assert "deleted" in capsys.readouterr().out
+    assert not os.path.exists(dropped.tags["tfx.model_uri"])
+    for version in versions.values():  # everything a registered version came from is still there
+        if version.version != dropped.version:
+            assert os.path.exists(version.tags["tfx.model_uri"]), version.version
+    assert os.path.exists(kept.tags["tfx.model_uri"])
+    assert all(os.path.exists(uri) for n in first for uri in n.outputs.values())  # the first run: all there
+    store = metadata.open_store(os.path.join(root, "metadata.sqlite"))
+    gone = store.get_artifacts_by_uri(dropped.tags["tfx.model_uri"])
+    assert gone and all(a.state == metadata_store_pb2.Artifact.DELETED for a in gone)
+    deleted_runs = client.search_runs([client.get_experiment_by_name("latentforge").experiment_id],
+                                      f"tags.`tfx.pipeline_run_id` = '{dropped.tags['tfx.pipeline_run_id']}'",
+                                      run_view_type=mlflow.entities.ViewType.DELETED_ONLY)
+    assert deleted_runs
+
+    # The collected run's command again: the data from the cache, the Trainer trained anew (its old outputs are
+    # DELETED, so TFX's cache does not offer them).
+    assert cli.main([*args[:-2], "--epochs", "1", "--trainer", "in-process", "--run-dir", run_dir]) == 0
+    nodes = {n.node: n for n in metadata.latest_run(os.path.join(root, "metadata.sqlite"), "latentforge")}
+    assert nodes["Transform"].state == "CACHED" and nodes["Trainer"].state == "COMPLETE"
