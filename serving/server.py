@@ -172,7 +172,7 @@ def _error(status: int, message: str, version: Optional[str] = None):
 
 
 class ModelServer:
-    """The Ray Serve deployment (one instance per replica); also usable in-process for tests of its logic."""
+    """The Ray Serve deployment: one instance per replica, holding every served model."""
 
     def __init__(self, sources: List[ModelSource], options: ServerOptions = ServerOptions()):
         names = [s.name for s in sources]

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from pipelines import cli
@@ -21,8 +22,9 @@ INSTALL = "/opt/latentforge"
 def install(tmp_path):
     directory = tmp_path / "opt-latentforge"
     directory.mkdir()
-    for name in (".venv", "data", "deploy"):
+    for name in (".venv", "deploy"):
         os.symlink(os.path.join(REPO_ROOT, name), directory / name)
+    shutil.copytree(os.path.join(REPO_ROOT, "data"), directory / "data")  # its own: a test adds a snapshot
     return str(directory)
 
 
@@ -71,6 +73,20 @@ def test_the_cron_line_then_the_systemd_service_run_as_written(install, tmp_path
     again = _records(install)[-1]
     assert again["status"] == "ok" and again["ran"] == [] and "Trainer" in again["cached"]
     assert again["registered"] == first["registered"]  # nothing new trained, nothing new registered
+
+    # A new snapshot of the source (200 more training digits): the next scheduled run ingests it and trains.
+    from components.image_example_gen import sources
+    from tests.conftest import write_idx
+    sample = os.path.join(install, "data", "mnist-sample")
+    for kind, rank in (("images", 3), ("labels", 1)):
+        path = os.path.join(sample, f"train-{kind}-idx{rank}-ubyte.gz")
+        _, array = sources.read_idx(path, rank)
+        write_idx(path, np.concatenate([array, array[:200]]))
+    done = subprocess.run(["/bin/sh", "-c", command], env=cron_env, timeout=900)
+    assert done.returncode == 0
+    snapshot = _records(install)[-1]
+    assert snapshot["status"] == "ok" and {"ImageExampleGen", "Transform", "Trainer"} <= set(snapshot["ran"])
+    assert snapshot["registered"] != first["registered"]
 
 
 def test_the_systemd_units_verify(tmp_path, install):
