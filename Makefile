@@ -12,7 +12,7 @@ WORKERS ?= 1
 RUN_DIR ?= runs
 PYTEST_ARGS ?=
 
-.PHONY: install run test benchmark clean
+.PHONY: install run test benchmark benchmark-generative benchmark-serving clean
 
 install: $(STAMP)
 
@@ -28,9 +28,16 @@ run: install
 test: install
 	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS) tests
 
-# Not run by CI: speed, quality and Ray overhead on the real MNIST (../shared/datasets/mnist), ~50 min on 2 cores.
+# Not run by CI: speed, quality and Ray overhead on the real MNIST (../shared/datasets/mnist), ~50 min on 2 cores;
+# generative.py (FID/KID of VAE, DCGAN, WGAN-GP, DDPM: hours on 2 cores) and serving_load.py (~10 min) apart.
 benchmark: install
 	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python quality.py && ../$(BIN)/python ray_overhead.py
+
+benchmark-generative: install
+	cd benchmarks && ../$(BIN)/python generative.py
+
+benchmark-serving: install
+	cd benchmarks && ../$(BIN)/python serving_load.py
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache

@@ -1,6 +1,6 @@
 """Model server throughput: requests/s and p50/p99 latency of `reconstruct`, batching on vs off, 1 vs 2 replicas.
 
-    python benchmarks/serving.py [--requests 2000] [--clients 16] [--images-per-request 1]
+    python benchmarks/serving_load.py [--requests 2000] [--clients 16] [--images-per-request 1]
 
 A stacked autoencoder (trained 1 epoch on the real MNIST: the weights do not change the cost) is exported as the
 pipeline exports it and served by serving/server.py on a local Ray Serve. Each configuration gets a fresh
@@ -98,7 +98,7 @@ def main():
         batching = f"on (up to {run['max_batch_size']})" if run["max_batch_size"] > 1 else "off"
         print(f"| {run['replicas']} | {batching} | {run['requests_per_s']:.0f} | {run['p50_ms']:.1f} | "
               f"{run['p99_ms']:.1f} | {run['failures']} |")
-    print("saved", save_results("serving", results))
+    print("saved", save_results("serving_load", results))
 
 
 if __name__ == "__main__":
