@@ -461,7 +461,7 @@ def cmd_gc(args) -> int:
         raise CliError(f"no pipeline runs under {paths.root} (no {os.path.basename(paths.metadata_path)}): check "
                        "--run-dir and --pipeline-name")
     config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
-    if config.uri.startswith("sqlite:///") and not os.path.exists(config.uri[len("sqlite:///"):]):
+    if not tracking.store_exists(config):
         config = None  # no embedded store: nothing was ever registered here
     with run_lock.pipeline_lock(paths.root, 0.0 if args.if_busy == "exit" else None,
                                 f"latentforge gc --keep {args.keep}"):
@@ -509,7 +509,7 @@ def _serve_sources(args):
     if args.models:
         root = os.path.abspath(os.path.join(args.run_dir, args.pipeline_name))
         config = tracking.resolve(args.mlflow_uri, root, args.pipeline_name)
-        if config.uri.startswith("sqlite:///") and not os.path.exists(config.uri[len("sqlite:///"):]):
+        if not tracking.store_exists(config):
             raise CliError(f"no MLflow registry at {config.uri}: run `latentforge run` first (it registers every "
                            "model), or point --mlflow-uri / MLFLOW_TRACKING_URI at your server")
         for text in args.models:

@@ -61,6 +61,11 @@ def resolve(flag: Optional[str], root: str, experiment: str) -> TrackingConfig:
     return TrackingConfig(uri=uri, experiment=experiment) if uri else embedded(root, experiment)
 
 
+def store_exists(config: TrackingConfig) -> bool:
+    """False only for a SQLite store whose file is not there (nothing was ever logged or registered in it)."""
+    return not (config.uri.startswith("sqlite:///") and not os.path.exists(config.uri[len("sqlite:///"):]))
+
+
 def check_reachable(config: TrackingConfig, timeout: float = 5.0) -> None:
     """For a server URI: its /health answers within `timeout`, or TrackingError."""
     if not config.uri.startswith(("http://", "https://")):

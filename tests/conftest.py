@@ -13,6 +13,14 @@ SAMPLE_DIR = os.path.join(REPO_ROOT, "data", "mnist-sample")
 MNIST_DIR = os.environ.get("LATENTFORGE_MNIST_DIR", os.path.join(REPO_ROOT, "..", "shared", "datasets", "mnist"))
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for servers the tests start on 127.0.0.1)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_idx(path: str, array: np.ndarray) -> str:
     """Writes an IDX file of unsigned bytes, gzipped when the name ends in .gz."""
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)

@@ -4,7 +4,6 @@ after: pipeline runs log params, metrics and pictures; every trained model becom
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +14,11 @@ import pytest
 import tensorflow as tf
 
 from pipelines import cli, metadata, tracking
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import SAMPLE_DIR, free_port
 
 pytestmark = pytest.mark.slow
 NAME = "mnist-sample-autoencoder"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_server(root, port):
@@ -59,7 +53,7 @@ def _stop_server(process, sig=signal.SIGTERM):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    process, url = _start_server(tmp_path_factory.mktemp("mlflow-server"), _free_port())
+    process, url = _start_server(tmp_path_factory.mktemp("mlflow-server"), free_port())
     yield url
     _stop_server(process)
 
@@ -118,7 +112,7 @@ def test_runs_register_versions_and_champion_moves_only_to_a_better_model(mlflow
 
 def test_an_mlflow_server_that_does_not_answer_stops_the_run_before_any_work(tmp_path, capsys):
     start = time.time()
-    code = cli.main(["run", "--mlflow-uri", f"http://127.0.0.1:{_free_port()}", "--run-dir", str(tmp_path)])
+    code = cli.main(["run", "--mlflow-uri", f"http://127.0.0.1:{free_port()}", "--run-dir", str(tmp_path)])
     assert code == cli.EXIT_CLUSTER and time.time() - start < 30
     assert "does not answer" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(str(tmp_path), "latentforge", "metadata.sqlite"))
@@ -131,7 +125,7 @@ def test_the_server_going_away_during_training_fails_the_run_clearly_and_keeps_t
     it."""
     import json
     import threading
-    root, port = tmp_path / "server", _free_port()
+    root, port = tmp_path / "server", free_port()
     process, url = _start_server(root, port)
     run_dir = str(tmp_path / "runs")
 

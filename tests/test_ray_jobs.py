@@ -5,7 +5,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,15 +13,11 @@ import time
 import pytest
 
 from pipelines import cli
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 VENV_BIN = os.path.dirname(sys.executable)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +27,10 @@ def ray_head():
         pytest.skip(f"no `ray` command beside {sys.executable}")
     # A short temp dir: Ray's unix sockets live under it, and socket paths are limited to ~100 characters.
     temp_dir = tempfile.mkdtemp(prefix="lf-ray-")
-    port, dashboard_port = _free_port(), _free_port()
+    port, dashboard_port = free_port(), free_port()
     # Its own agent ports too: a local Ray in this test process already holds the default ones (52365...),
     # and a head whose job agent cannot bind refuses every job ("No available agent").
-    agent_ports = [f"--{flag}={_free_port()}" for flag in (
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
         "ray-client-server-port")]
     # The cluster's nodes run this project's environment: `python` on their PATH is the venv's.
@@ -91,7 +86,7 @@ def test_a_job_with_a_bad_flag_fails_with_the_clis_error_and_exit_code(ray_head,
 
 
 def test_an_unreachable_jobs_api_is_a_cluster_error(capsys):
-    assert cli.main(["submit", "--address", f"http://127.0.0.1:{_free_port()}", "--", "run"]) == cli.EXIT_CLUSTER
+    assert cli.main(["submit", "--address", f"http://127.0.0.1:{free_port()}", "--", "run"]) == cli.EXIT_CLUSTER
     assert "cannot reach the Ray Jobs API" in capsys.readouterr().err
 
 

@@ -8,7 +8,6 @@ drops none and the responses switch version; the CLI's predict and serve."""
 import concurrent.futures
 import io
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -22,18 +21,13 @@ from pipelines import cli, tracking
 from serving import export
 from serving.client import Client, ServingError
 from serving.model import Limits
-from tests.conftest import sample_digits
+from tests.conftest import free_port, sample_digits
 from tests.test_export import SHAPE, build, unit_or_symmetric
 
 MODELS = ("stacked_ae", "conv_vae", "dcgan", "ddpm")  # served under these names from SavedModel directories
 REGISTERED = "mnist-autoencoder"  # served from the registry, @champion
 POLL_S = 0.5
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _export(name: str, directory: str, shift: float = 0.0):
@@ -67,7 +61,7 @@ def served(tmp_path_factory):
                                       tracking_uri=config.uri))
     options = server.ServerOptions(limits=Limits(max_generated=16, max_steps=10, max_body_bytes=2 * 1024 ** 2),
                                    max_batch_size=8, poll_interval_s=POLL_S)
-    url = server.start(sources, options, port=_free_port())
+    url = server.start(sources, options, port=free_port())
     try:
         yield {"url": url, "root": root, "entries": entries, "config": config, "registered": versions}
     finally:
@@ -320,7 +314,7 @@ def test_latentforge_serve_follows_a_pusher_folder_and_stops_on_ctrl_c(served, t
     import sys
     base = tmp_path / "serving" / "stacked_ae"
     shutil.copytree(served["root"] / "registered-v1", base / "7")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--saved-model", str(base),
                                 "--port", str(port), "--poll-interval", "0.5", "--max-batch-size", "4"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
