@@ -3,7 +3,7 @@
     python benchmarks/generative.py [--epochs vae=10,dcgan=3,wgan_gp=3,ddpm=3] [--samples 1000]
                                     [--full-samples 200] [--only vae,dcgan,...]
 
-The metric network (trainers.evaluation, as the pipeline's MetricNetworkTrainer trains it) learns the 60,000
+The metric network (evaluation.scoring, as the pipeline's MetricNetworkTrainer trains it) learns the 60,000
 labelled training digits; its features of the training split are the reference. Each model trains on the
 60,000 training digits for the stated epochs, is exported as the pipeline exports it, and is scored from its
 SavedModel exactly as the ModelEvaluator scores it. DDPM is sampled twice: DDIM with 50 steps and DDPM's full
@@ -19,9 +19,9 @@ from common import RESULTS_DIR, Timer, load_mnist, load_results, save_results  #
 import numpy as np
 import tensorflow as tf
 
-from components.trainer import figures
 from serving import export
-from trainers import evaluation, registry
+from evaluation import figures, scoring
+from trainers import registry
 
 MODELS = ("vae", "dcgan", "wgan_gp", "ddpm")
 DEFAULT_EPOCHS = {"vae": 10, "dcgan": 3, "wgan_gp": 3, "ddpm": 3}
@@ -61,15 +61,15 @@ def main():
     results = load_results("generative") if not args.train_subset else {}
     work = tempfile.mkdtemp(prefix="generative-")
 
-    config = evaluation.MetricNetworkConfig(epochs=args.metric_epochs)
+    config = scoring.MetricNetworkConfig(epochs=args.metric_epochs)
     with Timer() as timer:
-        network_model = evaluation.build_metric_network((28, 28, 1), 10, config)
+        network_model = scoring.build_metric_network((28, 28, 1), 10, config)
         network_model.fit(x_train, y_train, batch_size=config.batch_size, epochs=config.epochs, verbose=2)
-    evaluation.export_metric_network(network_model, os.path.join(work, "metric"))
-    network = evaluation.MetricNetwork(os.path.join(work, "metric"))
+    scoring.export_metric_network(network_model, os.path.join(work, "metric"))
+    network = scoring.MetricNetwork(os.path.join(work, "metric"))
     train_features, _ = network(x_train)
-    reference = evaluation.FeatureReference.from_features(train_features, y_train, 10)
-    test_scores = evaluation.generative_scores(x_test[:args.samples], network, reference)
+    reference = scoring.FeatureReference.from_features(train_features, y_train, 10)
+    test_scores = scoring.generative_scores(x_test[:args.samples], network, reference)
     _, predicted = network(x_test)
     results["metric_network"] = {"epochs": config.epochs, "seconds": timer.seconds,
                                  "test_accuracy": float(np.mean(predicted == y_test)),
@@ -84,22 +84,23 @@ def main():
                "batch_size": model_config.batch_size}
         steps = getattr(model_config, "sample_steps", None)
         with Timer() as timer:
-            samples = evaluation.generate(entry.family, signatures, args.samples, 0, 250, steps)
-        row.update(sample_s=timer.seconds, **evaluation.generative_scores(samples, network,
+            samples = scoring.generate(signatures[entry.family.generate_signature], args.samples, 0, 250,
+                                       {"steps": steps} if steps else None)
+        row.update(sample_s=timer.seconds, **scoring.generative_scores(samples, network,
                                                                                                  reference))
         pictures = RESULTS_DIR if not args.train_subset else work
         figures.save_png(os.path.join(pictures, f"generative-{name}.png"), figures.image_grid(samples[:64], 8))
         if name.startswith("ddpm"):
             count = args.full_samples
             with Timer() as ddim_timer:
-                ddim = evaluation.generate(entry.family, signatures, count, 1, count, steps)
+                ddim = scoring.generate(signatures["generate"], count, 1, count, {"steps": steps})
             with Timer() as full_timer:
                 full = (model.ancestral_sample(count, seed=1).numpy() + 1.0) / 2.0
             row["ddim_vs_full"] = {
                 "samples": count, "timesteps": model_config.timesteps,
-                f"ddim_{steps}": {"sample_s": ddim_timer.seconds, **evaluation.generative_scores(ddim, network,
+                f"ddim_{steps}": {"sample_s": ddim_timer.seconds, **scoring.generative_scores(ddim, network,
                                                                                                  reference)},
-                "full_ancestral": {"sample_s": full_timer.seconds, **evaluation.generative_scores(full, network,
+                "full_ancestral": {"sample_s": full_timer.seconds, **scoring.generative_scores(full, network,
                                                                                                    reference)}}
             figures.save_png(os.path.join(pictures, f"generative-{name}-full.png"), figures.image_grid(full[:64], 8))
         results[name] = row

@@ -22,7 +22,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers import job as training, ray_train
+from backends import ray_cluster
+from components.trainer import ray_train
+from trainers import job as training
 
 SPEC = {"image": ([28, 28, 1], "float32"), "label": ([], "int64"), "labeled": ([], "int64")}
 
@@ -81,7 +83,7 @@ def main():
     args = parser.parse_args()
     x_train, y_train, x_test, y_test = load_mnist()
     work = tempfile.mkdtemp(prefix="latentforge-ray-bench-")
-    ray_train.connect(ray_train.RaySettings())
+    ray_cluster.connect()
     results = {}
     for model, images, config, pixel_range in (
             ("stacked_ae", args.ae_images, {"batch_size": 32}, "unit"),

@@ -22,6 +22,7 @@ import time
 from typing import List, Optional
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_DATA_INVALID, EXIT_DIVERGED, EXIT_CLUSTER, EXIT_BUSY = 0, 1, 2, 3, 4, 5, 6
+DEFAULT_SEED = 42
 DEFAULT_SOURCE = "idx:" + os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                        "data", "mnist-sample")
 
@@ -74,7 +75,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive_int, help="training epochs (default: the model's)")
     parser.add_argument("--batch-size", type=_positive_int, help="global batch size (default: the model's)")
     parser.add_argument("--learning-rate", type=float, help="optimizer learning rate (default: the model's)")
-    parser.add_argument("--seed", type=int, default=42, help="seed for training and the few-label choice")
+    parser.add_argument("--seed", type=int, help=f"seed for training and the few-label choice (default {DEFAULT_SEED})")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
                      type=_setting, help="any field of the model's config (repeatable; VALUE is JSON or a word), "
                      "e.g. --set beta=4 --set hidden_units=[150,100]")
@@ -267,29 +268,30 @@ def cmd_inspect(args) -> int:
 def cmd_models(args) -> int:
     del args
     from trainers import registry  # pylint: disable=import-outside-toplevel
-    for name, entry in sorted(registry.MODELS.items()):
-        print(f"{name:16s} {entry.family:12s} pixels {entry.pixel_range}")
-    print(f"{'classifier':16s} {'classifier':12s} fine-tunes the encoder of --pretrain MODEL (an autoencoder or VAE)")
+    # Families with a base model after the others, as this list always ended with the classifier.
+    for name, entry in sorted(registry.MODELS.items(), key=lambda item: (item[1].family.needs_base_model, item[0])):
+        family = entry.family
+        print(f"{name:16s} {family.name:12s} {family.description or 'pixels ' + str(family.pixel_range)}")
     return EXIT_OK
 
 
 def _checked_request(args):
     """(source info, the model's full config, its overrides, pretraining) from the flags, every one checked."""
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
-    from trainers import classifier, registry  # pylint: disable=import-outside-toplevel
-    overrides = {**dict(args.settings), "epochs": args.epochs, "batch_size": args.batch_size,
-                 "learning_rate": args.learning_rate, "seed": args.seed}
+    from trainers import registry  # pylint: disable=import-outside-toplevel
+    overrides = _model_overrides(args)
     if args.schema and not os.path.isfile(args.schema):
         raise CliError(f"--schema {args.schema}: no such file")
     if not 1 <= args.eval_percent <= 50:
         raise CliError(f"--eval-percent {args.eval_percent}: must be between 1 and 50")
-    if args.model != classifier.NAME and args.model not in registry.MODELS:
-        raise CliError(f"--model {args.model!r} is unknown; choose one of: "
-                       f"{', '.join(sorted([*registry.MODELS, classifier.NAME]))}")
+    if args.model not in registry.MODELS:
+        raise CliError(f"--model {args.model!r} is unknown; choose one of: {', '.join(sorted(registry.MODELS))}")
+    family = registry.get_model(args.model).family
     info = _probe(args)
     pretraining = None
-    if args.model == classifier.NAME:
+    if family.supervised:
         overrides.setdefault("num_classes", info.num_classes)
+    if family.needs_base_model:
         pretrain_config = {"epochs": args.pretrain_epochs, "seed": args.seed}
         pretraining = (args.pretrain, {k: v for k, v in pretrain_config.items() if v is not None})
     model_config = {k: v for k, v in overrides.items() if v is not None}
@@ -299,6 +301,27 @@ def _checked_request(args):
         raise CliError(str(e)) from e
     _check_anomaly_class(args, info)
     return info, config, model_config, pretraining
+
+
+# Flags that set a field of the model's config, which --set can name too.
+_CONFIG_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--learning-rate",
+                 "seed": "--seed"}
+
+
+def _model_overrides(args) -> dict:
+    """The model's config overrides: every --set FIELD=VALUE, and the fields --epochs, --batch-size,
+    --learning-rate and --seed name. Naming one field both ways with different values is refused. Resolves
+    args.seed (also the few-label choice's and the Evaluator's seed) to what the model trains with."""
+    settings = dict(args.settings)
+    for field, flag in _CONFIG_FLAGS.items():
+        value = getattr(args, field)
+        if value is not None and field in settings and settings[field] != value:
+            raise CliError(f"{flag} {value} and --set {field}={settings[field]} disagree: give the value once")
+    overrides = {**settings, **{f: getattr(args, f) for f in _CONFIG_FLAGS if getattr(args, f) is not None}}
+    overrides.setdefault("seed", DEFAULT_SEED)
+    if isinstance(overrides["seed"], int) and not isinstance(overrides["seed"], bool):
+        args.seed = overrides["seed"]
+    return overrides
 
 
 def cmd_run(args) -> int:
@@ -376,9 +399,10 @@ def _check_anomaly_class(args, info) -> None:
     if args.anomaly_class is None:
         return
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
-    if pipeline.family_of(args.model) != "autoencoder":
+    family = pipeline.family_of(args.model)
+    if not family.detects_anomalies:
         raise CliError(f"--anomaly-class is for autoencoders (reconstruction error as the anomaly score); "
-                       f"{args.model} is a {pipeline.family_of(args.model)}")
+                       f"{args.model} is a {family.name}")
     if not 0 <= args.anomaly_class < info.num_classes:
         raise CliError(f"--anomaly-class {args.anomaly_class}: {info.spec.uri} has classes 0..{info.num_classes - 1}"
                        if info.num_classes else f"--anomaly-class needs labelled data; {info.spec.uri} has no labels")
@@ -387,7 +411,7 @@ def _check_anomaly_class(args, info) -> None:
 def _evaluation_settings(args, paths):
     """Where MLflow is (checked now: a server that does not answer fails the run before any work) and how the
     Evaluator scores and blesses."""
-    from pipelines import tracking  # pylint: disable=import-outside-toplevel
+    from backends import tracking  # pylint: disable=import-outside-toplevel
     config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
     tracking.check_reachable(config)
     print(f"latentforge: MLflow at {config.uri}", flush=True)
@@ -402,7 +426,7 @@ def _scoring(args, tracking_config):
 
 
 def _ray_settings(args):
-    from trainers import ray_train  # pylint: disable=import-outside-toplevel
+    from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
     try:
         return ray_train.RaySettings(address=args.ray_address, workers=args.workers,
                                      cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
@@ -417,9 +441,10 @@ def _ray_training(args, paths):
     if args.trainer == "in-process":
         return None
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
-    from trainers import ray_train  # pylint: disable=import-outside-toplevel
+    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
+    from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
     settings = _ray_settings(args)
-    ray_train.connect(settings)
+    ray_cluster.connect(settings.address)
     resources = ray_train.worker_resources(settings)
     print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
     fields = {k: v for k, v in vars(settings).items() if v is not None}
@@ -428,7 +453,8 @@ def _ray_training(args, paths):
 
 def cmd_compile(args) -> int:
     """The same pipeline as `run`, written as a Kubeflow Pipelines v2 spec by TFX's KubeflowV2DagRunner."""
-    from pipelines import kubeflow, pipeline, tracking  # pylint: disable=import-outside-toplevel
+    from backends import tracking  # pylint: disable=import-outside-toplevel
+    from pipelines import kubeflow, pipeline  # pylint: disable=import-outside-toplevel
     info, config, model_config, pretraining = _checked_request(args)
     if not args.mlflow_uri:
         raise CliError("compile needs --mlflow-uri http://HOST:5000: steps on a cluster cannot share the embedded "
@@ -455,7 +481,8 @@ def cmd_compile(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    from pipelines import gc, local_runner, run_lock, tracking  # pylint: disable=import-outside-toplevel
+    from backends import tracking  # pylint: disable=import-outside-toplevel
+    from pipelines import gc, local_runner, run_lock  # pylint: disable=import-outside-toplevel
     paths = local_runner.RunPaths(os.path.abspath(os.path.join(args.run_dir, args.pipeline_name)))
     if not os.path.exists(paths.metadata_path):
         raise CliError(f"no pipeline runs under {paths.root} (no {os.path.basename(paths.metadata_path)}): check "
@@ -493,7 +520,7 @@ def cmd_submit(args) -> int:
 
 def _serve_sources(args):
     """ModelSources for --model / --saved-model; a registry that does not answer, or lacks a model, fails here."""
-    from pipelines import tracking  # pylint: disable=import-outside-toplevel
+    from backends import tracking  # pylint: disable=import-outside-toplevel
     from serving import server  # pylint: disable=import-outside-toplevel
     if not args.models and not args.saved_models:
         raise CliError("serve needs --model NAME[@ALIAS|/VERSION] (a registered model) or --saved-model DIR")
@@ -665,9 +692,9 @@ def _explain(error: BaseException) -> Optional[tuple]:
     from components.strict_example_validator.executor import DataValidationError  # pylint: disable=import-outside-toplevel
     from pipelines.ray_jobs import JobSubmissionError  # pylint: disable=import-outside-toplevel
     from pipelines.run_lock import PipelineBusy  # pylint: disable=import-outside-toplevel
-    from pipelines.tracking import RegistryLookupError, TrackingError  # pylint: disable=import-outside-toplevel
+    from backends.tracking import RegistryLookupError, TrackingError  # pylint: disable=import-outside-toplevel
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
-    from trainers.ray_train import RayClusterError  # pylint: disable=import-outside-toplevel
+    from backends.ray_cluster import RayClusterError  # pylint: disable=import-outside-toplevel
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

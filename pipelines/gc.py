@@ -21,7 +21,7 @@ from typing import List, Optional, Set
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipelines import tracking
+from backends import tracking
 
 
 @dataclasses.dataclass

@@ -7,8 +7,8 @@
     [MetricNetworkTrainer (generative models on labelled data)] -> ModelEvaluator -> Pusher (blessed only)
                                                                                 -> MlflowRegistrar
 
-A classifier is fine-tuned on a pretrained encoder: its pipeline trains the pretraining model first
-(PretrainingTrainer) and wires that Model artifact into the classifier's Trainer as `base_model`.
+A family that needs a base model (the classifier fine-tunes a pretrained encoder) gets a pipeline that trains the
+pretraining model first (PretrainingTrainer) and wires that Model artifact into its Trainer as `base_model`.
 """
 import dataclasses
 import hashlib
@@ -25,8 +25,9 @@ from components.image_schema_curator.component import ImageSchemaCurator
 from components.strict_example_validator.component import StrictExampleValidator
 from components.registrar.component import MlflowRegistrar
 from components.trainer.executor import RayTrainerExecutor
-from pipelines import tracking
-from trainers import classifier, evaluation, registry
+from backends import tracking
+from evaluation import scoring
+from trainers import registry
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPROCESSING_FN = "pipelines.preprocessing.preprocessing_fn"
@@ -38,9 +39,9 @@ RUN_FN = "components.trainer.run_fn.run_fn"
 _EXAMPLE_GEN_CODE = ("components/image_example_gen",)
 _CURATOR_CODE = ("components/image_schema_curator",)
 _TRANSFORM_CODE = ("pipelines/preprocessing.py",)
-_TRAINER_CODE = ("trainers", "serving", "components/trainer")
-_EVALUATION_CODE = ("trainers/evaluation.py", "components/evaluation", "components/trainer/figures.py")
-_REGISTRAR_CODE = ("components/registrar", "pipelines/tracking.py")
+_TRAINER_CODE = ("trainers", "serving", "components/trainer", "evaluation/figures.py", "backends/ray_cluster.py")
+_EVALUATION_CODE = ("evaluation", "components/evaluation")
+_REGISTRAR_CODE = ("components/registrar", "backends/tracking.py")
 
 
 def code_digest(paths: Sequence[str]) -> str:
@@ -104,7 +105,7 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
 
 @dataclasses.dataclass(frozen=True)
 class RayTraining:
-    """Train on Ray: RaySettings fields (trainers.ray_train) and where Ray keeps its runs and checkpoints."""
+    """Train on Ray: RaySettings fields (components.trainer.ray_train) and where Ray keeps its runs and checkpoints."""
     settings: Dict[str, Any]
     storage_path: str
 
@@ -144,19 +145,19 @@ class EvaluationSettings:
     seed: int = 0
 
 
-def family_of(model_name: str) -> str:
-    return classifier.NAME if model_name == classifier.NAME else registry.get_model(model_name).family
+def family_of(model_name: str) -> registry.Family:
+    return registry.get_model(model_name).family
 
 
 def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
                    serving_dir: str, ray: Optional[RayTraining] = None,
                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
                    settings: Optional[EvaluationSettings] = None) -> List[base_node.BaseNode]:
-    """The model's Trainer (after a PretrainingTrainer for a classifier), its evaluation and MLflow registration
+    """The model's Trainer (after a PretrainingTrainer when it needs a base model), its evaluation and MLflow registration
     (with `settings`), and a Pusher writing its SavedModel to `serving_dir` (only when blessed, with `settings`)."""
     nodes: List[base_node.BaseNode] = []
     base_model = None
-    if model_name == classifier.NAME:
+    if family_of(model_name).needs_base_model:
         pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
         nodes.append(pretrainer)
         base_model = pretrainer.outputs["model"]
@@ -183,22 +184,22 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
     family = family_of(model_name)
     nodes: List[base_node.BaseNode] = []
     metric_network = None
-    if family in evaluation.GENERATIVE_FAMILIES and source_info.num_classes >= 2:
-        metric_config = dataclasses.asdict(evaluation.MetricNetworkConfig(epochs=settings.metric_network_epochs,
+    if family.generative and source_info.num_classes >= 2:
+        metric_config = dataclasses.asdict(scoring.MetricNetworkConfig(epochs=settings.metric_network_epochs,
                                                                           seed=settings.seed))
         # Its only input is the ingested data: TFX's cache trains it once per dataset, whatever the model.
         metric_network = MetricNetworkTrainer(data.example_gen.outputs["examples"], metric_config,
                                               code_version=code_digest(_EVALUATION_CODE))
         nodes.append(metric_network)
     full_config = dataclasses.asdict(check_model(model_name, model_config, source_info, pretraining))
-    registered = tracking.registered_model_name(source_info.dataset_name, family)
-    options = evaluation.EvaluationOptions(num_samples=settings.num_samples, seed=settings.seed,
+    registered = tracking.registered_model_name(source_info.dataset_name, family.name)
+    options = scoring.EvaluationOptions(num_samples=settings.num_samples, seed=settings.seed,
                                            anomaly_class=settings.anomaly_class)
     evaluator = ModelEvaluator(
         model=model_trainer.outputs["model"], examples=data.transform.outputs["transformed_examples"],
         transform_graph=data.transform.outputs["transform_graph"],
         metric_model=metric_network.outputs["model"] if metric_network else None,
-        config={"family": family, "pixel_range": pixel_range(model_name, pretraining),
+        config={"family": family.name, "pixel_range": pixel_range(model_name, pretraining),
                 "num_classes": source_info.num_classes, "model_config": full_config,
                 "options": dataclasses.asdict(options), "margin": settings.margin,
                 "tracking": dataclasses.asdict(settings.tracking), "registered_model": registered},
@@ -218,25 +219,27 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
 
 def check_model(model_name: str, model_config: Dict[str, Any], source_info: SourceInfo,
                 pretraining: Optional[Tuple[str, Dict[str, Any]]] = None) -> Any:
-    """The model's validated config (errors name the bad setting), and for a classifier its pretraining's."""
-    if model_name != classifier.NAME:
-        return registry.make_config(model_name, model_config)
-    if source_info.num_classes < 2:
-        raise ValueError(f"the classifier needs a labelled source with at least 2 classes; "
+    """The model's validated config (errors name the bad setting), and for a family with a base model its
+    pretraining's too."""
+    family = family_of(model_name)
+    if family.supervised and source_info.num_classes < 2:
+        raise ValueError(f"the {model_name} needs a labelled source with at least 2 classes; "
                          f"{source_info.spec.uri} has {source_info.num_classes}")
-    if pretraining is None:
-        raise ValueError("the classifier fine-tunes a pretrained encoder: name the model to pretrain")
-    pretrained = registry.get_model(pretraining[0])
-    if pretrained.family not in ("autoencoder", "vae"):
-        raise ValueError(f"cannot pretrain the classifier's encoder with {pretraining[0]} ({pretrained.family}): "
-                         "GANs and DDPMs map noise to images, not images to codings; pretrain an autoencoder or "
-                         "a VAE")
-    registry.make_config(*pretraining)
-    return registry.config_from(classifier.NAME, classifier.ClassifierConfig, model_config)
+    if family.needs_base_model:
+        if pretraining is None:
+            raise ValueError(f"the {model_name} fine-tunes a pretrained encoder: name the model to pretrain")
+        pretrained = registry.get_model(pretraining[0]).family
+        if not pretrained.reusable_encoder:
+            reusable = sorted(f.name for f in registry.FAMILIES.values() if f.reusable_encoder)
+            raise ValueError(f"cannot pretrain the {model_name}'s encoder with {pretraining[0]} ({pretrained.name}): "
+                             "GANs and DDPMs map noise to images, not images to codings; pretrain one of the "
+                             f"families with a reusable encoder ({', '.join(reusable)})")
+        registry.make_config(*pretraining)
+    return registry.make_config(model_name, model_config)
 
 
 def pixel_range(model_name: str, pretraining: Optional[Tuple[str, Dict[str, Any]]]) -> str:
-    name = pretraining[0] if model_name == classifier.NAME else model_name
+    name = pretraining[0] if family_of(model_name).needs_base_model else model_name
     return registry.get_model(name).pixel_range
 
 

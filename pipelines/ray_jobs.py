@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Callable, List, Optional, TextIO
 
-from trainers.ray_train import PROJECT_EXCLUDES, PROJECT_ROOT, WORKER_ENV
+from backends.ray_cluster import PROJECT_EXCLUDES, PROJECT_ROOT, WORKER_ENV
 
 POLL_SECONDS = 1.0
 AGENT_WAIT_SECONDS = 60.0  # how long a just-started head may take to accept jobs

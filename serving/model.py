@@ -106,8 +106,25 @@ class ServedModel:
                 "limits": dataclasses.asdict(self.limits)}
 
     @property
+    def generate_signature(self) -> str:
+        """The signature :generate calls (n, seed, ...): the exporter names it; older exports had generate or
+        sample. "" when the model does not generate."""
+        name = self.metadata.get("generate_signature")
+        if name is None:
+            name = next((n for n in ("generate", "sample") if n in self.signatures), "")
+        return name if name in self.signatures else ""
+
+    @property
     def generative(self) -> bool:
-        return "generate" in self.signatures or "sample" in self.signatures
+        return bool(self.generate_signature)
+
+    def generate_defaults(self) -> Dict[str, int]:
+        """Values of the generating signature's inputs besides n and seed (a DDPM's steps) when a request leaves
+        them out: the exporter's `generate_defaults`; a DDPM exported before those: its sample_steps."""
+        defaults = dict(self.metadata.get("generate_defaults", {}))
+        if "steps" in self.inputs[self.generate_signature] and "steps" not in defaults:
+            defaults["steps"] = self.metadata.get("sample_steps", DEFAULT_SAMPLE_STEPS)
+        return defaults
 
     def batchable(self, signature: str) -> bool:
         """Whether requests to `signature` can be stacked into one call: every input has a batch dimension."""
@@ -229,7 +246,8 @@ class ServedModel:
             raise RequestError(f"{self.name} ({self.family}) does not generate; use :predict")
         if not isinstance(body, dict):
             raise RequestError('the body must be a JSON object, e.g. {"n": 16, "seed": 0}')
-        allowed = {"n", "seed", "format"} | ({"steps"} if self.family == "diffusion" else set())
+        signature = self.generate_signature
+        allowed = {"n", "seed", "format"} | set(self.inputs[signature])
         unknown = set(body) - allowed
         if unknown:
             raise RequestError(f"unknown field(s) {sorted(unknown)}: {self.family} :generate takes {sorted(allowed)}")
@@ -239,12 +257,12 @@ class ServedModel:
         n = _integer(body.get("n", 1), "n")
         self._check_n(n)
         inputs = {"n": np.int32(n), "seed": np.int32(_integer(body.get("seed", 0), "seed"))}
-        if self.family == "diffusion":
-            default = self.metadata.get("sample_steps", DEFAULT_SAMPLE_STEPS)
-            steps = _integer(body.get("steps", default), "steps")
-            self._check_steps(steps)
-            inputs["steps"] = np.int32(steps)
-        return ("generate" if "generate" in self.signatures else "sample"), inputs, fmt == "png"
+        for name, default in self.generate_defaults().items():
+            value = _integer(body.get(name, default), name)
+            if name == "steps":
+                self._check_steps(value)
+            inputs[name] = np.int32(value)
+        return signature, inputs, fmt == "png"
 
 
 def _kind_name(array: np.ndarray) -> str:

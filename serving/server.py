@@ -17,8 +17,8 @@ Requests to batchable signatures (every input has a batch dimension) are stacked
 into one TensorFlow call per signature; a stacked call that one request's values make fail (the pixel range is
 checked inside the graph) is re-run request by request, so only that request gets the 400.
 
-Ray is touched here and in trainers/ray_train.py (whose `connect` this reuses); MLflow only through
-pipelines/tracking.py.
+Ray Serve is touched here; the cluster is joined through backends/ray_cluster.py and MLflow reached only through
+backends/tracking.py.
 """
 import asyncio
 import base64
@@ -133,7 +133,7 @@ def _current_version(source: ModelSource) -> str:
     """The version `source` points at now: the registry alias's (or the pinned one), the directory's highest."""
     if source.saved_model_dir:
         return latest_saved_model(source.saved_model_dir)[1]
-    from pipelines import tracking  # pylint: disable=import-outside-toplevel
+    from backends import tracking  # pylint: disable=import-outside-toplevel
     config = tracking.TrackingConfig(uri=source.tracking_uri, experiment="")
     return tracking.registry_version(config, source.registered_name, source.alias, source.version)
 
@@ -146,7 +146,7 @@ def _load(source: ModelSource, version: str, limits: Limits,
         if not _is_saved_model(directory):
             directory = os.path.join(directory, version)
         return ServedModel(directory, source.name, version, limits), None
-    from pipelines import tracking  # pylint: disable=import-outside-toplevel
+    from backends import tracking  # pylint: disable=import-outside-toplevel
     config = tracking.TrackingConfig(uri=source.tracking_uri, experiment="")
     download = tempfile.mkdtemp(prefix=f"{source.name}-v{version}-", dir=download_root)
     try:
@@ -422,8 +422,8 @@ def start(sources: List[ModelSource], options: ServerOptions = ServerOptions(),
           ray_address: Optional[str] = None, access_log: bool = False) -> str:
     """Connects to Ray (a cluster, or a local Ray in this process), deploys the server and returns its URL once
     every replica has loaded its models."""
-    from trainers import ray_train  # pylint: disable=import-outside-toplevel
-    ray_train.connect(ray_train.RaySettings(address=ray_address))
+    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
+    ray_cluster.connect(ray_address)
     serve.start(http_options={"host": host, "port": port})
     started = time.monotonic()
     serve.run(application(sources, options, deployment), name=APP_NAME, route_prefix="/",

@@ -36,7 +36,7 @@ for name in sys.argv[1:]:
     with strategy.scope():
         model = entry.build(config, (28, 28, 1))
     data = tf.data.Dataset.from_tensor_slices(pixels).batch(32)
-    if entry.family == "autoencoder":
+    if entry.family.name == "autoencoder":
         data = data.map(lambda x: (x, x))
     history = model.fit(data, epochs=1, verbose=0).history
     report[name] = {k: float(v[-1]) for k, v in history.items()}

@@ -20,6 +20,14 @@ from tests.conftest import SAMPLE_DIR
     (["run", "--model", "dcgan", "--set", "dropout_rate=0.3"], "dcgan has no setting(s) ['dropout_rate']"),
     (["run", "--model", "vae", "--anomaly-class", "3"], "--anomaly-class is for autoencoders"),
     (["run", "--anomaly-class", "10"], "--anomaly-class 10: idx:"),
+    # --set reaches every field, those with a flag of their own too; a wrong type names the field and the type.
+    (["run", "--model", "dcgan", "--set", "epochs=-1"], "epochs=-1: must be at least 1"),
+    (["run", "--set", "batch_size=0"], "batch_size=0: must be at least 1"),
+    (["run", "--set", "learning_rate=-1"], "learning_rate=-1: must be positive"),
+    (["run", "--model", "vae", "--set", "beta=abc"], "vae: beta='abc' is not a number"),
+    (["run", "--set", "hidden_units=[100,true]"], "hidden_units=True is not an integer"),
+    (["run", "--set", "seed=x"], "seed='x' is not an integer"),
+    (["run", "--epochs", "3", "--set", "epochs=4"], "--epochs 3 and --set epochs=4 disagree"),
 ])
 def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path):
     assert cli.main(argv + ["--run-dir", str(tmp_path)]) == cli.EXIT_BAD_INPUT
@@ -29,8 +37,8 @@ def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path
 
 def test_asking_for_gpus_on_a_cpu_only_ray_fails_before_any_pipeline_work(capsys, tmp_path):
     import ray
-    from trainers import ray_train
-    ray_train.connect(ray_train.RaySettings())
+    from backends import ray_cluster
+    ray_cluster.connect()
     if ray.cluster_resources().get("GPU", 0):
         pytest.skip("this machine's Ray has GPUs")
     code = cli.main(["run", "--gpus-per-worker", "1", "--run-dir", str(tmp_path)])
@@ -62,6 +70,18 @@ def test_set_takes_json_values_for_any_config_field():
     assert cli._setting("schedule=linear") == ("schedule", "linear")
     with pytest.raises(SystemExit):
         cli.main(["run", "--set", "beta"])
+
+
+def test_set_reaches_the_fields_that_have_flags_and_the_seed_follows_it():
+    args = cli.build_parser().parse_args(["run", "--model", "dcgan", "--set", "epochs=2", "--set", "batch_size=7",
+                                          "--set", "learning_rate=0.01", "--set", "seed=5", "--set", "beta_1=0.4"])
+    _, config, overrides, _ = cli._checked_request(args)
+    assert (config.epochs, config.batch_size, config.learning_rate, config.seed, config.beta_1) == (2, 7, 0.01, 5, 0.4)
+    assert args.seed == 5 and overrides["seed"] == 5  # the few-label choice and the Evaluator use it too
+    args = cli.build_parser().parse_args(["run", "--epochs", "3", "--set", "epochs=3"])
+    assert cli._checked_request(args)[1].epochs == 3  # the same value both ways is fine
+    args = cli.build_parser().parse_args(["run"])
+    assert cli._checked_request(args)[1].seed == 42 == args.seed  # the default seed
 
 
 def test_inspect_describes_the_bundled_sample(capsys):

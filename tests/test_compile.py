@@ -9,7 +9,8 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components.image_example_gen import sources
-from pipelines import cli, kubeflow, pipeline, tracking
+from backends import tracking
+from pipelines import cli, kubeflow, pipeline
 from tests.conftest import SAMPLE_DIR
 
 ROOT = "gs://bucket/latentforge"

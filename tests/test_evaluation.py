@@ -1,4 +1,4 @@
-"""trainers.evaluation: the scores against independent computations, the metric network's FID sanity on real
+"""evaluation.scoring: the scores against independent computations, the metric network's FID sanity on real
 digits, scoring a SavedModel, and the blessing decision."""
 import math
 
@@ -8,7 +8,8 @@ import sklearn.metrics
 
 from serving import export
 from tests.conftest import sample_digits, sample_labels
-from trainers import evaluation, registry
+from evaluation import scoring
+from trainers import registry
 
 
 def test_auroc_matches_sklearn_with_ties():
@@ -16,15 +17,15 @@ def test_auroc_matches_sklearn_with_ties():
     scores = np.round(rng.normal(size=300), 1)  # rounding makes ties
     positive = rng.random(300) < 0.3
     scores[positive] += 0.5
-    assert evaluation.auroc(scores, positive) == pytest.approx(sklearn.metrics.roc_auc_score(positive, scores))
+    assert scoring.auroc(scores, positive) == pytest.approx(sklearn.metrics.roc_auc_score(positive, scores))
     with pytest.raises(ValueError, match="0 positive"):
-        evaluation.auroc(scores, np.zeros(300, bool))
+        scoring.auroc(scores, np.zeros(300, bool))
 
 
 def test_classification_scores_match_sklearn():
     rng = np.random.default_rng(1)
     labels, predicted = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
-    scores = evaluation.classification_scores(predicted, labels, 4)
+    scores = scoring.classification_scores(predicted, labels, 4)
     np.testing.assert_array_equal(scores["confusion_matrix"], sklearn.metrics.confusion_matrix(labels, predicted))
     assert scores["accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(labels, predicted))
     recall = sklearn.metrics.recall_score(labels, predicted, average=None)
@@ -35,24 +36,24 @@ def test_frechet_distance_of_gaussians_has_its_closed_form():
     mean_a, mean_b = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
     var_a, var_b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])
     expected = np.sum((mean_a - mean_b) ** 2) + np.sum(var_a + var_b - 2 * np.sqrt(var_a * var_b))
-    assert evaluation.frechet_distance(mean_a, np.diag(var_a), mean_b, np.diag(var_b)) == pytest.approx(expected)
-    assert evaluation.frechet_distance(mean_a, np.diag(var_a), mean_a, np.diag(var_a)) == pytest.approx(0, abs=1e-6)
+    assert scoring.frechet_distance(mean_a, np.diag(var_a), mean_b, np.diag(var_b)) == pytest.approx(expected)
+    assert scoring.frechet_distance(mean_a, np.diag(var_a), mean_a, np.diag(var_a)) == pytest.approx(0, abs=1e-6)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_grows_with_a_shift():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(1500, 8)), rng.normal(size=(1500, 8))
-    same, _ = evaluation.kernel_inception_distance(a, b, subset_size=500)
-    shifted, _ = evaluation.kernel_inception_distance(a, b + 1.0, subset_size=500)
+    same, _ = scoring.kernel_inception_distance(a, b, subset_size=500)
+    shifted, _ = scoring.kernel_inception_distance(a, b + 1.0, subset_size=500)
     assert abs(same) < 0.02 < shifted
 
 
 def test_mode_coverage_of_uniform_and_collapsed_generators():
     real = np.full(10, 0.1)
-    uniform = evaluation.mode_coverage(np.arange(1000) % 10, real)
+    uniform = scoring.mode_coverage(np.arange(1000) % 10, real)
     assert uniform["mode_entropy"] == pytest.approx(math.log(10)) and uniform["mode_kl"] == pytest.approx(0)
     assert uniform["modes_covered"] == 10
-    collapsed = evaluation.mode_coverage(np.full(1000, 3), real)
+    collapsed = scoring.mode_coverage(np.full(1000, 3), real)
     assert collapsed["mode_entropy"] == 0 and collapsed["mode_kl"] == pytest.approx(math.log(10))
     assert collapsed["modes_covered"] == 1
 
@@ -61,14 +62,14 @@ def test_mode_coverage_of_uniform_and_collapsed_generators():
 def metric_network(tmp_path_factory):
     """A metric network trained for 2 epochs on the sample's first 1,500 digits, exported and loaded back."""
     images, labels = sample_digits(2000), sample_labels(2000)
-    config = evaluation.MetricNetworkConfig(epochs=2)
-    model = evaluation.build_metric_network((28, 28, 1), 10, config)
+    config = scoring.MetricNetworkConfig(epochs=2)
+    model = scoring.build_metric_network((28, 28, 1), 10, config)
     model.fit(images[:1500], labels[:1500], batch_size=config.batch_size, epochs=config.epochs, verbose=0)
     directory = str(tmp_path_factory.mktemp("metric") / "network")
-    evaluation.export_metric_network(model, directory)
-    network = evaluation.MetricNetwork(directory)
+    scoring.export_metric_network(model, directory)
+    network = scoring.MetricNetwork(directory)
     features, _ = network(images[:1500])
-    reference = evaluation.FeatureReference.from_features(features, labels[:1500], 10)
+    reference = scoring.FeatureReference.from_features(features, labels[:1500], 10)
     reference.save(str(tmp_path_factory.getbasetemp()))
     return network, reference, images[1500:], labels[1500:]
 
@@ -82,21 +83,21 @@ def test_fid_of_held_out_digits_is_far_below_noise_and_shuffled_pixels(metric_ne
     shuffled = np.stack([rng.permutation(image.ravel()).reshape(image.shape) for image in held_out])
 
     def fid(images):
-        return evaluation.frechet_distance(*evaluation.feature_statistics(network(images)[0]), reference.mean,
+        return scoring.frechet_distance(*scoring.feature_statistics(network(images)[0]), reference.mean,
                                            reference.covariance)
 
     real, from_noise, from_shuffled = fid(held_out), fid(noise), fid(shuffled)
     assert real * 10 < from_noise and real * 10 < from_shuffled, (real, from_noise, from_shuffled)
-    scores = evaluation.generative_scores(held_out, network, reference)
+    scores = scoring.generative_scores(held_out, network, reference)
     assert scores["fid"] == pytest.approx(real) and scores["modes_covered"] == 10
-    assert scores["mode_kl"] < 0.1 and scores["kid_x1e3"] < evaluation.generative_scores(
+    assert scores["mode_kl"] < 0.1 and scores["kid_x1e3"] < scoring.generative_scores(
         shuffled, network, reference)["kid_x1e3"]
 
 
 def test_feature_reference_round_trips(metric_network, tmp_path):
     reference = metric_network[1]
     reference.save(str(tmp_path))
-    loaded = evaluation.FeatureReference.load(str(tmp_path))
+    loaded = scoring.FeatureReference.load(str(tmp_path))
     np.testing.assert_array_equal(loaded.covariance, reference.covariance)
     np.testing.assert_array_equal(loaded.class_histogram, reference.class_histogram)
 
@@ -107,8 +108,8 @@ def test_scoring_an_autoencoder_savedmodel(tmp_path):
     model = entry.build(registry.make_config("stacked_ae", {}), (28, 28, 1))
     model.fit(images, images, epochs=1, batch_size=32, verbose=0)
     export.export_model("autoencoder", model, (28, 28, 1), str(tmp_path), "unit")
-    metrics, arrays = evaluation.score_model("autoencoder", str(tmp_path), images, labels, "unit", {}, 10,
-                                             evaluation.EvaluationOptions(anomaly_class=1, batch_size=64))
+    metrics, arrays = scoring.score_model(registry.family("autoencoder"), str(tmp_path), images, labels, "unit", {}, 10,
+                                             scoring.EvaluationOptions(anomaly_class=1, batch_size=64))
     reconstructions = model.predict(images, verbose=0)
     assert metrics["test_mse"] == pytest.approx(float(np.mean(np.square(reconstructions - images))), rel=1e-5)
     errors = np.mean(np.square(reconstructions - images), axis=(1, 2, 3))
@@ -121,13 +122,13 @@ def test_scoring_a_gan_savedmodel_with_the_metric_network(metric_network, tmp_pa
     entry = registry.get_model("dcgan")
     model = entry.build(registry.make_config("dcgan", {}), (28, 28, 1))
     export.export_model("gan", model, (28, 28, 1), str(tmp_path), "symmetric")
-    options = evaluation.EvaluationOptions(num_samples=300, batch_size=128)
-    metrics, arrays = evaluation.score_model("gan", str(tmp_path), sample_digits(10) * 2 - 1, np.zeros(10, int),
+    options = scoring.EvaluationOptions(num_samples=300, batch_size=128)
+    metrics, arrays = scoring.score_model(registry.family("gan"), str(tmp_path), sample_digits(10) * 2 - 1, np.zeros(10, int),
                                              "symmetric", {}, 10, options, network, reference)
     assert arrays["samples"].shape == (300, 28, 28, 1)
     assert 0.0 <= arrays["samples"].min() and arrays["samples"].max() <= 1.0
     assert metrics["samples"] == 300 and metrics["fid"] > 0 and 0 <= metrics["mode_entropy"] <= math.log(10)
-    again, _ = evaluation.score_model("gan", str(tmp_path), sample_digits(10) * 2 - 1, np.zeros(10, int),
+    again, _ = scoring.score_model(registry.family("gan"), str(tmp_path), sample_digits(10) * 2 - 1, np.zeros(10, int),
                                       "symmetric", {}, 10, options, network, reference)
     assert again["fid"] == metrics["fid"]  # seeded: the same samples, the same score
 
@@ -142,11 +143,11 @@ def test_scoring_a_gan_savedmodel_with_the_metric_network(metric_network, tmp_pa
     ("diffusion", {"fid": 3.0}, ("2", {}), 0.0, True, "has no fid"),
 ])
 def test_blessing_decision(family, metrics, champion, margin, blessed, words):
-    decision = evaluation.decide_blessing(family, metrics, champion, margin)
+    decision = scoring.decide_blessing(registry.family(family).key_metric, metrics, champion, margin)
     assert decision.blessed is blessed and words in decision.reason
-    assert decision.metric == evaluation.KEY_METRICS[family][0]
+    assert decision.metric == registry.family(family).key_metric[0]
 
 
 def test_metric_network_config_is_checked():
     with pytest.raises(ValueError, match="epochs"):
-        evaluation.MetricNetworkConfig(epochs=0)
+        scoring.MetricNetworkConfig(epochs=0)

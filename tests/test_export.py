@@ -80,12 +80,12 @@ def expected_cases(name, entry, model, images):
         cases.update({f"in.{signature}.{k}": np.asarray(v) for k, v in inputs.items()})
         cases.update({f"out.{signature}.{k}": np.asarray(v) for k, v in outputs.items()})
 
-    if entry.family in ("autoencoder", "vae"):
+    if entry.family.name in ("autoencoder", "vae"):
         reconstructions = model(images)
         case("reconstruct", {"images": images}, {"reconstructions": reconstructions})
         case("anomaly_score", {"images": images},
              {"scores": tf.reduce_mean(tf.square(reconstructions - images), axis=[1, 2, 3])})
-        if entry.family == "vae":
+        if entry.family.name == "vae":
             mean, log_var = model.encoder(images)
             case("encode", {"images": images}, {"codings": mean, "log_var": log_var})
             case("decode", {"codings": mean}, {"images": model.decode(mean)})
@@ -98,7 +98,7 @@ def expected_cases(name, entry, model, images):
         high = np.full((1, *SHAPE), 255.0, np.float32)  # raw bytes instead of the model's [0, 1]
         cases["bad.reconstruct.out_of_range"] = np.array({"images": high}, dtype=object)
         cases["bad.encode.nan"] = np.array({"images": np.full((1, *SHAPE), np.nan, np.float32)}, dtype=object)
-    if entry.family == "gan":
+    if entry.family.name == "gan":
         codings = tf.random.stateless_normal([3, model.coding_size], seed=[1, 2])
         case("generate", {"n": np.int32(3), "seed": np.int32(7)}, {"images": (model.generate(3, seed=7) + 1) / 2})
         case("generate_from_codings", {"codings": codings}, {"images": (model(codings) + 1) / 2})
@@ -106,7 +106,7 @@ def expected_cases(name, entry, model, images):
         cases["bad.generate.n_zero"] = np.array({"n": np.int32(0), "seed": np.int32(0)}, dtype=object)
         cases["bad.generate.n_too_many"] = np.array({"n": np.int32(export.MAX_GENERATED + 1), "seed": np.int32(0)},
                                                     dtype=object)
-    if entry.family == "diffusion":
+    if entry.family.name == "diffusion":
         case("generate", {"n": np.int32(2), "seed": np.int32(7), "steps": np.int32(3)},
              {"images": (model.generate(2, seed=7, steps=3) + 1) / 2})
         noise = tf.random.stateless_normal([2, *SHAPE], seed=[7, 0])
@@ -117,7 +117,7 @@ def expected_cases(name, entry, model, images):
         cases["call.out"] = np.asarray((model.generate(2, seed=7, steps=model.sample_steps) + 1) / 2)
         cases["bad.generate.steps_beyond_T"] = np.array(
             {"n": np.int32(1), "seed": np.int32(0), "steps": np.int32(model.diffusion.timesteps + 1)}, dtype=object)
-    if entry.family == "classifier":
+    if entry.family.name == "classifier":
         probabilities = model(images)
         case("classify", {"images": images},
              {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)})
@@ -138,11 +138,12 @@ def exported(tmp_path_factory):
     encoder = classifier.copy_encoder(classifier.reusable_encoder(built["stacked_ae"]))
     head = classifier.build_classifier(classifier.ClassifierConfig(num_classes=10), encoder)
     families = {name: entry for name, (entry, _) in models.items()}
-    families["classifier"] = registry.ModelEntry("classifier", None, {}, "unit", None, None, None)
+    families["classifier"] = registry.get_model(classifier.NAME)
     built["classifier"] = head
     for name, entry in families.items():
         directory = str(root / name)
-        export.export_model(entry.family, built[name], SHAPE, directory, entry.pixel_range)
+        # The classifier's pixel range is its base model's (stacked_ae: unit).
+        export.export_model(entry.family, built[name], SHAPE, directory, entry.pixel_range or "unit")
         images = tf.constant(unit_or_symmetric(entry, digits))
         np.savez(str(root / f"{name}-cases.npz"), **expected_cases(name, entry, built[name], images))
         directories[name] = directory

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.trainer import figures
+from evaluation import figures
 from tests.conftest import sample_digits
 from tests.test_export import build
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import cli, metadata, tracking
+from backends import tracking
+from pipelines import cli, metadata
 from tests.conftest import SAMPLE_DIR, random_images
 
 pytestmark = pytest.mark.slow

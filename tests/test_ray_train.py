@@ -1,4 +1,4 @@
-"""Ray Train (trainers/ray_train.py): models train on 2 Ray workers under MultiWorkerMirroredStrategy, match a
+"""Ray Train (components/trainer/ray_train.py): models train on 2 Ray workers under MultiWorkerMirroredStrategy, match a
 1-worker run, survive a killed worker by resuming from the last checkpoint, and GPU requests fail fast."""
 import glob
 import json
@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write_transformed
-from trainers import job as training, ray_train
+from backends import ray_cluster
+from components.trainer import ray_train
+from trainers import job as training
 from trainers.common import TrainingDiverged
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray_train.connect(ray_train.RaySettings())  # a local Ray with this machine's cores (2 on CI)
+    ray_cluster.connect()  # a local Ray with this machine's cores (2 on CI)
     import ray
     if ray.cluster_resources().get("CPU", 0) < 2:
         pytest.skip("two Ray workers need 2 CPUs")
@@ -154,9 +156,9 @@ def test_asking_for_gpus_on_a_cpu_cluster_fails_fast_and_says_what_is_there(loca
     if local_ray.cluster_resources().get("GPU", 0):
         pytest.skip("this machine's Ray has GPUs")
     start = time.time()
-    with pytest.raises(ray_train.RayClusterError, match=r"need 2 GPUs, but the Ray cluster .* has 0: it has CPU"):
+    with pytest.raises(ray_cluster.RayClusterError, match=r"need 2 GPUs, but the Ray cluster .* has 0: it has CPU"):
         ray_train.worker_resources(ray_train.RaySettings(workers=2, gpus_per_worker=1))
-    with pytest.raises(ray_train.RayClusterError, match="need 64 CPUs"):
+    with pytest.raises(ray_cluster.RayClusterError, match="need 64 CPUs"):
         ray_train.worker_resources(ray_train.RaySettings(workers=2, cpus_per_worker=32))
     assert time.time() - start < 5
 

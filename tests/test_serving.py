@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import cli, tracking
+from backends import tracking
+from pipelines import cli
 from serving import export
 from serving.client import Client, ServingError
 from serving.model import Limits
@@ -100,7 +101,7 @@ def test_every_signature_answers_what_the_saved_model_computes(served):
         entry = served["entries"][name]
         loaded = tf.saved_model.load(str(served["root"] / name))
         info = client.metadata(name)
-        assert info["family"] == entry.family and info["version"] == "0"
+        assert info["family"] == entry.family.name and info["version"] == "0"
         assert client.request("GET", f"/v1/models/{name}/metadata")[2] == info  # TF Serving's URL too
         assert set(info["signatures"]) == set(loaded.signatures)
         for signature, signature_info in info["signatures"].items():
@@ -127,7 +128,7 @@ def test_every_signature_answers_what_the_saved_model_computes(served):
                 assert got[key].shape == value.shape, (name, signature, key)
                 assert np.max(np.abs(got[key] - value)) <= 1e-5, (name, signature, key)
         if info["generative"]:
-            steps = {"steps": 3} if entry.family == "diffusion" else {}
+            steps = {"steps": 3} if entry.family.name == "diffusion" else {}
             reply = client.generate(name, n=4, seed=3, **steps)
             signature = "generate" if "generate" in loaded.signatures else "sample"
             direct = loaded.signatures[signature](n=tf.constant(4), seed=tf.constant(3),

@@ -11,11 +11,12 @@ linear output for the PCA-like linear autoencoder). `anomaly_score` is the per-e
 """
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers import signatures
 from trainers.common import (TrainingConfig, fit_epochs, make_optimizer, require, require_choice, require_layer_sizes,
                              start_build, upsampling_plan, use_xla, with_known_size)
 
@@ -286,3 +287,27 @@ def train(config: AutoencoderConfig, input_shape: Sequence[int], train_data: tf.
     """Builds and trains an autoencoder on batches of inputs; returns it and its per-epoch history."""
     model = build_autoencoder(config, input_shape)
     return model, fit(model, config, train_data, eval_data, callbacks)
+
+
+def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
+    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    images, codings = signatures.image_spec(image_shape), signatures.codings_spec(int(model.encoder.output_shape[-1]))
+
+    @tf.function(input_signature=[images])
+    def reconstruct(x):
+        return {"reconstructions": model(signatures.checked_images(x, pixel_range), training=False)}
+
+    @tf.function(input_signature=[images])
+    def encode(x):
+        return {"codings": model.encoder(signatures.checked_images(x, pixel_range), training=False)}
+
+    @tf.function(input_signature=[codings])
+    def decode(z):
+        return {"images": model.decoder(signatures.checked_codings(z), training=False)}
+
+    @tf.function(input_signature=[images])
+    def anomaly_score(x):
+        return {"scores": model.anomaly_score(signatures.checked_images(x, pixel_range))}
+
+    return {"serving_default": reconstruct, "reconstruct": reconstruct, "encode": encode, "decode": decode,
+            "anomaly_score": anomaly_score}

@@ -6,11 +6,12 @@ the same architecture from random weights for the same number of epochs: the bas
 The encoder is copied: the pretrained model is never changed.
 """
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers import signatures
 from trainers.common import TrainingConfig, fit_epochs, make_optimizer, require, use_xla
 
 NAME = "classifier"  # what --model says; its pixel range is that of the pretrained model
@@ -137,3 +138,13 @@ def train_from_scratch(config: ClassifierConfig, encoder: keras.Model, train_dat
     history = _fit(config, model, config.learning_rate * config.unfrozen_lr_factor, train_data, eval_data,
                    callbacks, 0, config.epochs + config.unfrozen_epochs)
     return model, history
+
+
+def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
+    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    @tf.function(input_signature=[signatures.image_spec(image_shape)])
+    def classify(x):
+        probabilities = model(signatures.checked_images(x, pixel_range), training=False)
+        return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+
+    return {"serving_default": classify, "classify": classify}

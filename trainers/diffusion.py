@@ -10,12 +10,13 @@ Images are in [-1, 1].
 """
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers import signatures
 from trainers.common import (TrainingConfig, average_loss, fit_epochs, make_optimizer, per_example_mean, require,
                              require_choice, run_network, start_build, use_xla)
 
@@ -304,3 +305,38 @@ def train(config: DiffusionConfig, input_shape: Sequence[int], train_data: tf.da
     """Trains the noise predictor on batches of images (B, H, W, C) in [-1, 1]; returns the model and history."""
     model = build_diffusion_model(config, input_shape)
     return model, fit(model, config, train_data, eval_data, callbacks)
+
+
+def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
+    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    del pixel_range
+    timesteps, eta = model.diffusion.timesteps, tf.constant(model.eta, tf.float32)
+
+    @tf.function(input_signature=[signatures.N, signatures.SEED, signatures.STEPS])
+    def generate(n, seed, steps):
+        n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
+        steps = signatures.checked_count(steps, "steps", timesteps)
+        images = model.diffusion.sample(model.network, tf.stack([n, *image_shape]), seed, steps, eta)
+        return {"images": (images + 1.0) / 2.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="noise"), signatures.STEPS])
+    def generate_from_noise(x, steps):
+        """DDIM from the given x_T (standard normal noise): deterministic for the default eta=0."""
+        steps = signatures.checked_count(steps, "steps", timesteps)
+        images = model.diffusion.denoise(model.network, signatures.checked_codings(x), tf.constant(0), steps, eta)
+        return {"images": (images + 1.0) / 2.0}
+
+    return {"serving_default": generate, "generate": generate, "generate_from_noise": generate_from_noise}
+
+
+def array_function(serving: Dict[str, Callable], model) -> Callable:
+    """The SavedModel's callable: x_T noise -> images by DDIM with the model's default steps."""
+    noise_spec = serving["generate_from_noise"].input_signature[0]
+    return tf.function(lambda noise: serving["generate_from_noise"](noise, tf.constant(model.sample_steps))["images"],
+                       input_signature=[noise_spec])
+
+
+def export_metadata(model) -> Dict[str, object]:
+    """What a server needs and the signatures cannot say: T (the steps limit) and the default DDIM steps."""
+    return {"timesteps": int(model.diffusion.timesteps), "sample_steps": int(model.sample_steps),
+            "generate_defaults": {"steps": int(model.sample_steps)}}

@@ -11,11 +11,12 @@ outright for `max_discriminator_wins` consecutive steps) raises trainers.common.
 """
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers import signatures
 from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, fit_epochs, make_optimizer,
                              per_example_sum, require, require_choice, require_layer_sizes, start_build,
                              upsampling_plan, use_xla)
@@ -238,3 +239,21 @@ def train(config: GANConfig, input_shape: Sequence[int], train_data: tf.data.Dat
     """Trains a GAN on batches of real images (B, H, W, C) in [-1, 1]; returns it and its per-epoch history."""
     model = build_gan(config, input_shape)
     return model, fit(model, config, train_data, eval_data, callbacks)
+
+
+def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
+    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    del image_shape, pixel_range
+    to_unit = lambda x: (x + 1.0) / 2.0
+
+    @tf.function(input_signature=[signatures.N, signatures.SEED])
+    def generate(n, seed):
+        n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
+        codings = tf.random.stateless_normal(tf.stack([n, model.coding_size]), seed=tf.stack([seed, 0]))
+        return {"images": to_unit(model.generator(codings, training=False))}
+
+    @tf.function(input_signature=[signatures.codings_spec(model.coding_size)])
+    def generate_from_codings(z):
+        return {"images": to_unit(model.generator(signatures.checked_codings(z), training=False))}
+
+    return {"serving_default": generate, "generate": generate, "generate_from_codings": generate_from_codings}

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from trainers import classifier, data, registry
+from trainers import data, registry
 
 WEIGHTS = "weights"
 STATE_FILE = "state.json"
@@ -25,27 +25,25 @@ STATE_FILE = "state.json"
 
 @dataclasses.dataclass(frozen=True)
 class TrainingJob:
-    model: str  # a registry name, or "classifier" (fine-tuned on `encoder_from`'s encoder)
+    model: str  # a registry name (a family that needs a base model fine-tunes `encoder_from`'s)
     config: Dict[str, Any]  # overrides of the model's preset (registry.make_config)
     image_shape: Tuple[int, int, int]
     train_files: Sequence[str]  # glob patterns of gzipped transformed tf.Examples
     eval_files: Sequence[str]
     feature_spec: Dict[str, Tuple[List[int], str]]  # the transformed features: name -> (shape, dtype name)
-    encoder_from: Optional[str] = None  # classifier only: a directory written by save_state (the pretrained model)
+    encoder_from: Optional[str] = None  # a family that needs a base model: save_state's directory of it
     holdout_class: Optional[int] = None  # autoencoders: a class kept out of training (the anomaly to detect)
 
     def __post_init__(self):
-        if self.model == classifier.NAME and not self.encoder_from:
-            raise ValueError("the classifier fine-tunes a pretrained encoder: give encoder_from, the saved state "
+        if self.family.needs_base_model and not self.encoder_from:
+            raise ValueError(f"{self.model} fine-tunes a pretrained encoder: give encoder_from, the saved state "
                              "of an autoencoder or VAE trained first")
 
     @property
-    def family(self) -> str:
-        return classifier.NAME if self.model == classifier.NAME else registry.get_model(self.model).family
+    def family(self) -> registry.Family:
+        return registry.get_model(self.model).family
 
     def make_config(self):
-        if self.model == classifier.NAME:
-            return registry.config_from(classifier.NAME, classifier.ClassifierConfig, self.config)
         return registry.make_config(self.model, self.config)
 
 
@@ -62,9 +60,10 @@ def _tf_feature_spec(plain: Dict[str, Tuple[List[int], str]]) -> Dict[str, tf.io
 def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
              ) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset]]:
     """(train, eval) batches of `config.batch_size` (the global batch): images, or (images, labels) for a
-    classifier, which trains on the examples whose few-label flag is set and is scored on every labelled one."""
+    supervised family (a classifier), which trains on the examples whose few-label flag is set and is scored on
+    every labelled one."""
     spec = _tf_feature_spec(job.feature_spec)
-    if job.family == classifier.NAME:
+    if job.family.supervised:
         pairs = lambda batch: (batch["image"], batch["label"])
         train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed,
                                    keep=lambda ex: ex["labeled"] > 0)
@@ -84,26 +83,20 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
 
 
 def build_model(job: TrainingJob, config):
-    """The untrained model (a classifier: the pretrained encoder, copied, under a fresh head)."""
-    if job.family == classifier.NAME:
-        pretrained, _ = restore(job.encoder_from)
-        return classifier.build_classifier(config, classifier.copy_encoder(classifier.reusable_encoder(pretrained)))
-    return registry.get_model(job.model).build(config, job.image_shape)
+    """The untrained model (a family that needs a base model gets the pretrained one, restored)."""
+    base_model = restore(job.encoder_from)[0] if job.family.needs_base_model else None
+    return job.family.build(config, job.image_shape, base_model)
 
 
 def train(job: TrainingJob, model, config, train_data, eval_data, callbacks=None,
           initial_epoch: int = 0) -> Dict[str, List[float]]:
     """Trains a built model from `initial_epoch` to the end of its budget; the history of those epochs."""
-    if job.family == classifier.NAME:
-        return classifier.fit(model, config, train_data, eval_data, callbacks, initial_epoch)
-    return registry.get_model(job.model).fit(model, config, train_data, eval_data, callbacks, initial_epoch)
+    return job.family.fit(model, config, train_data, eval_data, callbacks, initial_epoch)
 
 
 def total_epochs(job: TrainingJob, config) -> int:
     """Epochs `train` counts through (what `initial_epoch` and the saved state's epoch refer to)."""
-    if job.family == classifier.NAME:
-        return config.epochs + config.unfrozen_epochs
-    return config.finetune_epochs if getattr(config, "greedy", False) else config.epochs
+    return job.family.total_epochs(config)
 
 
 def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dict[str, List[float]],

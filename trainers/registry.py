@@ -1,53 +1,209 @@
-"""The models `--model` names: each maps to a family, its config class, preset values and pixel range."""
-import dataclasses
-from typing import Any, Callable, Dict, Mapping, Type
+"""The model families and the models `--model` names: everything the rest of latentforge asks of a family.
 
-from trainers import autoencoders, diffusion, gans, vae
+A `Family` describes one family once: how to build and train it, its pixel range, the SavedModel signatures it
+exports, how it is scored and blessed, the pictures it draws, what it needs (labels, a base model). The Trainer
+glue, the export, the Evaluator, the figures, the pipeline builder, the CLI and the server read it; none of them
+decides by a family's name. Adding a family is one module (config, build, fit, serving_signatures) plus one
+`register` call here (or anywhere before the pipeline is built: a test registers a toy family of its own).
+
+A model (`MODELS`, what `--model` names) is a family plus preset values of its config.
+"""
+import dataclasses
+import typing
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
+
+import numpy as np
+
+from evaluation import figures, scoring
+from trainers import autoencoders, classifier, diffusion, gans, signatures, vae
+
+PIXEL_RANGES = ("unit", "symmetric")
+
+
+def first_images(images: np.ndarray, config: Mapping[str, Any], seed: int) -> np.ndarray:
+    """The input example of a family whose SavedModel callable takes images: two test images."""
+    del config, seed
+    return images[:2].astype(np.float32)
+
+
+def standard_normal(shape_of: Callable[[np.ndarray, Mapping[str, Any]], Tuple[int, ...]]) -> Callable:
+    """An input example of standard normal values (codings, noise) of shape (2, *shape_of(images, config))."""
+    def example(images: np.ndarray, config: Mapping[str, Any], seed: int) -> np.ndarray:
+        shape = shape_of(images, config)
+        return np.random.default_rng(seed).standard_normal((2, *shape)).astype(np.float32)
+    return example
+
+
+def _epochs(config) -> int:
+    return config.epochs
+
+
+def _no_details(config) -> Dict[str, Any]:
+    del config
+    return {}
+
+
+def _no_metadata(model) -> Dict[str, Any]:
+    del model
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family, described once.
+
+    build(config, input_shape, base_model=None) -> a compiled, untrained keras.Model (`base_model`: the restored
+    pretrained model, for a family that `needs_base_model`). fit(model, config, train, eval, callbacks,
+    initial_epoch) -> per-epoch history. signatures(model, image_shape, pixel_range) -> {name: tf.function} with
+    a "serving_default"; array_function(signatures, model) -> the SavedModel's one-array callable (MLflow's pyfunc).
+    """
+    name: str
+    config_class: Type
+    build: Callable
+    fit: Callable
+    signatures: Callable
+    array_function: Callable
+    key_metric: Tuple[str, bool]  # (metric, True when higher is better): what blessing compares to the champion
+    scorers: Sequence[Callable] = ()  # evaluation.scoring scorers, run in order on the exported SavedModel
+    figures: Sequence[Callable] = ()  # evaluation.figures pictures of the trained model (besides loss curves)
+    pixel_range: Optional[str] = None  # "unit" [0, 1] or "symmetric" [-1, 1]; None: its base model's
+    generate_signature: Optional[str] = None  # the signature that draws new images (n, seed, ...): generative
+    export_metadata: Callable = _no_metadata  # (model) -> what the SavedModel's metadata adds for this family
+    input_example: Callable = first_images  # (test images, config dict, seed) -> what the callable takes
+    supervised: bool = False  # trains on the labelled examples' (image, label) pairs, is scored on labelled ones
+    needs_base_model: bool = False  # fine-tunes a model trained first (`--pretrain`)
+    reusable_encoder: bool = False  # its encoder can be fine-tuned by a family that needs a base model
+    detects_anomalies: bool = False  # a class can be held out of training and scored as the anomaly (AUROC)
+    total_epochs: Callable = _epochs  # (config) -> the epochs `fit` counts through (initial_epoch's scale)
+    training_details: Callable = _no_details  # (config) -> extra entries of the Trainer's metrics.json
+    description: str = ""  # what `latentforge models` says instead of the pixel range
+
+    def __post_init__(self):
+        if self.pixel_range is None and not self.needs_base_model:
+            raise ValueError(f"family {self.name}: give pixel_range (only a family with a base model inherits it)")
+        if self.pixel_range is not None and self.pixel_range not in PIXEL_RANGES:
+            raise ValueError(f"family {self.name}: pixel_range={self.pixel_range!r}, not one of {PIXEL_RANGES}")
+
+    @property
+    def generative(self) -> bool:
+        return self.generate_signature is not None
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    family: str  # autoencoder | vae | gan | diffusion
-    config_class: Type
+    """A model `--model` names: a family and preset values of its config."""
+    family: Family
     preset: Mapping[str, Any]
-    pixel_range: str  # what the Transform scales images to: "unit" [0, 1] or "symmetric" [-1, 1]
-    build: Callable  # (config, input_shape) -> compiled, untrained model
-    fit: Callable  # (model, config, train_images, eval_images, callbacks, initial_epoch) -> history
-    train: Callable  # (config, input_shape, train_images, eval_images, callbacks) -> (model, history): build + fit
+
+    @property
+    def config_class(self) -> Type:
+        return self.family.config_class
+
+    @property
+    def pixel_range(self) -> Optional[str]:
+        return self.family.pixel_range
+
+    def build(self, config, input_shape: Sequence[int], base_model=None):
+        return self.family.build(config, input_shape, base_model)
+
+    def fit(self, model, config, train_data, eval_data=None, callbacks=None, initial_epoch: int = 0):
+        return self.family.fit(model, config, train_data, eval_data, callbacks, initial_epoch)
+
+    def train(self, config, input_shape: Sequence[int], train_data, eval_data=None, callbacks=None):
+        """(model, history): build + fit."""
+        model = self.build(config, input_shape)
+        return model, self.fit(model, config, train_data, eval_data, callbacks)
 
 
-def _entry(family: str, module, config_class: Type, build: Callable) -> Callable[..., ModelEntry]:
-    return lambda **preset: ModelEntry(family, config_class, preset, module.PIXEL_RANGE, build, module.fit,
-                                       module.train)
+def _without_base(build: Callable) -> Callable:
+    return lambda config, input_shape, base_model=None: build(config, input_shape)
 
 
-_autoencoder = _entry("autoencoder", autoencoders, autoencoders.AutoencoderConfig, autoencoders.build_autoencoder)
-_vae = _entry("vae", vae, vae.VAEConfig, vae.build_vae)
-_gan = _entry("gan", gans, gans.GANConfig, gans.build_gan)
-_diffusion = _entry("diffusion", diffusion, diffusion.DiffusionConfig, diffusion.build_diffusion_model)
+def _autoencoder_epochs(config) -> int:
+    return config.finetune_epochs if config.greedy else config.epochs
 
-# Presets follow the seed notebook's architectures and budgets (../shared/seeds/NOTEBOOK-17.md).
-MODELS: Dict[str, ModelEntry] = {
-    "linear_ae": _autoencoder(hidden_units=(30,), activation="linear", output_activation="linear"),
-    "stacked_ae": _autoencoder(),
-    "tied_ae": _autoencoder(tied_weights=True, epochs=10),
-    "greedy_ae": _autoencoder(greedy=True, epochs=10, finetune_epochs=5),
-    "conv_ae": _autoencoder(architecture="conv", epochs=10),
-    "recurrent_ae": _autoencoder(architecture="recurrent", epochs=10),
-    "denoising_ae": _autoencoder(noise="dropout", noise_level=0.5, epochs=10),
-    "sparse_l1_ae": _autoencoder(hidden_units=(100, 300), sparsity="l1", sparsity_weight=1e-4, epochs=10),
-    "sparse_kl_ae": _autoencoder(hidden_units=(100, 300), sparsity="kl", sparsity_weight=5e-3,
-                                 sparsity_target=0.1, epochs=10),
-    "vae": _vae(),
-    "conv_vae": _vae(architecture="conv", hidden_units=(128,), coding_size=16),
-    "gan": _gan(),
-    "dcgan": _gan(architecture="dcgan", coding_size=100),
-    # Gulrajani et al.'s settings: 5 critic steps, penalty 10, Adam(1e-4, beta_1 0.5).
-    "wgan_gp": _gan(architecture="dcgan", coding_size=100, loss="wgan_gp", critic_steps=5, optimizer="adam",
-                    learning_rate=1e-4, beta_1=0.5),
-    "ddpm": _diffusion(),
-    "ddpm_linear": _diffusion(schedule="linear"),
-}
+
+def _classifier_build(config, input_shape, base_model=None):
+    del input_shape  # the encoder's
+    if base_model is None:
+        raise ValueError("the classifier fine-tunes a pretrained encoder: build it with the pretrained model")
+    return classifier.build_classifier(config, classifier.copy_encoder(classifier.reusable_encoder(base_model)))
+
+
+FAMILIES: Dict[str, Family] = {}
+MODELS: Dict[str, ModelEntry] = {}
+
+
+def register(family: Family, models: Mapping[str, Mapping[str, Any]]) -> None:
+    """Adds a family and its models (name -> preset); a name already taken is an error."""
+    taken = sorted(({family.name} & set(FAMILIES)) | (set(models) & set(MODELS)))
+    if taken:
+        raise ValueError(f"already registered: {taken}")
+    FAMILIES[family.name] = family
+    MODELS.update({name: ModelEntry(family, dict(preset)) for name, preset in models.items()})
+
+
+register(Family(
+    "autoencoder", autoencoders.AutoencoderConfig, _without_base(autoencoders.build_autoencoder), autoencoders.fit,
+    autoencoders.serving_signatures, signatures.output_of("reconstruct", "reconstructions"),
+    key_metric=("test_mse", False), scorers=(scoring.score_reconstructions,), figures=(figures.reconstructions,),
+    pixel_range=autoencoders.PIXEL_RANGE, reusable_encoder=True, detects_anomalies=True,
+    total_epochs=_autoencoder_epochs),
+    # Presets follow the seed notebook's architectures and budgets (../shared/seeds/NOTEBOOK-17.md).
+    {"linear_ae": dict(hidden_units=(30,), activation="linear", output_activation="linear"),
+     "stacked_ae": {},
+     "tied_ae": dict(tied_weights=True, epochs=10),
+     "greedy_ae": dict(greedy=True, epochs=10, finetune_epochs=5),
+     "conv_ae": dict(architecture="conv", epochs=10),
+     "recurrent_ae": dict(architecture="recurrent", epochs=10),
+     "denoising_ae": dict(noise="dropout", noise_level=0.5, epochs=10),
+     "sparse_l1_ae": dict(hidden_units=(100, 300), sparsity="l1", sparsity_weight=1e-4, epochs=10),
+     "sparse_kl_ae": dict(hidden_units=(100, 300), sparsity="kl", sparsity_weight=5e-3, sparsity_target=0.1,
+                          epochs=10)})
+
+register(Family(
+    "vae", vae.VAEConfig, _without_base(vae.build_vae), vae.fit, vae.serving_signatures,
+    signatures.output_of("reconstruct", "reconstructions"), key_metric=("test_neg_elbo", False),
+    scorers=(scoring.score_reconstructions, scoring.score_elbo, scoring.score_generation),
+    figures=(figures.reconstructions, figures.samples(64, "sample"), figures.interpolation),
+    pixel_range=vae.PIXEL_RANGE, generate_signature="sample", reusable_encoder=True),
+    {"vae": {}, "conv_vae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})
+
+register(Family(
+    "gan", gans.GANConfig, _without_base(gans.build_gan), gans.fit, gans.serving_signatures,
+    signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
+    scorers=(scoring.score_generation,), figures=(figures.samples(64),), pixel_range=gans.PIXEL_RANGE,
+    generate_signature="generate",
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),))),
+    {"gan": {},
+     "dcgan": dict(architecture="dcgan", coding_size=100),
+     # Gulrajani et al.'s settings: 5 critic steps, penalty 10, Adam(1e-4, beta_1 0.5).
+     "wgan_gp": dict(architecture="dcgan", coding_size=100, loss="wgan_gp", critic_steps=5, optimizer="adam",
+                     learning_rate=1e-4, beta_1=0.5)})
+
+register(Family(
+    "diffusion", diffusion.DiffusionConfig, _without_base(diffusion.build_diffusion_model), diffusion.fit,
+    diffusion.serving_signatures, diffusion.array_function, key_metric=("fid", False),
+    scorers=(scoring.score_generation,), figures=(figures.samples(32),), pixel_range=diffusion.PIXEL_RANGE,
+    generate_signature="generate", export_metadata=diffusion.export_metadata,
+    input_example=standard_normal(lambda images, config: images.shape[1:])),
+    {"ddpm": {}, "ddpm_linear": dict(schedule="linear")})
+
+register(Family(
+    classifier.NAME, classifier.ClassifierConfig, _classifier_build, classifier.fit, classifier.serving_signatures,
+    signatures.output_of("classify", "probabilities"), key_metric=("test_accuracy", True),
+    scorers=(scoring.score_classification,), supervised=True, needs_base_model=True,
+    total_epochs=lambda config: config.epochs + config.unfrozen_epochs,
+    # Where fine-tuning (phase 2) starts in the history, whichever way (in process, Ray) it trained.
+    training_details=lambda config: {"frozen_epochs": config.epochs},
+    description="fine-tunes the encoder of --pretrain MODEL (an autoencoder or VAE)"),
+    {classifier.NAME: {}})
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"model family {name!r} is unknown; the families are: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
 
 
 def get_model(name: str) -> ModelEntry:
@@ -70,7 +226,50 @@ def config_from(name: str, config_class: Type, overrides: Mapping[str, Any], pre
     if unknown:
         raise ValueError(f"{name} has no setting(s) {unknown}; it has: {', '.join(sorted(fields))}")
     values = {**(preset or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
-        if field.name in values and isinstance(field.default, tuple):
-            values[field.name] = tuple(values[field.name])
+        if field.name in values:
+            values[field.name] = _typed(name, field.name, hints[field.name], values[field.name])
     return config_class(**values)
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is tuple:
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(typing.get_args(hint)[0], "values")
+    if typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint) if h is not type(None))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _typed(name: str, field: str, hint, value):
+    """`value`, checked against the field's type (an int where a float is asked is fine; JSON lists become
+    tuples), or a ValueError naming the field and the type it needs: the config's own checks then compare like
+    with like."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        hint, origin = options[0], typing.get_origin(options[0])
+    bad = ValueError(f"{name}: {field}={value!r} is not {_type_name(hint)}; give e.g. --set "
+                     f"{field}={_EXAMPLES.get(hint if origin is None else tuple, 'VALUE')}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = typing.get_args(hint)[0]
+        return tuple(_typed(name, field, item, v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+    elif hint is str and not isinstance(value, str):
+        raise bad
+    return value
+
+
+_EXAMPLES = {int: "3", float: "0.5", bool: "true", str: "WORD", tuple: "[64,32]"}

@@ -8,11 +8,12 @@ Images are in [0, 1]. The decoder emits logits; `decode` applies the sigmoid.
 """
 import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers import signatures
 from trainers.common import (TrainingConfig, average_loss, fit_epochs, make_optimizer, per_example_sum, require,
                              require_choice, require_layer_sizes, start_build, upsampling_plan, use_xla)
 
@@ -187,3 +188,37 @@ def train(config: VAEConfig, input_shape: Sequence[int], train_data: tf.data.Dat
     """Trains a VAE on batches of images (B, H, W, C) in [0, 1]; returns it and its per-epoch history."""
     model = build_vae(config, input_shape)
     return model, fit(model, config, train_data, eval_data, callbacks)
+
+
+def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
+    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    images, codings = signatures.image_spec(image_shape), signatures.codings_spec(model.coding_size)
+
+    @tf.function(input_signature=[images])
+    def reconstruct(x):
+        return {"reconstructions": model(signatures.checked_images(x, pixel_range), training=False)}
+
+    @tf.function(input_signature=[images])
+    def encode(x):
+        mean, log_var = model.encoder(signatures.checked_images(x, pixel_range), training=False)
+        return {"codings": mean, "log_var": log_var}
+
+    @tf.function(input_signature=[codings])
+    def decode(z):
+        return {"images": model.decode(signatures.checked_codings(z))}
+
+    @tf.function(input_signature=[images])
+    def anomaly_score(x):
+        # Mean squared reconstruction error through the codings' mean, as for the other autoencoders.
+        x = signatures.checked_images(x, pixel_range)
+        error = tf.square(model(x, training=False) - x)
+        return {"scores": tf.reduce_mean(tf.reshape(error, [tf.shape(x)[0], -1]), axis=1)}
+
+    @tf.function(input_signature=[signatures.N, signatures.SEED])
+    def sample(n, seed):
+        n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
+        return {"images": model.decode(tf.random.stateless_normal(tf.stack([n, model.coding_size]),
+                                                                  seed=tf.stack([seed, 0])))}
+
+    return {"serving_default": reconstruct, "reconstruct": reconstruct, "encode": encode, "decode": decode,
+            "anomaly_score": anomaly_score, "sample": sample}

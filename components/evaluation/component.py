@@ -6,7 +6,7 @@ predictions give mode coverage. Output `model`: the SavedModel plus the train sp
 output `evaluation`: its test accuracy and the FID floor (the test split against the train split).
 
 ModelEvaluator: scores the Trainer's SavedModel on the test split (the eval split when there is no test
-split) with trainers.evaluation, draws what a person looks at, and blesses the model when its family's key
+split) with evaluation.scoring, draws what a person looks at, and blesses the model when its family's key
 metric beats the registry's current champion by `margin` (or when there is no champion). The Pusher pushes
 only blessed models; the MLflow registrar moves the `champion` alias only to blessed ones.
 """
@@ -21,7 +21,7 @@ from components.evaluation import executor
 
 
 class MetricNetworkTrainerSpec(ComponentSpec):
-    PARAMETERS = {"config": ExecutionParameter(type=str),  # JSON: trainers.evaluation.MetricNetworkConfig fields
+    PARAMETERS = {"config": ExecutionParameter(type=str),  # JSON: evaluation.scoring.MetricNetworkConfig fields
                   "code_version": ExecutionParameter(type=str, optional=True)}
     INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {"model": ChannelParameter(type=standard_artifacts.Model),
@@ -42,8 +42,8 @@ class MetricNetworkTrainer(base_component.BaseComponent):
 
 
 class ModelEvaluatorSpec(ComponentSpec):
-    # JSON: family, pixel_range, num_classes, options (trainers.evaluation.EvaluationOptions fields), margin,
-    # tracking (where the champion is read: pipelines.tracking.TrackingConfig fields) and registered_model.
+    # JSON: family, pixel_range, num_classes, options (evaluation.scoring.EvaluationOptions fields), margin,
+    # tracking (where the champion is read: backends.tracking.TrackingConfig fields) and registered_model.
     PARAMETERS = {"config": ExecutionParameter(type=str),
                   "code_version": ExecutionParameter(type=str, optional=True)}
     INPUTS = {

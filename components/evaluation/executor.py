@@ -15,8 +15,8 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from components.image_example_gen.executor import CLASS_NAMES_PROPERTY, IMAGE_SHAPE_PROPERTY
-from components.trainer import figures
-from trainers import data, evaluation
+from evaluation import figures, scoring
+from trainers import data, registry
 
 EVALUATION_FILE = "evaluation.json"
 INPUT_EXAMPLE_FILE = "input_example.npy"  # what MLflow shows as the logged model's input example
@@ -74,7 +74,7 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         examples = artifact_utils.get_single_instance(input_dict["examples"])
-        config = evaluation.MetricNetworkConfig(**json.loads(exec_properties["config"]))
+        config = scoring.MetricNetworkConfig(**json.loads(exec_properties["config"]))
         num_classes = len(examples.get_json_value_custom_property(CLASS_NAMES_PROPERTY))
         if num_classes < 2:
             raise ValueError(f"the metric network needs labelled data with at least 2 classes; {examples.uri} has "
@@ -83,14 +83,14 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
         labelled = labels >= 0
         images, labels = images[labelled], labels[labelled]
         logging.info("training the metric network on %d labelled images for %d epochs", len(images), config.epochs)
-        network = evaluation.build_metric_network(images.shape[1:], num_classes, config)
+        network = scoring.build_metric_network(images.shape[1:], num_classes, config)
         network.fit(images, labels, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=2)
 
         model_dir = artifact_utils.get_single_uri(output_dict["model"])
-        evaluation.export_metric_network(network, os.path.join(model_dir, METRIC_NETWORK_DIR))
-        loaded = evaluation.MetricNetwork(os.path.join(model_dir, METRIC_NETWORK_DIR))
+        scoring.export_metric_network(network, os.path.join(model_dir, METRIC_NETWORK_DIR))
+        loaded = scoring.MetricNetwork(os.path.join(model_dir, METRIC_NETWORK_DIR))
         train_features, _ = loaded(images)
-        reference = evaluation.FeatureReference.from_features(train_features, labels, num_classes, seed=config.seed)
+        reference = scoring.FeatureReference.from_features(train_features, labels, num_classes, seed=config.seed)
         reference.save(model_dir)
 
         split = evaluation_split(examples)
@@ -98,7 +98,7 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
         test_images, test_labels = test_images[test_labels >= 0], test_labels[test_labels >= 0]
         test_features, predicted = loaded(test_images)
         # The floor: real held-out digits score this against the train split; no generator can expect less.
-        floor = evaluation.feature_scores(test_features, predicted, reference, seed=config.seed)
+        floor = scoring.feature_scores(test_features, predicted, reference, seed=config.seed)
         metrics = {"test_accuracy": float(np.mean(predicted == test_labels)), "split": split,
                    "train_examples": int(len(images)), "test_examples": int(len(test_images)),
                    "fid_floor": floor["fid"], "kid_floor_x1e3": floor["kid_x1e3"], "config": dataclasses.asdict(config)}
@@ -107,57 +107,47 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
                      metrics["fid_floor"])
 
 
-def _input_example(family: str, images: np.ndarray, model_config: Dict[str, Any], seed: int) -> np.ndarray:
-    """A small array of what the SavedModel's callable (and MLflow's pyfunc) takes."""
-    if family == "gan":
-        size = int(model_config["coding_size"])
-        return np.random.default_rng(seed).standard_normal((2, size)).astype(np.float32)
-    if family == "diffusion":
-        return np.random.default_rng(seed).standard_normal((2, *images.shape[1:])).astype(np.float32)
-    return images[:2].astype(np.float32)
-
-
 class ModelEvaluatorExecutor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        from pipelines import tracking  # pylint: disable=import-outside-toplevel  (MLflow's one module)
+        from backends import tracking  # pylint: disable=import-outside-toplevel  (MLflow's one module)
         config = json.loads(exec_properties["config"])
-        family = config["family"]
+        family = registry.family(config["family"])
         model = artifact_utils.get_single_instance(input_dict["model"])
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         transform_graph = artifact_utils.get_single_instance(input_dict["transform_graph"])
-        options = evaluation.EvaluationOptions(**config["options"])
+        options = scoring.EvaluationOptions(**config["options"])
         split = evaluation_split(examples)
         images, labels = read_transformed_split(examples, transform_graph, split)
-        if family == "classifier" or options.anomaly_class is not None:
+        if family.supervised or options.anomaly_class is not None:
             images, labels = images[labels >= 0], labels[labels >= 0]
 
         network = reference = None
         if input_dict.get("metric_model"):
             metric_dir = artifact_utils.get_single_uri(input_dict["metric_model"])
-            network = evaluation.MetricNetwork(os.path.join(metric_dir, METRIC_NETWORK_DIR))
-            reference = evaluation.FeatureReference.load(metric_dir)
+            network = scoring.MetricNetwork(os.path.join(metric_dir, METRIC_NETWORK_DIR))
+            reference = scoring.FeatureReference.load(metric_dir)
         saved_model = path_utils.serving_model_path(model.uri)
-        logging.info("evaluating %s on the %s split (%d images)", family, split, len(images))
-        metrics, arrays = evaluation.score_model(family, saved_model, images, labels, config["pixel_range"],
+        logging.info("evaluating %s on the %s split (%d images)", family.name, split, len(images))
+        metrics, arrays = scoring.score_model(family, saved_model, images, labels, config["pixel_range"],
                                                  config["model_config"], config["num_classes"], options, network,
                                                  reference)
         metrics["split"] = split
 
         champion = tracking.champion_metrics(tracking.TrackingConfig(**config["tracking"]), config["registered_model"])
-        blessing = evaluation.decide_blessing(family, metrics, champion, float(config["margin"]))
+        blessing = scoring.decide_blessing(family.key_metric, metrics, champion, float(config["margin"]))
         logging.info("evaluation: %s", blessing.reason)
 
         evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
-        write_json(evaluation_dir, EVALUATION_FILE, {"family": family, "metrics": metrics,
+        write_json(evaluation_dir, EVALUATION_FILE, {"family": family.name, "metrics": metrics,
                                                      "blessing": dataclasses.asdict(blessing)})
         np.save(os.path.join(evaluation_dir, INPUT_EXAMPLE_FILE),
-                _input_example(family, images, config["model_config"], options.seed))
+                family.input_example(images, config["model_config"], options.seed))
         # The metric network's input example: real test images in [0, 1].
         np.save(os.path.join(evaluation_dir, METRIC_INPUT_EXAMPLE_FILE),
-                evaluation.to_unit(images[:2], config["pixel_range"]))
-        for path in self._figures(family, metrics, arrays, labels, reference, evaluation_dir):
+                scoring.to_unit(images[:2], config["pixel_range"]))
+        for path in self._figures(metrics, arrays, labels, reference, evaluation_dir):
             logging.info("figure: %s", path)
 
         evaluation_artifact = artifact_utils.get_single_instance(output_dict["evaluation"])
@@ -172,7 +162,7 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
                                                 else "NOT_BLESSED"), blessing.to_json())
 
     @staticmethod
-    def _figures(family, metrics, arrays, labels, reference, directory) -> List[str]:
+    def _figures(metrics, arrays, labels, reference, directory) -> List[str]:
         paths = []
         if "codings" in arrays:
             paths.append(figures.save_codings_map(os.path.join(directory, "codings.png"), arrays["codings"], labels))
@@ -180,7 +170,7 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
             paths.append(figures.save_png(os.path.join(directory, "samples.png"),
                                           figures.image_grid(arrays["samples"][:64], 8)))
         if "sample_classes" in arrays and reference is not None:
-            generated = evaluation.class_histogram(arrays["sample_classes"], len(reference.class_histogram))
+            generated = scoring.class_histogram(arrays["sample_classes"], len(reference.class_histogram))
             paths.append(figures.save_class_histograms(os.path.join(directory, "modes.png"), generated,
                                                        reference.class_histogram))
         if "confusion_matrix" in metrics:

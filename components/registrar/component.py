@@ -1,4 +1,4 @@
-"""MlflowRegistrar: logs a trained and evaluated model to MLflow and registers it (pipelines.tracking).
+"""MlflowRegistrar: logs a trained and evaluated model to MLflow and registers it (backends.tracking).
 
 It runs last, after the Evaluator, so training never depends on MLflow being up: a parent run per pipeline
 run with child runs for the Trainer and the Evaluator (and the metric network the first time it is used), the
@@ -23,7 +23,7 @@ class MlflowModelVersion(artifact.Artifact):
 
 
 class MlflowRegistrarSpec(ComponentSpec):
-    # JSON: tracking (pipelines.tracking.TrackingConfig fields), registered_model, metric_network_model,
+    # JSON: tracking (backends.tracking.TrackingConfig fields), registered_model, metric_network_model,
     # pipeline, dataset, source.
     PARAMETERS = {"config": ExecutionParameter(type=str),
                   "code_version": ExecutionParameter(type=str, optional=True)}

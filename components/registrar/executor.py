@@ -1,4 +1,4 @@
-"""Executor of MlflowRegistrar: gathers what the Trainer and Evaluator left and hands it to pipelines.tracking."""
+"""Executor of MlflowRegistrar: gathers what the Trainer and Evaluator left and hands it to backends.tracking."""
 import dataclasses
 import glob
 import json
@@ -15,7 +15,7 @@ from tfx.utils import path_utils
 from components.evaluation.executor import (EVALUATION_FILE, INPUT_EXAMPLE_FILE, METRIC_INPUT_EXAMPLE_FILE,
                                            METRIC_NETWORK_DIR, write_json)
 from components.trainer.run_fn import METRICS_FILE
-from pipelines import tracking
+from backends import tracking
 
 REGISTRATION_FILE = "registration.json"
 

@@ -2,7 +2,7 @@
 `Trainer(custom_executor_spec=ExecutorClassSpec(RayTrainerExecutor))`, as TFX's Cloud AI Platform trainer does).
 
 The executor resolves the Trainer's inputs into a TrainingJob (components.trainer.run_fn), hands it to
-trainers.ray_train (workers, checkpoints, restarts), rebuilds the trained model from the final checkpoint in
+components.trainer.ray_train (workers, checkpoints, restarts), rebuilds the trained model from the final checkpoint in
 this process and finishes as the in-process run_fn does: SavedModel, training state, metrics, pictures.
 
 custom_config["ray"]: {"settings": RaySettings fields, "storage_path": where Ray keeps runs and checkpoints}.
@@ -18,7 +18,8 @@ from tfx import types
 from tfx.components.trainer.executor import GenericExecutor
 
 from components.trainer import run_fn
-from trainers import job as training, ray_train
+from components.trainer import ray_train
+from trainers import job as training
 
 
 class RayTrainerExecutor(GenericExecutor):

@@ -23,9 +23,9 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
-from components.trainer import figures
+from evaluation import figures
 from serving import export
-from trainers import classifier, job as training, registry
+from trainers import job as training, registry
 
 METRICS_FILE = "metrics.json"
 KERAS_STATE_DIR = "keras-state"
@@ -39,9 +39,10 @@ def keras_state_dir(serving_model_dir: str) -> str:
 def training_job(fn_args: FnArgs) -> training.TrainingJob:
     custom = fn_args.custom_config
     encoder_from = None
-    if custom["model"] == classifier.NAME:
+    if registry.get_model(custom["model"]).family.needs_base_model:
         if not fn_args.base_model:
-            raise ValueError("the classifier's Trainer needs base_model: the Model artifact of a pretraining Trainer")
+            raise ValueError(f"the {custom['model']} Trainer needs base_model: the Model artifact of a pretraining "
+                             "Trainer")
         encoder_from = keras_state_dir(fn_args.base_model)
     return training.TrainingJob(
         model=custom["model"], config=dict(custom["config"]), image_shape=tuple(int(d) for d in custom["image_shape"]),
@@ -52,9 +53,10 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
 
 
 def pixel_range(job: training.TrainingJob) -> str:
-    if job.family == classifier.NAME:
+    """The family's pixel range, or (a family with a base model) the base model's."""
+    if job.family.pixel_range is None:
         return registry.get_model(training.read_state(job.encoder_from)["model"]).pixel_range
-    return registry.get_model(job.model).pixel_range
+    return job.family.pixel_range
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -64,7 +66,7 @@ def run_fn(fn_args: FnArgs) -> None:
     logging.info("training %s in process for %d epochs", job.model, training.total_epochs(job, config))
     model = training.build_model(job, config)
     history = training.train(job, model, config, train_data, eval_data)
-    history.pop("frozen_epochs", None)  # finish() records it for classifiers, whichever way they trained
+    history.pop("frozen_epochs", None)  # finish() records it (the family's training_details), however it trained
     finish(fn_args, job, model, history)
 
 
@@ -74,8 +76,8 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     writes metrics.json (history plus `details`) and the family's pictures."""
     config = job.make_config()
     pixels = pixel_range(job)
-    if job.family == classifier.NAME:
-        details.setdefault("frozen_epochs", config.epochs)  # where fine-tuning (phase 2) starts in the history
+    for key, value in job.family.training_details(config).items():
+        details.setdefault(key, value)
     export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels)
     state_dir = keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
@@ -84,7 +86,7 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
         training.save_state(model, state_dir, job, training.total_epochs(job, config), history)
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
     with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
-        json.dump({"model": job.model, "family": job.family, "config": job.config,
+        json.dump({"model": job.model, "family": job.family.name, "config": job.config,
                    "full_config": dataclasses.asdict(config), "pixel_range": pixels,
                    "holdout_class": job.holdout_class, "history": history, **details}, f, indent=1)
     _, eval_data = training.datasets(job, config)

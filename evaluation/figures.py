@@ -61,29 +61,45 @@ def save_loss_curves(path: str, history: Dict[str, List[float]]) -> str:
     return _save_figure(figure, path)
 
 
-def save_model_figures(family: str, model, inputs: np.ndarray, pixel_range: str, history: Dict[str, List[float]],
+def save_model_figures(family, model, inputs: np.ndarray, pixel_range: str, history: Dict[str, List[float]],
                        out_dir: str, seed: int = 0) -> Sequence[str]:
-    """Writes the family's pictures for `inputs` (a batch in the model's pixel range) under out_dir."""
+    """Writes the loss curves and the pictures of `family` (its description's `figures`, trainers/registry.py) for
+    `inputs` (a batch in the model's pixel range) under out_dir."""
     os.makedirs(out_dir, exist_ok=True)
     to_unit = (lambda x: (np.asarray(x) + 1.0) / 2.0) if pixel_range == "symmetric" else np.asarray
     paths = [save_loss_curves(os.path.join(out_dir, "loss.png"), history)]
-    if family in ("autoencoder", "vae"):
-        shown = inputs[:10]
-        reconstructions = model(shown, training=False)
-        paths.append(save_png(os.path.join(out_dir, "reconstructions.png"),
-                              image_grid(np.concatenate([to_unit(shown), to_unit(reconstructions)]), len(shown))))
-    if family == "vae":
-        paths.append(save_png(os.path.join(out_dir, "samples.png"), image_grid(model.sample(64, seed=seed), 8)))
-        if len(inputs) >= 2:
-            strip = model.interpolate(inputs[0], inputs[1], steps=10)
-            paths.append(save_png(os.path.join(out_dir, "interpolation.png"), image_grid(strip, 10)))
-    if family == "gan":
-        paths.append(save_png(os.path.join(out_dir, "samples.png"),
-                              image_grid(to_unit(model.generate(64, seed=seed)), 8)))
-    if family == "diffusion":
-        paths.append(save_png(os.path.join(out_dir, "samples.png"),
-                              image_grid(to_unit(model.generate(32, seed=seed)), 8)))
+    for figure in family.figures:
+        paths += figure(model, inputs, to_unit, out_dir, seed)
     return paths
+
+
+# Figures a family's description lists: each (model, inputs, to_unit, out_dir, seed) -> the paths it wrote.
+
+def reconstructions(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+    """reconstructions.png: up to 10 inputs (top row) over what the model makes of them."""
+    del seed
+    shown = inputs[:10]
+    rebuilt = model(shown, training=False)
+    return [save_png(os.path.join(out_dir, "reconstructions.png"),
+                     image_grid(np.concatenate([to_unit(shown), to_unit(rebuilt)]), len(shown)))]
+
+
+def samples(count: int, method: str = "generate"):
+    """samples.png: `count` images from `model.<method>(count, seed=seed)`, 8 to a row."""
+    def figure(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+        del inputs
+        return [save_png(os.path.join(out_dir, "samples.png"),
+                         image_grid(to_unit(getattr(model, method)(count, seed=seed)), 8))]
+    return figure
+
+
+def interpolation(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+    """interpolation.png: `model.interpolate` (decoded codings) between the first two inputs, 10 steps."""
+    del seed
+    if len(inputs) < 2:
+        return []
+    strip = model.interpolate(inputs[0], inputs[1], steps=10)
+    return [save_png(os.path.join(out_dir, "interpolation.png"), image_grid(to_unit(strip), 10))]
 
 
 def save_codings_map(path: str, codings: np.ndarray, labels: np.ndarray) -> str:

@@ -1,9 +1,10 @@
 """Scores of trained models, computed from what they export (their SavedModel signatures) and a metric network.
 
-    autoencoder  test_mse, test_bce per pixel; anomaly_auroc when a class was held out of training
-    vae          the same, plus test_neg_elbo (reconstruction + KL per example, one sampled coding)
-    vae, gan, diffusion   fid, kid (x 1e3), mode_entropy, mode_kl: see below
-    classifier   test_accuracy, per-class accuracy, confusion matrix
+A family's description (trainers/registry.py) lists the scorers that apply to it:
+    score_reconstructions  test_mse, test_bce per pixel; anomaly_auroc when a class was held out of training
+    score_elbo             test_neg_elbo (reconstruction + KL per example, one sampled coding): VAEs
+    score_generation       fid, kid (x 1e3), mode_entropy, mode_kl (see below) of generated images
+    score_classification   test_accuracy, per-class accuracy, confusion matrix
 
 FID/KID here are *domain* scores: the features are the penultimate layer of a small CNN trained on the dataset's
 own labels (the metric network), not Inception's (which knows nothing of 28x28 digits), so the numbers compare
@@ -23,10 +24,6 @@ import scipy.stats
 import tensorflow as tf
 import tf_keras as keras
 
-# family -> (key metric, True when higher is better): what blessing compares against the champion.
-KEY_METRICS = {"autoencoder": ("test_mse", False), "vae": ("test_neg_elbo", False), "gan": ("fid", False),
-               "diffusion": ("fid", False), "classifier": ("test_accuracy", True)}
-GENERATIVE_FAMILIES = ("vae", "gan", "diffusion")
 METRIC_NETWORK_FEATURES = "features"  # the metric network's SavedModel signature: images in [0, 1] -> features
 
 
@@ -248,20 +245,16 @@ class EvaluationOptions:
     sample_steps: Optional[int] = None  # DDPM: DDIM steps (default: the model's config)
 
 
-def generate(family: str, signatures, count: int, seed: int, batch_size: int,
-             sample_steps: Optional[int] = None) -> np.ndarray:
-    """`count` images in [0, 1] from a generative SavedModel's sample/generate signature, in batches."""
+def generate(signature: Callable, count: int, seed: int, batch_size: int,
+             inputs: Optional[Dict[str, int]] = None) -> np.ndarray:
+    """`count` images in [0, 1] from a generative SavedModel's signature (n, seed, ...), in batches; `inputs`: its
+    other scalar inputs (a DDPM's steps)."""
     batches = []
+    extra = {k: tf.constant(v, tf.int32) for k, v in (inputs or {}).items()}
     for index, start in enumerate(range(0, count, batch_size)):
         n = tf.constant(min(batch_size, count - start), tf.int32)
         batch_seed = tf.constant(seed * 100_003 + index, tf.int32)
-        if family == "vae":
-            batches.append(signatures["sample"](n=n, seed=batch_seed)["images"].numpy())
-        elif family == "diffusion":
-            batches.append(signatures["generate"](n=n, seed=batch_seed,
-                                                  steps=tf.constant(sample_steps, tf.int32))["images"].numpy())
-        else:
-            batches.append(signatures["generate"](n=n, seed=batch_seed)["images"].numpy())
+        batches.append(signature(n=n, seed=batch_seed, **extra)["images"].numpy())
     return np.concatenate(batches)
 
 
@@ -275,47 +268,97 @@ def _concatenated(function: Callable, images: np.ndarray, batch_size: int) -> Di
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def score_model(family: str, saved_model_dir: str, images: np.ndarray, labels: np.ndarray, pixel_range: str,
+@dataclasses.dataclass
+class ScoringRun:
+    """One SavedModel being scored: what a family's scorers read, and the `metrics` and `arrays` (what the
+    pictures need: codings, generated samples) they add to."""
+    signatures: Dict[str, Callable]
+    metadata: Dict[str, Any]  # the exporter's (serving/export.py)
+    images: np.ndarray  # the test split, in the model's pixel range
+    labels: np.ndarray  # -1: none
+    pixel_range: str
+    config: Dict[str, Any]  # the model's full config
+    num_classes: int
+    options: EvaluationOptions
+    metric_network: Optional[MetricNetwork] = None
+    reference: Optional[FeatureReference] = None
+    metrics: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    arrays: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+# Scorers: a family's description lists the ones that apply to it (trainers/registry.py), in order.
+
+def score_reconstructions(run: ScoringRun) -> None:
+    """test_mse, test_bce per pixel through `reconstruct`; the codings from `encode`; the AUROC of
+    `anomaly_score` for the held-out class when there is one."""
+    options, images = run.options, run.images
+    reconstructed = _concatenated(run.signatures["reconstruct"], images, options.batch_size)["reconstructions"]
+    errors = reconstruction_errors(images, reconstructed, run.pixel_range)
+    run.metrics.update(test_mse=float(errors["mse"].mean()), test_bce=float(errors["bce"].mean()))
+    encoded = _concatenated(run.signatures["encode"], images, options.batch_size)
+    run.arrays.update(encoded)  # codings (and a VAE's log_var)
+    if options.anomaly_class is not None:
+        scores = _concatenated(run.signatures["anomaly_score"], images, options.batch_size)["scores"]
+        run.metrics["anomaly_class"] = int(options.anomaly_class)
+        run.metrics["anomaly_auroc"] = auroc(scores, run.labels == options.anomaly_class)
+
+
+def score_elbo(run: ScoringRun) -> None:
+    """A VAE's test_neg_elbo and test_kl: one coding sampled per example from `encode`'s mean and log_var (after
+    score_reconstructions, whose encodings it reuses), decoded by `decode`."""
+    options = run.options
+    if "log_var" not in run.arrays:
+        run.arrays.update(_concatenated(run.signatures["encode"], run.images, options.batch_size))
+    mean, log_var = run.arrays["codings"], run.arrays["log_var"]
+    rng = np.random.default_rng(options.seed)
+    codings = (mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)).astype(np.float32)
+    decoded = np.concatenate([run.signatures["decode"](codings=tf.constant(codings[s:s + options.batch_size]))[
+        "images"].numpy() for s in range(0, len(codings), options.batch_size)])
+    elbo = negative_elbo(run.images, mean, log_var, decoded, run.config.get("reconstruction", "bce"))
+    run.metrics.update(test_neg_elbo=float(elbo["neg_elbo"].mean()), test_kl=float(elbo["kl"].mean()))
+
+
+def score_generation(run: ScoringRun) -> None:
+    """options.num_samples images from the exporter's generating signature (metadata `generate_signature`, with
+    its `generate_defaults`; options.sample_steps overrides a DDPM's steps); FID, KID and mode coverage when a
+    metric network is given."""
+    options, metadata = run.options, run.metadata
+    name = metadata.get("generate_signature") or ("generate" if "generate" in run.signatures else "sample")
+    signature = run.signatures[name]
+    inputs = dict(metadata.get("generate_defaults", {}))
+    takes = set(signature.structured_input_signature[1])
+    if "steps" in takes:
+        inputs["steps"] = options.sample_steps or inputs.get("steps") or run.config.get("sample_steps")
+    samples = generate(signature, options.num_samples, options.seed, options.batch_size,
+                       {k: v for k, v in inputs.items() if k in takes})
+    run.arrays["samples"] = samples
+    if run.metric_network is not None and run.reference is not None:
+        features, run.arrays["sample_classes"] = run.metric_network(samples)
+        run.metrics.update(feature_scores(features, run.arrays["sample_classes"], run.reference, options.seed))
+
+
+def score_classification(run: ScoringRun) -> None:
+    """test_accuracy, per-class accuracy and the confusion matrix of `classify` on the labelled test images."""
+    predicted = _concatenated(run.signatures["classify"], run.images, run.options.batch_size)["classes"]
+    scores = classification_scores(predicted, run.labels, run.num_classes)
+    run.metrics.update(test_accuracy=scores["accuracy"], per_class_accuracy=scores["per_class_accuracy"],
+                       confusion_matrix=scores["confusion_matrix"])
+
+
+def score_model(family, saved_model_dir: str, images: np.ndarray, labels: np.ndarray, pixel_range: str,
                 config: Dict[str, Any], num_classes: int, options: EvaluationOptions = EvaluationOptions(),
                 metric_network: Optional[MetricNetwork] = None,
                 reference: Optional[FeatureReference] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-    """(metrics, arrays) for a SavedModel on the test images (in the model's pixel range) and labels (-1: none).
-    `arrays` holds what the pictures need: codings, generated samples."""
+    """(metrics, arrays) for a SavedModel on the test images (in the model's pixel range) and labels (-1: none),
+    by the scorers of `family` (its description in trainers/registry.py)."""
     loaded = tf.saved_model.load(saved_model_dir)
-    signatures = loaded.signatures
-    metrics: Dict[str, Any] = {"test_examples": int(len(images))}
-    arrays: Dict[str, np.ndarray] = {}
-    if family in ("autoencoder", "vae"):
-        reconstructed = _concatenated(signatures["reconstruct"], images, options.batch_size)["reconstructions"]
-        errors = reconstruction_errors(images, reconstructed, pixel_range)
-        metrics.update(test_mse=float(errors["mse"].mean()), test_bce=float(errors["bce"].mean()))
-        encoded = _concatenated(signatures["encode"], images, options.batch_size)
-        arrays["codings"] = encoded["codings"]
-        if options.anomaly_class is not None:
-            scores = _concatenated(signatures["anomaly_score"], images, options.batch_size)["scores"]
-            metrics["anomaly_class"] = int(options.anomaly_class)
-            metrics["anomaly_auroc"] = auroc(scores, labels == options.anomaly_class)
-    if family == "vae":
-        mean, log_var = encoded["codings"], encoded["log_var"]
-        rng = np.random.default_rng(options.seed)
-        codings = (mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)).astype(np.float32)
-        decoded = np.concatenate([signatures["decode"](codings=tf.constant(codings[s:s + options.batch_size]))[
-            "images"].numpy() for s in range(0, len(codings), options.batch_size)])
-        elbo = negative_elbo(images, mean, log_var, decoded, config.get("reconstruction", "bce"))
-        metrics.update(test_neg_elbo=float(elbo["neg_elbo"].mean()), test_kl=float(elbo["kl"].mean()))
-    if family in GENERATIVE_FAMILIES:
-        steps = options.sample_steps or config.get("sample_steps")
-        samples = generate(family, signatures, options.num_samples, options.seed, options.batch_size, steps)
-        arrays["samples"] = samples
-        if metric_network is not None and reference is not None:
-            features, arrays["sample_classes"] = metric_network(samples)
-            metrics.update(feature_scores(features, arrays["sample_classes"], reference, options.seed))
-    if family == "classifier":
-        predicted = _concatenated(signatures["classify"], images, options.batch_size)["classes"]
-        scores = classification_scores(predicted, labels, num_classes)
-        metrics.update(test_accuracy=scores["accuracy"], per_class_accuracy=scores["per_class_accuracy"],
-                       confusion_matrix=scores["confusion_matrix"])
-    return metrics, arrays
+    metadata = json.loads(loaded.metadata.numpy().decode()) if hasattr(loaded, "metadata") else {}
+    run = ScoringRun(dict(loaded.signatures), metadata, images, labels, pixel_range, config, num_classes, options,
+                     metric_network, reference, metrics={"test_examples": int(len(images))})
+    for scorer in family.scorers:
+        scorer(run)
+    run.arrays.pop("log_var", None)
+    return run.metrics, run.arrays
 
 
 # ------------------------------------------------------------------------------------------------ blessing
@@ -335,11 +378,12 @@ class Blessing:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
 
-def decide_blessing(family: str, metrics: Dict[str, Any], champion: Optional[Tuple[str, Dict[str, float]]],
-                    margin: float) -> Blessing:
-    """Blessed when the family's key metric beats the champion's by `margin` (relative: 0.01 = 1 % better), or
-    when there is no champion. `champion`: (version, its metrics) or None."""
-    metric, higher = KEY_METRICS[family]
+def decide_blessing(key_metric: Tuple[str, bool], metrics: Dict[str, Any],
+                    champion: Optional[Tuple[str, Dict[str, float]]], margin: float) -> Blessing:
+    """Blessed when the key metric (name, True when higher is better: the family's) beats the champion's by
+    `margin` (relative: 0.01 = 1 % better), or when there is no champion. `champion`: (version, its metrics) or
+    None."""
+    metric, higher = key_metric
     candidate = metrics.get(metric)
     common = dict(metric=metric, higher_is_better=higher, candidate=candidate, margin=margin)
     if candidate is None or not math.isfinite(candidate):

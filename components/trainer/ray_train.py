@@ -29,24 +29,16 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from backends import ray_cluster
+
 if TYPE_CHECKING:
     from trainers.job import TrainingJob
 
 # No TensorFlow at import: Ray's controller unpickles this module's train loop (and the job, passed as a dict)
 # without training anything, and importing TF there would cost seconds and half a GiB for nothing.
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What a worker needs in its environment: tf_keras behind tf.keras (Keras 3 fails under
-# MultiWorkerMirroredStrategy with 2+ workers, keras-team/keras#20585) and quiet TF C++ logs.
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-# Shipped to a remote cluster as the job's working_dir: the code, not environments, runs or data.
-PROJECT_EXCLUDES = [".venv", ".git", "runs", "mlruns", "**/__pycache__", ".pytest_cache", "*.egg-info"]
 COMPLETE_MARKER = "latentforge-complete.json"
 _log = logging.getLogger("latentforge.ray")
-
-
-class RayClusterError(RuntimeError):
-    """The Ray cluster cannot be reached, or cannot ever give the workers what they ask for."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,46 +73,6 @@ class TrainingOutcome:
     finished_at: float  # when the run's result reached this driver
 
 
-def _in_ray_job() -> bool:
-    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-
-
-def connect(settings: RaySettings) -> None:
-    """Joins the cluster (settings.address, RAY_ADDRESS) or starts a local Ray in this process; no-op when this
-    process is already connected."""
-    import ray  # pylint: disable=import-outside-toplevel
-    if ray.is_initialized():
-        return
-    address = settings.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # A driver inside a Ray job runs the job's working_dir already; from elsewhere, ship this project.
-        runtime_env = None if _in_ray_job() else {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES,
-                                                  "env_vars": dict(WORKER_ENV)}
-        _log.info("joining the Ray cluster at %s", address)
-        try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        except (ConnectionError, TimeoutError, ValueError) as e:
-            raise RayClusterError(f"cannot join the Ray cluster at {address}: {e}. Is it running (`ray status "
-                                  f"--address {address}`)? Drop --ray-address (and RAY_ADDRESS) to train on a "
-                                  "local Ray.") from e
-    else:
-        python_path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
-        _log.info("starting a local Ray with %d CPUs", os.cpu_count())
-        # No dashboard: it doubles the start-up (16 s vs 8 s on 2 cores). Ray's default object store is 30%
-        # of memory; training passes files, not objects.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                 object_store_memory=256 * 1024 ** 2,
-                 runtime_env={"env_vars": {"PYTHONPATH": python_path, **WORKER_ENV},
-                              "worker_process_setup_hook": "trainers.ray_train.quiet_local_cluster_logs"})
-
-
-def quiet_local_cluster_logs() -> None:
-    """Runs in each process of the local Ray. Without a dashboard there is no state API, so Ray Train's placement
-    group cleaner (which frees a crashed driver's resources on a shared cluster; a local Ray ends with its
-    driver) warns every second that it cannot query it."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
 def _describe(resources: Dict[str, float]) -> str:
     shown = {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory") or k.startswith("accelerator")}
     return ", ".join(f"{k} {v / 1024 ** 3:.1f} GiB" if k == "memory" else f"{k} {v:g}"
@@ -138,12 +90,12 @@ def worker_resources(settings: RaySettings) -> Dict[str, float]:
             settings.address or os.environ.get("RAY_ADDRESS")) else 1.0
     need = {"CPU": cpus * settings.workers, "GPU": settings.gpus_per_worker * settings.workers}
     if need["GPU"] > available.get("GPU", 0):
-        raise RayClusterError(
+        raise ray_cluster.RayClusterError(
             f"{settings.workers} worker(s) x {settings.gpus_per_worker:g} GPU need {need['GPU']:g} GPUs, but the "
             f"Ray cluster ({where}) has {available.get('GPU', 0):g}: it has {_describe(available)}. Train on CPU "
             "(drop --gpus-per-worker) or join a cluster with GPUs (--ray-address).")
     if need["CPU"] > available.get("CPU", 0):
-        raise RayClusterError(
+        raise ray_cluster.RayClusterError(
             f"{settings.workers} worker(s) x {cpus:g} CPU need {need['CPU']:g} CPUs, but the Ray cluster ({where}) "
             f"has {available.get('CPU', 0):g}: it has {_describe(available)}. Use fewer --workers or "
             "--cpus-per-worker.")
@@ -166,7 +118,7 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     from ray.train.tensorflow import TensorflowTrainer  # pylint: disable=import-outside-toplevel
     from ray.train.v2.api.exceptions import WorkerGroupError  # pylint: disable=import-outside-toplevel
 
-    connect(settings)
+    ray_cluster.connect(settings.address)
     resources = worker_resources(settings)
     storage_path = os.path.abspath(storage_path)
     _log.info("Ray Train: %d worker(s) with %s each; checkpoints in %s", settings.workers, resources,
@@ -180,7 +132,7 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.checkpoints_to_keep),
-            worker_runtime_env={"env_vars": WORKER_ENV}))
+            worker_runtime_env={"env_vars": ray_cluster.WORKER_ENV}))
     try:
         result = trainer.fit()
     except WorkerGroupError as e:
@@ -214,7 +166,7 @@ def _worker_error(error) -> BaseException:
 
 def _train_loop(loop_config: Dict[str, Any]) -> None:
     """Runs on every Ray Train worker (TensorflowTrainer has set TF_CONFIG)."""
-    os.environ.update(WORKER_ENV)
+    os.environ.update(ray_cluster.WORKER_ENV)
     import ray.train  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel

@@ -1,0 +1,63 @@
+"""The layout's import rules, read from the source (imports inside functions included): the models know nothing
+of TFX, Ray or MLflow; evaluation knows no models, TFX, Ray or MLflow; the backends know no TFX and no models;
+and Ray and MLflow are each reached from the one module (or Ray Train / Ray Serve module) that owns them."""
+import ast
+import os
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+PACKAGES = ("pipelines", "components", "trainers", "evaluation", "serving", "backends")
+
+
+def _imports(path):
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def _modules(package):
+    for folder, _, names in os.walk(os.path.join(REPO_ROOT, package)):
+        for name in sorted(names):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                yield os.path.relpath(path, REPO_ROOT), set(_imports(path))
+
+
+def _top(names):
+    return {name.split(".")[0] for name in names}
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("trainers", {"tfx", "ray", "mlflow", "components", "pipelines", "serving", "backends"}),
+    ("evaluation", {"tfx", "ray", "mlflow", "trainers", "components", "pipelines", "serving", "backends"}),
+    ("backends", {"tfx", "trainers", "components", "pipelines", "serving", "evaluation"}),
+    ("serving", {"tfx", "components", "pipelines", "mlflow"}),
+    ("components", {"pipelines"}),
+])
+def test_packages_import_only_downward(package, forbidden):
+    offending = {path: sorted(_top(names) & forbidden) for path, names in _modules(package)
+                 if _top(names) & forbidden}
+    assert not offending
+
+
+def test_ray_and_mlflow_are_each_touched_in_their_own_modules():
+    users = {"ray": set(), "mlflow": set()}
+    for package in PACKAGES:
+        for path, names in _modules(package):
+            for library in users:
+                if library in _top(names):
+                    users[library].add(path)
+    assert users["mlflow"] == {"backends/tracking.py"}
+    # Connecting: backends/ray_cluster.py; Ray Train, Ray Jobs and Ray Serve each in one module.
+    assert users["ray"] == {"backends/ray_cluster.py", "components/trainer/ray_train.py", "pipelines/ray_jobs.py",
+                            "serving/server.py"}
+    for path in users["ray"] - {"backends/ray_cluster.py"}:
+        names = dict(_modules(os.path.dirname(path)))[path]
+        assert "ray.init" not in names and not any(n.endswith(".connect") for n in names if n.startswith("ray")), path
