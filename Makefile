@@ -12,7 +12,7 @@ WORKERS ?= 1
 RUN_DIR ?= runs
 PYTEST_ARGS ?=
 
-.PHONY: install run test benchmark benchmark-generative benchmark-serving clean
+.PHONY: install run test test-fast benchmark benchmark-generative benchmark-serving clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS) tests
+
+# The inner loop: every test that starts no Ray, no server and no whole pipeline (marked slow).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" --durations=10 $(PYTEST_ARGS) tests
 
 # Not run by CI: speed, quality and Ray overhead on the real MNIST (../shared/datasets/mnist), ~50 min on 2 cores;
 # generative.py (FID/KID of VAE, DCGAN, WGAN-GP, DDPM: hours on 2 cores) and serving_load.py (~10 min) apart.

@@ -649,29 +649,25 @@ def cmd_predict(args) -> int:
 def _print_results(nodes) -> dict:
     """Prints the last epoch's losses (from the Trainer's metrics file), its pictures, the evaluation, the
     registered version and where the SavedModel went; returns them for the run's summary."""
-    import json  # pylint: disable=import-outside-toplevel
-    from components.trainer.run_fn import METRICS_FILE  # pylint: disable=import-outside-toplevel
-    from components.evaluation.executor import EVALUATION_FILE  # pylint: disable=import-outside-toplevel
+    from components import artifacts  # pylint: disable=import-outside-toplevel
     by_name, results = {n.node: n for n in nodes}, {}
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
-    if model_run and os.path.exists(os.path.join(model_run, METRICS_FILE)):
-        with open(os.path.join(model_run, METRICS_FILE)) as f:
-            history = json.load(f)["history"]
+    if model_run and os.path.exists(os.path.join(model_run, artifacts.METRICS_FILE)):
+        history = artifacts.TrainerMetrics.read(model_run).history
         print("latentforge: last epoch " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(history.items())))
         results["last_epoch"] = {k: round(v[-1], 6) for k, v in sorted(history.items())}
         pictures = sorted(f for f in os.listdir(model_run) if f.endswith(".png"))
         if pictures:
             print(f"latentforge: pictures in {model_run}: {', '.join(pictures)}")
     evaluator = by_name.get("ModelEvaluator")
-    if evaluator and os.path.exists(os.path.join(evaluator.outputs.get("evaluation", ""), EVALUATION_FILE)):
-        with open(os.path.join(evaluator.outputs["evaluation"], EVALUATION_FILE)) as f:
-            evaluated = json.load(f)
-        scalars = {k: v for k, v in evaluated["metrics"].items() if isinstance(v, float)}
+    if evaluator and os.path.exists(os.path.join(evaluator.outputs.get("evaluation", ""), artifacts.EVALUATION_FILE)):
+        evaluated = artifacts.Evaluation.read(evaluator.outputs["evaluation"])
+        scalars = evaluated.scalars
         print("latentforge: evaluation " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))
         results.update(metrics={k: round(v, 6) for k, v in sorted(scalars.items())},
-                       blessed=bool(evaluated["blessing"]["blessed"]))
-        print(f"latentforge: {'blessed' if evaluated['blessing']['blessed'] else 'not blessed'}: "
-              f"{evaluated['blessing']['reason']}")
+                       blessed=bool(evaluated.blessing["blessed"]))
+        print(f"latentforge: {'blessed' if evaluated.blessing['blessed'] else 'not blessed'}: "
+              f"{evaluated.blessing['reason']}")
     registrar = by_name.get("MlflowRegistrar")
     registration = registrar and registrar.properties.get("registration", {})
     if registration:

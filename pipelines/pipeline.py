@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node, executor_spec
 
+from components import artifacts
 from components.evaluation.component import MetricNetworkTrainer, ModelEvaluator
 from components.image_example_gen.component import DEFAULT_EVAL_PERCENT, ImageExampleGen
 from components.image_example_gen.sources import SourceInfo
@@ -199,20 +200,20 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
         model=model_trainer.outputs["model"], examples=data.transform.outputs["transformed_examples"],
         transform_graph=data.transform.outputs["transform_graph"],
         metric_model=metric_network.outputs["model"] if metric_network else None,
-        config={"family": family.name, "pixel_range": pixel_range(model_name, pretraining),
-                "num_classes": source_info.num_classes, "model_config": full_config,
-                "options": dataclasses.asdict(options), "margin": settings.margin,
-                "tracking": dataclasses.asdict(settings.tracking), "registered_model": registered},
+        config=artifacts.EvaluatorConfig(
+            family=family.name, pixel_range=pixel_range(model_name, pretraining),
+            num_classes=source_info.num_classes, model_config=full_config, options=dataclasses.asdict(options),
+            margin=settings.margin, tracking=dataclasses.asdict(settings.tracking), registered_model=registered),
         code_version=code_digest(_EVALUATION_CODE))
     registrar = MlflowRegistrar(
         model=model_trainer.outputs["model"], model_run=model_trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
         metric_model=metric_network.outputs["model"] if metric_network else None,
         metric_evaluation=metric_network.outputs["evaluation"] if metric_network else None,
-        config={"tracking": dataclasses.asdict(settings.tracking), "registered_model": registered,
-                "metric_network_model": tracking.registered_model_name(source_info.dataset_name, "metric-network"),
-                "pipeline": settings.tracking.experiment, "dataset": source_info.dataset_name,
-                "source": source_info.spec.uri},
+        config=artifacts.RegistrarConfig(
+            tracking=dataclasses.asdict(settings.tracking), registered_model=registered,
+            metric_network_model=tracking.registered_model_name(source_info.dataset_name, "metric-network"),
+            pipeline=settings.tracking.experiment, dataset=source_info.dataset_name, source=source_info.spec.uri),
         code_version=code_digest(_REGISTRAR_CODE))
     return nodes + [evaluator, registrar]
 

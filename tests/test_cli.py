@@ -35,6 +35,7 @@ def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path
     assert expected in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_asking_for_gpus_on_a_cpu_only_ray_fails_before_any_pipeline_work(capsys, tmp_path):
     import ray
     from backends import ray_cluster

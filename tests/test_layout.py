@@ -61,3 +61,12 @@ def test_ray_and_mlflow_are_each_touched_in_their_own_modules():
     for path in users["ray"] - {"backends/ray_cluster.py"}:
         names = dict(_modules(os.path.dirname(path)))[path]
         assert "ray.init" not in names and not any(n.endswith(".connect") for n in names if n.startswith("ray")), path
+
+
+def test_executors_import_no_other_components_executor():
+    """What one component hands the next goes through components/artifacts.py, not the other's executor."""
+    for path, names in _modules("components"):
+        own = path.split("/")[1]
+        others = {n for n in names if n.startswith("components.") and n.split(".")[1] != own
+                  and n.split(".")[1] != "artifacts" and len(n.split(".")) > 2 and n.split(".")[2] == "executor"}
+        assert not others, (path, others)

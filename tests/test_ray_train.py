@@ -16,6 +16,8 @@ from components.trainer import ray_train
 from trainers import job as training
 from trainers.common import TrainingDiverged
 
+pytestmark = pytest.mark.slow  # a local Ray for the module
+
 
 @pytest.fixture(scope="module")
 def local_ray():

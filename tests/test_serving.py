@@ -25,6 +25,8 @@ from serving.model import Limits
 from tests.conftest import free_port, sample_digits
 from tests.test_export import SHAPE, build, unit_or_symmetric
 
+pytestmark = pytest.mark.slow  # a local Ray for the module
+
 MODELS = ("stacked_ae", "conv_vae", "dcgan", "ddpm")  # served under these names from SavedModel directories
 REGISTERED = "mnist-autoencoder"  # served from the registry, @champion
 POLL_S = 0.5

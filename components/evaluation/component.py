@@ -17,6 +17,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
+from components import artifacts
 from components.evaluation import executor
 
 
@@ -36,14 +37,13 @@ class MetricNetworkTrainer(base_component.BaseComponent):
 
     def __init__(self, examples: types.BaseChannel, config: Dict[str, Any], code_version: str = ""):
         super().__init__(spec=MetricNetworkTrainerSpec(
-            examples=examples, config=executor.dump_config(config), code_version=code_version,
+            examples=examples, config=artifacts.dump_config(config), code_version=code_version,
             model=types.Channel(type=standard_artifacts.Model),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation)))
 
 
 class ModelEvaluatorSpec(ComponentSpec):
-    # JSON: family, pixel_range, num_classes, options (evaluation.scoring.EvaluationOptions fields), margin,
-    # tracking (where the champion is read: backends.tracking.TrackingConfig fields) and registered_model.
+    # JSON of components.artifacts.EvaluatorConfig.
     PARAMETERS = {"config": ExecutionParameter(type=str),
                   "code_version": ExecutionParameter(type=str, optional=True)}
     INPUTS = {
@@ -65,9 +65,9 @@ class ModelEvaluator(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.ModelEvaluatorExecutor)
 
     def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, transform_graph: types.BaseChannel,
-                 config: Dict[str, Any], metric_model: Optional[types.BaseChannel] = None, code_version: str = ""):
+                 config: artifacts.EvaluatorConfig, metric_model: Optional[types.BaseChannel] = None, code_version: str = ""):
         super().__init__(spec=ModelEvaluatorSpec(
             model=model, examples=examples, transform_graph=transform_graph, metric_model=metric_model,
-            config=executor.dump_config(config), code_version=code_version,
+            config=artifacts.dump_config(config), code_version=code_version,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))

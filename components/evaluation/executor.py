@@ -1,6 +1,5 @@
 """Executors of MetricNetworkTrainer and ModelEvaluator (components/evaluation/component.py)."""
 import dataclasses
-import json
 import os
 from typing import Any, Dict, List, Tuple
 
@@ -14,19 +13,9 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
-from components.image_example_gen.executor import CLASS_NAMES_PROPERTY, IMAGE_SHAPE_PROPERTY
+from components import artifacts
 from evaluation import figures, scoring
 from trainers import data, registry
-
-EVALUATION_FILE = "evaluation.json"
-INPUT_EXAMPLE_FILE = "input_example.npy"  # what MLflow shows as the logged model's input example
-METRIC_INPUT_EXAMPLE_FILE = "metric_input_example.npy"
-METRIC_NETWORK_DIR = "saved_model"
-
-
-def dump_config(config: Dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True)
-
 
 def evaluation_split(examples: types.Artifact) -> str:
     """The split models are scored on: test when the data has one, else eval."""
@@ -40,7 +29,7 @@ def _split_files(examples: types.Artifact, split: str) -> str:
 
 def read_raw_split(examples: types.Artifact, split: str) -> Tuple[np.ndarray, np.ndarray]:
     """ExampleGen's examples of one split: (images (N, H, W, C) float32 in [0, 1], labels (N,) int64)."""
-    shape = [int(d) for d in examples.get_json_value_custom_property(IMAGE_SHAPE_PROPERTY)]
+    shape = list(artifacts.image_shape(examples))
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
     files = sorted(tf.io.gfile.glob(_split_files(examples, split)))
     if not files:
@@ -61,21 +50,13 @@ def read_transformed_split(examples: types.Artifact, transform_graph: types.Arti
     return np.concatenate(images), np.concatenate(labels)
 
 
-def write_json(directory: str, name: str, value: Any) -> str:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
-    with open(path, "w") as f:
-        json.dump(value, f, indent=1)
-    return path
-
-
 class MetricNetworkExecutor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         examples = artifact_utils.get_single_instance(input_dict["examples"])
-        config = scoring.MetricNetworkConfig(**json.loads(exec_properties["config"]))
-        num_classes = len(examples.get_json_value_custom_property(CLASS_NAMES_PROPERTY))
+        config = artifacts.load_config(scoring.MetricNetworkConfig, exec_properties["config"])
+        num_classes = len(artifacts.class_names(examples))
         if num_classes < 2:
             raise ValueError(f"the metric network needs labelled data with at least 2 classes; {examples.uri} has "
                              f"{num_classes}")
@@ -87,8 +68,8 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
         network.fit(images, labels, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=2)
 
         model_dir = artifact_utils.get_single_uri(output_dict["model"])
-        scoring.export_metric_network(network, os.path.join(model_dir, METRIC_NETWORK_DIR))
-        loaded = scoring.MetricNetwork(os.path.join(model_dir, METRIC_NETWORK_DIR))
+        scoring.export_metric_network(network, os.path.join(model_dir, artifacts.METRIC_NETWORK_DIR))
+        loaded = scoring.MetricNetwork(os.path.join(model_dir, artifacts.METRIC_NETWORK_DIR))
         train_features, _ = loaded(images)
         reference = scoring.FeatureReference.from_features(train_features, labels, num_classes, seed=config.seed)
         reference.save(model_dir)
@@ -99,12 +80,13 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
         test_features, predicted = loaded(test_images)
         # The floor: real held-out digits score this against the train split; no generator can expect less.
         floor = scoring.feature_scores(test_features, predicted, reference, seed=config.seed)
-        metrics = {"test_accuracy": float(np.mean(predicted == test_labels)), "split": split,
-                   "train_examples": int(len(images)), "test_examples": int(len(test_images)),
-                   "fid_floor": floor["fid"], "kid_floor_x1e3": floor["kid_x1e3"], "config": dataclasses.asdict(config)}
-        write_json(artifact_utils.get_single_uri(output_dict["evaluation"]), EVALUATION_FILE, metrics)
-        logging.info("metric network: test accuracy %.4f, FID floor (test vs train) %.3f", metrics["test_accuracy"],
-                     metrics["fid_floor"])
+        evaluated = artifacts.MetricNetworkEvaluation(
+            test_accuracy=float(np.mean(predicted == test_labels)), split=split, train_examples=int(len(images)),
+            test_examples=int(len(test_images)), fid_floor=floor["fid"], kid_floor_x1e3=floor["kid_x1e3"],
+            config=dataclasses.asdict(config))
+        evaluated.write(artifact_utils.get_single_uri(output_dict["evaluation"]))
+        logging.info("metric network: test accuracy %.4f, FID floor (test vs train) %.3f", evaluated.test_accuracy,
+                     evaluated.fid_floor)
 
 
 class ModelEvaluatorExecutor(base_executor.BaseExecutor):
@@ -112,12 +94,12 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         from backends import tracking  # pylint: disable=import-outside-toplevel  (MLflow's one module)
-        config = json.loads(exec_properties["config"])
-        family = registry.family(config["family"])
+        config = artifacts.load_config(artifacts.EvaluatorConfig, exec_properties["config"])
+        family = registry.family(config.family)
         model = artifact_utils.get_single_instance(input_dict["model"])
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         transform_graph = artifact_utils.get_single_instance(input_dict["transform_graph"])
-        options = scoring.EvaluationOptions(**config["options"])
+        options = scoring.EvaluationOptions(**config.options)
         split = evaluation_split(examples)
         images, labels = read_transformed_split(examples, transform_graph, split)
         if family.supervised or options.anomaly_class is not None:
@@ -126,38 +108,35 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
         network = reference = None
         if input_dict.get("metric_model"):
             metric_dir = artifact_utils.get_single_uri(input_dict["metric_model"])
-            network = scoring.MetricNetwork(os.path.join(metric_dir, METRIC_NETWORK_DIR))
+            network = scoring.MetricNetwork(os.path.join(metric_dir, artifacts.METRIC_NETWORK_DIR))
             reference = scoring.FeatureReference.load(metric_dir)
         saved_model = path_utils.serving_model_path(model.uri)
         logging.info("evaluating %s on the %s split (%d images)", family.name, split, len(images))
-        metrics, arrays = scoring.score_model(family, saved_model, images, labels, config["pixel_range"],
-                                                 config["model_config"], config["num_classes"], options, network,
-                                                 reference)
+        metrics, arrays = scoring.score_model(family, saved_model, images, labels, config.pixel_range,
+                                              config.model_config, config.num_classes, options, network, reference)
         metrics["split"] = split
 
-        champion = tracking.champion_metrics(tracking.TrackingConfig(**config["tracking"]), config["registered_model"])
-        blessing = scoring.decide_blessing(family.key_metric, metrics, champion, float(config["margin"]))
+        champion = tracking.champion_metrics(tracking.TrackingConfig(**config.tracking), config.registered_model)
+        blessing = scoring.decide_blessing(family.key_metric, metrics, champion, float(config.margin))
         logging.info("evaluation: %s", blessing.reason)
 
         evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
-        write_json(evaluation_dir, EVALUATION_FILE, {"family": family.name, "metrics": metrics,
-                                                     "blessing": dataclasses.asdict(blessing)})
-        np.save(os.path.join(evaluation_dir, INPUT_EXAMPLE_FILE),
-                family.input_example(images, config["model_config"], options.seed))
-        # The metric network's input example: real test images in [0, 1].
-        np.save(os.path.join(evaluation_dir, METRIC_INPUT_EXAMPLE_FILE),
-                scoring.to_unit(images[:2], config["pixel_range"]))
+        artifacts.Evaluation(family.name, metrics, dataclasses.asdict(blessing)).write(
+            evaluation_dir, input_example=family.input_example(images, config.model_config, options.seed),
+            # The metric network's input example: real test images in [0, 1].
+            metric_input_example=scoring.to_unit(images[:2], config.pixel_range))
         for path in self._figures(metrics, arrays, labels, reference, evaluation_dir):
             logging.info("figure: %s", path)
 
         evaluation_artifact = artifact_utils.get_single_instance(output_dict["evaluation"])
-        evaluation_artifact.set_string_custom_property("key_metric", blessing.metric)
-        evaluation_artifact.set_float_custom_property("key_metric_value", float(blessing.candidate or float("nan")))
+        evaluation_artifact.set_string_custom_property(artifacts.KEY_METRIC_PROPERTY, blessing.metric)
+        evaluation_artifact.set_float_custom_property(artifacts.KEY_METRIC_VALUE_PROPERTY,
+                                                      float(blessing.candidate or float("nan")))
         blessing_artifact = artifact_utils.get_single_instance(output_dict["blessing"])
         # As TFX's Evaluator writes it: the Pusher reads the `blessed` property; the file is for people.
         blessing_artifact.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
                                                   int(blessing.blessed))
-        blessing_artifact.set_string_custom_property("reason", blessing.reason)
+        blessing_artifact.set_string_custom_property(artifacts.BLESSING_REASON_PROPERTY, blessing.reason)
         io_utils.write_string_file(os.path.join(blessing_artifact.uri, "BLESSED" if blessing.blessed
                                                 else "NOT_BLESSED"), blessing.to_json())
 

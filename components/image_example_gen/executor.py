@@ -12,11 +12,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components import artifacts
 from components.image_example_gen import sources
 
 # Custom properties set on the output Examples artifact, read by later components.
-IMAGE_SHAPE_PROPERTY = "image_shape"
-CLASS_NAMES_PROPERTY = "class_names"
 
 
 def image_example(image: np.ndarray, label: int) -> tf.train.Example:
@@ -120,5 +119,4 @@ class Executor(BaseExampleGenExecutor):
         super().Do(input_dict, output_dict, exec_properties)
         config = read_custom_config(exec_properties)
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
-        examples.set_json_value_custom_property(IMAGE_SHAPE_PROPERTY, [int(d) for d in config["image_shape"]])
-        examples.set_json_value_custom_property(CLASS_NAMES_PROPERTY, list(config["class_names"]))
+        artifacts.set_image_properties(examples, config["image_shape"], config["class_names"])

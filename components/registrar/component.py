@@ -6,14 +6,14 @@ model logged with the tensorflow flavor and registered as a new version of DATAS
 `champion` moves to it only when the Evaluator blessed it. Cached together with its inputs: a rerun that
 trains nothing registers nothing.
 """
-from typing import Any, Dict, Optional
+from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import artifact, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 
-from components.evaluation.executor import dump_config
+from components import artifacts
 from components.registrar import executor
 
 
@@ -23,8 +23,7 @@ class MlflowModelVersion(artifact.Artifact):
 
 
 class MlflowRegistrarSpec(ComponentSpec):
-    # JSON: tracking (backends.tracking.TrackingConfig fields), registered_model, metric_network_model,
-    # pipeline, dataset, source.
+    # JSON of components.artifacts.RegistrarConfig.
     PARAMETERS = {"config": ExecutionParameter(type=str),
                   "code_version": ExecutionParameter(type=str, optional=True)}
     INPUTS = {
@@ -43,10 +42,10 @@ class MlflowRegistrar(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, model: types.BaseChannel, model_run: types.BaseChannel, evaluation: types.BaseChannel,
-                 blessing: types.BaseChannel, config: Dict[str, Any],
+                 blessing: types.BaseChannel, config: artifacts.RegistrarConfig,
                  metric_model: Optional[types.BaseChannel] = None,
                  metric_evaluation: Optional[types.BaseChannel] = None, code_version: str = ""):
         super().__init__(spec=MlflowRegistrarSpec(
             model=model, model_run=model_run, evaluation=evaluation, blessing=blessing, metric_model=metric_model,
-            metric_evaluation=metric_evaluation, config=dump_config(config), code_version=code_version,
+            metric_evaluation=metric_evaluation, config=artifacts.dump_config(config), code_version=code_version,
             registration=types.Channel(type=MlflowModelVersion)))

@@ -1,28 +1,17 @@
 """Executor of MlflowRegistrar: gathers what the Trainer and Evaluator left and hands it to backends.tracking."""
 import dataclasses
 import glob
-import json
 import os
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 from absl import logging
 from tfx import types
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from components.evaluation.executor import (EVALUATION_FILE, INPUT_EXAMPLE_FILE, METRIC_INPUT_EXAMPLE_FILE,
-                                           METRIC_NETWORK_DIR, write_json)
-from components.trainer.run_fn import METRICS_FILE
 from backends import tracking
-
-REGISTRATION_FILE = "registration.json"
-
-
-def _read_json(directory: str, name: str) -> Dict[str, Any]:
-    with open(os.path.join(directory, name)) as f:
-        return json.load(f)
+from components import artifacts
 
 
 def _execution_id(artifact: types.Artifact) -> Optional[str]:
@@ -39,14 +28,14 @@ class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        config = json.loads(exec_properties["config"])
+        config = artifacts.load_config(artifacts.RegistrarConfig, exec_properties["config"])
         model = artifact_utils.get_single_instance(input_dict["model"])
         model_run = artifact_utils.get_single_instance(input_dict["model_run"])
         evaluation = artifact_utils.get_single_instance(input_dict["evaluation"])
         blessing_artifact = artifact_utils.get_single_instance(input_dict["blessing"])
-        trained = _read_json(model_run.uri, METRICS_FILE)
-        evaluated = _read_json(evaluation.uri, EVALUATION_FILE)
-        blessing = evaluated["blessing"]
+        trained = artifacts.TrainerMetrics.read(model_run.uri)
+        evaluated = artifacts.Evaluation.read(evaluation.uri)
+        blessing = evaluated.blessing
         pipeline_run_id = (self._context.pipeline_run_id if self._context else None) or "unknown"
         ids = {"tfx.model_artifact_id": model.id, "tfx.trainer_execution_id": _execution_id(model),
                "tfx.evaluator_execution_id": _execution_id(evaluation),
@@ -56,45 +45,41 @@ class Executor(base_executor.BaseExecutor):
         ids = {k: str(v) for k, v in ids.items() if v is not None}
 
         trainer = tracking.ChildRun(
-            name="Trainer", params={"model": trained["model"], **trained.get("full_config", trained["config"])},
-            history={k: v for k, v in trained["history"].items() if isinstance(v, list)},
-            tags={"family": trained.get("family", ""), **ids},
+            name="Trainer", params={"model": trained.model, **(trained.full_config or trained.config)},
+            history={k: v for k, v in trained.history.items() if isinstance(v, list)},
+            tags={"family": trained.family or "", **ids},
             artifacts=sorted(glob.glob(os.path.join(model_run.uri, "*.png"))) + [
-                os.path.join(model_run.uri, METRICS_FILE)])
+                os.path.join(model_run.uri, artifacts.METRICS_FILE)])
         evaluator = tracking.ChildRun(
-            name="Evaluator", metrics=_scalars(evaluated["metrics"]),
+            name="Evaluator", metrics=_scalars(evaluated.metrics),
             tags={"blessed": str(blessing["blessed"]), "blessing.reason": blessing["reason"],
                   "blessing.metric": blessing["metric"], **ids},
             artifacts=sorted(glob.glob(os.path.join(evaluation.uri, "*.png"))) + [
-                os.path.join(evaluation.uri, EVALUATION_FILE)])
+                os.path.join(evaluation.uri, artifacts.EVALUATION_FILE)])
         metric_network = None
         if input_dict.get("metric_model"):
             metric_model = artifact_utils.get_single_instance(input_dict["metric_model"])
-            metric_scores = _read_json(artifact_utils.get_single_uri(input_dict["metric_evaluation"]),
-                                       EVALUATION_FILE)
-            child = tracking.ChildRun(name="MetricNetworkTrainer", params=metric_scores.get("config", {}),
-                                      metrics=_scalars(metric_scores),
+            metric_scores = artifacts.MetricNetworkEvaluation.read(
+                artifact_utils.get_single_uri(input_dict["metric_evaluation"]))
+            child = tracking.ChildRun(name="MetricNetworkTrainer", params=metric_scores.config,
+                                      metrics=_scalars(dataclasses.asdict(metric_scores)),
                                       tags={"tfx.artifact_uri": metric_model.uri,
                                             "tfx.metric_network_execution_id": str(_execution_id(metric_model))})
-            metric_network = (child, os.path.join(metric_model.uri, METRIC_NETWORK_DIR),
-                              np.load(os.path.join(evaluation.uri, METRIC_INPUT_EXAMPLE_FILE)),
-                              config["metric_network_model"])
+            metric_network = (child, os.path.join(metric_model.uri, artifacts.METRIC_NETWORK_DIR),
+                              artifacts.metric_input_example(evaluation.uri), config.metric_network_model)
 
         logged = tracking.log_pipeline_run(
-            tracking.TrackingConfig(**config["tracking"]), pipeline=config["pipeline"],
-            pipeline_run_id=pipeline_run_id, registered_name=config["registered_model"],
+            tracking.TrackingConfig(**config.tracking), pipeline=config.pipeline,
+            pipeline_run_id=pipeline_run_id, registered_name=config.registered_model,
             saved_model_dir=path_utils.serving_model_path(model.uri),
-            input_example=np.load(os.path.join(evaluation.uri, INPUT_EXAMPLE_FILE)),
+            input_example=artifacts.input_example(evaluation.uri),
             blessed=bool(blessing["blessed"]), key_metric=blessing["metric"],
             key_metric_value=blessing["candidate"], trainer=trainer, evaluator=evaluator,
             version_tags={**ids, "tfx.blessing_uri": blessing_artifact.uri},
-            parent_tags={"source": config["source"], "dataset": config["dataset"]}, metric_network=metric_network)
+            parent_tags={"source": config.source, "dataset": config.dataset}, metric_network=metric_network)
         logging.info("MLflow: %s version %s%s", logged.name, logged.version,
                      f" is now @{tracking.CHAMPION}" if logged.champion else "")
 
         registration = artifact_utils.get_single_instance(output_dict["registration"])
-        write_json(registration.uri, REGISTRATION_FILE,
-                   {**dataclasses.asdict(logged), "tracking_uri": config["tracking"]["uri"]})
-        registration.set_string_custom_property("name", logged.name)
-        registration.set_string_custom_property("version", logged.version)
-        registration.set_int_custom_property("champion", int(logged.champion))
+        artifacts.set_registration(registration, logged.name, logged.version, logged.champion,
+                                   {**dataclasses.asdict(logged), "tracking_uri": config.tracking["uri"]})

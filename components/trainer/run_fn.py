@@ -7,15 +7,13 @@ custom_config: {"model": name, "config": {...}, "image_shape": [h, w, c]} (+ "ra
 A classifier's Trainer also gets `base_model`: the pretraining Trainer's Model artifact, whose saved training
 state holds the encoder it fine-tunes.
 
-What a trained model leaves:
+What a trained model leaves (components/artifacts.py is the contract):
     model/Format-Serving/    the SavedModel (serving_model_dir) with the family's signatures
     model/keras-state/       weights + state.json (trainers.job.save_state): what a later Trainer rebuilds from
-    model_run/metrics.json   {"model", "config", "history": per-epoch metrics, ...}
+    model_run/metrics.json   TrainerMetrics: model, config, per-epoch history, ...
     model_run/*.png          loss curves, reconstructions, samples...
 """
 import dataclasses
-import json
-import os
 import shutil
 from typing import Any, Dict, List, Optional
 
@@ -23,18 +21,10 @@ import tensorflow_transform as tft
 from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from components import artifacts
 from evaluation import figures
 from serving import export
 from trainers import job as training, registry
-
-METRICS_FILE = "metrics.json"
-KERAS_STATE_DIR = "keras-state"
-
-
-def keras_state_dir(serving_model_dir: str) -> str:
-    """Where a Model artifact keeps its saved training state: beside its Format-Serving directory."""
-    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), KERAS_STATE_DIR)
-
 
 def training_job(fn_args: FnArgs) -> training.TrainingJob:
     custom = fn_args.custom_config
@@ -43,7 +33,7 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
         if not fn_args.base_model:
             raise ValueError(f"the {custom['model']} Trainer needs base_model: the Model artifact of a pretraining "
                              "Trainer")
-        encoder_from = keras_state_dir(fn_args.base_model)
+        encoder_from = artifacts.keras_state_dir(fn_args.base_model)
     return training.TrainingJob(
         model=custom["model"], config=dict(custom["config"]), image_shape=tuple(int(d) for d in custom["image_shape"]),
         train_files=list(fn_args.train_files), eval_files=list(fn_args.eval_files),
@@ -79,16 +69,15 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     for key, value in job.family.training_details(config).items():
         details.setdefault(key, value)
     export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels)
-    state_dir = keras_state_dir(fn_args.serving_model_dir)
+    state_dir = artifacts.keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
         shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
     else:
         training.save_state(model, state_dir, job, training.total_epochs(job, config), history)
-    os.makedirs(fn_args.model_run_dir, exist_ok=True)
-    with open(os.path.join(fn_args.model_run_dir, METRICS_FILE), "w") as f:
-        json.dump({"model": job.model, "family": job.family.name, "config": job.config,
-                   "full_config": dataclasses.asdict(config), "pixel_range": pixels,
-                   "holdout_class": job.holdout_class, "history": history, **details}, f, indent=1)
+    artifacts.TrainerMetrics(model=job.model, family=job.family.name, config=job.config,
+                             full_config=dataclasses.asdict(config), pixel_range=pixels,
+                             holdout_class=job.holdout_class, history=history,
+                             details=details).write(fn_args.model_run_dir)
     _, eval_data = training.datasets(job, config)
     shown = next(iter(eval_data))
     shown = (shown[0] if isinstance(shown, tuple) else shown).numpy()

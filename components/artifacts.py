@@ -1,0 +1,198 @@
+"""The artifact contract: what each component writes into its output artifacts and the next one (or the CLI's
+report) reads back, in one place, with typed read/write helpers and the components' typed configs.
+
+    Examples (ImageExampleGen)       properties image_shape [h, w, c], class_names [...]
+    Model (Trainer)                  Format-Serving/ (TFX's: the SavedModel), keras-state/ (trainers.job's saved
+                                     training state: what a later Trainer rebuilds a base model from)
+    ModelRun (Trainer)               metrics.json (TrainerMetrics), *.png (the family's pictures)
+    Model (MetricNetworkTrainer)     saved_model/ (the metric network), reference.npz (evaluation.scoring)
+    ModelEvaluation (MetricNetwork.) evaluation.json (MetricNetworkEvaluation)
+    ModelEvaluation (ModelEvaluator) evaluation.json (Evaluation), input_example.npy, metric_input_example.npy,
+                                     *.png; properties key_metric, key_metric_value
+    ModelBlessing (ModelEvaluator)   TFX's: property blessed (what the Pusher reads), BLESSED / NOT_BLESSED; reason
+    MlflowModelVersion (registrar)   registration.json; properties name, version, champion
+
+No TFX import: artifacts are used through their custom-property methods, and the CLI reads the same files from
+the paths ML Metadata gives it.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------------ Examples
+IMAGE_SHAPE_PROPERTY = "image_shape"
+CLASS_NAMES_PROPERTY = "class_names"
+
+
+def set_image_properties(examples, image_shape: Sequence[int], class_names: Sequence[str]) -> None:
+    examples.set_json_value_custom_property(IMAGE_SHAPE_PROPERTY, [int(d) for d in image_shape])
+    examples.set_json_value_custom_property(CLASS_NAMES_PROPERTY, list(class_names))
+
+
+def image_shape(examples) -> Tuple[int, ...]:
+    return tuple(int(d) for d in examples.get_json_value_custom_property(IMAGE_SHAPE_PROPERTY))
+
+
+def class_names(examples) -> List[str]:
+    return list(examples.get_json_value_custom_property(CLASS_NAMES_PROPERTY))
+
+
+# ------------------------------------------------------------------------------------------ files, configs
+
+def write_json(directory: str, name: str, value: Any) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1)
+    return path
+
+
+def read_json(directory: str, name: str) -> Dict[str, Any]:
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory} holds no {name}: the component that writes it did not finish")
+    with open(path) as f:
+        return json.load(f)
+
+
+def dump_config(config: Any) -> str:
+    """A component's config as its JSON execution parameter (sorted keys: the same config, the same cache key)."""
+    return json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config, sort_keys=True)
+
+
+def load_config(config_class, text: str):
+    """The typed config from a JSON execution parameter; unknown or missing fields are errors naming them."""
+    return config_class(**json.loads(text))
+
+
+# ----------------------------------------------------------------------------------- Model, ModelRun (Trainer)
+KERAS_STATE_DIR = "keras-state"
+METRICS_FILE = "metrics.json"
+
+
+def keras_state_dir(serving_model_dir: str) -> str:
+    """Where a Model artifact keeps its saved training state: beside its Format-Serving directory."""
+    return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), KERAS_STATE_DIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerMetrics:
+    """model_run/metrics.json: what was trained, how, and its per-epoch history. `details` are extra entries
+    (Ray workers, timings, a classifier's frozen_epochs) kept at the top level of the file."""
+    model: str
+    family: str
+    config: Dict[str, Any]  # the overrides the run was given
+    full_config: Dict[str, Any]  # every field of the model's config
+    pixel_range: str
+    holdout_class: Optional[int]
+    history: Dict[str, List[float]]
+    details: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def write(self, model_run_dir: str) -> str:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "details"}
+        return write_json(model_run_dir, METRICS_FILE, {**fields, **self.details})
+
+    @classmethod
+    def read(cls, model_run_dir: str) -> "TrainerMetrics":
+        values = read_json(model_run_dir, METRICS_FILE)
+        names = {f.name for f in dataclasses.fields(cls)} - {"details"}
+        return cls(**{k: values.get(k) for k in names}, details={k: v for k, v in values.items() if k not in names})
+
+
+# -------------------------------------------------------------------------------------- MetricNetworkTrainer
+METRIC_NETWORK_DIR = "saved_model"
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricNetworkEvaluation:
+    """The metric network's evaluation.json: its test accuracy and the FID/KID floor (real test vs train)."""
+    test_accuracy: float
+    split: str
+    train_examples: int
+    test_examples: int
+    fid_floor: float
+    kid_floor_x1e3: float
+    config: Dict[str, Any]
+
+    def write(self, directory: str) -> str:
+        return write_json(directory, EVALUATION_FILE, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, directory: str) -> "MetricNetworkEvaluation":
+        return cls(**read_json(directory, EVALUATION_FILE))
+
+
+# -------------------------------------------------------------------------------------------- ModelEvaluator
+INPUT_EXAMPLE_FILE = "input_example.npy"  # what MLflow shows as the logged model's input example
+METRIC_INPUT_EXAMPLE_FILE = "metric_input_example.npy"
+KEY_METRIC_PROPERTY, KEY_METRIC_VALUE_PROPERTY = "key_metric", "key_metric_value"
+BLESSING_REASON_PROPERTY = "reason"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+    """The ModelEvaluator's execution parameter."""
+    family: str
+    pixel_range: str
+    num_classes: int
+    model_config: Dict[str, Any]  # the model's full config
+    options: Dict[str, Any]  # evaluation.scoring.EvaluationOptions fields
+    margin: float  # relative improvement over the champion's key metric needed to be blessed
+    tracking: Dict[str, Any]  # where the champion is read: backends.tracking.TrackingConfig fields
+    registered_model: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The ModelEvaluator's evaluation.json: the scores and the blessing decision (evaluation.scoring.Blessing)."""
+    family: str
+    metrics: Dict[str, Any]
+    blessing: Dict[str, Any]
+
+    def write(self, directory: str, input_example: np.ndarray, metric_input_example: np.ndarray) -> str:
+        np.save(os.path.join(directory, INPUT_EXAMPLE_FILE), input_example)
+        np.save(os.path.join(directory, METRIC_INPUT_EXAMPLE_FILE), metric_input_example)
+        return write_json(directory, EVALUATION_FILE, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, directory: str) -> "Evaluation":
+        return cls(**read_json(directory, EVALUATION_FILE))
+
+    @property
+    def scalars(self) -> Dict[str, float]:
+        return {k: v for k, v in self.metrics.items() if isinstance(v, float)}
+
+
+def input_example(evaluation_dir: str) -> np.ndarray:
+    return np.load(os.path.join(evaluation_dir, INPUT_EXAMPLE_FILE))
+
+
+def metric_input_example(evaluation_dir: str) -> np.ndarray:
+    return np.load(os.path.join(evaluation_dir, METRIC_INPUT_EXAMPLE_FILE))
+
+
+# -------------------------------------------------------------------------------------------- MlflowRegistrar
+REGISTRATION_FILE = "registration.json"
+REGISTRATION_PROPERTIES = ("name", "version", "champion")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistrarConfig:
+    """The MlflowRegistrar's execution parameter."""
+    tracking: Dict[str, Any]  # backends.tracking.TrackingConfig fields
+    registered_model: str
+    metric_network_model: str  # the metric network's registered name
+    pipeline: str
+    dataset: str
+    source: str
+
+
+def set_registration(registration, name: str, version: str, champion: bool, details: Dict[str, Any]) -> None:
+    write_json(registration.uri, REGISTRATION_FILE, details)
+    registration.set_string_custom_property("name", name)
+    registration.set_string_custom_property("version", version)
+    registration.set_int_custom_property("champion", int(champion))
