@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import tensorflow as tf
 
+from serving.settings import Limits  # noqa: F401  (what a ServedModel checks requests against)
+
 DEFAULT_SAMPLE_STEPS = 50  # DDIM steps of a DDPM exported before its SavedModel carried `metadata`
 
 
@@ -28,20 +30,6 @@ class RequestError(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one request may ask for; beyond it a request gets a 400 (a 413 for the body)."""
-    max_generated: int = 64  # images per :generate call
-    max_steps: int = 1000  # DDPM sampling steps per call
-    max_instances: int = 1024  # rows per :predict call
-    max_body_bytes: int = 16 * 1024 ** 2
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            if getattr(self, field.name) < 1:
-                raise ValueError(f"{field.name}={getattr(self, field.name)}: must be at least 1")
 
 
 def family_from_signatures(names) -> str:

@@ -36,7 +36,8 @@ from ray import serve
 from starlette.responses import JSONResponse
 
 from serving.images import png_grid
-from serving.model import Limits, RequestError, ServedModel, split_rows, stack_rows
+from serving.model import RequestError, ServedModel, split_rows, stack_rows
+from serving.settings import SETTINGS, Deployment, Limits, ServerOptions, server_settings  # noqa: F401
 
 VERSION_HEADER = "X-Model-Version"
 _DRAIN_FACTOR = 8
@@ -113,20 +114,6 @@ def registry_source(text: str, tracking_uri: str) -> ModelSource:
     """NAME[@ALIAS|/VERSION] in the registry at `tracking_uri` -> a ModelSource served as NAME."""
     name, alias, version = parse_model_reference(text)
     return ModelSource(name=name, registered_name=name, alias=alias, version=version, tracking_uri=tracking_uri)
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerOptions:
-    limits: Limits = Limits()
-    max_batch_size: int = 16  # requests stacked into one call; 1 turns batching off
-    batch_wait_timeout_s: float = 0.005  # how long a batch waits to fill
-    poll_interval_s: float = 30.0  # registry aliases; 0: never re-read
-
-    def __post_init__(self):
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size={self.max_batch_size}: must be at least 1 (1: no batching)")
-        if self.batch_wait_timeout_s < 0 or self.poll_interval_s < 0:
-            raise ValueError("batch_wait_timeout_s and poll_interval_s must be >= 0")
 
 
 def _current_version(source: ModelSource) -> str:
@@ -353,28 +340,6 @@ def _run_stacked(model: ServedModel, signature: str, requests: List[Dict[str, An
 
 # ---------------------------------------------------------------------- starting it on Ray Serve
 
-@dataclasses.dataclass(frozen=True)
-class Deployment:
-    """How Ray Serve runs the server: replicas (fixed, or autoscaled up to max_replicas) and their resources."""
-    replicas: int = 1
-    max_replicas: Optional[int] = None  # autoscale between `replicas` and this
-    target_ongoing_requests: float = 4.0
-    cpus_per_replica: float = 1.0
-    max_ongoing_requests: int = 64  # per replica; more wait in the proxy
-
-    def ray_options(self) -> Dict[str, Any]:
-        options: Dict[str, Any] = {"ray_actor_options": {"num_cpus": self.cpus_per_replica},
-                                   "max_ongoing_requests": self.max_ongoing_requests}
-        if self.max_replicas:
-            if self.max_replicas < self.replicas:
-                raise ValueError(f"max_replicas={self.max_replicas} is below replicas={self.replicas}")
-            options["autoscaling_config"] = {"min_replicas": self.replicas, "max_replicas": self.max_replicas,
-                                             "target_ongoing_requests": self.target_ongoing_requests}
-        else:
-            options["num_replicas"] = self.replicas
-        return options
-
-
 def application(sources: List[ModelSource], options: ServerOptions = ServerOptions(),
                 deployment: Deployment = Deployment()):
     """The Ray Serve application (bound deployment); `serve run`-able."""
@@ -390,10 +355,9 @@ def build_app(args: Dict[str, str]):
             replicas=2 max_batch_size=32
 
     Keys: saved_model ([NAME=]DIR) and/or model (NAME[@ALIAS|/VERSION]), comma-separated for several;
-    mlflow_uri (default MLFLOW_TRACKING_URI); replicas, max_replicas, cpus_per_replica, max_batch_size,
-    batch_wait_ms, poll_interval, max_generated, max_steps, max_instances, max_body_mb."""
-    known = {"saved_model", "model", "mlflow_uri", "replicas", "max_replicas", "cpus_per_replica", "max_batch_size",
-             "batch_wait_ms", "poll_interval", "max_generated", "max_steps", "max_instances", "max_body_mb"}
+    mlflow_uri (default MLFLOW_TRACKING_URI); and serving.settings.SETTINGS (replicas, max_batch_size,
+    max_generated, ...: the same settings and defaults as `latentforge serve`'s flags)."""
+    known = {"saved_model", "model", "mlflow_uri", *SETTINGS}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown argument(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -405,15 +369,7 @@ def build_app(args: Dict[str, str]):
         sources.append(registry_source(text, uri))
     if not sources:
         raise ValueError("give saved_model=DIR and/or model=NAME[@ALIAS|/VERSION]")
-    number = lambda key, default, kind=int: kind(args.get(key, default))  # noqa: E731
-    limits = Limits(max_generated=number("max_generated", 64), max_steps=number("max_steps", 1000),
-                    max_instances=number("max_instances", 1024),
-                    max_body_bytes=int(number("max_body_mb", 16, float) * 1024 ** 2))
-    options = ServerOptions(limits=limits, max_batch_size=number("max_batch_size", 16),
-                            batch_wait_timeout_s=number("batch_wait_ms", 5, float) / 1000.0,
-                            poll_interval_s=number("poll_interval", 30, float))
-    deployment = Deployment(replicas=number("replicas", 1), max_replicas=number("max_replicas", 0) or None,
-                            cpus_per_replica=number("cpus_per_replica", 1.0, float))
+    options, deployment = server_settings({k: v for k, v in args.items() if k in SETTINGS})
     return application(sources, options, deployment)
 
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pipelines import cli
+from pipelines import cli, run_request
 from tests.conftest import SAMPLE_DIR
 
 
@@ -76,13 +76,14 @@ def test_set_takes_json_values_for_any_config_field():
 def test_set_reaches_the_fields_that_have_flags_and_the_seed_follows_it():
     args = cli.build_parser().parse_args(["run", "--model", "dcgan", "--set", "epochs=2", "--set", "batch_size=7",
                                           "--set", "learning_rate=0.01", "--set", "seed=5", "--set", "beta_1=0.4"])
-    _, config, overrides, _ = cli._checked_request(args)
+    request = run_request.checked_request(args)
+    config, overrides = request.config, request.model_config
     assert (config.epochs, config.batch_size, config.learning_rate, config.seed, config.beta_1) == (2, 7, 0.01, 5, 0.4)
     assert args.seed == 5 and overrides["seed"] == 5  # the few-label choice and the Evaluator use it too
     args = cli.build_parser().parse_args(["run", "--epochs", "3", "--set", "epochs=3"])
-    assert cli._checked_request(args)[1].epochs == 3  # the same value both ways is fine
+    assert run_request.checked_request(args).config.epochs == 3  # the same value both ways is fine
     args = cli.build_parser().parse_args(["run"])
-    assert cli._checked_request(args)[1].seed == 42 == args.seed  # the default seed
+    assert run_request.checked_request(args).config.seed == 42 == args.seed  # the default seed
 
 
 def test_inspect_describes_the_bundled_sample(capsys):

@@ -150,7 +150,8 @@ def test_the_server_going_away_during_training_fails_the_run_clearly_and_keeps_t
                                                     "latentforge")}
     assert nodes["Trainer"].state == "COMPLETE" and nodes["ModelEvaluator"].state == "FAILED"
     saved_model = os.path.join(nodes["Trainer"].outputs["model"], "Format-Serving")
-    assert tf.saved_model.load(saved_model).signatures["reconstruct"] is not None
+    reconstructed = tf.saved_model.load(saved_model).signatures["reconstruct"](images=tf.zeros([2, 28, 28, 1]))
+    assert reconstructed["reconstructions"].shape == (2, 28, 28, 1)  # the kept SavedModel serves
 
     process, url = _start_server(root, port)  # back, same store
     try:

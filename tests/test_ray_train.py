@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write_transformed
 from backends import ray_cluster
 from components.trainer import ray_train
-from trainers import job as training
+from trainers import job as training, registry
 from trainers.common import TrainingDiverged
 
 pytestmark = pytest.mark.slow  # a local Ray for the module
@@ -87,7 +87,14 @@ def test_other_families_train_on_two_workers(model, config, local_ray, digits, t
     assert [w["replicas"] for w in outcome.workers] == [2, 2]
     assert np.isfinite(outcome.history["loss"]).all()
     restored, state = training.restore(outcome.checkpoint_dir)
-    assert state["epoch"] == 1 and restored is not None
+    assert state["epoch"] == 1
+    # The restored model holds the trained weights: the same architecture as a fresh build with the run's seed
+    # (which is what training started from), with weights that moved away from it.
+    fresh = registry.get_model(model).build(registry.make_config(model, state["config"]), (28, 28, 1))
+    restored_weights, fresh_weights = restored.get_weights(), fresh.get_weights()
+    assert [w.shape for w in restored_weights] == [w.shape for w in fresh_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(restored_weights, fresh_weights))
+    assert all(np.isfinite(w).all() for w in restored_weights)
 
 
 def _checkpoints(run_path):

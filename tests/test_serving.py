@@ -199,27 +199,23 @@ def test_wrong_method_and_route(served):
     assert error.value.code == 404
 
 
-def test_load_of_2000_requests_from_8_clients_has_no_error(served):
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
+    """8 clients at once (stacked by @serve.batch): every request answered, each with the reconstruction of its
+    own image, not a neighbour's in the batch. Throughput is benchmarks/serving_load.py's business."""
     images = sample_digits(16)
+    expected = tf.saved_model.load(str(served["root"] / "stacked_ae")).signatures["reconstruct"](
+        images=tf.constant(images))["reconstructions"].numpy()
     body = [json.dumps({"signature_name": "reconstruct", "instances": images[i:i + 1].tolist()}).encode()
             for i in range(16)]
     url = f"{served['url']}/v1/models/stacked_ae:predict"
 
     def one(i):
-        started = time.perf_counter()
         status, _, reply = _post(url, None, body[i % 16])
-        ok = status == 200 and np.asarray(reply["predictions"]).shape == (1, 28, 28, 1)
-        return ok, time.perf_counter() - started
+        return status == 200 and np.allclose(reply["predictions"], expected[i % 16:i % 16 + 1], atol=1e-5)
 
-    started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(2000)))
-    elapsed = time.perf_counter() - started
-    latencies = np.array([r[1] for r in results]) * 1000
-    errors = sum(not r[0] for r in results)
-    print(f"\n2,000 reconstruct requests, 8 clients: {2000 / elapsed:.0f} requests/s, p50 "
-          f"{np.percentile(latencies, 50):.1f} ms, p99 {np.percentile(latencies, 99):.1f} ms, {errors} errors")
-    assert errors == 0
+        answers = list(pool.map(one, range(200)))
+    assert sum(answers) == 200
 
 
 def test_moving_champion_during_a_stream_drops_no_request_and_switches_version(served):

@@ -1,0 +1,99 @@
+"""`latentforge run` on this machine: the run directory's lock, the pipeline built from a checked request and run
+by TFX's LocalDagRunner, what ran read back from ML Metadata, and one JSON summary line per run (printed, and
+appended to RUN_DIR/PIPELINE/runs.jsonl)."""
+import json
+import os
+import time
+
+from pipelines import local_runner, report, run_lock, run_request
+from pipelines.cli_common import EXIT_BUSY, EXIT_ERROR, EXIT_OK, explain
+
+RUNS_LOG = "runs.jsonl"
+
+
+def run(args) -> int:
+    """Checks the request, takes the lock, runs the pipeline; the summary line is written whatever happens."""
+    request = run_request.checked_request(args)
+    paths = local_runner.run_paths(args.run_dir, args.pipeline_name)
+    wait_s = 0.0 if args.if_busy == "exit" else args.lock_timeout
+    command = f"latentforge run --model {args.model} --source {args.source}"
+    started = time.time()
+    try:
+        with run_lock.pipeline_lock(paths.root, wait_s, command):
+            summary = _run_pipeline(args, paths, request)
+    except Exception as error:  # pylint: disable=broad-except
+        explained = explain(error)
+        code = explained[1] if explained else EXIT_ERROR
+        summary = {"status": "busy" if code == EXIT_BUSY else "failed", "exit_code": code,
+                   "error": (explained[0] if explained else f"{type(error).__name__}: {error}")[:500]}
+        write_summary(paths.root, args, summary, started, append=code != EXIT_BUSY)
+        raise
+    write_summary(paths.root, args, summary, started)
+    return EXIT_OK
+
+
+def write_summary(root: str, args, summary: dict, started: float, append: bool = True) -> None:
+    """The run's one summary line (JSON, for a scheduler's logs), also appended to RUN_DIR/PIPELINE/runs.jsonl
+    (not for a run that found the root busy: that is the other run's log)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)), "model": args.model,
+              "source": args.source, "pipeline": args.pipeline_name, **summary,
+              "wall_s": round(time.time() - started, 1)}
+    line = json.dumps(record, sort_keys=False)
+    print(f"latentforge: summary {line}", flush=True)
+    if append:
+        with open(os.path.join(root, RUNS_LOG), "a") as f:
+            f.write(line + "\n")
+
+
+def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
+    """Runs the pipeline (the caller holds the root's lock); prints what ran and returns the run's summary."""
+    from pipelines import metadata, pipeline  # pylint: disable=import-outside-toplevel
+    info, config, model_config, pretraining = request.info, request.config, request.model_config, request.pretraining
+    evaluation_settings = _evaluation_settings(args, paths)
+    ray = _ray_training(args, paths)
+    print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {info.num_classes} classes) "
+          f"-> {args.model} {config}", flush=True)
+    print(f"latentforge: outputs under {paths.root}", flush=True)
+    tfx_pipeline = pipeline.create_pipeline(
+        pipeline_name=args.pipeline_name, pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path,
+        source_info=info, model_name=args.model, model_config=model_config, serving_dir=paths.serving_dir,
+        eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
+        schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
+        evaluation_settings=evaluation_settings)
+    start = time.time()
+    local_runner.run(tfx_pipeline)
+    elapsed = time.time() - start
+    nodes = metadata.latest_run(paths.metadata_path, args.pipeline_name)
+    report.print_nodes(nodes, paths.root)
+    cached = [n.node for n in nodes if n.state == "CACHED"]
+    print(f"latentforge: pipeline finished in {elapsed:.0f} s ({len(nodes) - len(cached)} ran, {len(cached)} from "
+          "cache)")
+    results = report.print_results(nodes)
+    return {"status": "ok", "exit_code": EXIT_OK, "pipeline_s": round(elapsed, 1),
+            "ran": [n.node for n in nodes if n.state != "CACHED"], "cached": cached, **results}
+
+
+def _evaluation_settings(args, paths):
+    """Where MLflow is (checked now: a server that does not answer fails the run before any work) and how the
+    Evaluator scores and blesses."""
+    from backends import tracking  # pylint: disable=import-outside-toplevel
+    config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
+    tracking.check_reachable(config)
+    print(f"latentforge: MLflow at {config.uri}", flush=True)
+    return run_request.evaluation_settings(args, config)
+
+
+def _ray_training(args, paths):
+    """The Trainer's Ray settings, checked against the cluster now: a run asking for GPUs the cluster does not
+    have fails here, not after the data stages, and not by waiting for resources forever."""
+    if args.trainer == "in-process":
+        return None
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
+    from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
+    settings = run_request.ray_settings(args)
+    ray_cluster.connect(settings.address)
+    resources = ray_train.worker_resources(settings)
+    print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
+    fields = {k: v for k, v in vars(settings).items() if v is not None}
+    return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage)

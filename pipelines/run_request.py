@@ -1,0 +1,103 @@
+"""A pipeline request from `run` / `compile` flags, every part checked before any work: the source probed, the
+model's config validated (a bad value names the field), the Evaluator's and Ray Train's settings."""
+import dataclasses
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from pipelines.cli_common import CliError
+
+DEFAULT_SEED = 42
+DEFAULT_SOURCE = "idx:" + os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                       "data", "mnist-sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineRequest:
+    info: Any  # the probed source (components.image_example_gen.sources.SourceInfo)
+    config: Any  # the model's validated config
+    model_config: Dict[str, Any]  # its overrides, as the pipeline takes them
+    pretraining: Optional[Tuple[str, Dict[str, Any]]]  # (model, overrides) a base model is trained with
+
+
+def probe(args):
+    from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
+    return sources.probe(sources.parse_source(args.source, args.data_dir, args.manual_dir))
+
+
+def checked_request(args) -> PipelineRequest:
+    """The PipelineRequest the flags make, every one checked."""
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    from trainers import registry  # pylint: disable=import-outside-toplevel
+    overrides = model_overrides(args)
+    if args.schema and not os.path.isfile(args.schema):
+        raise CliError(f"--schema {args.schema}: no such file")
+    if not 1 <= args.eval_percent <= 50:
+        raise CliError(f"--eval-percent {args.eval_percent}: must be between 1 and 50")
+    if args.model not in registry.MODELS:
+        raise CliError(f"--model {args.model!r} is unknown; choose one of: {', '.join(sorted(registry.MODELS))}")
+    family = registry.get_model(args.model).family
+    info = probe(args)
+    pretraining = None
+    if family.supervised:
+        overrides.setdefault("num_classes", info.num_classes)
+    if family.needs_base_model:
+        pretrain_config = {"epochs": args.pretrain_epochs, "seed": args.seed}
+        pretraining = (args.pretrain, {k: v for k, v in pretrain_config.items() if v is not None})
+    model_config = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        config = pipeline.check_model(args.model, model_config, info, pretraining)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e)) from e
+    check_anomaly_class(args, info)
+    return PipelineRequest(info, config, model_config, pretraining)
+
+
+# Flags that set a field of the model's config, which --set can name too.
+_CONFIG_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "learning_rate": "--learning-rate",
+                 "seed": "--seed"}
+
+
+def model_overrides(args) -> dict:
+    """The model's config overrides: every --set FIELD=VALUE, and the fields --epochs, --batch-size,
+    --learning-rate and --seed name. Naming one field both ways with different values is refused. Resolves
+    args.seed (also the few-label choice's and the Evaluator's seed) to what the model trains with."""
+    settings = dict(args.settings)
+    for field, flag in _CONFIG_FLAGS.items():
+        value = getattr(args, field)
+        if value is not None and field in settings and settings[field] != value:
+            raise CliError(f"{flag} {value} and --set {field}={settings[field]} disagree: give the value once")
+    overrides = {**settings, **{f: getattr(args, f) for f in _CONFIG_FLAGS if getattr(args, f) is not None}}
+    overrides.setdefault("seed", DEFAULT_SEED)
+    if isinstance(overrides["seed"], int) and not isinstance(overrides["seed"], bool):
+        args.seed = overrides["seed"]
+    return overrides
+
+
+def check_anomaly_class(args, info) -> None:
+    if args.anomaly_class is None:
+        return
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    family = pipeline.family_of(args.model)
+    if not family.detects_anomalies:
+        raise CliError(f"--anomaly-class is for autoencoders (reconstruction error as the anomaly score); "
+                       f"{args.model} is a {family.name}")
+    if not 0 <= args.anomaly_class < info.num_classes:
+        raise CliError(f"--anomaly-class {args.anomaly_class}: {info.spec.uri} has classes 0..{info.num_classes - 1}"
+                       if info.num_classes else f"--anomaly-class needs labelled data; {info.spec.uri} has no labels")
+
+
+def evaluation_settings(args, tracking_config):
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    return pipeline.EvaluationSettings(tracking=tracking_config, margin=args.bless_margin,
+                                       num_samples=args.eval_samples, anomaly_class=args.anomaly_class,
+                                       metric_network_epochs=args.metric_network_epochs, seed=args.seed)
+
+
+def ray_settings(args):
+    from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
+    try:
+        return ray_train.RaySettings(address=args.ray_address, workers=args.workers,
+                                     cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                                     max_failures=args.max_failures)
+    except ValueError as e:
+        raise CliError(str(e)) from e

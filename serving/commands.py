@@ -1,0 +1,173 @@
+"""`latentforge serve` and `latentforge predict`: their flags and what they do, beside the server and client
+they drive. The settings' defaults come from serving/settings.py, as Ray Serve's `serve run
+serving.server:build_app` takes them."""
+import os
+import time
+
+from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_CLUSTER, EXIT_ERROR, EXIT_OK, CliError, non_negative_float,
+                                  positive_int)
+from serving import settings
+from serving.settings import SETTINGS
+
+
+def add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="serve models over HTTP (TF Serving's REST API) on Ray Serve",
+                                description="Serves registered models (following their alias: a new @champion is "
+                                "picked up without dropping requests) or SavedModel directories until Ctrl-C.")
+    serve.add_argument("--model", dest="models", action="append", default=[], metavar="NAME[@ALIAS|/VERSION]",
+                       help="a registered MLflow model (repeatable); NAME alone follows @champion")
+    serve.add_argument("--saved-model", dest="saved_models", action="append", default=[], metavar="[NAME=]DIR",
+                       help="a SavedModel, or a folder of numbered versions as the Pusher writes them "
+                       "(RUN_DIR/PIPELINE/serving/MODEL: the highest is served and followed); repeatable")
+    serve.add_argument("--mlflow-uri", help="the registry (default: MLFLOW_TRACKING_URI, else the embedded store "
+                       "of --run-dir/--pipeline-name)")
+    serve.add_argument("--run-dir", default="runs", help="where `latentforge run` wrote (embedded registry)")
+    serve.add_argument("--pipeline-name", default="latentforge")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--ray-address", help="deploy on this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    serve.add_argument("--detach", action="store_true",
+                       help="return once deployed (with --ray-address: the server stays on the cluster)")
+    scaling = serve.add_argument_group("replicas and batching (passed to Ray Serve)")
+    limits = serve.add_argument_group("request limits (beyond them: 400, or 413 for the body)")
+    for name, setting in SETTINGS.items():
+        group = limits if name.startswith("max_") and name not in ("max_replicas", "max_batch_size") else scaling
+        kind = positive_int if setting.kind is int else non_negative_float
+        default = "" if setting.default is None else f" (default {setting.default:g})"
+        group.add_argument("--" + name.replace("_", "-"), type=kind, metavar="N" if setting.kind is int else "X",
+                           help=setting.help + default)
+    serve.add_argument("--access-log", action="store_true", help="log every request (Ray Serve's access log)")
+
+
+def add_predict_parser(commands) -> None:
+    predict = commands.add_parser("predict", help="call a running model server (latentforge serve)")
+    predict.add_argument("--url", default="http://127.0.0.1:8000")
+    predict.add_argument("--model", required=True, help="the served model's NAME")
+    what = predict.add_mutually_exclusive_group(required=True)
+    what.add_argument("--input", help="images to send: .npy, .npz (its one array) or .png (one image)")
+    what.add_argument("--generate", type=positive_int, metavar="N", help="generate N images")
+    what.add_argument("--info", action="store_true", help="print the model's version and signatures")
+    predict.add_argument("--signature", default="serving_default", help="with --input (default serving_default)")
+    predict.add_argument("--seed", type=int, default=0, help="with --generate")
+    predict.add_argument("--steps", type=positive_int, help="with --generate, DDPM: sampling steps")
+    predict.add_argument("--output", help="write the result: .png (images as a grid), .npy (one output) or .npz")
+
+
+def _serve_sources(args):
+    """ModelSources for --model / --saved-model; a registry that does not answer, or lacks a model, fails here."""
+    from backends import tracking  # pylint: disable=import-outside-toplevel
+    from serving import server  # pylint: disable=import-outside-toplevel
+    if not args.models and not args.saved_models:
+        raise CliError("serve needs --model NAME[@ALIAS|/VERSION] (a registered model) or --saved-model DIR")
+    sources = []
+    for text in args.saved_models:
+        try:
+            source = server.directory_source(text)
+        except FileNotFoundError as e:
+            raise CliError(f"--saved-model {text}: {e}") from e
+        sources.append(source)
+        print(f"latentforge: {source.name}: {source.saved_model_dir} (version "
+              f"{server.latest_saved_model(source.saved_model_dir)[1]})", flush=True)
+    if args.models:
+        root = os.path.abspath(os.path.join(args.run_dir, args.pipeline_name))
+        config = tracking.resolve(args.mlflow_uri, root, args.pipeline_name)
+        if not tracking.store_exists(config):
+            raise CliError(f"no MLflow registry at {config.uri}: run `latentforge run` first (it registers every "
+                           "model), or point --mlflow-uri / MLFLOW_TRACKING_URI at your server")
+        for text in args.models:
+            try:
+                source = server.registry_source(text, config.uri)
+            except ValueError as e:
+                raise CliError(f"--model {e}") from e
+            resolved = tracking.registry_version(config, source.registered_name, source.alias, source.version)
+            print(f"latentforge: {source.name}: MLflow {config.uri}, "
+                  f"{'@' + source.alias if source.alias else 'pinned'} -> version {resolved}", flush=True)
+            sources.append(source)
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise CliError(f"two models share a name in {names}: name them, --saved-model NAME=DIR")
+    return sources
+
+
+def cmd_serve(args) -> int:
+    from serving import server  # pylint: disable=import-outside-toplevel
+    if args.detach and not (args.ray_address or os.environ.get("RAY_ADDRESS")):
+        raise CliError("--detach leaves the server on a Ray cluster: give --ray-address (a local Ray ends with "
+                       "this command)")
+    sources = _serve_sources(args)
+    try:
+        options, deployment = settings.server_settings({name: getattr(args, name) for name in SETTINGS})
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    url = server.start(sources, options, deployment, host=args.host, port=args.port,
+                       ray_address=args.ray_address, access_log=args.access_log)
+    first = sources[0].name
+    print(f"latentforge: serving {', '.join(s.name for s in sources)} at {url}\n"
+          f"  curl {url}/v1/models/{first}\n"
+          f"  latentforge predict --url {url} --model {first} --info", flush=True)
+    if args.detach:
+        return EXIT_OK
+    print("latentforge: Ctrl-C stops the server", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("latentforge: stopping the server", flush=True)
+        server.stop()
+    return EXIT_OK
+
+
+def _read_images(path: str):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    if not os.path.isfile(path):
+        raise CliError(f"--input {path}: no such file")
+    if path.endswith(".png"):
+        from PIL import Image  # pylint: disable=import-outside-toplevel
+        image = np.asarray(Image.open(path), np.float32) / 255.0
+        return (image[..., None] if image.ndim == 2 else image)[None]
+    if path.endswith((".npy", ".npz")):
+        data = np.load(path)
+        if path.endswith(".npz"):
+            if len(data.files) != 1:
+                raise CliError(f"--input {path}: holds {data.files}; give an .npz with one array (or an .npy)")
+            data = data[data.files[0]]
+        return data
+    raise CliError(f"--input {path}: expected .npy, .npz or .png")
+
+
+def cmd_predict(args) -> int:
+    import json  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from serving.client import Client, ServingError  # pylint: disable=import-outside-toplevel
+    from serving.images import png_grid  # pylint: disable=import-outside-toplevel
+    client = Client(args.url)
+    try:
+        if args.info:
+            print(json.dumps(client.metadata(args.model), indent=1))
+            return EXIT_OK
+        if args.generate:
+            reply = client.generate(args.model, args.generate, args.seed, args.steps)
+        else:
+            reply = client.predict(args.model, _read_images(args.input), args.signature)
+    except ServingError as e:
+        raise CliError(f"the server refused it: {e.message}", EXIT_BAD_INPUT if e.status < 500 else EXIT_ERROR) from e
+    except OSError as e:
+        raise CliError(f"no server answers at {args.url} ({e}); start one with `latentforge serve`",
+                       EXIT_CLUSTER) from e
+    outputs = reply.outputs if isinstance(reply.outputs, dict) else {"output": reply.outputs}
+    print(f"latentforge: {args.model} version {reply.version}: " +
+          ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in outputs.items()))
+    if args.output:
+        if args.output.endswith(".png"):
+            images = next((v for v in outputs.values() if v.ndim == 4), None)
+            if images is None:
+                raise CliError(f"--output {args.output}: the outputs are not images; use .npy or .npz")
+            low = -1.0 if images.min() < -1e-3 else 0.0  # a symmetric-range autoencoder's reconstructions
+            with open(args.output, "wb") as f:
+                f.write(png_grid((images - low) / (1.0 - low)))
+        elif args.output.endswith(".npz"):
+            np.savez(args.output, **outputs)
+        else:
+            np.save(args.output, next(iter(outputs.values())))
+        print(f"latentforge: wrote {args.output}")
+    return EXIT_OK
