@@ -112,14 +112,19 @@ def test_a_classifier_fine_tunes_the_encoder_of_the_pretraining_trainer(sample_r
     from trainers import job as training
     run_dir, _, _ = sample_run
     args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "classifier", "--pretrain", "stacked_ae",
-            "--pretrain-epochs", "1", "--epochs", "2", "--set", "unfrozen_epochs=0", "--labels-per-class", "10",
+            "--pretrain-epochs", "3", "--epochs", "20", "--set", "unfrozen_epochs=0", "--labels-per-class", "10",
             "--run-dir", run_dir]
     assert cli.main(args) == 0
     nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
                                                     "latentforge")}
     assert list(nodes)[-5:] == ["PretrainingTrainer", "Trainer", "ModelEvaluator", "MlflowRegistrar", "Pusher"]
     metrics = _evaluation(nodes["ModelEvaluator"])["metrics"]
-    assert 0.1 < metrics["test_accuracy"] <= 1 and np.array(metrics["confusion_matrix"]).sum() == 500
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.sum() == 500 and metrics["test_accuracy"] == pytest.approx(np.trace(confusion) / 500)
+    # It learned from its 100 labels: well above guessing the commonest test class (measured: 0.59 vs 0.13; with
+    # 1 pretraining epoch and 2 head epochs, 8 steps, it stayed at 0.13 and only "above chance" could be asserted).
+    commonest = confusion.sum(axis=1).max() / 500
+    assert metrics["test_accuracy"] > 2 * commonest, (metrics["test_accuracy"], commonest)
     assert len(metrics["per_class_accuracy"]) == 10
     pretrained_state = os.path.join(nodes["PretrainingTrainer"].outputs["model"], "keras-state")
     classifier_state = os.path.join(nodes["Trainer"].outputs["model"], "keras-state")
@@ -130,7 +135,7 @@ def test_a_classifier_fine_tunes_the_encoder_of_the_pretraining_trainer(sample_r
         np.testing.assert_array_equal(mine, theirs)
     with open(os.path.join(nodes["Trainer"].outputs["model_run"], "metrics.json")) as f:
         history = json.load(f)["history"]
-    assert len(history["val_accuracy"]) == 2
+    assert len(history["val_accuracy"]) == 20
 
     pushed = glob.glob(os.path.join(run_dir, "latentforge", "serving", "classifier", "*", "saved_model.pb"))
     model = tf.saved_model.load(os.path.dirname(pushed[0]))
@@ -280,7 +285,7 @@ def test_a_runner_killed_during_training_is_resumed_by_the_rerun(sample_run):
     versions_before = {v.version: v.source for v in
                        mlflow.MlflowClient(uri, uri).search_model_versions("name = 'mnist-sample-autoencoder'")}
     rayed = set(glob.glob(os.path.join(root, "ray", "*")))
-    command = [sys.executable, "-m", "pipelines.cli", *args[:-2], "--epochs", "30", "--set", "hidden_units=[64,16]",
+    command = [sys.executable, "-m", "pipelines.cli", *args[:-2], "--epochs", "10", "--set", "hidden_units=[64,16]",
                "--run-dir", run_dir]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -295,14 +300,14 @@ def test_a_runner_killed_during_training_is_resumed_by_the_rerun(sample_run):
     killed_run = os.path.dirname(os.path.dirname(checkpoints[0]))
     assert not os.path.exists(os.path.join(killed_run, "latentforge-complete.json"))
 
-    assert cli.main([*args[:-2], "--epochs", "30", "--set", "hidden_units=[64,16]", "--run-dir", run_dir]) == 0
+    assert cli.main([*args[:-2], "--epochs", "10", "--set", "hidden_units=[64,16]", "--run-dir", run_dir]) == 0
     rerun = {n.node: n for n in metadata.latest_run(os.path.join(root, "metadata.sqlite"), "latentforge")}
     assert all(rerun[n].state == "CACHED" for n in ALL_NODES[:6]), [(n, rerun[n].state) for n in ALL_NODES[:6]]
     assert rerun["Trainer"].state == "COMPLETE"
     with open(os.path.join(rerun["Trainer"].outputs["model_run"], "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["ray_run"] == killed_run  # the killed run, resumed, not a new one
-    assert metrics["workers"][0]["resumed_from_epoch"] >= 1 and len(metrics["history"]["loss"]) == 30
+    assert metrics["workers"][0]["resumed_from_epoch"] >= 1 and len(metrics["history"]["loss"]) == 10
     # Nothing of the earlier run changed; its registered version is still there, still loadable.
     assert {key: _tree_digest(nodes[node].outputs[key]) for node, key in
             (("Trainer", "model"), ("Transform", "transformed_examples"), ("Pusher", "pushed_model"))} == before

@@ -4,7 +4,8 @@
     outcome.checkpoint_dir  -> the final saved state (trainers.job.restore rebuilds the model from it)
 
 - Cluster: `RaySettings.address` (or RAY_ADDRESS) joins a running cluster; without either, a local Ray starts in
-  this process with the machine's cores. Inside a Ray job (`latentforge submit`) the job's cluster is used.
+  this process with the machine's cores (backends/ray_cluster.py connects, for Train, submit and Serve alike).
+  Inside a Ray job (`latentforge submit`) the job's cluster is used.
 - Workers: `ray.train.tensorflow.TensorflowTrainer` starts `workers` actors and sets TF_CONFIG; each builds the
   model under MultiWorkerMirroredStrategy (a single worker: as in process, see _strategy) and reads the
   TFRecords itself. tf.data auto-shards them by DATA: each
