@@ -9,7 +9,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     # The design card's layout: each top-level folder is a package of its own.
-    packages=setuptools.find_packages(include=["pipelines*", "components*", "trainers*", "evaluation*", "serving*", "backends*"]),
+    packages=setuptools.find_packages(include=["pipelines*", "components*", "trainers*", "evaluation*", "serving*",
+                                               "backends*"]),
     # Versions live in requirements.txt + constraints.txt (the tested lock); `make install` applies them.
     install_requires=[],
     entry_points={"console_scripts": ["latentforge = pipelines.cli:main"]},

@@ -106,7 +106,7 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
 
 @dataclasses.dataclass(frozen=True)
 class RayTraining:
-    """Train on Ray: RaySettings fields (components.trainer.ray_train) and where Ray keeps its runs and checkpoints."""
+    """Train on Ray: RaySettings fields (components.trainer.ray_train), where Ray keeps its runs and checkpoints."""
     settings: Dict[str, Any]
     storage_path: str
 
@@ -154,8 +154,8 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
                    serving_dir: str, ray: Optional[RayTraining] = None,
                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
                    settings: Optional[EvaluationSettings] = None) -> List[base_node.BaseNode]:
-    """The model's Trainer (after a PretrainingTrainer when it needs a base model), its evaluation and MLflow registration
-    (with `settings`), and a Pusher writing its SavedModel to `serving_dir` (only when blessed, with `settings`)."""
+    """The model's Trainer (after a PretrainingTrainer when it needs a base model), its evaluation and MLflow
+    registration (with `settings`), and a Pusher writing its SavedModel to `serving_dir` (only when blessed, with `settings`)."""
     nodes: List[base_node.BaseNode] = []
     base_model = None
     if family_of(model_name).needs_base_model:

@@ -17,8 +17,8 @@ images outside the pixel range or not finite, n outside [1, MAX_GENERATED], step
 InvalidArgumentError naming the input (the input signature already rejects wrong shapes and dtypes).
 
 Besides the signatures, the SavedModel carries `metadata`, a string variable holding JSON (family, pixel range,
-image shape, generation limits, the generating signature and its default inputs, DDPM's T and default steps): what a server needs to know and the
-signatures cannot say. `json.loads(tf.saved_model.load(d).metadata.numpy())`.
+image shape, generation limits, the generating signature and its default inputs, DDPM's T and default steps): what
+a server needs to know and the signatures cannot say. `json.loads(tf.saved_model.load(d).metadata.numpy())`.
 
 The SavedModel is also callable (`loaded(array)`): the family's array-in, array-out function (reconstruct,
 generate_from_codings, generate_from_noise, classify's probabilities), which MLflow's tensorflow flavor calls

@@ -28,7 +28,7 @@ report["global_mean"] = float(tf.reduce_mean(values))
 
 TINY = {"stacked_ae": {}, "vae": {}, "dcgan": {"conv_filters": [16, 32]}, "wgan_gp": {"critic_steps": 2},
         "ddpm": {"timesteps": 20, "base_channels": 16, "channel_multipliers": [1, 2], "sample_steps": 2}}
-images = sample_digits(256)
+images = sample_digits(64)  # two global batches: every family's step traced and run twice
 for name in sys.argv[1:]:
     entry = registry.get_model(name)
     pixels = images * 2.0 - 1.0 if entry.pixel_range == "symmetric" else images

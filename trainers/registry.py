@@ -235,7 +235,8 @@ def config_from(name: str, config_class: Type, overrides: Mapping[str, Any], pre
 
 def _type_name(hint) -> str:
     if typing.get_origin(hint) is tuple:
-        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(typing.get_args(hint)[0], "values")
+        items = {int: "integers", float: "numbers", str: "strings"}
+        return "a list of " + items.get(typing.get_args(hint)[0], "values")
     if typing.get_origin(hint) is typing.Union:
         return " or ".join(_type_name(h) for h in typing.get_args(hint) if h is not type(None))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
