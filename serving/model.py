@@ -245,8 +245,11 @@ class ServedModel:
         n = _integer(body.get("n", 1), "n")
         self._check_n(n)
         inputs = {"n": np.int32(n), "seed": np.int32(_integer(body.get("seed", 0), "seed"))}
-        for name, default in self.generate_defaults().items():
-            value = _integer(body.get(name, default), name)
+        defaults = self.generate_defaults()
+        for name in sorted(set(self.inputs[signature]) - {"n", "seed"}):
+            if name not in body and name not in defaults:
+                raise RequestError(f"{name}: {self.name} :generate needs it (an integer)")
+            value = _integer(body.get(name, defaults.get(name)), name)
             if name == "steps":
                 self._check_steps(value)
             inputs[name] = np.int32(value)
