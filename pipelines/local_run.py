@@ -85,15 +85,14 @@ def _evaluation_settings(args, paths):
 
 def _ray_training(args, paths):
     """The Trainer's Ray settings, checked against the cluster now: a run asking for GPUs the cluster does not
-    have fails here, not after the data stages, and not by waiting for resources forever."""
+    have fails here, not after the data stages, and not by waiting for resources forever. A local Ray starts
+    only when a Ray Trainer executes (not at all when the Trainers come from the cache)."""
     if args.trainer == "in-process":
         return None
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
-    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
     settings = run_request.ray_settings(args)
-    ray_cluster.connect(settings.address)
-    resources = ray_train.worker_resources(settings)
+    resources = ray_train.checked_resources(settings)
     print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
     fields = {k: v for k, v in vars(settings).items() if v is not None}
     return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage)

@@ -27,6 +27,9 @@ def trained():
     ({"sample_steps": 2000}, "sample_steps=2000"),
     ({"base_channels": 12}, "base_channels=12"),
     ({"eta": 1.5}, "eta=1.5"),
+    ({"prediction": "x0"}, "prediction='x0'"),
+    ({"loss_weighting": "p2"}, "loss_weighting='p2'"),
+    ({"min_snr_gamma": 0}, "min_snr_gamma=0"),
 ])
 def test_impossible_configs_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -81,6 +84,44 @@ def test_ddim_at_eta_one_is_the_ancestral_posterior_step():
     x0 = tf.clip_by_value((x - tf.sqrt(1 - alpha_bar) * network([x], False)) / tf.sqrt(alpha_bar), -1, 1)
     mean, variance = process.q_posterior_mean_variance(x0, x, tf.fill([2], 60))
     np.testing.assert_allclose(stepped.numpy(), (mean + tf.sqrt(variance) * noise).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_the_true_target_gives_back_x0_under_either_parameterisation(prediction):
+    process = GaussianDiffusion(noise_schedule("cosine", 100), prediction=prediction)
+    x0 = tf.constant(sample_digits(4) * 2.0 - 1.0)
+    noise = tf.random.stateless_normal(x0.shape, seed=[1, 2])
+    t = tf.constant([1, 30, 70, 99])
+    xt = process.q_sample(x0, t, noise)
+    target = process.target(x0, t, noise)
+    np.testing.assert_allclose(process.predicted_x0(target, xt, t).numpy(), x0.numpy(), atol=2e-3)
+    if prediction == "v":  # v = sqrt(a) eps - sqrt(1 - a) x_0
+        a = process.alphas_cumprod.numpy()[t.numpy()][:, None, None, None]
+        np.testing.assert_allclose(target.numpy(), np.sqrt(a) * noise.numpy() - np.sqrt(1 - a) * x0.numpy(),
+                                   atol=1e-5)
+
+
+def test_min_snr_weights_cap_the_easy_low_noise_steps():
+    t = tf.constant([0, 500, 999])
+    for prediction, denominator in (("epsilon", lambda snr: snr), ("v", lambda snr: snr + 1)):
+        process = GaussianDiffusion(noise_schedule("cosine", 1000), prediction=prediction)
+        snr = process.alphas_cumprod.numpy() / (1 - process.alphas_cumprod.numpy())
+        expected = np.minimum(snr[t.numpy()], 5.0) / denominator(snr[t.numpy()])
+        np.testing.assert_allclose(process.loss_weight(t, "min_snr", 5.0).numpy(), expected, rtol=1e-3)
+        np.testing.assert_array_equal(process.loss_weight(t, "uniform", 5.0).numpy(), [1, 1, 1])
+    # t = 0 is nearly noise-free (SNR ~ 1.6e5): its weight is tiny; the noisiest step keeps weight ~1 (eps).
+    weights = GaussianDiffusion(noise_schedule("cosine", 1000)).loss_weight(t, "min_snr", 5.0).numpy()
+    assert weights[0] < 1e-3 and weights[2] == pytest.approx(1.0)
+
+
+def test_v_prediction_with_min_snr_weighting_learns_too():
+    images = sample_digits(320) * 2.0 - 1.0
+    config = DiffusionConfig(epochs=3, prediction="v", loss_weighting="min_snr", **TINY)
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(32)
+    model, history = diffusion.train(config, (28, 28, 1), dataset)
+    assert history["loss"][-1] < 0.7 * history["loss"][0], history["loss"]
+    samples = model.generate(4, seed=1).numpy()
+    assert samples.shape == (4, 28, 28, 1) and np.isfinite(samples).all()
 
 
 def test_training_lowers_the_noise_prediction_loss(trained):

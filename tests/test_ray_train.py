@@ -76,6 +76,14 @@ def test_two_workers_train_a_dcgan_to_completion(local_ray, digits, tmp_path):
     model, _ = training.restore(outcome.checkpoint_dir)
     samples = model.generate(4, seed=0).numpy()
     assert samples.shape == (4, 28, 28, 1) and np.all(np.abs(samples) <= 1)
+    # The generator's weight average (on by default) is updated right across the two replicas: the chief's
+    # last checkpoint holds exactly d * (epoch 1's average) + (1 - d) * (epoch 2's raw weights), with the
+    # warm-up decay of generator step 2, d = min(0.999, 3 / 12).
+    first, last = (training.restore(path)[0] for path in _checkpoints(outcome.run_path))
+    assert int(last.g_optimizer.iterations) == 2
+    for before, raw, after in zip(first.ema.network.get_weights(), last.generator.get_weights(),
+                                  last.ema.network.get_weights()):
+        np.testing.assert_allclose(after, 0.25 * before + 0.75 * raw, atol=1e-6)
 
 
 @pytest.mark.parametrize("model, config", [

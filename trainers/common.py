@@ -26,6 +26,12 @@ def require_choice(config, name: str, allowed: Sequence[str]) -> None:
     require(value in allowed, f"{name}={value!r}: must be one of {tuple(allowed)}")
 
 
+def require_ema_decay(config) -> None:
+    """ema_decay: 0 (no average) or a decay in (0, 1) (trainers/ema.py)."""
+    require(0 <= config.ema_decay < 1, f"ema_decay={config.ema_decay}: must be in [0, 1) (0.999 is usual; 0 turns "
+                                       "the weight average off)")
+
+
 def require_layer_sizes(config, name: str, unit: str) -> None:
     """A tuple of layer sizes (hidden_units, conv_filters): at least one layer, each of size >= 1."""
     sizes = getattr(config, name)

@@ -2,7 +2,11 @@
 
 The schedule is plain data from a named function (improved-diffusion's layout); `GaussianDiffusion` holds the
 maths in float64, stored as float32, and takes the network as an argument; `DiffusionModel` is the keras.Model
-that trains the network with the epsilon-prediction loss and samples with it.
+that trains the network and samples with it (from the exponential moving average of its weights by default).
+
+Objectives: the network predicts the noise eps (DDPM) or v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 (progressive
+distillation's v-prediction, better behaved at high noise); the squared error is averaged uniformly over time
+steps or weighted by min-SNR-gamma (Hang et al. 2023), which converges faster for small models.
 
 Sampling: DDIM (Song et al. 2021) over a chosen number of steps. With all T steps and eta=1 its update is
 exactly DDPM's ancestral step (posterior mean, variance beta~_t), which is how `ancestral_sample` runs.
@@ -18,11 +22,14 @@ import tf_keras as keras
 
 from trainers import signatures
 from trainers.common import (TrainingConfig, average_loss, fit_epochs, make_optimizer, per_example_mean, require,
-                             require_choice, run_network, start_build, use_xla)
+                             require_choice, require_ema_decay, run_network, start_build, use_xla)
+from trainers.ema import ExponentialMovingAverage
 
 PIXEL_RANGE = "symmetric"
 SCHEDULES = ("cosine", "linear")
 LOSSES = ("mse", "huber")
+PREDICTIONS = ("epsilon", "v")  # what the network outputs: the noise, or v = sqrt(a) eps - sqrt(1 - a) x_0
+WEIGHTINGS = ("uniform", "min_snr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +48,22 @@ class DiffusionConfig(TrainingConfig):
     time_embedding_dim: int = 64
     dropout: float = 0.0
     loss: str = "mse"
+    prediction: str = "epsilon"
+    loss_weighting: str = "uniform"  # min_snr: Hang et al. 2023's min(SNR(t), gamma) weighting
+    min_snr_gamma: float = 5.0
     sample_steps: int = 50  # DDIM steps of `generate`
     eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like
     optimizer: str = "adam"  # the notebook's Nadam traces twice as slowly for a U-Net's many variables
+    ema_decay: float = 0.999  # sample, score and export an average of the weights (0: the raw weights)
     epochs: int = 20
 
     def __post_init__(self):
         super().__post_init__()
         require_choice(self, "schedule", SCHEDULES)
         require_choice(self, "loss", LOSSES)
+        require_choice(self, "prediction", PREDICTIONS)
+        require_choice(self, "loss_weighting", WEIGHTINGS)
+        require(self.min_snr_gamma > 0, f"min_snr_gamma={self.min_snr_gamma}: must be positive")
         require(self.timesteps >= 2, f"timesteps={self.timesteps}: must be at least 2")
         require(0 < self.cosine_offset < 1, f"cosine_offset={self.cosine_offset}: must be in (0, 1)")
         require(0 < self.max_beta < 1, f"max_beta={self.max_beta}: must be in (0, 1)")
@@ -64,6 +78,7 @@ class DiffusionConfig(TrainingConfig):
         require(1 <= self.sample_steps <= self.timesteps,
                 f"sample_steps={self.sample_steps}: must be between 1 and timesteps ({self.timesteps})")
         require(0 <= self.eta <= 1, f"eta={self.eta}: must be in [0, 1]")
+        require_ema_decay(self)
 
     def check_input(self, input_shape: Sequence[int]) -> None:
         require(len(input_shape) == 3, f"DDPM needs images (H, W, C); got {tuple(input_shape)}")
@@ -86,9 +101,13 @@ def noise_schedule(name: str, timesteps: int, cosine_offset: float = 0.008, max_
 
 
 class GaussianDiffusion:
-    """The forward process q and the reverse steps, for a noise schedule betas (T,)."""
+    """The forward process q and the reverse steps, for a noise schedule betas (T,) and a network that predicts
+    `prediction` ("epsilon": the noise; "v": v = sqrt(a_t) eps - sqrt(1 - a_t) x_0, Salimans & Ho 2022)."""
 
-    def __init__(self, betas: np.ndarray):
+    def __init__(self, betas: np.ndarray, prediction: str = "epsilon"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}: must be one of {PREDICTIONS}")
+        self.prediction = prediction
         betas = np.asarray(betas, np.float64)
         alphas_cumprod = np.cumprod(1.0 - betas)
         alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
@@ -101,6 +120,7 @@ class GaussianDiffusion:
         self.posterior_variance = as32(betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod))
         self.posterior_coef_x0 = as32(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod))
         self.posterior_coef_xt = as32((1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod))
+        self.snr = as32(alphas_cumprod / (1.0 - alphas_cumprod))
 
     @staticmethod
     def _at(values: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
@@ -115,6 +135,28 @@ class GaussianDiffusion:
         """x_t for x_0 (B, H, W, C), t (B,) int, noise ~ N(0, I): one draw from q(x_t | x_0)."""
         return self._at(self.sqrt_alphas_cumprod, t) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t) * noise
 
+    def target(self, x0: tf.Tensor, t: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
+        """What the network is trained to output for x_t = q_sample(x0, t, noise)."""
+        if self.prediction == "v":
+            return self._at(self.sqrt_alphas_cumprod, t) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t) * x0
+        return noise
+
+    def loss_weight(self, t: tf.Tensor, weighting: str, gamma: float) -> tf.Tensor:
+        """Per-example weights (B,) of the regression loss: 1, or min-SNR-gamma (Hang et al. 2023), which for
+        a network predicting eps is min(SNR, gamma) / SNR and for one predicting v is min(SNR, gamma) / (SNR + 1):
+        the easy low-noise steps stop dominating the gradient."""
+        if weighting == "uniform":
+            return tf.ones_like(t, tf.float32)
+        snr = tf.gather(self.snr, t)
+        return tf.minimum(snr, gamma) / (snr + 1.0 if self.prediction == "v" else snr)
+
+    def predicted_x0(self, output: tf.Tensor, xt: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        """x_0 implied by the network's output at x_t (t (B,))."""
+        signal, noise = self._at(self.sqrt_alphas_cumprod, t), self._at(self.sqrt_one_minus_alphas_cumprod, t)
+        if self.prediction == "v":
+            return signal * xt - noise * output
+        return (xt - noise * output) / signal
+
     def q_posterior_mean_variance(self, x0, xt, t) -> Tuple[tf.Tensor, tf.Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x_0), the target of DDPM's ancestral step."""
         mean = self._at(self.posterior_coef_x0, t) * x0 + self._at(self.posterior_coef_xt, t) * xt
@@ -125,8 +167,9 @@ class GaussianDiffusion:
         batch = tf.shape(x)[0]
         alpha_bar = tf.gather(self.alphas_cumprod, t)
         alpha_bar_prev = tf.where(t_prev >= 0, tf.gather(self.alphas_cumprod, tf.maximum(t_prev, 0)), 1.0)
-        eps = run_network(network, [x, tf.fill([batch], t)], training=False)
-        x0 = tf.clip_by_value((x - tf.sqrt(1.0 - alpha_bar) * eps) / tf.sqrt(alpha_bar), -1.0, 1.0)
+        times = tf.fill([batch], t)
+        output = run_network(network, [x, times], training=False)
+        x0 = tf.clip_by_value(self.predicted_x0(output, x, times), -1.0, 1.0)
         eps = (x - tf.sqrt(alpha_bar) * x0) / tf.sqrt(1.0 - alpha_bar)  # consistent with the clipped x0
         sigma = eta * tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
         direction = tf.sqrt(tf.maximum(1.0 - alpha_bar_prev - tf.square(sigma), 0.0)) * eps
@@ -226,12 +269,16 @@ def build_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> keras.Mod
 
 
 class DiffusionModel(keras.Model):
-    """Trains `network` to predict the noise added by `diffusion`'s forward process; samples with it."""
+    """Trains `network` to predict the noise added by `diffusion`'s forward process; samples with it (with the
+    exponential moving average of its weights when `ema_decay` > 0)."""
 
     def __init__(self, network: keras.Model, diffusion: GaussianDiffusion, loss: str = "mse",
-                 sample_steps: int = 50, eta: float = 0.0, **kwargs):
+                 sample_steps: int = 50, eta: float = 0.0, ema_decay: float = 0.0, loss_weighting: str = "uniform",
+                 min_snr_gamma: float = 5.0, **kwargs):
         super().__init__(**kwargs)
         self.network, self.diffusion = network, diffusion
+        self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
+        self.ema = ExponentialMovingAverage(network, ema_decay) if ema_decay else None
         self.loss_kind, self.sample_steps, self.eta = loss, sample_steps, eta
         self.image_shape = tuple(network.inputs[0].shape[1:])
         self.tracker = keras.metrics.Mean(name="loss")
@@ -241,20 +288,28 @@ class DiffusionModel(keras.Model):
     def metrics(self):
         return [self.tracker]
 
+    @property
+    def sampling_network(self) -> keras.Model:
+        """The network that samples (generate, the SavedModel, the pictures): the EMA's when there is one."""
+        return self.ema.network if self.ema is not None else self.network
+
     def call(self, inputs, training=False):
         """[x_t, t] -> predicted noise."""
         return self.network(inputs, training=training)
 
     def per_example_loss(self, images: tf.Tensor, training: bool) -> tf.Tensor:
-        """Noise-prediction error (B,) at a uniformly drawn time step per image."""
+        """The network's (weighted) regression error (B,) at a uniformly drawn time step per image."""
         batch = tf.shape(images)[0]
         t = tf.random.uniform([batch], 0, self.diffusion.timesteps, dtype=tf.int32)
         noise = tf.random.normal(tf.shape(images))
         predicted = run_network(self.network, [self.diffusion.q_sample(images, t, noise), t], training=training)
+        error = tf.cast(predicted, tf.float32) - self.diffusion.target(images, t, noise)
         if self.loss_kind == "huber":
-            error = tf.abs(predicted - noise)
-            return per_example_mean(tf.where(error < 1.0, 0.5 * tf.square(error), error - 0.5))
-        return per_example_mean(tf.square(predicted - noise))
+            error = tf.abs(error)
+            per_example = per_example_mean(tf.where(error < 1.0, 0.5 * tf.square(error), error - 0.5))
+        else:
+            per_example = per_example_mean(tf.square(error))
+        return self.diffusion.loss_weight(t, self.loss_weighting, self.min_snr_gamma) * per_example
 
     def train_step(self, images):
         # 1. Noise each image to a random time step; 2. regress the noise; 3. one optimiser step.
@@ -263,6 +318,8 @@ class DiffusionModel(keras.Model):
             loss = average_loss(per_example, self.network)
         variables = self.network.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        if self.ema is not None:
+            self.ema.update(self.network, self.optimizer.iterations)
         self.tracker.update_state(per_example)
         return {"loss": self.tracker.result()}
 
@@ -275,7 +332,7 @@ class DiffusionModel(keras.Model):
         steps = self.sample_steps if steps is None else steps
         if not 1 <= steps <= self.diffusion.timesteps:
             raise ValueError(f"steps={steps}: must be between 1 and the model's {self.diffusion.timesteps} timesteps")
-        return self._sample(self.network, [n, *self.image_shape], tf.constant(seed, tf.int32),
+        return self._sample(self.sampling_network, [n, *self.image_shape], tf.constant(seed, tf.int32),
                             tf.constant(steps, tf.int32), tf.constant(self.eta if eta is None else eta, tf.float32))
 
     def ancestral_sample(self, n: int, seed: int = 0) -> tf.Tensor:
@@ -286,9 +343,11 @@ class DiffusionModel(keras.Model):
 def build_diffusion_model(config: DiffusionConfig, input_shape: Sequence[int]) -> DiffusionModel:
     input_shape = start_build(config, input_shape)
     diffusion = GaussianDiffusion(noise_schedule(config.schedule, config.timesteps, config.cosine_offset,
-                                                 config.max_beta))
+                                                 config.max_beta), prediction=config.prediction)
     model = DiffusionModel(build_unet(config, input_shape), diffusion, loss=config.loss,
-                           sample_steps=config.sample_steps, eta=config.eta, name=f"ddpm_{config.schedule}")
+                           sample_steps=config.sample_steps, eta=config.eta, ema_decay=config.ema_decay,
+                           loss_weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
+                           name=f"ddpm_{config.schedule}")
     model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
                   jit_compile=use_xla(config))
     return model
@@ -316,14 +375,14 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
     def generate(n, seed, steps):
         n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
         steps = signatures.checked_count(steps, "steps", timesteps)
-        images = model.diffusion.sample(model.network, tf.stack([n, *image_shape]), seed, steps, eta)
+        images = model.diffusion.sample(model.sampling_network, tf.stack([n, *image_shape]), seed, steps, eta)
         return {"images": (images + 1.0) / 2.0}
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="noise"), signatures.STEPS])
     def generate_from_noise(x, steps):
         """DDIM from the given x_T (standard normal noise): deterministic for the default eta=0."""
         steps = signatures.checked_count(steps, "steps", timesteps)
-        images = model.diffusion.denoise(model.network, signatures.checked_codings(x), tf.constant(0), steps, eta)
+        images = model.diffusion.denoise(model.sampling_network, signatures.checked_codings(x), tf.constant(0), steps, eta)
         return {"images": (images + 1.0) / 2.0}
 
     return {"serving_default": generate, "generate": generate, "generate_from_noise": generate_from_noise}

@@ -18,8 +18,9 @@ import tf_keras as keras
 
 from trainers import signatures
 from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, fit_epochs, make_optimizer,
-                             per_example_sum, require, require_choice, require_layer_sizes, start_build,
-                             upsampling_plan, use_xla)
+                             per_example_sum, require, require_choice, require_ema_decay, require_layer_sizes,
+                             start_build, upsampling_plan, use_xla)
+from trainers.ema import ExponentialMovingAverage
 
 PIXEL_RANGE = "symmetric"
 ARCHITECTURES = ("dense", "dcgan")
@@ -45,6 +46,7 @@ class GANConfig(TrainingConfig):
     gradient_penalty: float = 10.0
     discriminator_learning_rate: Optional[float] = None  # None: learning_rate
     max_discriminator_wins: int = 500  # consecutive steps; 0: never stop for it
+    ema_decay: float = 0.999  # sample, score and export an average of the generator's weights (0: the raw ones)
     optimizer: str = "rmsprop"
     epochs: int = 50
 
@@ -63,6 +65,7 @@ class GANConfig(TrainingConfig):
         require(self.gradient_penalty >= 0, f"gradient_penalty={self.gradient_penalty}: must be >= 0")
         require(self.discriminator_learning_rate is None or self.discriminator_learning_rate > 0,
                 f"discriminator_learning_rate={self.discriminator_learning_rate}: must be positive")
+        require_ema_decay(self)
         require(self.max_discriminator_wins >= 0, f"max_discriminator_wins={self.max_discriminator_wins}: must be >= 0")
         require(self.loss != "wgan_gp" or self.label_smoothing == 0,
                 "label_smoothing applies to loss='bce' only: a Wasserstein critic has no labels")
@@ -77,12 +80,15 @@ class GANConfig(TrainingConfig):
 
 
 class GAN(keras.Model):
-    """generator: codings (B, K) -> images (B, H, W, C) in [-1, 1]; discriminator: images -> (B, 1) logit/score."""
+    """generator: codings (B, K) -> images (B, H, W, C) in [-1, 1]; discriminator: images -> (B, 1) logit/score.
+    With `ema_decay` > 0 an exponential moving average of the generator's weights draws the samples."""
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, loss: str = "bce",
-                 label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0, **kwargs):
+                 label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0,
+                 ema_decay: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
+        self.ema = ExponentialMovingAverage(generator, ema_decay) if ema_decay else None
         self.loss_kind, self.label_smoothing = loss, label_smoothing
         self.critic_steps, self.gradient_penalty = critic_steps, gradient_penalty
         self.coding_size = int(generator.inputs[0].shape[-1])
@@ -99,9 +105,15 @@ class GAN(keras.Model):
     def call(self, codings, training=False):
         return self.generator(codings, training=training)
 
+    @property
+    def sampling_generator(self) -> keras.Model:
+        """The generator that samples (generate, the SavedModel, the pictures): the EMA's when there is one."""
+        return self.ema.network if self.ema is not None else self.generator
+
     def generate(self, n: int, seed: int = 0) -> tf.Tensor:
         """n images (n, H, W, C) in [-1, 1] from codings drawn from N(0, I); the same seed, the same images."""
-        return self.generator(tf.random.stateless_normal([n, self.coding_size], seed=[seed, 0]), training=False)
+        codings = tf.random.stateless_normal([n, self.coding_size], seed=[seed, 0])
+        return self.sampling_generator(codings, training=False)
 
     def _codings(self, batch_size):
         return tf.random.normal([batch_size, self.coding_size])
@@ -151,6 +163,8 @@ class GAN(keras.Model):
             g_loss = average_loss(g_per_example, self.generator)
         variables = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
+        if self.ema is not None:
+            self.ema.update(self.generator, self.g_optimizer.iterations)
         self.trackers["d_loss"].update_state(d_per_example)
         self.trackers["g_loss"].update_state(g_per_example)
         # Per-step values (not epoch means) for the divergence monitor; the epoch log shows the last step's.
@@ -203,7 +217,7 @@ def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
     generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
     model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
                 critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
-                name=f"{config.architecture}_{config.loss}_gan")
+                ema_decay=config.ema_decay, name=f"{config.architecture}_{config.loss}_gan")
     model.build((None, config.coding_size))
     model.discriminator.build((None, *input_shape))
     model.compile(d_optimizer=make_optimizer(config, config.discriminator_learning_rate),
@@ -250,10 +264,10 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
     def generate(n, seed):
         n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
         codings = tf.random.stateless_normal(tf.stack([n, model.coding_size]), seed=tf.stack([seed, 0]))
-        return {"images": to_unit(model.generator(codings, training=False))}
+        return {"images": to_unit(model.sampling_generator(codings, training=False))}
 
     @tf.function(input_signature=[signatures.codings_spec(model.coding_size)])
     def generate_from_codings(z):
-        return {"images": to_unit(model.generator(signatures.checked_codings(z), training=False))}
+        return {"images": to_unit(model.sampling_generator(signatures.checked_codings(z), training=False))}
 
     return {"serving_default": generate, "generate": generate, "generate_from_codings": generate_from_codings}

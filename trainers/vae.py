@@ -15,7 +15,9 @@ import tf_keras as keras
 
 from trainers import signatures
 from trainers.common import (TrainingConfig, average_loss, fit_epochs, make_optimizer, per_example_sum, require,
-                             require_choice, require_layer_sizes, start_build, upsampling_plan, use_xla)
+                             require_choice, require_ema_decay, require_layer_sizes, start_build, upsampling_plan,
+                             use_xla)
+from trainers.ema import ExponentialMovingAverage
 
 PIXEL_RANGE = "unit"
 ARCHITECTURES = ("dense", "conv")
@@ -33,6 +35,7 @@ class VAEConfig(TrainingConfig):
     activation: str = "selu"
     beta: float = 1.0  # weight of the KL term (beta-VAE)
     reconstruction: str = "bce"
+    ema_decay: float = 0.0  # > 0: encode, decode, sample and export an average of the weights (trainers/ema.py)
     epochs: int = 25
     batch_size: int = 128
 
@@ -46,6 +49,7 @@ class VAEConfig(TrainingConfig):
         require_layer_sizes(self, "conv_filters", "filter")
         require(self.coding_size >= 1, f"coding_size={self.coding_size}: must be at least 1")
         require(self.beta >= 0, f"beta={self.beta}: must be >= 0")
+        require_ema_decay(self)
 
     @property
     def code_units(self) -> int:
@@ -60,12 +64,17 @@ class VAEConfig(TrainingConfig):
 
 
 class VAE(keras.Model):
-    """encoder: x (B, H, W, C) -> [mean, log_var] (B, K) each; decoder: z (B, K) -> logits (B, H, W, C)."""
+    """encoder: x (B, H, W, C) -> [mean, log_var] (B, K) each; decoder: z (B, K) -> logits (B, H, W, C).
+
+    With `ema_decay` > 0, everything but training (reconstructions, codings, samples, the exported model, the
+    encoder a classifier reuses) runs on exponential moving averages of the encoder's and decoder's weights."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, beta: float = 1.0, reconstruction: str = "bce",
-                 **kwargs):
+                 ema_decay: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.decoder = encoder, decoder
+        self.encoder_ema = ExponentialMovingAverage(encoder, ema_decay) if ema_decay else None
+        self.decoder_ema = ExponentialMovingAverage(decoder, ema_decay) if ema_decay else None
         self.beta, self.reconstruction = beta, reconstruction
         self.coding_size = int(decoder.inputs[0].shape[-1])
         names = ("loss", "reconstruction_loss", "kl_loss", "neg_elbo")
@@ -76,16 +85,30 @@ class VAE(keras.Model):
         return list(self.trackers.values())
 
     @property
+    def inference_encoder(self) -> keras.Model:
+        """The encoder outside training: the EMA's when there is one."""
+        return self.encoder_ema.network if self.encoder_ema is not None else self.encoder
+
+    @property
+    def inference_decoder(self) -> keras.Model:
+        return self.decoder_ema.network if self.decoder_ema is not None else self.decoder
+
+    @property
     def feature_encoder(self) -> keras.Model:
         """x -> codings mean (B, K): the encoder a downstream classifier reuses."""
-        return keras.Model(self.encoder.inputs, self.encoder.outputs[0], name="vae_mean_encoder")
+        encoder = self.inference_encoder
+        return keras.Model(encoder.inputs, encoder.outputs[0], name="vae_mean_encoder")
+
+    def encode(self, images: tf.Tensor, training: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
+        """(mean, log_var) of the codings, each (B, K)."""
+        return (self.encoder if training else self.inference_encoder)(images, training=training)
 
     def decode(self, codings: tf.Tensor, training: bool = False) -> tf.Tensor:
-        return tf.sigmoid(self.decoder(codings, training=training))
+        return tf.sigmoid((self.decoder if training else self.inference_decoder)(codings, training=training))
 
     def call(self, inputs, training=False):
         """Reconstruction through the codings' mean (no sampling): (B, H, W, C) in [0, 1]."""
-        mean, _ = self.encoder(inputs, training=training)
+        mean, _ = self.encode(inputs, training=training)
         return self.decode(mean, training=training)
 
     def per_example_losses(self, images: tf.Tensor, training: bool) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -115,6 +138,9 @@ class VAE(keras.Model):
             loss = average_loss(reconstruction + self.beta * kl, self)
         # 2. Step the encoder and decoder together.
         self.optimizer.apply_gradients(zip(tape.gradient(loss, self.trainable_variables), self.trainable_variables))
+        for average, network in ((self.encoder_ema, self.encoder), (self.decoder_ema, self.decoder)):
+            if average is not None:
+                average.update(network, self.optimizer.iterations)
         return self._update(reconstruction, kl)
 
     def test_step(self, images):
@@ -127,7 +153,7 @@ class VAE(keras.Model):
 
     def interpolate(self, start: tf.Tensor, end: tf.Tensor, steps: int) -> tf.Tensor:
         """`steps` images (steps, H, W, C) decoded along the line between two images' coding means."""
-        means, _ = self.encoder(tf.stack([start, end]), training=False)
+        means, _ = self.encode(tf.stack([start, end]))
         weights = tf.linspace(0.0, 1.0, steps)[:, None]
         return self.decode((1.0 - weights) * means[0:1] + weights * means[1:2])
 
@@ -169,7 +195,7 @@ def _conv(config: VAEConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
 def build_vae(config: VAEConfig, input_shape: Sequence[int]) -> VAE:
     input_shape = start_build(config, input_shape)
     encoder, decoder = {"dense": _dense, "conv": _conv}[config.architecture](config, input_shape)
-    model = VAE(encoder, decoder, beta=config.beta, reconstruction=config.reconstruction,
+    model = VAE(encoder, decoder, beta=config.beta, reconstruction=config.reconstruction, ema_decay=config.ema_decay,
                 name=f"{config.architecture}_vae")
     model.build((None, *input_shape))
     model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
@@ -200,7 +226,7 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
 
     @tf.function(input_signature=[images])
     def encode(x):
-        mean, log_var = model.encoder(signatures.checked_images(x, pixel_range), training=False)
+        mean, log_var = model.encode(signatures.checked_images(x, pixel_range))
         return {"codings": mean, "log_var": log_var}
 
     @tf.function(input_signature=[codings])
