@@ -42,6 +42,20 @@ def export_metadata(family: registry.Family, model, image_shape: Sequence[int], 
     return metadata
 
 
+def _float32_outputs(function: Callable) -> Callable:
+    """`function` if its floating outputs are float32; else the same signature with them cast to float32 (a model
+    trained in mixed precision computes in bfloat16/float16, but its SavedModel takes and returns float32)."""
+    outputs = function.get_concrete_function().structured_outputs
+    if all(not t.dtype.is_floating or t.dtype == tf.float32 for t in outputs.values()):
+        return function
+
+    @tf.function(input_signature=function.input_signature)
+    def float32_function(*args):
+        return {name: tf.cast(value, tf.float32) if value.dtype.is_floating else value
+                for name, value in function(*args).items()}
+    return float32_function
+
+
 def export_model(family: Union[str, registry.Family], model, image_shape: Sequence[int], export_dir: str,
                  pixel_range: str) -> Dict[str, Callable]:
     """Writes `model` as a SavedModel with its family's signatures (a Family, or a family's name); returns the
@@ -50,6 +64,9 @@ def export_model(family: Union[str, registry.Family], model, image_shape: Sequen
     if pixel_range not in PIXEL_BOUNDS:
         raise ValueError(f"pixel_range={pixel_range!r}: must be one of {sorted(PIXEL_BOUNDS)}")
     signatures = family.signatures(model, tuple(int(d) for d in image_shape), pixel_range)
+    wrapped = {}
+    signatures = {name: wrapped.setdefault(id(function), _float32_outputs(function))
+                  for name, function in signatures.items()}
     # A plain tf.Module that owns the variables: the signatures are the whole interface, so the SavedModel
     # loads without the project's classes, and Keras's own (slow, input-shape hungry) model tracing is skipped.
     root = tf.Module()

@@ -17,8 +17,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers import signatures
-from trainers.common import (TrainingConfig, fit_epochs, make_optimizer, require, require_choice, require_layer_sizes,
-                             start_build, upsampling_plan, use_xla, with_known_size)
+from trainers.common import (TrainingConfig, fit_epochs, make_optimizer, precision_policy, require, require_choice,
+                             require_layer_sizes, start_build, upsampling_plan, use_xla, with_known_size)
 
 ARCHITECTURES = ("dense", "conv", "recurrent")
 NOISES = ("none", "gaussian", "dropout")
@@ -137,7 +137,8 @@ class Autoencoder(keras.Model):
         return self.encoder
 
     def call(self, inputs, training=False):
-        return self.decoder(self.encoder(inputs, training=training), training=training)
+        # float32 out whatever the layers compute in: losses and scores stay in full precision.
+        return tf.cast(self.decoder(self.encoder(inputs, training=training), training=training), tf.float32)
 
     def anomaly_score(self, inputs: tf.Tensor) -> tf.Tensor:
         """Per-example mean squared reconstruction error, (B,)."""
@@ -238,9 +239,10 @@ def build_autoencoder(config: AutoencoderConfig, input_shape: Sequence[int]) -> 
     """A compiled autoencoder for inputs of `input_shape` (e.g. (28, 28, 1), or (3,) for the toy set)."""
     input_shape = start_build(config, input_shape)
     build = {"dense": _dense, "conv": _conv, "recurrent": _recurrent}[config.architecture]
-    encoder, decoder = build(config, input_shape)
-    model = Autoencoder(encoder, decoder, name=f"{config.architecture}_autoencoder")
-    model.build((None, *input_shape))
+    with precision_policy(config):
+        encoder, decoder = build(config, input_shape)
+        model = Autoencoder(encoder, decoder, name=f"{config.architecture}_autoencoder")
+        model.build((None, *input_shape))
     return _compile(model, config)
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers import signatures
-from trainers.common import TrainingConfig, fit_epochs, make_optimizer, require, use_xla
+from trainers.common import TrainingConfig, fit_epochs, make_optimizer, precision_policy, require, use_xla
 
 NAME = "classifier"  # what --model says; its pixel range is that of the pretrained model
 
@@ -63,12 +63,14 @@ def build_classifier(config: ClassifierConfig, encoder: keras.Model) -> keras.Se
     """encoder + head: images (B, H, W, C) -> class probabilities (B, num_classes). layers[0] is the encoder."""
     # Codings are unnormalised (ReLU codes of an autoencoder run ~7 +- 5): standardising them lets a head trained
     # on a hundred labels converge in a few hundred steps.
-    head = [keras.layers.Flatten(), keras.layers.BatchNormalization(momentum=0.9)]
-    for units in config.head_units:
-        head += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(config.dropout)]
-    head.append(keras.layers.Dense(config.num_classes, activation="softmax"))
-    model = keras.Sequential([encoder, *head], name="classifier")
-    model.build(encoder.input_shape)
+    with precision_policy(config):
+        head = [keras.layers.Flatten(), keras.layers.BatchNormalization(momentum=0.9)]
+        for units in config.head_units:
+            head += [keras.layers.Dense(units, activation="relu"), keras.layers.Dropout(config.dropout)]
+        # The softmax in float32 whatever the precision (Keras' mixed-precision rule for the last layer).
+        head.append(keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32"))
+        model = keras.Sequential([encoder, *head], name="classifier")
+        model.build(encoder.input_shape)
     return model
 
 

@@ -5,7 +5,9 @@ with one device and under MultiWorkerMirroredStrategy: each replica's loss is th
 losses divided by the *global* batch size (tf.nn.compute_average_loss), because the optimizer sums gradients
 across replicas.
 """
+import contextlib
 import dataclasses
+import functools
 import math
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -13,6 +15,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 OPTIMIZERS = ("nadam", "adam", "rmsprop", "sgd")
+# Keras mixed-precision policies (variables stay float32; layers compute in the low precision), or "auto":
+# mixed_bfloat16 where the hardware computes bfloat16 natively (AVX512-BF16/AMX CPUs, GPUs from Ampere on), else
+# float32. mixed_float16 is for GPUs and scales the loss (LossScaleOptimizer) so small gradients do not vanish.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 
 
 def require(ok: bool, message: str) -> None:
@@ -55,13 +61,68 @@ class TrainingConfig:
     seed: int = 42
     steps_per_execution: int = 1
     jit_compile: bool = False
+    precision: str = "float32"
 
     def __post_init__(self):
         require_choice(self, "optimizer", OPTIMIZERS)
+        require_choice(self, "precision", PRECISIONS)
         for name in ("epochs", "batch_size", "steps_per_execution"):
             require(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be at least 1")
         require(self.learning_rate > 0, f"learning_rate={self.learning_rate}: must be positive")
         require(0 <= self.beta_1 < 1, f"beta_1={self.beta_1}: must be in [0, 1)")
+
+
+@functools.lru_cache(maxsize=None)
+def bfloat16_is_native() -> bool:
+    """Whether this machine computes bfloat16 in hardware: a CPU with AVX512-BF16 or AMX-BF16, or a GPU of compute
+    capability 8.0 or more."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return True
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        if tuple(capability) >= (8, 0):
+            return True
+    return False
+
+
+def resolve_precision(precision: str) -> str:
+    """A Keras policy name for a config's precision ("auto": mixed_bfloat16 where bfloat16 is native)."""
+    if precision == "auto":
+        return "mixed_bfloat16" if bfloat16_is_native() else "float32"
+    return precision
+
+
+@contextlib.contextmanager
+def precision_policy(config: TrainingConfig):
+    """Layers built inside take the config's precision; the global policy is restored afterwards, so nothing
+    built later (another model, the metric network) inherits it."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(resolve_precision(config.precision))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def scaled_loss(optimizer: keras.optimizers.Optimizer, loss: tf.Tensor) -> tf.Tensor:
+    """The loss to differentiate, inside the GradientTape: multiplied by the loss scale under mixed_float16."""
+    if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+        return optimizer.get_scaled_loss(loss)
+    return loss
+
+
+def apply_gradients(optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
+                    variables: Sequence[tf.Variable]) -> None:
+    """One optimizer step down `loss` (a `scaled_loss` recorded by `tape`), the gradients unscaled if needed."""
+    gradients = tape.gradient(loss, variables)
+    if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+        gradients = optimizer.get_unscaled_gradients(gradients)
+    optimizer.apply_gradients(zip(gradients, variables))
 
 
 def use_xla(config: TrainingConfig) -> bool:
@@ -84,12 +145,16 @@ def make_optimizer(config: TrainingConfig, learning_rate: Optional[float] = None
     # U-Net's hundreds of variables on CPU. They follow the config's jit_compile instead.
     jit = use_xla(config)
     if config.optimizer == "nadam":
-        return keras.optimizers.Nadam(rate, beta_1=config.beta_1, jit_compile=jit)
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(rate, beta_1=config.beta_1, jit_compile=jit)
-    if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rate, jit_compile=jit)
-    return keras.optimizers.SGD(rate, jit_compile=jit)
+        optimizer = keras.optimizers.Nadam(rate, beta_1=config.beta_1, jit_compile=jit)
+    elif config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(rate, beta_1=config.beta_1, jit_compile=jit)
+    elif config.optimizer == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(rate, jit_compile=jit)
+    else:
+        optimizer = keras.optimizers.SGD(rate, jit_compile=jit)
+    if resolve_precision(config.precision) == "mixed_float16":
+        return keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def average_loss(per_example: tf.Tensor, model: Optional[keras.Model] = None) -> tf.Tensor:

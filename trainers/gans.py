@@ -17,9 +17,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers import signatures
-from trainers.common import (DivergenceMonitor, TrainingConfig, average_loss, fit_epochs, make_optimizer,
-                             per_example_sum, require, require_choice, require_ema_decay, require_layer_sizes,
-                             start_build, upsampling_plan, use_xla)
+from trainers.common import (DivergenceMonitor, TrainingConfig, apply_gradients, average_loss, fit_epochs,
+                             make_optimizer, per_example_sum, precision_policy, require, require_choice,
+                             require_ema_decay, require_layer_sizes, scaled_loss, start_build, upsampling_plan,
+                             use_xla)
 from trainers.ema import ExponentialMovingAverage
 
 PIXEL_RANGE = "symmetric"
@@ -113,17 +114,24 @@ class GAN(keras.Model):
     def generate(self, n: int, seed: int = 0) -> tf.Tensor:
         """n images (n, H, W, C) in [-1, 1] from codings drawn from N(0, I); the same seed, the same images."""
         codings = tf.random.stateless_normal([n, self.coding_size], seed=[seed, 0])
-        return self.sampling_generator(codings, training=False)
+        return tf.cast(self.sampling_generator(codings, training=False), tf.float32)
 
     def _codings(self, batch_size):
         return tf.random.normal([batch_size, self.coding_size])
 
+    def _fake(self, batch_size, training=True):
+        return tf.cast(self.generator(self._codings(batch_size), training=training), tf.float32)
+
+    def _logits(self, images):
+        """The discriminator's logits/scores (B,) in float32 whatever precision it computes in."""
+        return tf.cast(self.discriminator(images, training=True)[:, 0], tf.float32)
+
     def _discriminator_step(self, real):
         """Returns per-example D losses (B,) and the per-step mean D probabilities on real and fake images."""
-        fake = self.generator(self._codings(tf.shape(real)[0]), training=True)
+        fake = self._fake(tf.shape(real)[0])
         with tf.GradientTape() as tape:
-            real_logits = self.discriminator(real, training=True)[:, 0]
-            fake_logits = self.discriminator(fake, training=True)[:, 0]
+            real_logits = self._logits(real)
+            fake_logits = self._logits(fake)
             if self.loss_kind == "bce":
                 # The notebook's phase 1: one batch of fakes and reals, so the mean over both halves.
                 targets = tf.fill(tf.shape(real_logits), 1.0 - self.label_smoothing)
@@ -132,9 +140,8 @@ class GAN(keras.Model):
                                                                                logits=fake_logits))
             else:
                 per_example = fake_logits - real_logits + self.gradient_penalty * self._penalty(real, fake)
-            loss = average_loss(per_example, self.discriminator)
-        variables = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            loss = scaled_loss(self.d_optimizer, average_loss(per_example, self.discriminator))
+        apply_gradients(self.d_optimizer, tape, loss, self.discriminator.trainable_variables)
         return per_example, tf.reduce_mean(tf.sigmoid(real_logits)), tf.reduce_mean(tf.sigmoid(fake_logits))
 
     def _penalty(self, real, fake):
@@ -143,7 +150,7 @@ class GAN(keras.Model):
         between = real + mix * (fake - real)
         with tf.GradientTape() as tape:
             tape.watch(between)
-            scores = self.discriminator(between, training=True)
+            scores = self._logits(between)
         norms = tf.sqrt(per_example_sum(tf.square(tape.gradient(scores, between))) + 1e-12)
         return tf.square(norms - 1.0)
 
@@ -153,16 +160,14 @@ class GAN(keras.Model):
             d_per_example, d_real, d_fake = self._discriminator_step(real)
         # 2. Generator: make the discriminator call its images real (or score them high, for the critic).
         with tf.GradientTape() as tape:
-            fake_logits = self.discriminator(self.generator(self._codings(tf.shape(real)[0]), training=True),
-                                             training=True)[:, 0]
+            fake_logits = self._logits(self._fake(tf.shape(real)[0]))
             if self.loss_kind == "bce":
                 g_per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(fake_logits),
                                                                         logits=fake_logits)
             else:
                 g_per_example = -fake_logits
-            g_loss = average_loss(g_per_example, self.generator)
-        variables = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
+            g_loss = scaled_loss(self.g_optimizer, average_loss(g_per_example, self.generator))
+        apply_gradients(self.g_optimizer, tape, g_loss, self.generator.trainable_variables)
         if self.ema is not None:
             self.ema.update(self.generator, self.g_optimizer.iterations)
         self.trackers["d_loss"].update_state(d_per_example)
@@ -214,12 +219,13 @@ def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
 
 def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
     input_shape = start_build(config, input_shape)
-    generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
-    model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
-                critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
-                ema_decay=config.ema_decay, name=f"{config.architecture}_{config.loss}_gan")
-    model.build((None, config.coding_size))
-    model.discriminator.build((None, *input_shape))
+    with precision_policy(config):
+        generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
+        model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
+                    critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
+                    ema_decay=config.ema_decay, name=f"{config.architecture}_{config.loss}_gan")
+        model.build((None, config.coding_size))
+        model.discriminator.build((None, *input_shape))
     model.compile(d_optimizer=make_optimizer(config, config.discriminator_learning_rate),
                   g_optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
                   jit_compile=use_xla(config))

@@ -187,7 +187,8 @@ register(Family(
     scorers=(scoring.score_generation,), figures=(figures.samples(32),), pixel_range=diffusion.PIXEL_RANGE,
     generate_signature="generate", export_metadata=diffusion.export_metadata,
     input_example=standard_normal(lambda images, config: images.shape[1:])),
-    {"ddpm": {}, "ddpm_linear": dict(schedule="linear")})
+    {"ddpm": {}, "ddpm_linear": dict(schedule="linear"),
+     "ddpm_compact": dict(architecture="compact", base_channels=16, channel_multipliers=(2, 4, 8))})
 
 register(Family(
     classifier.NAME, classifier.ClassifierConfig, _classifier_build, classifier.fit, classifier.serving_signatures,

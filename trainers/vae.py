@@ -14,9 +14,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers import signatures
-from trainers.common import (TrainingConfig, average_loss, fit_epochs, make_optimizer, per_example_sum, require,
-                             require_choice, require_ema_decay, require_layer_sizes, start_build, upsampling_plan,
-                             use_xla)
+from trainers.common import (TrainingConfig, apply_gradients, average_loss, fit_epochs, make_optimizer,
+                             per_example_sum, precision_policy, require, require_choice, require_ema_decay,
+                             require_layer_sizes, scaled_loss, start_build, upsampling_plan, use_xla)
 from trainers.ema import ExponentialMovingAverage
 
 PIXEL_RANGE = "unit"
@@ -100,11 +100,15 @@ class VAE(keras.Model):
         return keras.Model(encoder.inputs, encoder.outputs[0], name="vae_mean_encoder")
 
     def encode(self, images: tf.Tensor, training: bool = False) -> Tuple[tf.Tensor, tf.Tensor]:
-        """(mean, log_var) of the codings, each (B, K)."""
-        return (self.encoder if training else self.inference_encoder)(images, training=training)
+        """(mean, log_var) of the codings, each (B, K), in float32 whatever precision the layers compute in."""
+        mean, log_var = (self.encoder if training else self.inference_encoder)(images, training=training)
+        return tf.cast(mean, tf.float32), tf.cast(log_var, tf.float32)
+
+    def decoder_logits(self, codings: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return tf.cast((self.decoder if training else self.inference_decoder)(codings, training=training), tf.float32)
 
     def decode(self, codings: tf.Tensor, training: bool = False) -> tf.Tensor:
-        return tf.sigmoid((self.decoder if training else self.inference_decoder)(codings, training=training))
+        return tf.sigmoid(self.decoder_logits(codings, training=training))
 
     def call(self, inputs, training=False):
         """Reconstruction through the codings' mean (no sampling): (B, H, W, C) in [0, 1]."""
@@ -113,10 +117,10 @@ class VAE(keras.Model):
 
     def per_example_losses(self, images: tf.Tensor, training: bool) -> Tuple[tf.Tensor, tf.Tensor]:
         """(reconstruction, KL) per example, each (B,), for one reparameterised sample of the codings."""
-        mean, log_var = self.encoder(images, training=training)
+        mean, log_var = self.encode(images, training=training)
         # Reparameterisation: z = mean + sigma * eps keeps the sample differentiable in mean and log_var.
         codings = mean + tf.exp(0.5 * log_var) * tf.random.normal(tf.shape(mean))
-        logits = self.decoder(codings, training=training)
+        logits = self.decoder_logits(codings, training=training)
         if self.reconstruction == "bce":
             reconstruction = per_example_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=images, logits=logits))
         else:
@@ -135,9 +139,9 @@ class VAE(keras.Model):
         # 1. One sample of the codings per image; the objective is reconstruction + beta * KL.
         with tf.GradientTape() as tape:
             reconstruction, kl = self.per_example_losses(images, training=True)
-            loss = average_loss(reconstruction + self.beta * kl, self)
+            loss = scaled_loss(self.optimizer, average_loss(reconstruction + self.beta * kl, self))
         # 2. Step the encoder and decoder together.
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, self.trainable_variables), self.trainable_variables))
+        apply_gradients(self.optimizer, tape, loss, self.trainable_variables)
         for average, network in ((self.encoder_ema, self.encoder), (self.decoder_ema, self.decoder)):
             if average is not None:
                 average.update(network, self.optimizer.iterations)
@@ -194,10 +198,11 @@ def _conv(config: VAEConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
 
 def build_vae(config: VAEConfig, input_shape: Sequence[int]) -> VAE:
     input_shape = start_build(config, input_shape)
-    encoder, decoder = {"dense": _dense, "conv": _conv}[config.architecture](config, input_shape)
-    model = VAE(encoder, decoder, beta=config.beta, reconstruction=config.reconstruction, ema_decay=config.ema_decay,
-                name=f"{config.architecture}_vae")
-    model.build((None, *input_shape))
+    with precision_policy(config):
+        encoder, decoder = {"dense": _dense, "conv": _conv}[config.architecture](config, input_shape)
+        model = VAE(encoder, decoder, beta=config.beta, reconstruction=config.reconstruction,
+                    ema_decay=config.ema_decay, name=f"{config.architecture}_vae")
+        model.build((None, *input_shape))
     model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
                   jit_compile=use_xla(config))
     return model

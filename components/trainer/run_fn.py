@@ -25,6 +25,7 @@ from components import artifacts
 from evaluation import figures
 from serving import export
 from trainers import job as training, registry
+from trainers.common import resolve_precision
 
 def training_job(fn_args: FnArgs) -> training.TrainingJob:
     custom = fn_args.custom_config
@@ -74,8 +75,10 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
         shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
     else:
         training.save_state(model, state_dir, job, training.total_epochs(job, config), history)
+    # The precision a run trained in, "auto" resolved (MLflow's params show what ran).
+    full_config = {**dataclasses.asdict(config), "precision": resolve_precision(config.precision)}
     artifacts.TrainerMetrics(model=job.model, family=job.family.name, config=job.config,
-                             full_config=dataclasses.asdict(config), pixel_range=pixels,
+                             full_config=full_config, pixel_range=pixels,
                              holdout_class=job.holdout_class, history=history,
                              details=details).write(fn_args.model_run_dir)
     _, eval_data = training.datasets(job, config)
