@@ -11,6 +11,7 @@ EPOCHS ?= 5
 WORKERS ?= 1
 RUN_DIR ?= runs
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: install run test test-fast benchmark benchmark-generative benchmark-serving clean
 
@@ -25,8 +26,10 @@ $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
 run: install
 	$(BIN)/latentforge run --source $(SOURCE) --model $(MODEL) --epochs $(EPOCHS) --workers $(WORKERS) --run-dir $(RUN_DIR)
 
+# Two test processes, whole modules each (their fixtures start Rays and servers once): Ray start-ups, waits and
+# single-threaded stretches of one overlap the other's compute. TEST_WORKERS=0 runs everything in one process.
 test: install
-	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS) tests
 
 # The inner loop: every test that starts no Ray, no server and no whole pipeline (marked slow).
 test-fast: install

@@ -1,6 +1,6 @@
 """DDPM training throughput: where one train step's time goes, and what the presets and options cost.
 
-    python benchmarks/ddpm_speed.py [--steps 60] [--batch 32] [--variants unet,compact,...]
+    python benchmarks/ddpm_speed.py [--steps 60] [--batch 32] [--variants unet,compact-bf16,...]
 
 Each variant is a DiffusionConfig override, built and trained on random 28x28x1 batches in this process, side by
 side: the first `--warmup` steps (tracing) are excluded, then `--steps` steps are timed. Ablations of the default
@@ -18,16 +18,16 @@ from trainers import registry
 
 VARIANTS = {
     "unet": ("ddpm", {}),
-    "unet, no attention": ("ddpm", {"attention": False}),
-    "unet, 2 levels": ("ddpm", {"channel_multipliers": (1, 2)}),
-    "unet, base 16": ("ddpm", {"base_channels": 16}),
-    "unet, XLA": ("ddpm", {"jit_compile": True}),
-    "unet, bf16": ("ddpm", {"precision": "mixed_bfloat16"}),
+    "unet-no-attention": ("ddpm", {"attention": False}),
+    "unet-2-levels": ("ddpm", {"channel_multipliers": (1, 2)}),
+    "unet-base-16": ("ddpm", {"base_channels": 16}),
+    "unet-xla": ("ddpm", {"jit_compile": True}),
+    "unet-bf16": ("ddpm", {"precision": "mixed_bfloat16"}),
     "compact": ("ddpm_compact", {}),
-    "compact, XLA": ("ddpm_compact", {"jit_compile": True}),
-    "compact, bf16": ("ddpm_compact", {"precision": "mixed_bfloat16"}),
-    "compact, bf16, XLA": ("ddpm_compact", {"precision": "mixed_bfloat16", "jit_compile": True}),
-    "compact, no EMA": ("ddpm_compact", {"ema_decay": 0.0}),
+    "compact-xla": ("ddpm_compact", {"jit_compile": True}),
+    "compact-bf16": ("ddpm_compact", {"precision": "mixed_bfloat16"}),
+    "compact-bf16-xla": ("ddpm_compact", {"precision": "mixed_bfloat16", "jit_compile": True}),
+    "compact-no-ema": ("ddpm_compact", {"ema_decay": 0.0}),
 }
 
 

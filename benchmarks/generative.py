@@ -1,65 +1,116 @@
-"""Generative quality on the real MNIST: domain FID, KID and mode coverage of VAE, DCGAN, WGAN-GP and DDPM.
+"""Generative quality on the real MNIST at equal wall-clock: FID, KID and mode coverage of VAE, DCGAN, WGAN-GP and
+DDPM, each from its EMA weights and from its raw weights, plus DDPM's sampler steps against quality.
 
-    python benchmarks/generative.py [--epochs vae=10,dcgan=3,wgan_gp=3,ddpm=3] [--samples 1000]
-                                    [--full-samples 200] [--only vae,dcgan,...]
+    python benchmarks/generative.py [--minutes 15] [--only vae,dcgan,wgan_gp,ddpm_compact]
+                                    [--set ddpm_compact:precision=mixed_bfloat16] [--samples 1000]
+                                    [--ddim-steps 5,10,20,25,50] [--ancestral-samples 100]
 
 The metric network (evaluation.scoring, as the pipeline's MetricNetworkTrainer trains it) learns the 60,000
-labelled training digits; its features of the training split are the reference. Each model trains on the
-60,000 training digits for the stated epochs, is exported as the pipeline exports it, and is scored from its
-SavedModel exactly as the ModelEvaluator scores it. DDPM is sampled twice: DDIM with 50 steps and DDPM's full
-ancestral sampling (all T steps), each timed; the full sampler is scored on `--full-samples` images (its cost),
-and DDIM on the same number too, so the two compare like for like.
+labelled training digits; its features of the training split are the reference. Each model trains on the 60,000
+training digits for the same wall-clock budget (`--minutes`, tracing included: the clock starts before the first
+step; training stops at the first step past the budget), is exported as the pipeline exports it, and is scored
+from its SavedModel exactly as the ModelEvaluator scores it (`--samples` images). Models with a weight average
+are exported and scored twice: as trained (the EMA samples) and with the raw weights copied into the average.
+For the DDPMs: DDIM at each of `--ddim-steps` on `--samples` images, and DDPM's full ancestral sampling (all T
+steps) beside DDIM at the default steps on `--ancestral-samples` images, each timed (per 1,000 images).
 Results: benchmarks/results/generative.json, pictures in benchmarks/results/generative-*.png, a Markdown table.
 """
 import argparse
+import ast
 import os
 import tempfile
+import time
 
 from common import RESULTS_DIR, Timer, load_mnist, load_results, save_results  # first: sys.path, environment
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from serving import export
 from evaluation import figures, scoring
 from trainers import registry
+from trainers.common import resolve_precision
 
-MODELS = ("vae", "dcgan", "wgan_gp", "ddpm")
-DEFAULT_EPOCHS = {"vae": 10, "dcgan": 3, "wgan_gp": 3, "ddpm": 3}
-
-
-def parse_epochs(text: str):
-    epochs = dict(DEFAULT_EPOCHS)
-    for item in filter(None, text.split(",")):
-        name, _, value = item.partition("=")
-        epochs[name] = int(value)
-    return epochs
+MODELS = ("vae", "dcgan", "wgan_gp", "ddpm_compact")
 
 
-def train_and_export(name, epochs, x_train, directory):
+class WallClockBudget(keras.callbacks.Callback):
+    """Stops training at the first step that ends after `seconds` from its creation; counts the steps."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.started, self.steps = seconds, time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if time.perf_counter() - self.started > self.seconds:
+            self.model.stop_training = True
+
+
+def parse_overrides(items):
+    """["ddpm_compact:precision=mixed_bfloat16", ...] -> {model: {field: value}}."""
+    overrides = {}
+    for item in items:
+        name, _, assignment = item.partition(":")
+        field, _, text = assignment.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        overrides.setdefault(name, {})[field] = value
+    return overrides
+
+
+def train_for(name, seconds, x_train, overrides):
     entry = registry.get_model(name)
-    config = registry.make_config(name, {"epochs": epochs})
+    config = registry.make_config(name, {"epochs": 10_000, **overrides})
     pixels = x_train * 2.0 - 1.0 if entry.pixel_range == "symmetric" else x_train
     data = tf.data.Dataset.from_tensor_slices(pixels).shuffle(10_000, seed=0).batch(config.batch_size).prefetch(2)
-    with Timer() as timer:
-        model, _ = entry.train(config, (28, 28, 1), data)
+    budget = WallClockBudget(seconds)
+    model = entry.build(config, (28, 28, 1))
+    history = entry.family.fit(model, config, data, None, [budget], 0)
+    elapsed = time.perf_counter() - budget.started
+    return entry, config, model, history, {"train_s": elapsed, "steps": budget.steps,
+                                           "images_seen": budget.steps * config.batch_size,
+                                           "epochs_seen": budget.steps * config.batch_size / len(x_train),
+                                           "images_per_s": budget.steps * config.batch_size / elapsed}
+
+
+def averages(model):
+    """(average, network it averages) pairs of a model (empty without EMA)."""
+    pairs = [(getattr(model, "ema", None), getattr(model, "generator", None) or getattr(model, "network", None)),
+             (getattr(model, "encoder_ema", None), getattr(model, "encoder", None)),
+             (getattr(model, "decoder_ema", None), getattr(model, "decoder", None))]
+    return [(average, network) for average, network in pairs if average is not None]
+
+
+def score(entry, model, directory, count, network, reference, inputs=None, seed=0):
     export.export_model(entry.family, model, (28, 28, 1), directory, entry.pixel_range)
-    return entry, config, model, timer.seconds
+    signature = tf.saved_model.load(directory).signatures[entry.family.generate_signature]
+    with Timer() as timer:
+        samples = scoring.generate(signature, count, seed, 250, inputs)
+    return samples, {"sample_s": timer.seconds, **scoring.generative_scores(samples, network, reference)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", default="", help="per model, e.g. vae=10,dcgan=3 (defaults: %s)" % DEFAULT_EPOCHS)
+    parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget per model")
     parser.add_argument("--samples", type=int, default=1000, help="generated images scored per model")
-    parser.add_argument("--full-samples", type=int, default=200, help="DDPM images by full ancestral sampling")
+    parser.add_argument("--ddim-steps", default="5,10,20,25,50")
+    parser.add_argument("--ancestral-samples", type=int, default=100)
     parser.add_argument("--metric-epochs", type=int, default=3)
     parser.add_argument("--only", default=",".join(MODELS))
+    parser.add_argument("--set", action="append", default=[], help="MODEL:FIELD=VALUE, e.g. ddpm:ema_decay=0.9999")
+    parser.add_argument("--label", default="", help="suffix of the result keys (a second configuration)")
     parser.add_argument("--train-subset", type=int, help="train the models on the first N digits (a quick check)")
     args = parser.parse_args()
-    epochs = parse_epochs(args.epochs)
+    overrides = parse_overrides(args.set)
     x_train, y_train, x_test, y_test = load_mnist()
     model_train = x_train[:args.train_subset] if args.train_subset else x_train
     results = load_results("generative") if not args.train_subset else {}
+    results.update(budget_minutes=args.minutes, samples=args.samples)
     work = tempfile.mkdtemp(prefix="generative-")
+    pictures = RESULTS_DIR if not args.train_subset else work
 
     config = scoring.MetricNetworkConfig(epochs=args.metric_epochs)
     with Timer() as timer:
@@ -69,57 +120,88 @@ def main():
     network = scoring.MetricNetwork(os.path.join(work, "metric"))
     train_features, _ = network(x_train)
     reference = scoring.FeatureReference.from_features(train_features, y_train, 10)
-    test_scores = scoring.generative_scores(x_test[:args.samples], network, reference)
     _, predicted = network(x_test)
-    results["metric_network"] = {"epochs": config.epochs, "seconds": timer.seconds,
-                                 "test_accuracy": float(np.mean(predicted == y_test)),
-                                 f"test_{args.samples}_vs_train": test_scores}
+    results["metric_network"] = {
+        "epochs": config.epochs, "seconds": timer.seconds, "test_accuracy": float(np.mean(predicted == y_test)),
+        f"test_{args.samples}_vs_train": scoring.generative_scores(x_test[:args.samples], network, reference)}
     print("metric network", results["metric_network"], flush=True)
 
     for name in args.only.split(","):
-        directory = os.path.join(work, name)
-        entry, model_config, model, seconds = train_and_export(name, epochs[name], model_train, directory)
-        signatures = tf.saved_model.load(directory).signatures
-        row = {"epochs": epochs[name], "train_images": len(model_train), "train_s": seconds,
-               "batch_size": model_config.batch_size}
+        key = name + args.label
+        entry, model_config, model, history, row = train_for(name, 60 * args.minutes, model_train,
+                                                             overrides.get(name, {}))
+        row.update(batch_size=model_config.batch_size, precision=resolve_precision(model_config.precision),
+                   overrides=overrides.get(name, {}), train_images=len(model_train),
+                   last_losses={k: v[-1] for k, v in history.items()})
         steps = getattr(model_config, "sample_steps", None)
-        with Timer() as timer:
-            samples = scoring.generate(signatures[entry.family.generate_signature], args.samples, 0, 250,
-                                       {"steps": steps} if steps else None)
-        row.update(sample_s=timer.seconds, **scoring.generative_scores(samples, network,
-                                                                                                 reference))
-        pictures = RESULTS_DIR if not args.train_subset else work
-        figures.save_png(os.path.join(pictures, f"generative-{name}.png"), figures.image_grid(samples[:64], 8))
-        if name.startswith("ddpm"):
-            count = args.full_samples
-            with Timer() as ddim_timer:
-                ddim = scoring.generate(signatures["generate"], count, 1, count, {"steps": steps})
-            with Timer() as full_timer:
-                full = (model.ancestral_sample(count, seed=1).numpy() + 1.0) / 2.0
-            row["ddim_vs_full"] = {
-                "samples": count, "timesteps": model_config.timesteps,
-                f"ddim_{steps}": {"sample_s": ddim_timer.seconds, **scoring.generative_scores(ddim, network,
-                                                                                                 reference)},
-                "full_ancestral": {"sample_s": full_timer.seconds, **scoring.generative_scores(full, network,
-                                                                                                   reference)}}
-            figures.save_png(os.path.join(pictures, f"generative-{name}-full.png"), figures.image_grid(full[:64], 8))
-        results[name] = row
-        print(name, {k: v for k, v in row.items() if k != "ddim_vs_full"}, row.get("ddim_vs_full", ""), flush=True)
+        inputs = {"steps": steps} if steps else None
+        samples, row["scores"] = score(entry, model, os.path.join(work, key), args.samples, network, reference,
+                                       inputs)
+        figures.save_png(os.path.join(pictures, f"generative-{key}.png"), figures.image_grid(samples[:64], 8))
+        if entry.family.name == "diffusion":
+            row["samplers"] = sampler_sweep(model, args, network, reference, os.path.join(pictures, key))
+        if averages(model):
+            # The same run scored from its raw weights: copied into the average, exported and scored again.
+            for average, raw in averages(model):
+                average.network.set_weights(raw.get_weights())
+            raw_samples, row["raw_scores"] = score(entry, model, os.path.join(work, key + "-raw"), args.samples,
+                                                   network, reference, inputs)
+            figures.save_png(os.path.join(pictures, f"generative-{key}-raw.png"),
+                             figures.image_grid(raw_samples[:64], 8))
+        results[key] = row
+        print(key, row, flush=True)
         if not args.train_subset:
             save_results("generative", results)
-
-    print("\n| model | epochs (60k) | train s | FID | KID x1e3 | mode entropy (max 2.303) | mode KL | sampling s |")
-    print("|---|---|---|---|---|---|---|---|")
-    floor = results["metric_network"][f"test_{args.samples}_vs_train"]
-    print(f"| real test digits (floor) | - | - | {floor['fid']:.2f} | {floor['kid_x1e3']:.2f} | "
-          f"{floor['mode_entropy']:.3f} | {floor['mode_kl']:.4f} | - |")
-    for name in MODELS:
-        if name in results:
-            r = results[name]
-            print(f"| {name} | {r['epochs']} | {r['train_s']:.0f} | {r['fid']:.2f} | {r['kid_x1e3']:.2f} | "
-                  f"{r['mode_entropy']:.3f} | {r['mode_kl']:.4f} | {r['sample_s']:.1f} ({r['samples']}) |")
+    print_table(results, args.samples)
     if not args.train_subset:
         print("saved", save_results("generative", results))
+
+
+def sampler_sweep(model, args, network, reference, picture_prefix):
+    """A trained DDPM (its EMA weights) sampled by DDIM at each of --ddim-steps on --samples images, then DDPM's
+    full ancestral sampler (all T steps, eta = 1) and DDIM at its default steps on --ancestral-samples images
+    (the full sampler's cost decides that count; FID compares like for like only at equal counts)."""
+    def run(label, steps, count, sample):
+        with Timer() as timer:
+            images = np.concatenate([(sample(min(250, count - start), 1000 + start).numpy() + 1.0) / 2.0
+                                     for start in range(0, count, 250)])
+        row = {"steps": steps, "samples": count, "s_per_1000_images": 1000 * timer.seconds / count,
+               **scoring.generative_scores(images, network, reference)}
+        print(label, row, flush=True)
+        return row, images
+
+    sweep = {}
+    for steps in (int(s) for s in args.ddim_steps.split(",")):
+        sweep[f"ddim_{steps}"], _ = run(f"ddim_{steps}", steps, args.samples,
+                                        lambda n, seed, steps=steps: model.generate(n, seed, steps=steps))
+    count, default, timesteps = args.ancestral_samples, model.sample_steps, model.diffusion.timesteps
+    sweep[f"ddim_{default}_x{count}"], _ = run(f"ddim_{default}", default, count,
+                                               lambda n, seed: model.generate(n, seed))
+    sweep[f"ancestral_{timesteps}_x{count}"], images = run("ancestral", timesteps, count, model.ancestral_sample)
+    figures.save_png(f"{picture_prefix}-ancestral.png", figures.image_grid(images[:64], 8))
+    return sweep
+
+
+def print_table(results, samples):
+    print(f"\n| model | budget (min) | steps | images/s | precision | FID (EMA) | FID (raw) | KID x1e3 | "
+          f"mode entropy (max 2.303) | mode KL | sampling s ({samples}) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    floor = results["metric_network"][f"test_{samples}_vs_train"]
+    print(f"| real test digits (floor) | - | - | - | - | {floor['fid']:.2f} | - | {floor['kid_x1e3']:.1f} | "
+          f"{floor['mode_entropy']:.3f} | {floor['mode_kl']:.4f} | - |")
+    for key, r in results.items():
+        if not isinstance(r, dict) or "scores" not in r:
+            continue
+        s, raw = r["scores"], r.get("raw_scores")
+        print(f"| {key} | {r['train_s'] / 60:.1f} | {r['steps']:,} | {r['images_per_s']:.0f} | {r['precision']} | "
+              f"{s['fid']:.2f} | {raw['fid'] if raw else float('nan'):.2f} | {s['kid_x1e3']:.1f} | "
+              f"{s['mode_entropy']:.3f} | {s['mode_kl']:.4f} | {s['sample_s']:.1f} |")
+    for key, r in results.items():
+        if isinstance(r, dict) and "samplers" in r:
+            print(f"\n{key}: | sampler | steps | s per 1,000 images | FID | KID x1e3 |\n|---|---|---|---|---|")
+            for label, row in r["samplers"].items():
+                print(f"| {label} | {row['steps']} | {row['s_per_1000_images']:.0f} | {row['fid']:.2f} | "
+                      f"{row['kid_x1e3']:.1f} |")
 
 
 if __name__ == "__main__":

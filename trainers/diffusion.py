@@ -217,6 +217,17 @@ class SinusoidalEmbedding(keras.layers.Layer):
         return {**super().get_config(), "dim": self.dim}
 
 
+class NearestUpsampling(keras.layers.Layer):
+    """(B, H, W, C) -> (B, 2H, 2W, C), each pixel repeated 2x2: UpSampling2D's nearest mode by broadcast and
+    reshape, whose gradient (a sum) XLA compiles on CPU (UpSampling2D's ResizeNearestNeighborGrad has no XLA
+    kernel there)."""
+
+    def call(self, x):
+        batch, (height, width, channels) = tf.shape(x)[0], x.shape[1:]
+        x = tf.broadcast_to(x[:, :, None, :, None, :], [batch, height, 2, width, 2, channels])
+        return tf.reshape(x, [batch, 2 * height, 2 * width, channels])
+
+
 def _residual_block(x, time_embedding, channels: int, dropout: float):
     h = keras.activations.swish(keras.layers.GroupNormalization(8)(x))
     h = keras.layers.Conv2D(channels, 3, padding="same")(h)
@@ -305,8 +316,8 @@ def build_compact_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> k
         for _ in range(2):
             h = keras.layers.Activation("relu")(h)
             h = keras.layers.BatchNormalization()(keras.layers.Conv2DTranspose(channels, 3, padding="same")(h))
-        h = keras.layers.UpSampling2D(2)(h)
-        h = h + keras.layers.Conv2D(channels, 1, padding="same")(keras.layers.UpSampling2D(2)(skip))
+        h = NearestUpsampling()(h)
+        h = h + keras.layers.Conv2D(channels, 1, padding="same")(NearestUpsampling()(skip))
         h = h + keras.layers.Dense(channels)(embedding)[:, None, None, :]
         h = keras.layers.Concatenate()([h, level_outputs.pop()])
         skip = h

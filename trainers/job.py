@@ -107,8 +107,11 @@ def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dic
     model.save_weights(os.path.join(directory, WEIGHTS))
     state = {"epoch": epoch, "history": history, "model": job.model, "config": job.config,
              "image_shape": list(job.image_shape), "encoder_from": job.encoder_from, **details}
-    with open(os.path.join(directory, STATE_FILE), "w") as f:
+    # Written whole or not at all: a reader (a resuming worker, Ray copying the checkpoint) never sees half.
+    partial = os.path.join(directory, STATE_FILE + ".partial")
+    with open(partial, "w") as f:
         json.dump(state, f)
+    os.replace(partial, os.path.join(directory, STATE_FILE))
 
 
 def read_state(directory: str) -> Dict[str, Any]:
