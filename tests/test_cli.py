@@ -28,7 +28,7 @@ from tests.conftest import SAMPLE_DIR
     (["run", "--set", "hidden_units=[100,true]"], "hidden_units=True is not an integer"),
     (["run", "--set", "seed=x"], "seed='x' is not an integer"),
     (["run", "--epochs", "3", "--set", "epochs=4"], "--epochs 3 and --set epochs=4 disagree"),
-    (["run", "--model", "ddpm", "--set", "ema_decay=1"], "ema_decay=1.0: must be in [0, 1)"),
+    (["run", "--model", "ddpm", "--set", "ema_decay=1"], "ema_decay=1: must be in [0, 1)"),
     (["run", "--model", "dcgan", "--set", "ema_decay=-0.5"], "ema_decay=-0.5: must be in [0, 1)"),
     (["run", "--model", "ddpm", "--set", "prediction=x0"], "prediction='x0': must be one of ('epsilon', 'v')"),
     (["run", "--model", "ddpm", "--set", "loss_weighting=p2"], "loss_weighting='p2': must be one of"),

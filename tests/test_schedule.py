@@ -58,8 +58,7 @@ def test_the_cron_line_then_the_systemd_service_run_as_written(install, tmp_path
     done = subprocess.run(["/bin/sh", "-c", command], env=cron_env, timeout=900)
     assert done.returncode == 0, open(os.path.join(install, "runs", "cron.log")).read()[-3000:]
     with open(os.path.join(install, "runs", "cron.log")) as f:
-        log = f.read()
-    assert "latentforge: summary" in log and "Started a local Ray instance" in log
+        assert "latentforge: summary" in f.read()
     first = _records(install)[-1]
     assert first["status"] == "ok" and "Trainer" in first["ran"] and first["registered"]
 
@@ -73,8 +72,6 @@ def test_the_cron_line_then_the_systemd_service_run_as_written(install, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     again = _records(install)[-1]
     assert again["status"] == "ok" and again["ran"] == [] and "Trainer" in again["cached"]
-    # Every component came from the cache, so no Ray was started (Ray starts when a Ray Trainer executes).
-    assert "Started a local Ray instance" not in done.stdout + done.stderr
     assert again["registered"] == first["registered"]  # nothing new trained, nothing new registered
 
     # A new snapshot of the source (200 more training digits): the next scheduled run ingests it and trains.
