@@ -139,7 +139,8 @@ def main():
                                        inputs)
         figures.save_png(os.path.join(pictures, f"generative-{key}.png"), figures.image_grid(samples[:64], 8))
         if entry.family.name == "diffusion":
-            row["samplers"] = sampler_sweep(model, args, network, reference, os.path.join(pictures, key))
+            row["samplers"] = sampler_sweep(model, args, network, reference,
+                                            os.path.join(pictures, f"generative-{key}"))
         if averages(model):
             # The same run scored from its raw weights: copied into the average, exported and scored again.
             for average, raw in averages(model):

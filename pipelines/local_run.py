@@ -85,13 +85,20 @@ def _evaluation_settings(args, paths):
 
 def _ray_training(args, paths):
     """The Trainer's Ray settings, checked against the cluster now: a run asking for GPUs the cluster does not
-    have fails here, not after the data stages, and not by waiting for resources forever. A local Ray starts
-    only when a Ray Trainer executes (not at all when the Trainers come from the cache)."""
+    have fails here, not after the data stages, and not by waiting for resources forever.
+
+    A local Ray is started here, before any component runs, even when every component will come from the cache:
+    started lazily from inside the Trainer, after Beam's components had filled this process with threads (gRPC,
+    Beam, TensorFlow pools), its raylet was never started (the fork happened while other threads held gRPC's
+    locks: "Other threads are currently calling into gRPC, skipping fork() handlers", then "The current node timed
+    out during startup"). A cheaper cached rerun needs a Ray started out of this process first."""
     if args.trainer == "in-process":
         return None
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
     from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
+    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     settings = run_request.ray_settings(args)
+    ray_cluster.connect(settings.address)
     resources = ray_train.checked_resources(settings)
     print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
     fields = {k: v for k, v in vars(settings).items() if v is not None}

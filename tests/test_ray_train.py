@@ -198,8 +198,8 @@ def test_asking_for_gpus_on_a_cpu_cluster_fails_fast_and_says_what_is_there(loca
 
 
 def test_a_cpu_request_is_checked_without_starting_a_local_ray(monkeypatch):
-    """`latentforge run` checks the Trainer's resources before any work, but a local Ray starts only when a Ray
-    Trainer executes: a run whose Trainer comes from the TFX cache never pays for it."""
+    """The resource check answers a CPU-only request on a local Ray from this machine's cores, without starting
+    one; GPUs and clusters are asked of the cluster."""
     def no_ray(address=None):
         raise AssertionError(f"a local Ray was started (address={address})")
     monkeypatch.setattr(ray_cluster, "connect", no_ray)

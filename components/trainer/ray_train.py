@@ -108,7 +108,7 @@ def worker_resources(settings: RaySettings, available: Optional[Dict[str, float]
 def checked_resources(settings: RaySettings) -> Dict[str, float]:
     """`worker_resources`, checked before any work. A cluster (an address, RAY_ADDRESS, a Ray job) is joined to
     ask it; a local Ray is not started for a CPU-only request, whose answer is this machine's cores (what
-    `ray_cluster.connect` gives a local Ray): a run whose Trainer comes from the cache never starts Ray."""
+    `ray_cluster.connect` gives a local Ray)."""
     if (settings.address or os.environ.get("RAY_ADDRESS") or settings.gpus_per_worker
             or ray_cluster.in_ray_job() or ray_cluster.connected()):
         ray_cluster.connect(settings.address)
