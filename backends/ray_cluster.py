@@ -8,7 +8,6 @@
 """
 import logging
 import os
-import sys
 from typing import Optional
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,19 +23,8 @@ class RayClusterError(RuntimeError):
     """The Ray cluster cannot be reached, or cannot ever give the workers what they ask for."""
 
 
-def in_ray_job() -> bool:
+def _in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-
-
-def connected() -> bool:
-    """Whether this process has joined (or started) a Ray already; imports Ray only if something else did."""
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
-
-
-def local_cpus() -> int:
-    """The CPUs a local Ray started by `connect` has: all of this machine's."""
-    return os.cpu_count() or 1
 
 
 def connect(address: Optional[str] = None) -> None:
@@ -48,7 +36,7 @@ def connect(address: Optional[str] = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # A driver inside a Ray job runs the job's working_dir already; from elsewhere, ship this project.
-        runtime_env = None if in_ray_job() else {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES,
+        runtime_env = None if _in_ray_job() else {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES,
                                                   "env_vars": dict(WORKER_ENV)}
         _log.info("joining the Ray cluster at %s", address)
         try:
@@ -59,10 +47,10 @@ def connect(address: Optional[str] = None) -> None:
                                   "local Ray.") from e
     else:
         python_path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
-        _log.info("starting a local Ray with %d CPUs", local_cpus())
+        _log.info("starting a local Ray with %d CPUs", os.cpu_count())
         # No dashboard: it doubles the start-up (16 s vs 8 s on 2 cores). Ray's default object store is 30%
         # of memory; training passes files, not objects.
-        ray.init(num_cpus=local_cpus(), include_dashboard=False, log_to_driver=True,
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True,
                  object_store_memory=256 * 1024 ** 2,
                  runtime_env={"env_vars": {"PYTHONPATH": python_path, **WORKER_ENV},
                               "worker_process_setup_hook": "backends.ray_cluster.quiet_local_cluster_logs"})

@@ -99,7 +99,7 @@ def _ray_training(args, paths):
     from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     settings = run_request.ray_settings(args)
     ray_cluster.connect(settings.address)
-    resources = ray_train.checked_resources(settings)
+    resources = ray_train.worker_resources(settings)
     print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
     fields = {k: v for k, v in vars(settings).items() if v is not None}
     return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage)

@@ -64,9 +64,11 @@ def export_model(family: Union[str, registry.Family], model, image_shape: Sequen
     if pixel_range not in PIXEL_BOUNDS:
         raise ValueError(f"pixel_range={pixel_range!r}: must be one of {sorted(PIXEL_BOUNDS)}")
     signatures = family.signatures(model, tuple(int(d) for d in image_shape), pixel_range)
-    wrapped = {}
-    signatures = {name: wrapped.setdefault(id(function), _float32_outputs(function))
-                  for name, function in signatures.items()}
+    wrapped = {}  # one wrapper per function (serving_default is often another signature's function)
+    for function in signatures.values():
+        if id(function) not in wrapped:
+            wrapped[id(function)] = _float32_outputs(function)
+    signatures = {name: wrapped[id(function)] for name, function in signatures.items()}
     # A plain tf.Module that owns the variables: the signatures are the whole interface, so the SavedModel
     # loads without the project's classes, and Keras's own (slow, input-shape hungry) model tracing is skipped.
     root = tf.Module()

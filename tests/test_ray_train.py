@@ -197,26 +197,6 @@ def test_asking_for_gpus_on_a_cpu_cluster_fails_fast_and_says_what_is_there(loca
     assert time.time() - start < 5
 
 
-def test_a_cpu_request_is_checked_without_starting_a_local_ray(monkeypatch):
-    """The resource check answers a CPU-only request on a local Ray from this machine's cores, without starting
-    one; GPUs and clusters are asked of the cluster."""
-    def no_ray(address=None):
-        raise AssertionError(f"a local Ray was started (address={address})")
-    monkeypatch.setattr(ray_cluster, "connect", no_ray)
-    monkeypatch.setattr(ray_cluster, "connected", lambda: False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    cores = ray_cluster.local_cpus()
-    assert ray_train.checked_resources(ray_train.RaySettings(workers=1)) == {"CPU": float(cores)}
-    with pytest.raises(ray_cluster.RayClusterError, match=f"need {2 * cores + 2:g} CPUs, but the Ray cluster "
-                                                          rf"\(local Ray\) has {cores:g}"):
-        ray_train.checked_resources(ray_train.RaySettings(workers=2, cpus_per_worker=cores + 1))
-    # GPUs or a cluster are asked of the cluster itself.
-    with pytest.raises(AssertionError, match="a local Ray was started"):
-        ray_train.checked_resources(ray_train.RaySettings(workers=1, gpus_per_worker=1))
-    with pytest.raises(AssertionError, match="address=ray://head:10001"):
-        ray_train.checked_resources(ray_train.RaySettings(address="ray://head:10001"))
-
-
 def test_a_finished_run_is_never_resumed_into(tmp_path):
     os.makedirs(tmp_path / "ae")
     assert ray_train.run_name(str(tmp_path), "ae") == "ae"  # unfinished: a rerun resumes it

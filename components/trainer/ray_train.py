@@ -80,12 +80,10 @@ def _describe(resources: Dict[str, float]) -> str:
                      for k, v in sorted(shown.items()))
 
 
-def worker_resources(settings: RaySettings, available: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-    """Resources each worker asks for, checked against `available` (default: what the connected cluster has in
-    total)."""
-    if available is None:
-        import ray  # pylint: disable=import-outside-toplevel
-        available = ray.cluster_resources()
+def worker_resources(settings: RaySettings) -> Dict[str, float]:
+    """Resources each worker asks for, checked against what the connected cluster has in total."""
+    import ray  # pylint: disable=import-outside-toplevel
+    available = ray.cluster_resources()
     where = settings.address or os.environ.get("RAY_ADDRESS") or "local Ray"
     cpus = settings.cpus_per_worker
     if cpus is None:
@@ -103,17 +101,6 @@ def worker_resources(settings: RaySettings, available: Optional[Dict[str, float]
             f"has {available.get('CPU', 0):g}: it has {_describe(available)}. Use fewer --workers or "
             "--cpus-per-worker.")
     return {"CPU": cpus, **({"GPU": settings.gpus_per_worker} if settings.gpus_per_worker else {})}
-
-
-def checked_resources(settings: RaySettings) -> Dict[str, float]:
-    """`worker_resources`, checked before any work. A cluster (an address, RAY_ADDRESS, a Ray job) is joined to
-    ask it; a local Ray is not started for a CPU-only request, whose answer is this machine's cores (what
-    `ray_cluster.connect` gives a local Ray)."""
-    if (settings.address or os.environ.get("RAY_ADDRESS") or settings.gpus_per_worker
-            or ray_cluster.in_ray_job() or ray_cluster.connected()):
-        ray_cluster.connect(settings.address)
-        return worker_resources(settings)
-    return worker_resources(settings, available={"CPU": float(ray_cluster.local_cpus())})
 
 
 def run_name(storage_path: str, base: str) -> str:
