@@ -317,6 +317,14 @@ def test_latentforge_serve_follows_a_pusher_folder_and_stops_on_ctrl_c(served, t
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--saved-model", str(base),
                                 "--port", str(port), "--poll-interval", "0.5", "--max-batch-size", "4"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+
+    def read_output():
+        for line in process.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     try:
         client, deadline = Client(f"http://127.0.0.1:{port}", timeout=30), time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
@@ -336,8 +344,15 @@ def test_latentforge_serve_follows_a_pusher_folder_and_stops_on_ctrl_c(served, t
         expected = tf.saved_model.load(str(base / "9")).signatures["reconstruct"](images=tf.constant(image))
         assert reply.version == "9"
         assert np.max(np.abs(reply.outputs - expected["reconstructions"].numpy())) <= 1e-5
+        # The proxy answers before `serve.run` returns on a loaded machine; a Ctrl-C before the command says it
+        # serves interrupts the start (exit 130), so press it when the user would: after "Ctrl-C stops the server".
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("Ctrl-C stops the server" in line for line in lines):
+            time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
+        process.wait(timeout=120)
+        reader.join(timeout=10)
+        output = "".join(lines)
         assert process.returncode == 0, output[-3000:]
         assert f"serving stacked_ae at http://127.0.0.1:{port}" in output and "stopping the server" in output
     finally:
