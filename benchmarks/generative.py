@@ -76,14 +76,6 @@ def train_for(name, seconds, x_train, overrides):
                                            "images_per_s": budget.steps * config.batch_size / elapsed}
 
 
-def averages(model):
-    """(average, network it averages) pairs of a model (empty without EMA)."""
-    pairs = [(getattr(model, "ema", None), getattr(model, "generator", None) or getattr(model, "network", None)),
-             (getattr(model, "encoder_ema", None), getattr(model, "encoder", None)),
-             (getattr(model, "decoder_ema", None), getattr(model, "decoder", None))]
-    return [(average, network) for average, network in pairs if average is not None]
-
-
 def score(entry, model, directory, count, network, reference, inputs=None, seed=0):
     export.export_model(entry.family, model, (28, 28, 1), directory, entry.pixel_range)
     signature = tf.saved_model.load(directory).signatures[entry.family.generate_signature]
@@ -141,9 +133,9 @@ def main():
         if entry.family.name == "diffusion":
             row["samplers"] = sampler_sweep(model, args, network, reference,
                                             os.path.join(pictures, f"generative-{key}"))
-        if averages(model):
+        if model.weight_averages():
             # The same run scored from its raw weights: copied into the average, exported and scored again.
-            for average, raw in averages(model):
+            for average, raw in model.weight_averages():
                 average.network.set_weights(raw.get_weights())
             raw_samples, row["raw_scores"] = score(entry, model, os.path.join(work, key + "-raw"), args.samples,
                                                    network, reference, inputs)

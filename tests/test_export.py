@@ -136,11 +136,13 @@ def exported(tmp_path_factory):
     directories = {}
     models = {name: (registry.get_model(name), registry.make_config(name, TINY[name])) for name in TINY}
     built = {name: entry.build(config, SHAPE) for name, (entry, config) in models.items()}
-    for model in built.values():
+    averaged = {"conv_vae": 2, "dcgan": 1, "ddpm": 1}  # (average, network) pairs; autoencoders have none
+    assert {name: len(built[name].weight_averages()) for name in averaged} == averaged
+    for name in averaged:
         # Averaged weights unlike the raw ones (as after training): every expected output below comes from
         # the average, which is what must be exported.
-        for average in (getattr(model, a, None) for a in ("ema", "encoder_ema", "decoder_ema")):
-            for weight in average.network.weights if average is not None else ():
+        for average, _ in built[name].weight_averages():
+            for weight in average.network.weights:
                 weight.assign(weight * 0.9 + 0.01)
     encoder = classifier.copy_encoder(classifier.reusable_encoder(built["stacked_ae"]))
     head = classifier.build_classifier(classifier.ClassifierConfig(num_classes=10), encoder)

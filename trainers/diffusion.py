@@ -346,6 +346,10 @@ class DiffusionModel(keras.Model):
     def metrics(self):
         return [self.tracker]
 
+    def weight_averages(self):
+        """(average, network) pairs: the denoiser's EMA (none without ema_decay)."""
+        return [(self.ema, self.network)] if self.ema is not None else []
+
     @property
     def sampling_network(self) -> keras.Model:
         """The network that samples (generate, the SavedModel, the pictures): the EMA's when there is one."""
@@ -375,8 +379,8 @@ class DiffusionModel(keras.Model):
             per_example = self.per_example_loss(images, training=True)
             loss = scaled_loss(self.optimizer, average_loss(per_example, self.network))
         apply_gradients(self.optimizer, tape, loss, self.network.trainable_variables)
-        if self.ema is not None:
-            self.ema.update(self.network, self.optimizer.iterations)
+        for average, network in self.weight_averages():
+            average.update(network, self.optimizer.iterations)
         self.tracker.update_state(per_example)
         return {"loss": self.tracker.result()}
 

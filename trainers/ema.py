@@ -13,6 +13,10 @@ checkpoint (the averaged network is part of the model's checkpoint) continues th
 Distribution: the update runs in cross-replica context (`merge_call`, as Keras' own optimizer EMA does) and
 moves every replica's copy by the same amount, so it is right under MultiWorkerMirroredStrategy; non-trainable
 weights (BatchNormalization's moving statistics) are averaged the same way.
+
+A model with averages lists them as (average, network it averages) pairs in `weight_averages()`: its train step
+updates each pair, and whoever needs the raw weights in place of the averaged ones (a benchmark scoring both, a
+test perturbing the average) reads the same list instead of knowing the model's attribute names.
 """
 import tensorflow as tf
 import tf_keras as keras

@@ -106,6 +106,10 @@ class GAN(keras.Model):
     def call(self, codings, training=False):
         return self.generator(codings, training=training)
 
+    def weight_averages(self):
+        """(average, network) pairs: the generator's EMA (none without ema_decay)."""
+        return [(self.ema, self.generator)] if self.ema is not None else []
+
     @property
     def sampling_generator(self) -> keras.Model:
         """The generator that samples (generate, the SavedModel, the pictures): the EMA's when there is one."""
@@ -119,8 +123,8 @@ class GAN(keras.Model):
     def _codings(self, batch_size):
         return tf.random.normal([batch_size, self.coding_size])
 
-    def _fake(self, batch_size, training=True):
-        return tf.cast(self.generator(self._codings(batch_size), training=training), tf.float32)
+    def _fake(self, batch_size):
+        return tf.cast(self.generator(self._codings(batch_size), training=True), tf.float32)
 
     def _logits(self, images):
         """The discriminator's logits/scores (B,) in float32 whatever precision it computes in."""
@@ -168,8 +172,8 @@ class GAN(keras.Model):
                 g_per_example = -fake_logits
             g_loss = scaled_loss(self.g_optimizer, average_loss(g_per_example, self.generator))
         apply_gradients(self.g_optimizer, tape, g_loss, self.generator.trainable_variables)
-        if self.ema is not None:
-            self.ema.update(self.generator, self.g_optimizer.iterations)
+        for average, network in self.weight_averages():
+            average.update(network, self.g_optimizer.iterations)
         self.trackers["d_loss"].update_state(d_per_example)
         self.trackers["g_loss"].update_state(g_per_example)
         # Per-step values (not epoch means) for the divergence monitor; the epoch log shows the last step's.

@@ -84,6 +84,11 @@ class VAE(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def weight_averages(self):
+        """(average, network) pairs: the encoder's and the decoder's EMAs (none without ema_decay)."""
+        pairs = ((self.encoder_ema, self.encoder), (self.decoder_ema, self.decoder))
+        return [(average, network) for average, network in pairs if average is not None]
+
     @property
     def inference_encoder(self) -> keras.Model:
         """The encoder outside training: the EMA's when there is one."""
@@ -142,9 +147,8 @@ class VAE(keras.Model):
             loss = scaled_loss(self.optimizer, average_loss(reconstruction + self.beta * kl, self))
         # 2. Step the encoder and decoder together.
         apply_gradients(self.optimizer, tape, loss, self.trainable_variables)
-        for average, network in ((self.encoder_ema, self.encoder), (self.decoder_ema, self.decoder)):
-            if average is not None:
-                average.update(network, self.optimizer.iterations)
+        for average, network in self.weight_averages():
+            average.update(network, self.optimizer.iterations)
         return self._update(reconstruction, kl)
 
     def test_step(self, images):
