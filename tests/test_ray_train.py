@@ -14,7 +14,7 @@ from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write
 from backends import ray_cluster
 from components.trainer import ray_train
 from trainers import job as training, registry
-from trainers.common import TrainingDiverged
+from trainers.common import TrainingDiverged, resolve_precision
 
 pytestmark = pytest.mark.slow  # a local Ray for the module
 
@@ -89,13 +89,16 @@ def test_two_workers_train_a_dcgan_to_completion(local_ray, digits, tmp_path):
 # (The VAE's custom step under two replicas is tests/test_distribution.py's; here what Ray adds: workers,
 # checkpoints, restore.)
 @pytest.mark.parametrize("model, config", [
-    ("ddpm_compact", {"timesteps": 20, "sample_steps": 4, "base_channels": 8, "channel_multipliers": [1, 2]}),
+    # "auto": each worker resolves it on its own machine (mixed_bfloat16 where bfloat16 is native) and says so.
+    ("ddpm_compact", {"timesteps": 20, "sample_steps": 4, "base_channels": 8, "channel_multipliers": [1, 2],
+                      "precision": "auto"}),
     ("greedy_ae", {"finetune_epochs": 1}),  # layer-wise phase, then the stacked model checkpointed
 ])
 def test_other_families_train_on_two_workers(model, config, local_ray, digits, tmp_path):
     outcome = ray_train.train(job(model, {"epochs": 1, "batch_size": 64, **config}, digits["one_batch"],
                                   digits["eval"]), ray_train.RaySettings(workers=2), str(tmp_path), model)
     assert [w["replicas"] for w in outcome.workers] == [2, 2]
+    assert [w["precision"] for w in outcome.workers] == [resolve_precision(config.get("precision", "float32"))] * 2
     assert np.isfinite(outcome.history["loss"]).all()
     restored, state = training.restore(outcome.checkpoint_dir)
     assert state["epoch"] == 1

@@ -172,6 +172,7 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
     from trainers import job as training  # pylint: disable=import-outside-toplevel
+    from trainers.common import resolve_precision  # pylint: disable=import-outside-toplevel
 
     # TF's INFO logs (collective all-reduce set-up, checkpoint sharding) would bury the epochs' progress.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
@@ -186,6 +187,8 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     identity = {"rank": rank, "workers": size, "pid": os.getpid(), "host": socket.gethostname(),
                 "replicas": strategy.num_replicas_in_sync, "resumed_from_epoch": 0}
     config = job.make_config()
+    # "auto" resolved where the model computes: a GPU worker may differ from the driver that submitted the run.
+    identity["precision"] = resolve_precision(config.precision)
     print(f"latentforge worker {rank + 1}/{size}: pid {identity['pid']} on {identity['host']}, "
           f"{identity['replicas']} replicas in sync, {config.batch_size // identity['replicas']} images per replica "
           "per step", flush=True)

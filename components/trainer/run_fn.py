@@ -75,8 +75,10 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
         shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
     else:
         training.save_state(model, state_dir, job, training.total_epochs(job, config), history)
-    # The precision a run trained in, "auto" resolved (MLflow's params show what ran).
-    full_config = {**dataclasses.asdict(config), "precision": resolve_precision(config.precision)}
+    # The precision a run trained in, "auto" resolved (MLflow's params show what ran): on Ray, as the chief
+    # resolved it on its own machine.
+    precision = details["workers"][0]["precision"] if details.get("workers") else resolve_precision(config.precision)
+    full_config = {**dataclasses.asdict(config), "precision": precision}
     artifacts.TrainerMetrics(model=job.model, family=job.family.name, config=job.config,
                              full_config=full_config, pixel_range=pixels,
                              holdout_class=job.holdout_class, history=history,
