@@ -16,18 +16,20 @@ import tensorflow as tf
 
 from trainers import registry
 
+# Each variant pins its precision: the presets' "auto" would differ from machine to machine.
+F32, BF16 = {"precision": "float32"}, {"precision": "mixed_bfloat16"}
 VARIANTS = {
-    "unet": ("ddpm", {}),
-    "unet-no-attention": ("ddpm", {"attention": False}),
-    "unet-2-levels": ("ddpm", {"channel_multipliers": (1, 2)}),
-    "unet-base-16": ("ddpm", {"base_channels": 16}),
-    "unet-xla": ("ddpm", {"jit_compile": True}),
-    "unet-bf16": ("ddpm", {"precision": "mixed_bfloat16"}),
-    "compact": ("ddpm_compact", {}),
-    "compact-xla": ("ddpm_compact", {"jit_compile": True}),
-    "compact-bf16": ("ddpm_compact", {"precision": "mixed_bfloat16"}),
-    "compact-bf16-xla": ("ddpm_compact", {"precision": "mixed_bfloat16", "jit_compile": True}),
-    "compact-no-ema": ("ddpm_compact", {"ema_decay": 0.0}),
+    "unet": ("ddpm_unet", F32),
+    "unet-no-attention": ("ddpm_unet", {**F32, "attention": False}),
+    "unet-2-levels": ("ddpm_unet", {**F32, "channel_multipliers": (1, 2)}),
+    "unet-base-16": ("ddpm_unet", {**F32, "base_channels": 16}),
+    "unet-xla": ("ddpm_unet", {**F32, "jit_compile": True}),
+    "unet-bf16": ("ddpm_unet", BF16),
+    "compact": ("ddpm", F32),
+    "compact-xla": ("ddpm", {**F32, "jit_compile": True}),
+    "compact-bf16": ("ddpm", BF16),
+    "compact-bf16-xla": ("ddpm", {**BF16, "jit_compile": True}),
+    "compact-no-ema": ("ddpm", {**F32, "ema_decay": 0.0}),
 }
 
 

@@ -1,8 +1,8 @@
 """Generative quality on the real MNIST at equal wall-clock: FID, KID and mode coverage of VAE, DCGAN, WGAN-GP and
 DDPM, each from its EMA weights and from its raw weights, plus DDPM's sampler steps against quality.
 
-    python benchmarks/generative.py [--minutes 15] [--only vae,dcgan,wgan_gp,ddpm_compact]
-                                    [--set ddpm_compact:precision=mixed_bfloat16] [--samples 1000]
+    python benchmarks/generative.py [--minutes 15] [--only vae,dcgan,wgan_gp,ddpm]
+                                    [--set ddpm:precision=float32] [--label=-f32] [--samples 1000]
                                     [--ddim-steps 5,10,20,25,50] [--ancestral-samples 100]
 
 The metric network (evaluation.scoring, as the pipeline's MetricNetworkTrainer trains it) learns the 60,000
@@ -31,7 +31,7 @@ from evaluation import figures, scoring
 from trainers import registry
 from trainers.common import resolve_precision
 
-MODELS = ("vae", "dcgan", "wgan_gp", "ddpm_compact")
+MODELS = ("vae", "dcgan", "wgan_gp", "ddpm")
 
 
 class WallClockBudget(keras.callbacks.Callback):
@@ -48,7 +48,7 @@ class WallClockBudget(keras.callbacks.Callback):
 
 
 def parse_overrides(items):
-    """["ddpm_compact:precision=mixed_bfloat16", ...] -> {model: {field: value}}."""
+    """["ddpm:precision=float32", ...] -> {model: {field: value}}."""
     overrides = {}
     for item in items:
         name, _, assignment = item.partition(":")

@@ -7,8 +7,11 @@ from tests.conftest import sample_digits
 from trainers import diffusion
 from trainers.diffusion import DiffusionConfig, GaussianDiffusion, noise_schedule
 
-TINY = dict(timesteps=40, base_channels=16, channel_multipliers=(1, 2), attention=True, sample_steps=10,
-            batch_size=32, learning_rate=2e-3)
+# The GroupNorm U-Net with attention (`ddpm_unet`), epsilon-prediction, float32; the default compact U-Net with
+# v-prediction and min-SNR weighting is test_v_prediction_with_min_snr_weighting_learns_too's.
+TINY = dict(architecture="unet", timesteps=40, base_channels=16, channel_multipliers=(1, 2), attention=True,
+            sample_steps=10, batch_size=32, learning_rate=2e-3, prediction="epsilon", loss_weighting="uniform",
+            precision="float32")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def trained():
     ({"schedule": "quadratic"}, "schedule='quadratic'"),
     ({"timesteps": 1}, "timesteps=1"),
     ({"sample_steps": 2000}, "sample_steps=2000"),
-    ({"base_channels": 12}, "base_channels=12"),
+    ({"architecture": "unet", "base_channels": 12}, "base_channels=12"),
     ({"eta": 1.5}, "eta=1.5"),
     ({"prediction": "x0"}, "prediction='x0'"),
     ({"loss_weighting": "p2"}, "loss_weighting='p2'"),
@@ -38,7 +41,7 @@ def test_impossible_configs_are_rejected(overrides, message):
 
 def test_images_that_cannot_be_halved_enough_are_rejected():
     with pytest.raises(ValueError, match="cannot be halved 2 times"):
-        diffusion.build_diffusion_model(DiffusionConfig(), (30, 30, 1))
+        diffusion.build_diffusion_model(DiffusionConfig(architecture="unet"), (30, 30, 1))
 
 
 def test_schedules_destroy_the_signal_gradually():
@@ -116,8 +119,8 @@ def test_min_snr_weights_cap_the_easy_low_noise_steps():
 
 def test_v_prediction_with_min_snr_weighting_learns_too():
     images = sample_digits(320) * 2.0 - 1.0
-    config = DiffusionConfig(epochs=3, prediction="v", loss_weighting="min_snr", architecture="compact",
-                             **{**TINY, "base_channels": 8})
+    config = DiffusionConfig(**{**TINY, "epochs": 3, "prediction": "v", "loss_weighting": "min_snr",
+                                "architecture": "compact", "base_channels": 8})
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(32)
     model, history = diffusion.train(config, (28, 28, 1), dataset)
     assert history["loss"][-1] < 0.7 * history["loss"][0], history["loss"]

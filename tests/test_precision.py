@@ -14,7 +14,7 @@ TINY = {
     "stacked_ae": {"epochs": 3},
     "conv_vae": {"epochs": 2, "ema_decay": 0.99},
     "dcgan": {"epochs": 1, "coding_size": 8, "conv_filters": (16, 32)},
-    "ddpm_compact": {"epochs": 2, "timesteps": 20, "sample_steps": 4, "base_channels": 8},
+    "ddpm": {"epochs": 2, "timesteps": 20, "sample_steps": 4, "base_channels": 8},
 }
 
 

@@ -90,7 +90,7 @@ def test_two_workers_train_a_dcgan_to_completion(local_ray, digits, tmp_path):
 # checkpoints, restore.)
 @pytest.mark.parametrize("model, config", [
     # "auto": each worker resolves it on its own machine (mixed_bfloat16 where bfloat16 is native) and says so.
-    ("ddpm_compact", {"timesteps": 20, "sample_steps": 4, "base_channels": 8, "channel_multipliers": [1, 2],
+    ("ddpm", {"timesteps": 20, "sample_steps": 4, "base_channels": 8, "channel_multipliers": [1, 2],
                       "precision": "auto"}),
     ("greedy_ae", {"finetune_epochs": 1}),  # layer-wise phase, then the stacked model checkpointed
 ])

@@ -188,7 +188,7 @@ register(Family(
     generate_signature="generate", export_metadata=diffusion.export_metadata,
     input_example=standard_normal(lambda images, config: images.shape[1:])),
     {"ddpm": {}, "ddpm_linear": dict(schedule="linear"),
-     "ddpm_compact": dict(architecture="compact", base_channels=16, channel_multipliers=(2, 4, 8))})
+     "ddpm_unet": dict(architecture="unet", base_channels=32, channel_multipliers=(1, 2, 2))})
 
 register(Family(
     classifier.NAME, classifier.ClassifierConfig, _classifier_build, classifier.fit, classifier.serving_signatures,
