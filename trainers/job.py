@@ -7,8 +7,9 @@ Under a tf.distribute strategy, call `build_model` and `train` inside `strategy.
 Saved state (`save_state` / `load_state`), a directory:
     weights.*      TF-format checkpoint of the model (the optimizer's slots included: a resumed run continues
                    with the same moments)
-    state.json     {"epoch": epochs done, "history": per-epoch metrics so far, "model": name, "config": {...},
-                    "image_shape": [h, w, c]}: enough to rebuild the model anywhere
+    state.json     {"epoch": epochs done, "history": per-epoch metrics so far, "model": name, "config": {the
+                    overrides}, "full_config": {every field as it trained}, "image_shape": [h, w, c]}: enough to
+                   rebuild the model anywhere, whatever the presets' defaults have become since
 """
 import dataclasses
 import json
@@ -106,7 +107,8 @@ def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dic
     os.makedirs(directory, exist_ok=True)
     model.save_weights(os.path.join(directory, WEIGHTS))
     state = {"epoch": epoch, "history": history, "model": job.model, "config": job.config,
-             "image_shape": list(job.image_shape), "encoder_from": job.encoder_from, **details}
+             "full_config": dataclasses.asdict(job.make_config()), "image_shape": list(job.image_shape),
+             "encoder_from": job.encoder_from, **details}
     # Written whole or not at all: a reader (a resuming worker, Ray copying the checkpoint) never sees half.
     partial = os.path.join(directory, STATE_FILE + ".partial")
     with open(partial, "w") as f:
@@ -123,15 +125,23 @@ def read_state(directory: str) -> Dict[str, Any]:
 
 
 def load_weights(model, directory: str) -> None:
-    # expect_partial: a model rebuilt for export has no optimizer, whose slots the checkpoint also holds.
-    model.load_weights(os.path.join(directory, WEIGHTS)).expect_partial()
+    """Loads save_state's weights into `model`; a ValueError when some of `model`'s weights are not in them (a
+    model built unlike the one that was saved), rather than a model half random."""
+    try:
+        # expect_partial: a model rebuilt for export has no optimizer, whose slots the checkpoint also holds.
+        model.load_weights(os.path.join(directory, WEIGHTS)).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:  # a weight missing, or one of another shape
+        raise ValueError(f"{directory}: the saved weights do not fit the {model.name} model built for them "
+                         f"({str(e).splitlines()[0][:300]}). The state was probably saved by a version whose "
+                         "preset had other defaults: retrain, or restore with that version") from e
 
 
 def restore(directory: str):
     """(model, state) rebuilt from a directory save_state wrote: the same architecture, the trained weights."""
     state = read_state(directory)
-    job = TrainingJob(state["model"], state["config"], tuple(state["image_shape"]), (), (), {},
-                      state.get("encoder_from"))
+    # Every field as it trained (states saved before full_config existed: the overrides of today's preset).
+    job = TrainingJob(state["model"], state.get("full_config", state["config"]), tuple(state["image_shape"]), (),
+                      (), {}, state.get("encoder_from"))
     model = build_model(job, job.make_config())
     load_weights(model, directory)
     return model, state
