@@ -11,12 +11,15 @@ training digits for the same wall-clock budget (`--minutes`, tracing included: t
 step; training stops at the first step past the budget), is exported as the pipeline exports it, and is scored
 from its SavedModel exactly as the ModelEvaluator scores it (`--samples` images). Models with a weight average
 are exported and scored twice: as trained (the EMA samples) and with the raw weights copied into the average.
-For the DDPMs: DDIM at each of `--ddim-steps` on `--samples` images, and DDPM's full ancestral sampling (all T
-steps) beside DDIM at the default steps on `--ancestral-samples` images, each timed (per 1,000 images).
+For the DDPMs: their sampler (DDIM at the configured eta by default) at each of `--ddim-steps` on `--samples`
+images, and DDPM's full ancestral sampling (all T steps) beside the default steps on `--ancestral-samples` images,
+each timed (per 1,000 images); benchmarks/ddpm_samplers.py compares samplers on the weights kept here.
 Results: benchmarks/results/generative.json, pictures in benchmarks/results/generative-*.png, a Markdown table.
 """
 import argparse
 import ast
+import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -125,6 +128,12 @@ def main():
         row.update(batch_size=model_config.batch_size, precision=resolve_precision(model_config.precision),
                    overrides=overrides.get(name, {}), train_images=len(model_train),
                    last_losses={k: v[-1] for k, v in history.items()})
+        # The trained weights (raw and EMA) and every config field, so samplers can be compared later without
+        # retraining (benchmarks/ddpm_samplers.py reads them).
+        row["weights"] = os.path.join(work, key + "-weights")
+        model.save_weights(os.path.join(row["weights"], "weights"))
+        with open(os.path.join(row["weights"], "config.json"), "w") as f:
+            json.dump({"model": name, "config": dataclasses.asdict(model_config)}, f, indent=1)
         steps = getattr(model_config, "sample_steps", None)
         inputs = {"steps": steps} if steps else None
         samples, row["scores"] = score(entry, model, os.path.join(work, key), args.samples, network, reference,
@@ -151,8 +160,8 @@ def main():
 
 
 def sampler_sweep(model, args, network, reference, picture_prefix):
-    """A trained DDPM (its EMA weights) sampled by DDIM at each of --ddim-steps on --samples images, then DDPM's
-    full ancestral sampler (all T steps, eta = 1) and DDIM at its default steps on --ancestral-samples images
+    """A trained DDPM (its EMA weights) sampled by its sampler at each of --ddim-steps on --samples images, then
+    DDPM's full ancestral sampler (all T steps, eta = 1) and its default steps on --ancestral-samples images
     (the full sampler's cost decides that count; FID compares like for like only at equal counts)."""
     def run(label, steps, count, sample):
         with Timer() as timer:

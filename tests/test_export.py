@@ -113,11 +113,12 @@ def expected_cases(name, entry, model, images):
         case("generate", {"n": np.int32(2), "seed": np.int32(7), "steps": np.int32(3)},
              {"images": (model.generate(2, seed=7, steps=3) + 1) / 2})
         noise = tf.random.stateless_normal([2, *SHAPE], seed=[7, 0])
-        # From the same x_T with eta 0, generate_from_noise is generate(seed 7) (its noise is drawn from [7, 0]).
+        # generate_from_noise is the deterministic map (eta 0) from x_T: generate(seed 7) at eta 0 (its noise is
+        # drawn from [7, 0]); generate itself samples with the model's eta (1, seeded).
         case("generate_from_noise", {"noise": noise, "steps": np.int32(3)},
-             {"images": (model.generate(2, seed=7, steps=3) + 1) / 2})
+             {"images": (model.generate(2, seed=7, steps=3, eta=0.0) + 1) / 2})
         cases["call.in"] = np.asarray(noise)
-        cases["call.out"] = np.asarray((model.generate(2, seed=7, steps=model.sample_steps) + 1) / 2)
+        cases["call.out"] = np.asarray((model.generate(2, seed=7, steps=model.sample_steps, eta=0.0) + 1) / 2)
         cases["bad.generate.steps_beyond_T"] = np.array(
             {"n": np.int32(1), "seed": np.int32(0), "steps": np.int32(model.diffusion.timesteps + 1)}, dtype=object)
     if entry.family.name == "classifier":
@@ -189,6 +190,7 @@ def test_every_signature_matches_in_a_fresh_process_with_plain_tensorflow(export
     assert report["stacked_ae"]["metadata"]["pixel_range"] == "unit"
     assert report["dcgan"]["metadata"]["pixel_range"] == "symmetric"
     assert report["ddpm"]["metadata"]["timesteps"] == 20 and report["ddpm"]["metadata"]["sample_steps"] == 4
+    assert report["ddpm"]["metadata"]["sampler"] == "ddim"
     assert "pixel range" in report["stacked_ae"]["refused"]["out_of_range"]
     assert "finite" in report["stacked_ae"]["refused"]["nan"]
     assert "n: must be between 1 and" in report["dcgan"]["refused"]["n_zero"]
