@@ -3,6 +3,8 @@
     reconstructions.png  inputs (top row) over their reconstructions (autoencoders, VAEs)
     samples.png          an 8x8 grid of generated images (VAEs, GANs, DDPM by DDIM)
     interpolation.png    decoded codings along the line between two inputs (VAEs)
+    classes.png          one row per class (conditional generators)
+    guidance.png         one row per guidance scale, one column per class, the same noise (conditional DDPM)
     loss.png             the per-epoch training curves
 and the Evaluator's:
     codings.png          the test codings projected on their first two principal components, coloured by label
@@ -90,6 +92,27 @@ def samples(count: int, method: str = "generate"):
         del inputs
         return [save_png(os.path.join(out_dir, "samples.png"),
                          image_grid(to_unit(getattr(model, method)(count, seed=seed)), 8))]
+    return figure
+
+
+def class_rows(columns: int):
+    """classes.png: `columns` images of each class, one row per class (`model.generate(..., labels=...)`)."""
+    def figure(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+        del inputs
+        labels = np.repeat(np.arange(model.num_classes), columns)
+        images = model.generate(len(labels), seed=seed, labels=labels)
+        return [save_png(os.path.join(out_dir, "classes.png"), image_grid(to_unit(images), columns))]
+    return figure
+
+
+def guidance_strip(scales: Sequence[float]):
+    """guidance.png: a row per guidance scale (0: unconditional, 1: conditional, more: guided), a column per
+    class, every row from the same noise, so the rows show what guidance changes."""
+    def figure(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+        del inputs
+        labels = np.arange(model.num_classes)
+        rows = [to_unit(model.generate(len(labels), seed=seed, labels=labels, guidance=scale)) for scale in scales]
+        return [save_png(os.path.join(out_dir, "guidance.png"), image_grid(np.concatenate(rows), len(labels)))]
     return figure
 
 

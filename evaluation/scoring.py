@@ -246,11 +246,13 @@ class EvaluationOptions:
 
 
 def generate(signature: Callable, count: int, seed: int, batch_size: int,
-             inputs: Optional[Dict[str, int]] = None) -> np.ndarray:
+             inputs: Optional[Dict[str, Any]] = None) -> np.ndarray:
     """`count` images in [0, 1] from a generative SavedModel's signature (n, seed, ...), in batches; `inputs`: its
-    other scalar inputs (a DDPM's steps)."""
+    other inputs, as the signature types them (a DDPM's steps; a conditional one's labels, repeated cyclically
+    within each batch, and guidance: see `requested_labels`)."""
     batches = []
-    extra = {k: tf.constant(v, tf.int32) for k, v in (inputs or {}).items()}
+    specs = signature.structured_input_signature[1]
+    extra = {k: tf.constant(v, specs[k].dtype) for k, v in (inputs or {}).items()}
     for index, start in enumerate(range(0, count, batch_size)):
         n = tf.constant(min(batch_size, count - start), tf.int32)
         batch_seed = tf.constant(seed * 100_003 + index, tf.int32)
@@ -335,6 +337,29 @@ def score_generation(run: ScoringRun) -> None:
     if run.metric_network is not None and run.reference is not None:
         features, run.arrays["sample_classes"] = run.metric_network(samples)
         run.metrics.update(feature_scores(features, run.arrays["sample_classes"], run.reference, options.seed))
+
+
+def requested_labels(count: int, batch_size: int, labels) -> np.ndarray:
+    """The class each of `generate`'s `count` images was asked for: `labels` repeated cyclically in each batch."""
+    labels = np.asarray(labels, np.int64)
+    return np.concatenate([labels[np.arange(min(batch_size, count - start)) % len(labels)]
+                           for start in range(0, count, batch_size)])
+
+
+def score_conditional_generation(run: ScoringRun) -> None:
+    """A class-conditional generator's conditional accuracy: how often the metric network recognises the class
+    each of score_generation's images was asked for (every class in turn, at the model's default guidance), in
+    all and per class. Needs a metric network (a labelled source)."""
+    if run.metric_network is None or "sample_classes" not in run.arrays:
+        return
+    labels = run.metadata.get("generate_defaults", {}).get("labels")
+    if labels is None:
+        raise ValueError("a conditional model's metadata must list its default generate labels")
+    requested = requested_labels(len(run.arrays["samples"]), run.options.batch_size, labels)
+    hits = run.arrays["sample_classes"] == requested
+    run.metrics["conditional_accuracy"] = float(hits.mean())
+    run.metrics["per_class_conditional_accuracy"] = [float(hits[requested == k].mean()) if np.any(requested == k)
+                                                     else float("nan") for k in range(int(np.max(labels)) + 1)]
 
 
 def score_classification(run: ScoringRun) -> None:

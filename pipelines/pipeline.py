@@ -120,6 +120,8 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
                      "code": code_digest(_TRAINER_CODE)}
     if holdout_class is not None:
         custom_config["holdout_class"] = holdout_class
+    if registry.get_model(model_name).family.conditional:
+        custom_config["class_names"] = list(source_info.class_names)
     extra = {}
     if ray is not None:
         custom_config["ray"] = {"settings": ray.settings, "storage_path": ray.storage_path}
@@ -223,7 +225,7 @@ def check_model(model_name: str, model_config: Dict[str, Any], source_info: Sour
     """The model's validated config (errors name the bad setting), and for a family with a base model its
     pretraining's too."""
     family = family_of(model_name)
-    if family.supervised and source_info.num_classes < 2:
+    if family.needs_labels and source_info.num_classes < 2:
         raise ValueError(f"the {model_name} needs a labelled source with at least 2 classes; "
                          f"{source_info.spec.uri} has {source_info.num_classes}")
     if family.needs_base_model:

@@ -38,7 +38,7 @@ def checked_request(args) -> PipelineRequest:
     family = registry.get_model(args.model).family
     info = probe(args)
     pretraining = None
-    if family.supervised:
+    if family.needs_labels:
         overrides.setdefault("num_classes", info.num_classes)
     if family.needs_base_model:
         pretrain_config = {"epochs": args.pretrain_epochs, "seed": args.seed}

@@ -33,11 +33,14 @@ from trainers import registry
 from trainers.signatures import MAX_GENERATED, PIXEL_BOUNDS  # noqa: F401  (re-exported: the exporter's limits)
 
 
-def export_metadata(family: registry.Family, model, image_shape: Sequence[int], pixel_range: str) -> Dict[str, Any]:
+def export_metadata(family: registry.Family, model, image_shape: Sequence[int], pixel_range: str,
+                    class_names: Sequence[str] = ()) -> Dict[str, Any]:
     metadata = {"family": family.name, "pixel_range": pixel_range, "image_shape": [int(d) for d in image_shape],
                 "max_generated": MAX_GENERATED}
     if family.generate_signature:
         metadata["generate_signature"] = family.generate_signature
+    if class_names:  # what a conditional model's labels mean: the server takes these names for class ids
+        metadata["class_names"] = [str(name) for name in class_names]
     metadata.update(family.export_metadata(model))
     return metadata
 
@@ -57,9 +60,10 @@ def _float32_outputs(function: Callable) -> Callable:
 
 
 def export_model(family: Union[str, registry.Family], model, image_shape: Sequence[int], export_dir: str,
-                 pixel_range: str) -> Dict[str, Callable]:
+                 pixel_range: str, class_names: Sequence[str] = ()) -> Dict[str, Callable]:
     """Writes `model` as a SavedModel with its family's signatures (a Family, or a family's name); returns the
-    signature functions. `pixel_range`: what image inputs must lie in ("unit" or "symmetric"; see PIXEL_BOUNDS)."""
+    signature functions. `pixel_range`: what image inputs must lie in ("unit" or "symmetric"; see PIXEL_BOUNDS);
+    `class_names`: the training data's, in class-id order (the metadata lists them for a conditional model)."""
     family = registry.family(family) if isinstance(family, str) else family
     if pixel_range not in PIXEL_BOUNDS:
         raise ValueError(f"pixel_range={pixel_range!r}: must be one of {sorted(PIXEL_BOUNDS)}")
@@ -76,7 +80,7 @@ def export_model(family: Union[str, registry.Family], model, image_shape: Sequen
     for name, function in signatures.items():
         setattr(root, name, function)
     root.__call__ = family.array_function(signatures, model)
-    root.metadata = tf.Variable(json.dumps(export_metadata(family, model, image_shape, pixel_range)),
+    root.metadata = tf.Variable(json.dumps(export_metadata(family, model, image_shape, pixel_range, class_names)),
                                 trainable=False, name="metadata")
     tf.saved_model.save(root, export_dir, signatures=signatures)
     return signatures

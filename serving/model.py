@@ -229,7 +229,8 @@ class ServedModel:
 
     # :generate
     def parse_generate(self, body: Any) -> Tuple[str, Dict[str, np.ndarray], bool]:
-        """(signature, inputs, as_png) from a :generate body {"n": N, "seed": S, "steps": T, "format": "png"}."""
+        """(signature, inputs, as_png) from a :generate body {"n": N, "seed": S, "steps": T, "format": "png"} (a
+        conditional DDPM's also "labels": ids or class names, "guidance": w)."""
         if not self.generative:
             raise RequestError(f"{self.name} ({self.family}) does not generate; use :predict")
         if not isinstance(body, dict):
@@ -248,12 +249,47 @@ class ServedModel:
         defaults = self.generate_defaults()
         for name in sorted(set(self.inputs[signature]) - {"n", "seed"}):
             if name not in body and name not in defaults:
-                raise RequestError(f"{name}: {self.name} :generate needs it (an integer)")
-            value = _integer(body.get(name, defaults.get(name)), name)
-            if name == "steps":
-                self._check_steps(value)
-            inputs[name] = np.int32(value)
+                raise RequestError(f"{name}: {self.name} :generate needs it")
+            value = body.get(name, defaults.get(name))
+            if name == "labels":
+                inputs[name] = self._labels(value)
+            elif name == "guidance":
+                inputs[name] = np.float32(_guidance(value))
+            else:
+                value = _integer(value, name)
+                if name == "steps":
+                    self._check_steps(value)
+                inputs[name] = np.int32(value)
         return signature, inputs, fmt == "png"
+
+    def _labels(self, value: Any) -> np.ndarray:
+        """A conditional model's labels: a class id or name, or a list of them (repeated over the n images)."""
+        names = list(self.metadata.get("class_names", []))
+        count = int(self.metadata.get("num_classes", len(names)))
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise RequestError("labels: give at least one class id or name")
+        ids = []
+        for item in values:
+            if isinstance(item, str):
+                if item not in names:
+                    raise RequestError(f"labels: unknown class name {item!r}; the classes are "
+                                       f"{names or list(range(count))}")
+                ids.append(names.index(item))
+            else:
+                label = _integer(item, "labels")
+                if not 0 <= label < count:
+                    raise RequestError(f"labels: class id {label} is out of range: [0, {count - 1}]"
+                                       + (f" ({', '.join(names)})" if names else ""))
+                ids.append(label)
+        return np.asarray(ids, np.int32)
+
+
+def _guidance(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise RequestError(f"guidance: expected a number >= 0 (0: unconditional, 1: conditional, more: guided), got "
+                           f"{json.dumps(value)}")
+    return float(value)
 
 
 def _kind_name(array: np.ndarray) -> str:

@@ -70,6 +70,11 @@ class DiffusionConfig(TrainingConfig):
     sample_spacing: str = "uniform"  # the sampler's time steps: evenly spaced in t, or "quadratic" (in sqrt(t))
     optimizer: str = "adam"  # the notebook's Nadam traces twice as slowly for a U-Net's many variables
     ema_decay: float = 0.999  # sample, score and export an average of the weights (0: the raw weights)
+    # Class conditioning (the `ddpm_cond` preset; 0: unconditional): the label enters beside the time step, as
+    # an embedding of num_classes + 1 ids, the last the "null" label that classifier-free guidance samples with.
+    num_classes: int = 0
+    p_uncond: float = 0.1  # the share of training labels replaced by the null label (and unlabeled images: all)
+    guidance: float = 2.0  # w of eps_null + w (eps_label - eps_null): 0 unconditional, 1 conditional, >1 guided
     precision: str = "auto"  # mixed_bfloat16 where native: 1.4x the images/s, FID not worse (README)
     epochs: int = 20
 
@@ -101,6 +106,10 @@ class DiffusionConfig(TrainingConfig):
         require(self.sampler == "ddim" or self.eta == 0,
                 f"eta={self.eta}: sampler=dpm_solver is deterministic; set eta=0 with it (eta is DDIM's noise)")
         require_ema_decay(self)
+        require(self.num_classes >= 0 and self.num_classes != 1,
+                f"num_classes={self.num_classes}: must be 0 (unconditional) or at least 2")
+        require(0 < self.p_uncond < 1, f"p_uncond={self.p_uncond}: must be in (0, 1) (guidance needs the null label)")
+        require(self.guidance >= 0, f"guidance={self.guidance}: must be >= 0 (0: unconditional, 1: conditional)")
 
     def check_input(self, input_shape: Sequence[int]) -> None:
         require(len(input_shape) == 3, f"DDPM needs images (H, W, C); got {tuple(input_shape)}")
@@ -307,13 +316,25 @@ def _attention_block(x):
     return x + keras.layers.Reshape((height, width, channels))(h)
 
 
+def _with_labels(config: DiffusionConfig, inputs: list, embedding):
+    """For a class-conditional network (config.num_classes > 0): a third input, labels (B,) int32 in
+    [0, num_classes] (num_classes: the null label), whose learned embedding is added to the time embedding, so
+    the class reaches every place the time step does. Returns (inputs, embedding)."""
+    if not config.num_classes:
+        return inputs, embedding
+    labels = keras.layers.Input((), dtype=tf.int32, name="labels")
+    label_embedding = keras.layers.Embedding(config.num_classes + 1, embedding.shape[-1])(labels)
+    return [*inputs, labels], keras.layers.Add()([embedding, label_embedding])
+
+
 def build_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> keras.Model:
-    """[x_t (B, H, W, C), t (B,) int32] -> predicted noise (B, H, W, C)."""
+    """[x_t (B, H, W, C), t (B,) int32(, labels (B,) int32)] -> predicted noise (B, H, W, C)."""
     images = keras.layers.Input(input_shape, name="noisy_images")
     times = keras.layers.Input((), dtype=tf.int32, name="timesteps")
     width = 4 * config.base_channels
     embedding = SinusoidalEmbedding(config.time_embedding_dim)(times)
     embedding = keras.layers.Dense(width, activation="swish")(embedding)
+    inputs, embedding = _with_labels(config, [images, times], embedding)
     embedding = keras.layers.Dense(width, activation="swish")(embedding)
 
     levels = [config.base_channels * int(m) for m in config.channel_multipliers]
@@ -343,18 +364,18 @@ def build_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> keras.Mod
     h = keras.activations.swish(keras.layers.GroupNormalization(8)(h))
     # Zero-initialised output: the untrained network predicts no noise, a stable start.
     outputs = keras.layers.Conv2D(input_shape[-1], 3, padding="same", kernel_initializer="zeros")(h)
-    return keras.Model([images, times], outputs, name="unet")
+    return keras.Model(inputs, outputs, name="unet")
 
 
 def build_compact_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> keras.Model:
-    """The notebook's noise predictor, [x_t, t] -> (B, H, W, C): a stem of base_channels, then per level
+    """The notebook's noise predictor, [x_t, t(, labels)] -> (B, H, W, C): a stem of base_channels, then per level
     (base_channels * m for m in channel_multipliers) two ReLU-SeparableConv2D-BatchNorm layers, max-pooling and a
     strided 1x1 residual link, the mirror image on the way up with nearest-neighbour upsampling and the level's
     skip concatenated; the time embedding is added after every level. No attention, no GroupNorm: ~0.28 M
     parameters at the notebook's widths (16; 32/64/128), several times fewer FLOPs than `build_unet`."""
     images = keras.layers.Input(input_shape, name="noisy_images")
     times = keras.layers.Input((), dtype=tf.int32, name="timesteps")
-    embedding = SinusoidalEmbedding(config.time_embedding_dim)(times)
+    inputs, embedding = _with_labels(config, [images, times], SinusoidalEmbedding(config.time_embedding_dim)(times))
     levels = [config.base_channels * int(m) for m in config.channel_multipliers]
     start_h, start_w, cropping = upsampling_plan(input_shape[0], input_shape[1], len(levels))
     del start_h, start_w
@@ -383,7 +404,7 @@ def build_compact_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> k
         skip = h
     outputs = keras.layers.Conv2D(input_shape[-1], 3, padding="same", kernel_initializer="zeros")(h)
     outputs = keras.layers.Cropping2D(cropping)(outputs)
-    return keras.Model([images, times], outputs, name="compact_unet")
+    return keras.Model(inputs, outputs, name="compact_unet")
 
 
 class DiffusionModel(keras.Model):
@@ -392,7 +413,8 @@ class DiffusionModel(keras.Model):
 
     def __init__(self, network: keras.Model, diffusion: GaussianDiffusion, loss: str = "mse",
                  sample_steps: int = 50, eta: float = 0.0, ema_decay: float = 0.0, loss_weighting: str = "uniform",
-                 min_snr_gamma: float = 5.0, sampler: str = "ddim", sample_spacing: str = "uniform", **kwargs):
+                 min_snr_gamma: float = 5.0, sampler: str = "ddim", sample_spacing: str = "uniform",
+                 num_classes: int = 0, p_uncond: float = 0.1, guidance: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         self.network, self.diffusion = network, diffusion
         self.loss_weighting, self.min_snr_gamma = loss_weighting, min_snr_gamma
@@ -401,7 +423,8 @@ class DiffusionModel(keras.Model):
         self.sampler, self.sample_spacing = sampler, sample_spacing
         self.image_shape = tuple(network.inputs[0].shape[1:])
         self.tracker = keras.metrics.Mean(name="loss")
-        self._sample = tf.function(self.diffusion.sample)
+        self.num_classes, self.p_uncond, self.guidance = num_classes, p_uncond, guidance
+        self._sample = tf.function(self._sample_images)
 
     @property
     def metrics(self):
@@ -417,15 +440,38 @@ class DiffusionModel(keras.Model):
         return self.ema.network if self.ema is not None else self.network
 
     def call(self, inputs, training=False):
-        """[x_t, t] -> predicted noise."""
+        """[x_t, t(, labels)] -> the network's prediction."""
         return self.network(inputs, training=training)
 
-    def per_example_loss(self, images: tf.Tensor, training: bool) -> tf.Tensor:
-        """The network's (weighted) regression error (B,) at a uniformly drawn time step per image."""
+    @property
+    def null_label(self) -> int:
+        """The label id of "no class" (classifier-free guidance's unconditional path): num_classes."""
+        return self.num_classes
+
+    def _unpack(self, data):
+        """A batch: images (unconditional) or (images, labels) with labels (B,), -1 for an unlabeled image."""
+        if not self.num_classes:
+            return data, None
+        images, labels = data
+        return images, tf.cast(labels, tf.int32)
+
+    def training_labels(self, labels: tf.Tensor) -> tf.Tensor:
+        """Classifier-free guidance's training labels: unlabeled images (-1) and a random p_uncond share of the
+        labelled ones get the null label, so one network learns the conditional and unconditional predictions."""
+        dropped = tf.random.uniform(tf.shape(labels)) < self.p_uncond
+        return tf.where(dropped | (labels < 0), self.null_label, labels)
+
+    def per_example_loss(self, images: tf.Tensor, training: bool, labels: Optional[tf.Tensor] = None) -> tf.Tensor:
+        """The network's (weighted) regression error (B,) at a uniformly drawn time step per image (given its
+        label, for a conditional model: `training_labels` of them when training, as they are otherwise)."""
         batch = tf.shape(images)[0]
         t = tf.random.uniform([batch], 0, self.diffusion.timesteps, dtype=tf.int32)
         noise = tf.random.normal(tf.shape(images))
-        predicted = run_network(self.network, [self.diffusion.q_sample(images, t, noise), t], training=training)
+        inputs = [self.diffusion.q_sample(images, t, noise), t]
+        if self.num_classes:
+            labels = self.training_labels(labels) if training else tf.where(labels < 0, self.null_label, labels)
+            inputs.append(labels)
+        predicted = run_network(self.network, inputs, training=training)
         error = tf.cast(predicted, tf.float32) - self.diffusion.target(images, t, noise)
         if self.loss_kind == "huber":
             error = tf.abs(error)
@@ -434,10 +480,11 @@ class DiffusionModel(keras.Model):
             per_example = per_example_mean(tf.square(error))
         return self.diffusion.loss_weight(t, self.loss_weighting, self.min_snr_gamma) * per_example
 
-    def train_step(self, images):
+    def train_step(self, data):
         # 1. Noise each image to a random time step; 2. regress the noise; 3. one optimiser step.
+        images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
-            per_example = self.per_example_loss(images, training=True)
+            per_example = self.per_example_loss(images, training=True, labels=labels)
             loss = scaled_loss(self.optimizer, average_loss(per_example, self.network))
         apply_gradients(self.optimizer, tape, loss, self.network.trainable_variables)
         for average, network in self.weight_averages():
@@ -445,20 +492,58 @@ class DiffusionModel(keras.Model):
         self.tracker.update_state(per_example)
         return {"loss": self.tracker.result()}
 
-    def test_step(self, images):
-        self.tracker.update_state(self.per_example_loss(images, training=False))
+    def test_step(self, data):
+        images, labels = self._unpack(data)
+        self.tracker.update_state(self.per_example_loss(images, training=False, labels=labels))
         return {"loss": self.tracker.result()}
 
+    def guided_network(self, network, labels: Optional[tf.Tensor], guidance: tf.Tensor) -> Callable:
+        """What the samplers call, [x_t, t] -> prediction: the network itself, or for a conditional model
+        classifier-free guidance, pred_null + guidance * (pred_label - pred_null), both halves from one call on
+        a doubled batch. `labels` (B,) int32 (the null label: unconditional whatever the guidance)."""
+        if not self.num_classes:
+            return network
+
+        def guided(inputs, training):
+            x, t = inputs
+            null = tf.fill(tf.shape(labels), self.null_label)
+            both = run_network(network, [tf.concat([x, x], 0), tf.concat([t, t], 0), tf.concat([labels, null], 0)],
+                               training=training)
+            conditional, unconditional = tf.split(tf.cast(both, tf.float32), 2)
+            return unconditional + guidance * (conditional - unconditional)
+        return guided
+
+    def _sample_images(self, network, shape, seed, steps, eta, labels, guidance, sampler, spacing):
+        return self.diffusion.sample(self.guided_network(network, labels, guidance), shape, seed, steps, eta,
+                                     sampler, spacing)
+
+    def sample_labels(self, n, labels=None) -> Optional[tf.Tensor]:
+        """The (n,) int32 labels of n generated images: `labels` (m,) repeated cyclically (one label: n images of
+        that class), by default every class in turn; None for an unconditional model. Labels must be in
+        [0, num_classes] (num_classes: unconditional)."""
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError("labels: this DDPM is unconditional (train the ddpm_cond preset on labelled data)")
+            return None
+        labels = tf.range(self.num_classes) if labels is None else tf.convert_to_tensor(labels, tf.int32)
+        return tf.gather(labels, tf.range(n) % tf.shape(labels)[0])
+
     def generate(self, n: int, seed: int = 0, steps: Optional[int] = None, eta: Optional[float] = None,
-                 sampler: Optional[str] = None, spacing: Optional[str] = None) -> tf.Tensor:
+                 sampler: Optional[str] = None, spacing: Optional[str] = None, labels=None,
+                 guidance: Optional[float] = None) -> tf.Tensor:
         """n images (n, H, W, C) in [-1, 1] by the config's sampler and spacing (or `sampler`, `spacing`) with
-        `steps` steps (default: the config's sample_steps)."""
+        `steps` steps (default: the config's sample_steps); for a conditional model, of `labels` (see
+        `sample_labels`) at the config's guidance (or `guidance`)."""
         steps = self.sample_steps if steps is None else steps
         if not 1 <= steps <= self.diffusion.timesteps:
             raise ValueError(f"steps={steps}: must be between 1 and the model's {self.diffusion.timesteps} timesteps")
+        labels = self.sample_labels(n, labels)
+        if labels is not None and not np.all((0 <= labels.numpy()) & (labels.numpy() <= self.num_classes)):
+            raise ValueError(f"labels: must be class ids in [0, {self.num_classes - 1}] (or {self.null_label}: none)")
+        guidance = tf.constant(self.guidance if guidance is None else guidance, tf.float32)
         return self._sample(self.sampling_network, [n, *self.image_shape], tf.constant(seed, tf.int32),
                             tf.constant(steps, tf.int32), tf.constant(self.eta if eta is None else eta, tf.float32),
-                            sampler=sampler or self.sampler, spacing=spacing or self.sample_spacing)
+                            labels, guidance, sampler=sampler or self.sampler, spacing=spacing or self.sample_spacing)
 
     def ancestral_sample(self, n: int, seed: int = 0) -> tf.Tensor:
         """DDPM's full ancestral sampling: all T steps with the posterior variance (DDIM at eta=1)."""
@@ -475,6 +560,7 @@ def build_diffusion_model(config: DiffusionConfig, input_shape: Sequence[int]) -
                                sample_steps=config.sample_steps, eta=config.eta, ema_decay=config.ema_decay,
                                loss_weighting=config.loss_weighting, min_snr_gamma=config.min_snr_gamma,
                                sampler=config.sampler, sample_spacing=config.sample_spacing,
+                               num_classes=config.num_classes, p_uncond=config.p_uncond, guidance=config.guidance,
                                name=f"ddpm_{config.schedule}")
     model.compile(optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
                   jit_compile=use_xla(config))
@@ -495,26 +581,45 @@ def train(config: DiffusionConfig, input_shape: Sequence[int], train_data: tf.da
 
 
 def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
-    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract). A
+    conditional model's generate takes labels (m,) (repeated over the n images) and a guidance scale too."""
     del pixel_range
     timesteps, eta = model.diffusion.timesteps, tf.constant(model.eta, tf.float32)
 
-    @tf.function(input_signature=[signatures.N, signatures.SEED, signatures.STEPS])
-    def generate(n, seed, steps):
+    def sample(n, seed, steps, labels, guidance):
         n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
         steps = signatures.checked_count(steps, "steps", timesteps)
-        images = model.diffusion.sample(model.sampling_network, tf.stack([n, *image_shape]), seed, steps, eta,
-                                        model.sampler, model.sample_spacing)
+        network = model.sampling_network
+        if model.num_classes:
+            labels = signatures.checked_labels(labels, model.num_classes)
+            network = model.guided_network(network, tf.gather(labels, tf.range(n) % tf.size(labels)),
+                                           signatures.checked_guidance(guidance))
+        images = model.diffusion.sample(network, tf.stack([n, *image_shape]), seed, steps, eta, model.sampler,
+                                        model.sample_spacing)
         return {"images": (images + 1.0) / 2.0}
+
+    if model.num_classes:
+        generate = tf.function(lambda n, seed, steps, labels, guidance: sample(n, seed, steps, labels, guidance),
+                               input_signature=[signatures.N, signatures.SEED, signatures.STEPS, signatures.LABELS,
+                                                signatures.GUIDANCE])
+    else:
+        generate = tf.function(lambda n, seed, steps: sample(n, seed, steps, None, None),
+                               input_signature=[signatures.N, signatures.SEED, signatures.STEPS])
 
     @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="noise"), signatures.STEPS])
     def generate_from_noise(x, steps):
         """The deterministic map from x_T (standard normal noise) to images: the probability-flow ODE solved by
         the model's sampler at eta = 0 whatever its `eta` (a stochastic sampler's images would depend on more
-        than x_T), so that nearby noises give nearby images (DDIM's latent interpolation)."""
+        than x_T), so that nearby noises give nearby images (DDIM's latent interpolation). A conditional model
+        draws every class in turn at its configured guidance here."""
         steps = signatures.checked_count(steps, "steps", timesteps)
-        images = model.diffusion.denoise(model.sampling_network, signatures.checked_codings(x), tf.constant(0), steps,
-                                         tf.constant(0.0), model.sampler, model.sample_spacing)
+        x = signatures.checked_codings(x)
+        network = model.sampling_network
+        if model.num_classes:
+            network = model.guided_network(network, tf.range(tf.shape(x)[0]) % model.num_classes,
+                                           tf.constant(model.guidance, tf.float32))
+        images = model.diffusion.denoise(network, x, tf.constant(0), steps, tf.constant(0.0), model.sampler,
+                                         model.sample_spacing)
         return {"images": (images + 1.0) / 2.0}
 
     return {"serving_default": generate, "generate": generate, "generate_from_noise": generate_from_noise}
@@ -531,4 +636,7 @@ def export_metadata(model) -> Dict[str, object]:
     """What a server needs and the signatures cannot say: T (the steps limit) and the default DDIM steps."""
     return {"timesteps": int(model.diffusion.timesteps), "sample_steps": int(model.sample_steps),
             "sampler": model.sampler, "sample_spacing": model.sample_spacing,
-            "generate_defaults": {"steps": int(model.sample_steps)}}
+            "generate_defaults": {"steps": int(model.sample_steps),
+                                  **({"labels": list(range(model.num_classes)), "guidance": float(model.guidance)}
+                                     if model.num_classes else {})},
+            "num_classes": int(model.num_classes)}

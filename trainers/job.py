@@ -34,6 +34,7 @@ class TrainingJob:
     feature_spec: Dict[str, Tuple[List[int], str]]  # the transformed features: name -> (shape, dtype name)
     encoder_from: Optional[str] = None  # a family that needs a base model: save_state's directory of it
     holdout_class: Optional[int] = None  # autoencoders: a class kept out of training (the anomaly to detect)
+    class_names: Sequence[str] = ()  # conditional generators: the source's classes, in id order (the export's)
 
     def __post_init__(self):
         if self.family.needs_base_model and not self.encoder_from:
@@ -62,9 +63,15 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
              ) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset]]:
     """(train, eval) batches of `config.batch_size` (the global batch): images, or (images, labels) for a
     supervised family (a classifier), which trains on the examples whose few-label flag is set and is scored on
-    every labelled one."""
+    every labelled one, or for a conditional generator (images, labels) of every example, the label -1 (none)
+    where the few-label flag is unset: with K labels per class it sees only those K labels."""
     spec = _tf_feature_spec(job.feature_spec)
-    if job.family.supervised:
+    if job.family.conditional:
+        train_pairs = lambda batch: (batch["image"], tf.where(batch["labeled"] > 0, batch["label"], -1))
+        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed).map(train_pairs)
+        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False).map(
+            lambda batch: (batch["image"], batch["label"]))
+    elif job.family.supervised:
         pairs = lambda batch: (batch["image"], batch["label"])
         train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed,
                                    keep=lambda ex: ex["labeled"] > 0)

@@ -71,6 +71,9 @@ class Family:
     export_metadata: Callable = _no_metadata  # (model) -> what the SavedModel's metadata adds for this family
     input_example: Callable = first_images  # (test images, config dict, seed) -> what the callable takes
     supervised: bool = False  # trains on the labelled examples' (image, label) pairs, is scored on labelled ones
+    # A class-conditional generator: trains on every example's (image, label), label -1 where the few-label flag
+    # is unset (its unconditional path learns those); config num_classes comes from the source.
+    conditional: bool = False
     needs_base_model: bool = False  # fine-tunes a model trained first (`--pretrain`)
     reusable_encoder: bool = False  # its encoder can be fine-tuned by a family that needs a base model
     detects_anomalies: bool = False  # a class can be held out of training and scored as the anomaly (AUROC)
@@ -87,6 +90,11 @@ class Family:
     @property
     def generative(self) -> bool:
         return self.generate_signature is not None
+
+    @property
+    def needs_labels(self) -> bool:
+        """It cannot train without a labelled source of at least 2 classes (its config takes num_classes)."""
+        return self.supervised or self.conditional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +199,16 @@ register(Family(
      "ddpm_unet": dict(architecture="unet", base_channels=32, channel_multipliers=(1, 2, 2))})
 
 register(Family(
+    "conditional_diffusion", diffusion.DiffusionConfig, _without_base(diffusion.build_diffusion_model),
+    diffusion.fit, diffusion.serving_signatures, diffusion.array_function, key_metric=("fid", False),
+    scorers=(scoring.score_generation, scoring.score_conditional_generation),
+    figures=(figures.class_rows(8), figures.guidance_strip((0.0, 1.0, 2.0, 4.0))), pixel_range=diffusion.PIXEL_RANGE,
+    generate_signature="generate", export_metadata=diffusion.export_metadata,
+    input_example=standard_normal(lambda images, config: images.shape[1:]), conditional=True,
+    description="class-conditional DDPM with classifier-free guidance (labels + guidance at generate)"),
+    {"ddpm_cond": {}})
+
+register(Family(
     classifier.NAME, classifier.ClassifierConfig, _classifier_build, classifier.fit, classifier.serving_signatures,
     signatures.output_of("classify", "probabilities"), key_metric=("test_accuracy", True),
     scorers=(scoring.score_classification,), supervised=True, needs_base_model=True,
@@ -216,7 +234,16 @@ def get_model(name: str) -> ModelEntry:
 def make_config(name: str, overrides: Mapping[str, Any]):
     """The model's validated config: its preset, then the non-None overrides. Unknown keys are errors."""
     entry = get_model(name)
-    return config_from(name, entry.config_class, overrides, entry.preset)
+    config = config_from(name, entry.config_class, overrides, entry.preset)
+    classes = getattr(config, "num_classes", 0)
+    if entry.family.conditional and classes < 2:
+        raise ValueError(f"{name}: num_classes={classes}: a class-conditional model needs the labelled source's "
+                         "classes (at least 2; `latentforge run` sets it from the source)")
+    if entry.family.generative and not entry.family.conditional and classes:
+        conditional = sorted(m for m, e in MODELS.items() if e.family.conditional)
+        raise ValueError(f"{name}: num_classes={classes}: {name} is unconditional; the class-conditional models "
+                         f"are {', '.join(conditional)}")
+    return config
 
 
 def config_from(name: str, config_class: Type, overrides: Mapping[str, Any], preset: Mapping[str, Any] = None):

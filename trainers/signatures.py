@@ -4,7 +4,8 @@ A family module defines `serving_signatures(model, image_shape, pixel_range) -> 
 "serving_default") from these pieces; serving/export.py writes whatever the family returns. Checks live in the
 graph so that a plain `tf.saved_model.load` user gets the same errors as our server: images outside the pixel
 range or not finite, n outside [1, MAX_GENERATED], steps outside [1, T] raise InvalidArgumentError naming the
-input (the input signature already rejects wrong shapes and dtypes).
+input, as do class labels outside the model's classes and a negative guidance (the input signature already
+rejects wrong shapes and dtypes).
 """
 from typing import Callable, Dict
 
@@ -17,6 +18,8 @@ _TOLERANCE = 1e-3  # rounding slack on the pixel range
 N = tf.TensorSpec([], tf.int32, name="n")
 SEED = tf.TensorSpec([], tf.int32, name="seed")
 STEPS = tf.TensorSpec([], tf.int32, name="steps")
+LABELS = tf.TensorSpec([None], tf.int32, name="labels")  # class ids, repeated cyclically over the n images
+GUIDANCE = tf.TensorSpec([], tf.float32, name="guidance")
 
 
 def image_spec(image_shape) -> tf.TensorSpec:
@@ -42,6 +45,23 @@ def checked_count(n: tf.Tensor, name: str, limit) -> tf.Tensor:
     check = tf.debugging.Assert((n >= 1) & (n <= limit), [f"{name}: must be between 1 and", limit, "; got", n])
     with tf.control_dependencies([check]):
         return tf.identity(n)
+
+
+def checked_labels(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """labels (m,), after asserting 1 <= m and every id in [0, num_classes) (a class of the training data)."""
+    inside = (tf.size(labels) >= 1) & tf.reduce_all((labels >= 0) & (labels < num_classes))
+    check = tf.debugging.Assert(inside, [f"labels: need at least one, each a class id in [0, {num_classes - 1}]; got",
+                                         labels], summarize=16)
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
+
+
+def checked_guidance(guidance: tf.Tensor) -> tf.Tensor:
+    check = tf.debugging.Assert(tf.math.is_finite(guidance) & (guidance >= 0.0),
+                                ["guidance: must be a finite number >= 0 (0: unconditional, 1: conditional); got",
+                                 guidance])
+    with tf.control_dependencies([check]):
+        return tf.identity(guidance)
 
 
 def checked_codings(z: tf.Tensor) -> tf.Tensor:

@@ -40,7 +40,8 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
         train_files=list(fn_args.train_files), eval_files=list(fn_args.eval_files),
         feature_spec=training.plain_feature_spec(
             tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()),
-        encoder_from=encoder_from, holdout_class=custom.get("holdout_class"))
+        encoder_from=encoder_from, holdout_class=custom.get("holdout_class"),
+        class_names=tuple(custom.get("class_names", ())))
 
 
 def pixel_range(job: training.TrainingJob) -> str:
@@ -69,7 +70,7 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     pixels = pixel_range(job)
     for key, value in job.family.training_details(config).items():
         details.setdefault(key, value)
-    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels)
+    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels, job.class_names)
     state_dir = artifacts.keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
         shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
