@@ -36,7 +36,6 @@ def zeros_and_ones():
 
 
 @pytest.mark.parametrize("name, overrides, message", [
-    ("ddpm_cond", {}, "num_classes=0: a class-conditional model needs the labelled source's classes"),
     ("ddpm_cond", {"num_classes": 1}, "num_classes=1: must be 0"),
     ("ddpm", {"num_classes": 10}, "num_classes=10: ddpm is unconditional; the class-conditional models are ddpm_cond"),
     ("ddpm_cond", {"num_classes": 10, "p_uncond": 0.0}, "p_uncond=0.0"),
@@ -45,6 +44,11 @@ def zeros_and_ones():
 def test_impossible_conditional_configs_are_rejected(name, overrides, message):
     with pytest.raises(ValueError, match=message):
         registry.make_config(name, overrides)
+
+
+def test_a_conditional_model_without_classes_is_not_built():
+    with pytest.raises(ValueError, match="num_classes=0: a class-conditional model needs the labelled source's"):
+        registry.get_model("ddpm_cond").build(registry.make_config("ddpm_cond", {}), SHAPE)
 
 
 def test_training_labels_drop_to_the_null_label_at_p_uncond_and_for_unlabeled_images():

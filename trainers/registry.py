@@ -123,6 +123,16 @@ class ModelEntry:
         return model, self.fit(model, config, train_data, eval_data, callbacks)
 
 
+def _with_classes(build: Callable) -> Callable:
+    """A conditional family's build: it needs the classes (`latentforge run` sets num_classes from the source)."""
+    def build_with_classes(config, input_shape):
+        if config.num_classes < 2:
+            raise ValueError(f"num_classes={config.num_classes}: a class-conditional model needs the labelled "
+                             "source's classes (at least 2; `latentforge run` sets it from the source)")
+        return build(config, input_shape)
+    return build_with_classes
+
+
 def _without_base(build: Callable) -> Callable:
     return lambda config, input_shape, base_model=None: build(config, input_shape)
 
@@ -199,7 +209,7 @@ register(Family(
      "ddpm_unet": dict(architecture="unet", base_channels=32, channel_multipliers=(1, 2, 2))})
 
 register(Family(
-    "conditional_diffusion", diffusion.DiffusionConfig, _without_base(diffusion.build_diffusion_model),
+    "conditional_diffusion", diffusion.DiffusionConfig, _without_base(_with_classes(diffusion.build_diffusion_model)),
     diffusion.fit, diffusion.serving_signatures, diffusion.array_function, key_metric=("fid", False),
     scorers=(scoring.score_generation, scoring.score_conditional_generation),
     figures=(figures.class_rows(8), figures.guidance_strip((0.0, 1.0, 2.0, 4.0))), pixel_range=diffusion.PIXEL_RANGE,
@@ -236,9 +246,6 @@ def make_config(name: str, overrides: Mapping[str, Any]):
     entry = get_model(name)
     config = config_from(name, entry.config_class, overrides, entry.preset)
     classes = getattr(config, "num_classes", 0)
-    if entry.family.conditional and classes < 2:
-        raise ValueError(f"{name}: num_classes={classes}: a class-conditional model needs the labelled source's "
-                         "classes (at least 2; `latentforge run` sets it from the source)")
     if entry.family.generative and not entry.family.conditional and classes:
         conditional = sorted(m for m, e in MODELS.items() if e.family.conditional)
         raise ValueError(f"{name}: num_classes={classes}: {name} is unconditional; the class-conditional models "
