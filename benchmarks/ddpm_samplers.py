@@ -8,8 +8,8 @@ WEIGHTS_DIR is what benchmarks/generative.py keeps of each model it trains (`"we
 trained weights, EMA included, and every config field); the metric network it trained sits beside it (`metric`).
 Each run (SAMPLER/SPACING/STEPS[/ETA], trainers/diffusion.py) draws `--samples` images from the EMA weights in
 batches of 250 from the same seeds, scored as the ModelEvaluator scores them (FID, KID, mode entropy and KL against
-the training digits' features). "ancestral" is DDPM's sampler with all T steps (DDIM at eta = 1 and T steps). Results: benchmarks/results/ddpm_samplers.json,
-pictures benchmarks/results/ddpm-samplers-*.png, a Markdown table.
+the training digits' features). "ancestral" is DDPM's sampler with all T steps (DDIM at eta = 1 and T steps).
+Results: benchmarks/results/ddpm_samplers.json, pictures benchmarks/results/ddpm-samplers-*.png, a Markdown table.
 """
 import argparse
 import json
@@ -19,7 +19,7 @@ from common import RESULTS_DIR, Timer, load_mnist, load_results, save_results  #
 import numpy as np
 
 from evaluation import figures, scoring
-from trainers import registry
+from trainers import job as training, registry
 
 BATCH = 250
 DEFAULT_RUNS = ("ddim/uniform/10", "ddim/uniform/20", "ddim/uniform/50", "ddim/quadratic/10", "ddim/quadratic/20",
@@ -33,7 +33,7 @@ def load_model(directory):
         saved = json.load(f)
     config = registry.make_config(saved["model"], saved["config"])
     model = registry.get_model(saved["model"]).build(config, (28, 28, 1))
-    model.load_weights(os.path.join(directory, "weights")).expect_partial().assert_existing_objects_matched()
+    training.load_weights(model, directory)  # generative.py saved them as save_state does: `weights` in directory
     return model, saved
 
 

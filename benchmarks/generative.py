@@ -31,7 +31,7 @@ import tf_keras as keras
 
 from serving import export
 from evaluation import figures, scoring
-from trainers import registry
+from trainers import job as training, registry
 from trainers.common import resolve_precision
 
 MODELS = ("vae", "dcgan", "wgan_gp", "ddpm")
@@ -131,7 +131,7 @@ def main():
         # The trained weights (raw and EMA) and every config field, so samplers can be compared later without
         # retraining (benchmarks/ddpm_samplers.py reads them).
         row["weights"] = os.path.join(work, key + "-weights")
-        model.save_weights(os.path.join(row["weights"], "weights"))
+        model.save_weights(os.path.join(row["weights"], training.WEIGHTS))  # where training.load_weights reads
         with open(os.path.join(row["weights"], "config.json"), "w") as f:
             json.dump({"model": name, "config": dataclasses.asdict(model_config)}, f, indent=1)
         steps = getattr(model_config, "sample_steps", None)
