@@ -1,7 +1,7 @@
 """Generative quality on the real MNIST at equal wall-clock: FID, KID and mode coverage of VAE, DCGAN, WGAN-GP and
 DDPM, each from its EMA weights and from its raw weights, plus DDPM's sampler steps against quality.
 
-    python benchmarks/generative.py [--minutes 15] [--only vae,dcgan,wgan_gp,ddpm]
+    python benchmarks/generative.py [--minutes 15 | --steps N] [--only vae,dcgan,wgan_gp,ddpm,ddpm_cond]
                                     [--set ddpm:precision=float32] [--label=-f32] [--samples 1000]
                                     [--ddim-steps 5,10,20,25,50] [--ancestral-samples 100]
 
@@ -14,6 +14,8 @@ are exported and scored twice: as trained (the EMA samples) and with the raw wei
 For the DDPMs: their sampler (DDIM at the configured eta by default) at each of `--ddim-steps` on `--samples`
 images, and DDPM's full ancestral sampling (all T steps) beside the default steps on `--ancestral-samples` images,
 each timed (per 1,000 images); benchmarks/ddpm_samplers.py compares samplers on the weights kept here.
+A class-conditional model (ddpm_cond) trains on every digit's label and is asked for classes 0-9 in turn: its
+conditional accuracy (the metric network recognises the asked class) and per-class FID, at each guidance scale.
 Results: benchmarks/results/generative.json, pictures in benchmarks/results/generative-*.png, a Markdown table.
 """
 import argparse
@@ -35,18 +37,21 @@ from trainers import job as training, registry
 from trainers.common import resolve_precision
 
 MODELS = ("vae", "dcgan", "wgan_gp", "ddpm")
+GUIDANCE_SCALES = (0.0, 1.0, 2.0, 3.0, 4.0)  # a conditional DDPM's sweep (0: unconditional)
 
 
 class WallClockBudget(keras.callbacks.Callback):
-    """Stops training at the first step that ends after `seconds` from its creation; counts the steps."""
+    """Stops training at the first step that ends after `seconds` from its creation (or after `max_steps`
+    steps, a budget other work on the machine cannot shrink); counts the steps."""
 
-    def __init__(self, seconds: float):
+    def __init__(self, seconds: float, max_steps: int = 0):
         super().__init__()
-        self.seconds, self.started, self.steps = seconds, time.perf_counter(), 0
+        self.seconds, self.max_steps, self.started, self.steps = seconds, max_steps, time.perf_counter(), 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if time.perf_counter() - self.started > self.seconds:
+        if self.max_steps and self.steps >= self.max_steps or (
+                not self.max_steps and time.perf_counter() - self.started > self.seconds):
             self.model.stop_training = True
 
 
@@ -64,12 +69,15 @@ def parse_overrides(items):
     return overrides
 
 
-def train_for(name, seconds, x_train, overrides):
+def train_for(name, seconds, x_train, y_train, overrides, max_steps=0):
     entry = registry.get_model(name)
-    config = registry.make_config(name, {"epochs": 10_000, **overrides})
+    classes = {"num_classes": 10} if entry.family.conditional else {}  # as `latentforge run` sets it
+    config = registry.make_config(name, {"epochs": 10_000, **classes, **overrides})
     pixels = x_train * 2.0 - 1.0 if entry.pixel_range == "symmetric" else x_train
-    data = tf.data.Dataset.from_tensor_slices(pixels).shuffle(10_000, seed=0).batch(config.batch_size).prefetch(2)
-    budget = WallClockBudget(seconds)
+    # A conditional model gets (image, label) pairs, every digit labelled (the pipeline's full-label case).
+    examples = (pixels, y_train.astype(np.int32)) if entry.family.conditional else pixels
+    data = tf.data.Dataset.from_tensor_slices(examples).shuffle(10_000, seed=0).batch(config.batch_size).prefetch(2)
+    budget = WallClockBudget(seconds, max_steps)
     model = entry.build(config, (28, 28, 1))
     history = entry.family.fit(model, config, data, None, [budget], 0)
     elapsed = time.perf_counter() - budget.started
@@ -79,17 +87,39 @@ def train_for(name, seconds, x_train, overrides):
                                            "images_per_s": budget.steps * config.batch_size / elapsed}
 
 
-def score(entry, model, directory, count, network, reference, inputs=None, seed=0):
-    export.export_model(entry.family, model, (28, 28, 1), directory, entry.pixel_range)
+def score(entry, model, directory, count, network, reference, inputs=None, seed=0, export_first=True):
+    """Exports `model` as the pipeline does and scores `count` images from its SavedModel as the Evaluator does
+    (a conditional model's images are asked for classes 0-9 in turn: conditional accuracy and per-class FID)."""
+    if export_first:
+        export.export_model(entry.family, model, (28, 28, 1), directory, entry.pixel_range)
     signature = tf.saved_model.load(directory).signatures[entry.family.generate_signature]
     with Timer() as timer:
         samples = scoring.generate(signature, count, seed, 250, inputs)
-    return samples, {"sample_s": timer.seconds, **scoring.generative_scores(samples, network, reference)}
+    features, classes = network(samples)
+    scores = {"sample_s": timer.seconds, **scoring.feature_scores(features, classes, reference)}
+    if entry.family.conditional:
+        requested = scoring.requested_labels(count, 250, inputs["labels"])
+        scores.update(scoring.conditional_scores(features, classes, requested, reference, 10))
+    return samples, scores
+
+
+def guidance_sweep(entry, model, directory, count, network, reference, inputs, picture_prefix):
+    """A conditional model's SavedModel at each of GUIDANCE_SCALES on the same seeds: FID, conditional accuracy,
+    mean per-class FID; a picture with a row per scale and a column per class, all from the same noise."""
+    sweep, rows = {}, []
+    for scale in GUIDANCE_SCALES:
+        samples, sweep[str(scale)] = score(entry, model, directory, count, network, reference,
+                                           {**inputs, "guidance": scale}, export_first=False)
+        rows.append(samples[:10])
+        print(f"guidance {scale}", sweep[str(scale)], flush=True)
+    figures.save_png(f"{picture_prefix}-guidance.png", figures.image_grid(np.concatenate(rows), 10))
+    return sweep
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget per model")
+    parser.add_argument("--steps", type=int, default=0, help="a budget in training steps instead of minutes")
     parser.add_argument("--samples", type=int, default=1000, help="generated images scored per model")
     parser.add_argument("--ddim-steps", default="5,10,20,25,50")
     parser.add_argument("--ancestral-samples", type=int, default=100)
@@ -103,7 +133,7 @@ def main():
     x_train, y_train, x_test, y_test = load_mnist()
     model_train = x_train[:args.train_subset] if args.train_subset else x_train
     results = load_results("generative") if not args.train_subset else {}
-    results.update(budget_minutes=args.minutes, samples=args.samples)
+    results.update(samples=args.samples)
     work = tempfile.mkdtemp(prefix="generative-")
     pictures = RESULTS_DIR if not args.train_subset else work
 
@@ -124,8 +154,10 @@ def main():
     for name in args.only.split(","):
         key = name + args.label
         entry, model_config, model, history, row = train_for(name, 60 * args.minutes, model_train,
-                                                             overrides.get(name, {}))
-        row.update(batch_size=model_config.batch_size, precision=resolve_precision(model_config.precision),
+                                                             y_train[:len(model_train)], overrides.get(name, {}),
+                                                             args.steps)
+        row.update(budget={"steps": args.steps} if args.steps else {"minutes": args.minutes},
+                   batch_size=model_config.batch_size, precision=resolve_precision(model_config.precision),
                    overrides=overrides.get(name, {}), train_images=len(model_train),
                    last_losses={k: v[-1] for k, v in history.items()})
         # The trained weights (raw and EMA) and every config field, so samplers can be compared later without
@@ -136,9 +168,16 @@ def main():
             json.dump({"model": name, "config": dataclasses.asdict(model_config)}, f, indent=1)
         steps = getattr(model_config, "sample_steps", None)
         inputs = {"steps": steps} if steps else None
+        if entry.family.conditional:
+            inputs.update(labels=list(range(10)), guidance=model_config.guidance)
         samples, row["scores"] = score(entry, model, os.path.join(work, key), args.samples, network, reference,
                                        inputs)
-        figures.save_png(os.path.join(pictures, f"generative-{key}.png"), figures.image_grid(samples[:64], 8))
+        columns = 10 if entry.family.conditional else 8  # a conditional model's columns are its classes 0-9
+        figures.save_png(os.path.join(pictures, f"generative-{key}.png"),
+                         figures.image_grid(samples[:8 * columns], columns))
+        if entry.family.conditional:
+            row["guidance"] = guidance_sweep(entry, model, os.path.join(work, key), args.samples, network,
+                                             reference, inputs, os.path.join(pictures, f"generative-{key}"))
         if entry.family.name == "diffusion":
             row["samplers"] = sampler_sweep(model, args, network, reference,
                                             os.path.join(pictures, f"generative-{key}"))
@@ -199,6 +238,13 @@ def print_table(results, samples):
         print(f"| {key} | {r['train_s'] / 60:.1f} | {r['steps']:,} | {r['images_per_s']:.0f} | {r['precision']} | "
               f"{s['fid']:.2f} | {raw['fid'] if raw else float('nan'):.2f} | {s['kid_x1e3']:.1f} | "
               f"{s['mode_entropy']:.3f} | {s['mode_kl']:.4f} | {s['sample_s']:.1f} |")
+    for key, r in results.items():
+        if isinstance(r, dict) and "guidance" in r:
+            print(f"\n{key}: | guidance w | FID | conditional accuracy | mean per-class FID | KID x1e3 |\n"
+                  "|---|---|---|---|---|")
+            for scale, row in r["guidance"].items():
+                print(f"| {scale} | {row['fid']:.2f} | {row['conditional_accuracy']:.3f} | "
+                      f"{row['mean_class_fid']:.2f} | {row['kid_x1e3']:.1f} |")
     for key, r in results.items():
         if isinstance(r, dict) and "samplers" in r:
             print(f"\n{key}: | sampler | steps | s per 1,000 images | FID | KID x1e3 |\n|---|---|---|---|---|")

@@ -196,6 +196,10 @@ class FeatureReference:
     covariance: np.ndarray
     sample: np.ndarray  # up to 2,000 feature vectors, for KID
     class_histogram: np.ndarray
+    # Each class's feature mean (K, D) and covariance (K, D, D), for a conditional model's per-class FID (a
+    # reference saved before they existed has none: shape (0,)).
+    class_means: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,)))
+    class_covariances: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,)))
 
     FILE = "reference.npz"
 
@@ -205,18 +209,34 @@ class FeatureReference:
         mean, covariance = feature_statistics(features)
         rng = np.random.default_rng(seed)
         sample = features[rng.choice(len(features), min(sample_size, len(features)), replace=False)]
-        return cls(mean, covariance, sample, class_histogram(labels, num_classes))
+        labels = np.asarray(labels)
+        # A class with fewer than 2 examples has no covariance: NaN statistics, so its FID reads NaN, not 0.
+        per_class = [feature_statistics(features[labels == k]) if np.sum(labels == k) >= 2
+                     else (np.full(mean.shape, np.nan), np.full(covariance.shape, np.nan))
+                     for k in range(num_classes)]
+        return cls(mean, covariance, sample, class_histogram(labels, num_classes),
+                   np.stack([m for m, _ in per_class]), np.stack([c for _, c in per_class]))
+
+    def class_statistics(self, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(mean, covariance) of class k's real features; a ValueError when the reference has none."""
+        if not 0 <= k < len(self.class_means):
+            raise ValueError(f"the feature reference has no statistics of class {k} (it has {len(self.class_means)} "
+                             "classes; a reference saved before per-class statistics existed has none: rerun the "
+                             "MetricNetworkTrainer)")
+        return self.class_means[k], self.class_covariances[k]
 
     def save(self, directory: str) -> str:
         path = os.path.join(directory, self.FILE)
         np.savez(path, mean=self.mean, covariance=self.covariance, sample=self.sample,
-                 class_histogram=self.class_histogram)
+                 class_histogram=self.class_histogram, class_means=self.class_means,
+                 class_covariances=self.class_covariances)
         return path
 
     @classmethod
     def load(cls, directory: str) -> "FeatureReference":
         with np.load(os.path.join(directory, cls.FILE)) as data:
-            return cls(data["mean"], data["covariance"], data["sample"], data["class_histogram"])
+            per_class = {k: data[k] for k in ("class_means", "class_covariances") if k in data}
+            return cls(data["mean"], data["covariance"], data["sample"], data["class_histogram"], **per_class)
 
 
 def generative_scores(images_unit: np.ndarray, network: MetricNetwork, reference: FeatureReference,
@@ -336,6 +356,7 @@ def score_generation(run: ScoringRun) -> None:
     run.arrays["samples"] = samples
     if run.metric_network is not None and run.reference is not None:
         features, run.arrays["sample_classes"] = run.metric_network(samples)
+        run.arrays["sample_features"] = features  # per-class FID's (score_model drops them before returning)
         run.metrics.update(feature_scores(features, run.arrays["sample_classes"], run.reference, options.seed))
 
 
@@ -349,17 +370,34 @@ def requested_labels(count: int, batch_size: int, labels) -> np.ndarray:
 def score_conditional_generation(run: ScoringRun) -> None:
     """A class-conditional generator's conditional accuracy: how often the metric network recognises the class
     each of score_generation's images was asked for (every class in turn, at the model's default guidance), in
-    all and per class. Needs a metric network (a labelled source)."""
+    all and per class; and per-class FID, each class's generated images against that class's real ones. Needs
+    a metric network (a labelled source)."""
     if run.metric_network is None or "sample_classes" not in run.arrays:
         return
     labels = run.metadata.get("generate_defaults", {}).get("labels")
     if labels is None:
         raise ValueError("a conditional model's metadata must list its default generate labels")
     requested = requested_labels(len(run.arrays["samples"]), run.options.batch_size, labels)
-    hits = run.arrays["sample_classes"] == requested
-    run.metrics["conditional_accuracy"] = float(hits.mean())
-    run.metrics["per_class_conditional_accuracy"] = [float(hits[requested == k].mean()) if np.any(requested == k)
-                                                     else float("nan") for k in range(int(np.max(labels)) + 1)]
+    run.metrics.update(conditional_scores(run.arrays["sample_features"], run.arrays["sample_classes"], requested,
+                                          run.reference, int(np.max(labels)) + 1))
+
+
+def conditional_scores(features: np.ndarray, classes: np.ndarray, requested: np.ndarray,
+                       reference: FeatureReference, num_classes: int) -> Dict[str, Any]:
+    """conditional_accuracy (the share of images the metric network puts in the class they were asked for),
+    its per-class values, and per_class_fid (class k's generated features against class k's real ones; NaN for
+    a class with fewer than 2 images); `mean_class_fid` averages the finite ones."""
+    hits = classes == requested
+    per_class_fid = []
+    for k in range(num_classes):
+        mine = features[requested == k]
+        per_class_fid.append(frechet_distance(*feature_statistics(mine), *reference.class_statistics(k))
+                             if len(mine) >= 2 else float("nan"))
+    finite = [f for f in per_class_fid if np.isfinite(f)]
+    return {"conditional_accuracy": float(hits.mean()),
+            "per_class_conditional_accuracy": [float(hits[requested == k].mean()) if np.any(requested == k)
+                                               else float("nan") for k in range(num_classes)],
+            "per_class_fid": per_class_fid, "mean_class_fid": float(np.mean(finite)) if finite else float("nan")}
 
 
 def score_classification(run: ScoringRun) -> None:
@@ -383,6 +421,7 @@ def score_model(family, saved_model_dir: str, images: np.ndarray, labels: np.nda
     for scorer in family.scorers:
         scorer(run)
     run.arrays.pop("log_var", None)
+    run.arrays.pop("sample_features", None)
     return run.metrics, run.arrays
 
 

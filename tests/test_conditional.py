@@ -110,16 +110,50 @@ def test_the_savedmodel_and_the_server_take_labels_by_id_or_name_and_a_guidance(
                                       labels=tf.constant([0, 7]), guidance=tf.constant(1.0))
 
 
-def test_conditional_accuracy_counts_the_requested_class_per_batch():
+def test_conditional_scores_count_the_requested_class_per_batch_and_compare_each_class_with_its_own():
     requested = scoring.requested_labels(7, 3, [0, 1])
     np.testing.assert_array_equal(requested, [0, 1, 0, 0, 1, 0, 0])  # each batch of 3 starts again at class 0
+    rng = np.random.default_rng(0)
+    # Real features: class 0 around 0, class 1 around 3 (4 dimensions).
+    real_labels = np.repeat([0, 1], 500)
+    reference = scoring.FeatureReference.from_features(rng.normal(3.0 * real_labels[:, None], 1.0, (1000, 4)),
+                                                       real_labels, 2)
     run = scoring.ScoringRun(signatures={}, metadata={"generate_defaults": {"labels": [0, 1]}}, images=None,
                              labels=None, pixel_range="symmetric", config={}, num_classes=2,
-                             options=scoring.EvaluationOptions(batch_size=3), metric_network=object(), reference=None)
-    run.arrays.update(samples=np.zeros((7, *SHAPE)), sample_classes=np.array([0, 1, 1, 0, 0, 0, 0]))
+                             options=scoring.EvaluationOptions(batch_size=3), metric_network=object(),
+                             reference=reference)
+    # Generated: each image's features from the class it was asked for, except the last (class 0 drawn as a 1).
+    features = rng.normal(3.0 * requested[:, None], 1.0, (7, 4))
+    run.arrays.update(samples=np.zeros((7, *SHAPE)), sample_classes=np.array([0, 1, 1, 0, 0, 0, 0]),
+                      sample_features=features)
     scoring.score_conditional_generation(run)
     assert run.metrics["conditional_accuracy"] == pytest.approx(5 / 7)
     assert run.metrics["per_class_conditional_accuracy"] == [pytest.approx(4 / 5), pytest.approx(1 / 2)]
+    assert len(run.metrics["per_class_fid"]) == 2 and np.isfinite(run.metrics["mean_class_fid"])
+
+    # Per-class FID: a class drawn as itself is near its own real features; drawn as the other class, far.
+    requested = np.repeat([0, 1], 200)
+    right = scoring.conditional_scores(rng.normal(3.0 * requested[:, None], 1.0, (400, 4)), requested, requested,
+                                       reference, 2)
+    swapped = scoring.conditional_scores(rng.normal(3.0 * (1 - requested[:, None]), 1.0, (400, 4)), 1 - requested,
+                                         requested, reference, 2)
+    assert max(right["per_class_fid"]) < 0.5 and min(swapped["per_class_fid"]) > 30  # 4 dims x 3^2 = 36
+    assert right["conditional_accuracy"] == 1.0 and swapped["conditional_accuracy"] == 0.0
+    # A class with fewer than 2 images has no covariance: NaN, left out of the mean.
+    one = scoring.conditional_scores(np.zeros((3, 4)), np.array([0, 0, 1]), np.array([0, 0, 1]), reference, 2)
+    assert np.isnan(one["per_class_fid"][1]) and one["mean_class_fid"] == one["per_class_fid"][0]
+
+
+def test_a_reference_saved_without_per_class_statistics_loads_and_says_what_to_do(tmp_path):
+    rng = np.random.default_rng(0)
+    reference = scoring.FeatureReference.from_features(rng.normal(size=(50, 3)), np.repeat([0, 1], 25), 2)
+    reference.save(str(tmp_path))
+    loaded = scoring.FeatureReference.load(str(tmp_path))
+    np.testing.assert_array_equal(loaded.class_covariances, reference.class_covariances)
+    np.savez(tmp_path / scoring.FeatureReference.FILE, mean=reference.mean, covariance=reference.covariance,
+             sample=reference.sample, class_histogram=reference.class_histogram)  # an older reference
+    with pytest.raises(ValueError, match="no statistics of class 1.*rerun the MetricNetworkTrainer"):
+        scoring.FeatureReference.load(str(tmp_path)).class_statistics(1)
 
 
 def test_an_unconditional_ddpm_refuses_labels():
