@@ -167,15 +167,17 @@ def main():
         with open(os.path.join(row["weights"], "config.json"), "w") as f:
             json.dump({"model": name, "config": dataclasses.asdict(model_config)}, f, indent=1)
         steps = getattr(model_config, "sample_steps", None)
-        inputs = {"steps": steps} if steps else None
-        if entry.family.conditional:
-            inputs.update(labels=list(range(10)), guidance=model_config.guidance)
+        inputs = {"steps": steps} if steps else {}
+        if entry.family.conditional:  # classes 0-9 in turn; a DDPM at its configured guidance
+            inputs["labels"] = list(range(10))
+            if hasattr(model_config, "guidance"):
+                inputs["guidance"] = model_config.guidance
         samples, row["scores"] = score(entry, model, os.path.join(work, key), args.samples, network, reference,
                                        inputs)
         columns = 10 if entry.family.conditional else 8  # a conditional model's columns are its classes 0-9
         figures.save_png(os.path.join(pictures, f"generative-{key}.png"),
                          figures.image_grid(samples[:8 * columns], columns))
-        if entry.family.conditional:
+        if "guidance" in inputs:
             row["guidance"] = guidance_sweep(entry, model, os.path.join(work, key), args.samples, network,
                                              reference, inputs, os.path.join(pictures, f"generative-{key}"))
         if entry.family.name == "diffusion":
@@ -238,6 +240,15 @@ def print_table(results, samples):
         print(f"| {key} | {r['train_s'] / 60:.1f} | {r['steps']:,} | {r['images_per_s']:.0f} | {r['precision']} | "
               f"{s['fid']:.2f} | {raw['fid'] if raw else float('nan'):.2f} | {s['kid_x1e3']:.1f} | "
               f"{s['mode_entropy']:.3f} | {s['mode_kl']:.4f} | {s['sample_s']:.1f} |")
+    conditional = {k: r for k, r in results.items() if isinstance(r, dict) and "conditional_accuracy" in
+                   r.get("scores", {})}
+    if conditional:
+        print("\n| conditional model | conditional accuracy (EMA) | (raw) | mean per-class FID | FID |\n"
+              "|---|---|---|---|---|")
+        for key, r in conditional.items():
+            s, raw = r["scores"], r.get("raw_scores", {})
+            print(f"| {key} | {s['conditional_accuracy']:.3f} | {raw.get('conditional_accuracy', float('nan')):.3f} | "
+                  f"{s['mean_class_fid']:.2f} | {s['fid']:.2f} |")
     for key, r in results.items():
         if isinstance(r, dict) and "guidance" in r:
             print(f"\n{key}: | guidance w | FID | conditional accuracy | mean per-class FID | KID x1e3 |\n"

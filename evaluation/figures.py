@@ -95,12 +95,12 @@ def samples(count: int, method: str = "generate"):
     return figure
 
 
-def class_rows(columns: int):
-    """classes.png: `columns` images of each class, one row per class (`model.generate(..., labels=...)`)."""
+def class_rows(columns: int, method: str = "generate"):
+    """classes.png: `columns` images of each class, one row per class (`model.<method>(n, seed, labels=...)`)."""
     def figure(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
         del inputs
         labels = np.repeat(np.arange(model.num_classes), columns)
-        images = model.generate(len(labels), seed=seed, labels=labels)
+        images = getattr(model, method)(len(labels), seed=seed, labels=labels)
         return [save_png(os.path.join(out_dir, "classes.png"), image_grid(to_unit(images), columns))]
     return figure
 

@@ -230,7 +230,7 @@ class ServedModel:
     # :generate
     def parse_generate(self, body: Any) -> Tuple[str, Dict[str, np.ndarray], bool]:
         """(signature, inputs, as_png) from a :generate body {"n": N, "seed": S, "steps": T, "format": "png"} (a
-        conditional DDPM's also "labels": ids or class names, "guidance": w)."""
+        conditional model's also "labels": ids or class names; a conditional DDPM's "guidance": w)."""
         if not self.generative:
             raise RequestError(f"{self.name} ({self.family}) does not generate; use :predict")
         if not isinstance(body, dict):

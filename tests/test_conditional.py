@@ -37,7 +37,8 @@ def zeros_and_ones():
 
 @pytest.mark.parametrize("name, overrides, message", [
     ("ddpm_cond", {"num_classes": 1}, "num_classes=1: must be 0"),
-    ("ddpm", {"num_classes": 10}, "num_classes=10: ddpm is unconditional; the class-conditional models are ddpm_cond"),
+    ("ddpm", {"num_classes": 10},
+     "num_classes=10: ddpm is unconditional; the class-conditional models are cvae, dcgan_cond, ddpm_cond"),
     ("ddpm_cond", {"num_classes": 10, "p_uncond": 0.0}, "p_uncond=0.0"),
     ("ddpm_cond", {"num_classes": 10, "guidance": -1.0}, "guidance=-1.0"),
 ])

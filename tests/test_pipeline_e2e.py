@@ -113,7 +113,7 @@ def test_a_classifier_fine_tunes_the_encoder_of_the_pretraining_trainer(sample_r
     run_dir, _, _ = sample_run
     args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "classifier", "--pretrain", "stacked_ae",
             "--pretrain-epochs", "3", "--epochs", "20", "--set", "unfrozen_epochs=0", "--labels-per-class", "10",
-            "--run-dir", run_dir]
+            "--trainer", "in-process", "--run-dir", run_dir]
     assert cli.main(args) == 0
     nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
                                                     "latentforge")}
@@ -144,10 +144,12 @@ def test_a_classifier_fine_tunes_the_encoder_of_the_pretraining_trainer(sample_r
     assert out["classes"].shape == (5,)
 
 
-def test_a_gan_trains_on_symmetric_pixels_and_exports_generate(sample_run):
-    """Same data, another family: the data components come from the cache; Transform reruns for [-1, 1]."""
+def test_a_conditional_gan_trains_on_symmetric_pixels_and_labels_and_exports_generate(sample_run):
+    """Same data, another family (the class-conditional DCGAN, in TFX's own Trainer): the data components come
+    from the cache; Transform reruns for [-1, 1]; the labels reach the Trainer and the classes the SavedModel."""
     run_dir, _, _ = sample_run
-    args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "gan", "--epochs", "1", "--run-dir", run_dir]
+    args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "dcgan_cond", "--epochs", "1", "--trainer",
+            "in-process", "--set", "conv_filters=[16,32]", "--run-dir", run_dir]
     assert cli.main(args) == 0
     nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
                                                     "latentforge")}
@@ -156,11 +158,15 @@ def test_a_gan_trains_on_symmetric_pixels_and_exports_generate(sample_run):
     record = next(iter(tf.data.TFRecordDataset(transformed, compression_type="GZIP")))
     pixels = tf.train.Example.FromString(record.numpy()).features.feature["image"].float_list.value
     assert min(pixels) == -1.0 and max(pixels) <= 1.0
-    pushed = glob.glob(os.path.join(run_dir, "latentforge", "serving", "gan", "*", "saved_model.pb"))
+    pushed = glob.glob(os.path.join(run_dir, "latentforge", "serving", "dcgan_cond", "*", "saved_model.pb"))
     model = tf.saved_model.load(os.path.dirname(pushed[0]))
-    images = model.signatures["generate"](n=tf.constant(4), seed=tf.constant(1))["images"].numpy()
+    metadata_json = json.loads(model.metadata.numpy().decode())
+    assert metadata_json["num_classes"] == 10 and metadata_json["class_names"] == [str(k) for k in range(10)]
+    images = model.signatures["generate"](n=tf.constant(4), seed=tf.constant(1),
+                                          labels=tf.constant([7]))["images"].numpy()
     assert images.shape == (4, 28, 28, 1) and images.min() >= 0 and images.max() <= 1
-    # Generative: a metric network was trained on the labelled data; FID, KID and mode coverage on 1,000 samples.
+    # Generative: a metric network was trained on the labelled data; FID, KID and mode coverage on 1,000 samples,
+    # and, conditional, how often it sees the asked class and each class's FID against its real images.
     assert nodes["MetricNetworkTrainer"].state == "COMPLETE"
     with open(os.path.join(nodes["MetricNetworkTrainer"].outputs["evaluation"], "evaluation.json")) as f:
         network = json.load(f)
@@ -168,11 +174,16 @@ def test_a_gan_trains_on_symmetric_pixels_and_exports_generate(sample_run):
     metrics = _evaluation(nodes["ModelEvaluator"])["metrics"]
     assert metrics["samples"] == 1000 and metrics["fid"] > network["fid_floor"]
     assert 0 <= metrics["mode_entropy"] <= metrics["mode_entropy_max"] and metrics["mode_kl"] >= 0
+    assert 0 <= metrics["conditional_accuracy"] <= 1 and len(metrics["per_class_conditional_accuracy"]) == 10
+    assert len(metrics["per_class_fid"]) == 10 and metrics["mean_class_fid"] > 0
     assert os.path.exists(os.path.join(nodes["ModelEvaluator"].outputs["evaluation"], "modes.png"))
+    trainer_pictures = os.listdir(nodes["Trainer"].outputs["model_run"])
+    assert "classes.png" in trainer_pictures, trainer_pictures
 
 
 def test_the_metric_network_is_trained_once_per_dataset_and_reused_from_the_cache(sample_run):
-    """After the GAN's run, a VAE on the same data reuses the metric network; MLflow registers it once."""
+    """After the conditional GAN's run, a VAE on the same data reuses the metric network; MLflow registers it
+    once."""
     import mlflow
     run_dir, _, _ = sample_run
     args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "vae", "--epochs", "1", "--eval-samples", "300",

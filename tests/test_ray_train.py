@@ -68,14 +68,17 @@ def test_two_workers_train_an_autoencoder_like_one_worker_with_the_same_global_b
     assert model(images).shape == images.shape
 
 
-def test_two_workers_train_a_dcgan_to_completion(local_ray, digits, tmp_path):
-    gan = job("dcgan", {"epochs": 2, "batch_size": 64, "coding_size": 32}, digits["one_batch"], digits["eval"])
-    outcome = ray_train.train(gan, ray_train.RaySettings(workers=2), str(tmp_path), "dcgan")
+def test_two_workers_train_a_conditional_dcgan_to_completion(local_ray, digits, tmp_path):
+    # The class-conditional DCGAN: (image, label) batches split across the replicas, the projection critic.
+    gan = job("dcgan_cond", {"epochs": 2, "batch_size": 64, "coding_size": 32, "num_classes": 10},
+              digits["one_batch"], digits["eval"])
+    outcome = ray_train.train(gan, ray_train.RaySettings(workers=2), str(tmp_path), "dcgan_cond")
     assert all(w["replicas"] == 2 for w in outcome.workers) and len(outcome.workers) == 2
     assert len(outcome.history["d_loss"]) == 2 and np.all(np.isfinite(outcome.history["g_loss"]))
     model, _ = training.restore(outcome.checkpoint_dir)
-    samples = model.generate(4, seed=0).numpy()
+    samples = model.generate(4, seed=0, labels=[3]).numpy()
     assert samples.shape == (4, 28, 28, 1) and np.all(np.abs(samples) <= 1)
+    assert not np.allclose(samples, model.generate(4, seed=0, labels=[5]).numpy())
     # The generator's weight average (on by default) is updated right across the two replicas: the chief's
     # last checkpoint holds exactly d * (epoch 1's average) + (1 - d) * (epoch 2's raw weights), with the
     # warm-up decay of generator step 2, d = min(0.999, 3 / 12).

@@ -407,12 +407,6 @@ def build_compact_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> k
     return keras.Model(inputs, outputs, name="compact_unet")
 
 
-def cycled_labels(labels: tf.Tensor, n) -> tf.Tensor:
-    """(n,) labels: `labels` (m,) repeated cyclically (one label: n of that class). What every conditional
-    sampling entry point (generate, the SavedModel's signatures) gives the n images."""
-    return tf.gather(labels, tf.range(n) % tf.size(labels))
-
-
 class DiffusionModel(keras.Model):
     """Trains `network` to predict the noise added by `diffusion`'s forward process; samples with it (with the
     exponential moving average of its weights when `ema_decay` > 0)."""
@@ -532,7 +526,7 @@ class DiffusionModel(keras.Model):
                 raise ValueError("labels: this DDPM is unconditional (train the ddpm_cond preset on labelled data)")
             return None
         labels = tf.range(self.num_classes) if labels is None else tf.convert_to_tensor(labels, tf.int32)
-        return cycled_labels(labels, n)
+        return signatures.cycled_labels(labels, n)
 
     def generate(self, n: int, seed: int = 0, steps: Optional[int] = None, eta: Optional[float] = None,
                  sampler: Optional[str] = None, spacing: Optional[str] = None, labels=None,
@@ -598,7 +592,8 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
         network = model.sampling_network
         if model.num_classes:
             labels = signatures.checked_labels(labels, model.num_classes)
-            network = model.guided_network(network, cycled_labels(labels, n), signatures.checked_guidance(guidance))
+            network = model.guided_network(network, signatures.cycled_labels(labels, n),
+                                           signatures.checked_guidance(guidance))
         images = model.diffusion.sample(network, tf.stack([n, *image_shape]), seed, steps, eta, model.sampler,
                                         model.sample_spacing)
         return {"images": (images + 1.0) / 2.0}
@@ -621,7 +616,8 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
         x = signatures.checked_codings(x)
         network = model.sampling_network
         if model.num_classes:
-            network = model.guided_network(network, cycled_labels(tf.range(model.num_classes), tf.shape(x)[0]),
+            network = model.guided_network(network,
+                                           signatures.cycled_labels(tf.range(model.num_classes), tf.shape(x)[0]),
                                            tf.constant(model.guidance, tf.float32))
         images = model.diffusion.denoise(network, x, tf.constant(0), steps, tf.constant(0.0), model.sampler,
                                          model.sample_spacing)

@@ -5,6 +5,9 @@
                   wgan_gp: Wasserstein critic with gradient penalty, `critic_steps` critic updates per G update
     label_smoothing  one-sided: real images are labelled 1 - s for the discriminator
     spectral_norm    wraps the discriminator's kernels in spectral normalisation
+    num_classes      class-conditional (the dcgan_cond / wgan_gp_cond presets): the generator reads a learned
+                     label embedding beside its codings; the discriminator (critic) adds the projection term
+                     <embed(y), phi(x)> of Miyato & Koyama (2018) to its score, phi its last features
 
 Images are in [-1, 1] (tanh output, DCGAN's guideline). Divergence (NaN/Inf losses, or a discriminator that wins
 outright for `max_discriminator_wins` consecutive steps) raises trainers.common.TrainingDiverged with the step.
@@ -50,6 +53,11 @@ class GANConfig(TrainingConfig):
     ema_decay: float = 0.999  # sample, score and export an average of the generator's weights (0: the raw ones)
     optimizer: str = "rmsprop"
     epochs: int = 50
+    # Class conditioning (0: unconditional; `latentforge run` sets it from a labelled source for a conditional
+    # preset). A real image without a label (-1: few-label training) and the fake drawn beside it get no
+    # projection term: they train the discriminator's unconditional part only, so no label is invented.
+    num_classes: int = 0
+    label_embedding_dim: int = 50  # the generator's label embedding (the projection's is the features' width)
 
     def __post_init__(self):
         super().__post_init__()
@@ -67,6 +75,9 @@ class GANConfig(TrainingConfig):
         require(self.discriminator_learning_rate is None or self.discriminator_learning_rate > 0,
                 f"discriminator_learning_rate={self.discriminator_learning_rate}: must be positive")
         require_ema_decay(self)
+        require(self.num_classes >= 0 and self.num_classes != 1,
+                f"num_classes={self.num_classes}: must be 0 (unconditional) or at least 2")
+        require(self.label_embedding_dim >= 1, f"label_embedding_dim={self.label_embedding_dim}: must be at least 1")
         require(self.max_discriminator_wins >= 0, f"max_discriminator_wins={self.max_discriminator_wins}: must be >= 0")
         require(self.loss != "wgan_gp" or self.label_smoothing == 0,
                 "label_smoothing applies to loss='bce' only: a Wasserstein critic has no labels")
@@ -80,18 +91,45 @@ class GANConfig(TrainingConfig):
                 f"architecture='dcgan' needs images (H, W, C); got {tuple(input_shape)}")
 
 
+class ClassProjection(keras.layers.Layer):
+    """The projection discriminator's class term (Miyato & Koyama 2018): [phi (B, F), labels (B,)] ->
+    <embedding[label], phi> (B, 1), 0 for an unlabeled image (label -1)."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.num_classes, int(input_shape[0][-1])),
+                                          initializer=keras.initializers.RandomNormal(stddev=0.02))
+        super().build(input_shape)
+
+    def call(self, inputs):
+        features, labels = inputs
+        labels = tf.cast(labels, tf.int32)
+        embedded = tf.gather(tf.cast(self.embeddings, features.dtype), tf.maximum(labels, 0))
+        labelled = tf.cast(labels >= 0, features.dtype)[:, None]
+        return tf.reduce_sum(embedded * features, axis=-1, keepdims=True) * labelled
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
 class GAN(keras.Model):
     """generator: codings (B, K) -> images (B, H, W, C) in [-1, 1]; discriminator: images -> (B, 1) logit/score.
-    With `ema_decay` > 0 an exponential moving average of the generator's weights draws the samples."""
+    A conditional GAN's (num_classes > 0) take [codings, labels] and [images, labels] (labels (B,) int32, -1 for
+    an unlabeled real image). With `ema_decay` > 0 an exponential moving average of the generator's weights
+    draws the samples."""
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, loss: str = "bce",
                  label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0,
-                 ema_decay: float = 0.0, **kwargs):
+                 ema_decay: float = 0.0, num_classes: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.ema = ExponentialMovingAverage(generator, ema_decay) if ema_decay else None
         self.loss_kind, self.label_smoothing = loss, label_smoothing
         self.critic_steps, self.gradient_penalty = critic_steps, gradient_penalty
+        self.num_classes = num_classes
         self.coding_size = int(generator.inputs[0].shape[-1])
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss")}
 
@@ -103,8 +141,9 @@ class GAN(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
-    def call(self, codings, training=False):
-        return self.generator(codings, training=training)
+    def call(self, inputs, training=False):
+        """codings (B, K) -> images; a conditional GAN takes [codings, labels]."""
+        return self.generator(inputs, training=training)
 
     def weight_averages(self):
         """(average, network) pairs: the generator's EMA (none without ema_decay)."""
@@ -115,27 +154,49 @@ class GAN(keras.Model):
         """The generator that samples (generate, the SavedModel, the pictures): the EMA's when there is one."""
         return self.ema.network if self.ema is not None else self.generator
 
-    def generate(self, n: int, seed: int = 0) -> tf.Tensor:
-        """n images (n, H, W, C) in [-1, 1] from codings drawn from N(0, I); the same seed, the same images."""
+    def sample_labels(self, n: int, labels=None) -> Optional[tf.Tensor]:
+        """The (n,) int32 labels of n generated images: `labels` repeated cyclically, by default every class in
+        turn; None for an unconditional GAN (signatures.class_labels)."""
+        return signatures.class_labels(n, labels, self.num_classes, "GAN")
+
+    def generate(self, n: int, seed: int = 0, labels=None) -> tf.Tensor:
+        """n images (n, H, W, C) in [-1, 1] from codings drawn from N(0, I); the same seed, the same images. A
+        conditional GAN draws `labels` (see `sample_labels`)."""
         codings = tf.random.stateless_normal([n, self.coding_size], seed=[seed, 0])
-        return tf.cast(self.sampling_generator(codings, training=False), tf.float32)
+        labels = self.sample_labels(n, labels)
+        inputs = codings if labels is None else [codings, labels]
+        return tf.cast(self.sampling_generator(inputs, training=False), tf.float32)
 
-    def _codings(self, batch_size):
-        return tf.random.normal([batch_size, self.coding_size])
+    def _with(self, x, labels):
+        return x if labels is None else [x, labels]
 
-    def _fake(self, batch_size):
-        return tf.cast(self.generator(self._codings(batch_size), training=True), tf.float32)
+    def _fake(self, batch_size, labels=None):
+        """Fakes for a batch; a conditional GAN's of the batch's labels, a random class where a label is -1."""
+        codings = tf.random.normal([batch_size, self.coding_size])
+        if labels is not None:
+            labels = tf.where(labels >= 0, labels,
+                              tf.random.uniform(tf.shape(labels), 0, self.num_classes, dtype=tf.int32))
+        return tf.cast(self.generator(self._with(codings, labels), training=True), tf.float32)
 
-    def _logits(self, images):
-        """The discriminator's logits/scores (B,) in float32 whatever precision it computes in."""
-        return tf.cast(self.discriminator(images, training=True)[:, 0], tf.float32)
+    def _logits(self, images, labels=None):
+        """The discriminator's logits/scores (B,) in float32 whatever precision it computes in (a conditional
+        one's given the labels: -1, no class term)."""
+        return tf.cast(self.discriminator(self._with(images, labels), training=True)[:, 0], tf.float32)
 
-    def _discriminator_step(self, real):
-        """Returns per-example D losses (B,) and the per-step mean D probabilities on real and fake images."""
-        fake = self._fake(tf.shape(real)[0])
+    def _unpack(self, data):
+        """A batch: images, or (images, labels) for a conditional GAN (labels (B,), -1 for an unlabeled image)."""
+        if not self.num_classes:
+            return data, None
+        images, labels = data
+        return images, tf.cast(labels, tf.int32)
+
+    def _discriminator_step(self, real, labels):
+        """Returns per-example D losses (B,) and the per-step mean D probabilities on real and fake images.
+        A conditional GAN's fakes are of the real batch's labels and judged with them (-1 as for the real)."""
+        fake = self._fake(tf.shape(real)[0], labels)
         with tf.GradientTape() as tape:
-            real_logits = self._logits(real)
-            fake_logits = self._logits(fake)
+            real_logits = self._logits(real, labels)
+            fake_logits = self._logits(fake, labels)
             if self.loss_kind == "bce":
                 # The notebook's phase 1: one batch of fakes and reals, so the mean over both halves.
                 targets = tf.fill(tf.shape(real_logits), 1.0 - self.label_smoothing)
@@ -143,28 +204,29 @@ class GAN(keras.Model):
                                      + tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(fake_logits),
                                                                                logits=fake_logits))
             else:
-                per_example = fake_logits - real_logits + self.gradient_penalty * self._penalty(real, fake)
+                per_example = fake_logits - real_logits + self.gradient_penalty * self._penalty(real, fake, labels)
             loss = scaled_loss(self.d_optimizer, average_loss(per_example, self.discriminator))
         apply_gradients(self.d_optimizer, tape, loss, self.discriminator.trainable_variables)
         return per_example, tf.reduce_mean(tf.sigmoid(real_logits)), tf.reduce_mean(tf.sigmoid(fake_logits))
 
-    def _penalty(self, real, fake):
+    def _penalty(self, real, fake, labels=None):
         """WGAN-GP: (||grad_x critic(x)|| - 1)^2 at random points between real and fake images, (B,)."""
         mix = tf.random.uniform([tf.shape(real)[0]] + [1] * (len(real.shape) - 1))
         between = real + mix * (fake - real)
         with tf.GradientTape() as tape:
             tape.watch(between)
-            scores = self._logits(between)
+            scores = self._logits(between, labels)
         norms = tf.sqrt(per_example_sum(tf.square(tape.gradient(scores, between))) + 1e-12)
         return tf.square(norms - 1.0)
 
-    def train_step(self, real):
+    def train_step(self, data):
+        real, labels = self._unpack(data)
         # 1. Discriminator (critic_steps times for WGAN-GP): tell real images from the generator's.
         for _ in range(self.critic_steps):
-            d_per_example, d_real, d_fake = self._discriminator_step(real)
+            d_per_example, d_real, d_fake = self._discriminator_step(real, labels)
         # 2. Generator: make the discriminator call its images real (or score them high, for the critic).
         with tf.GradientTape() as tape:
-            fake_logits = self._logits(self._fake(tf.shape(real)[0]))
+            fake_logits = self._logits(self._fake(tf.shape(real)[0], labels), labels)
             if self.loss_kind == "bce":
                 g_per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(fake_logits),
                                                                         logits=fake_logits)
@@ -186,9 +248,14 @@ def _discriminator_layer(layer, config: GANConfig):
     return keras.layers.SpectralNormalization(layer) if config.spectral_norm else layer
 
 
+def _generator_inputs(config: GANConfig) -> int:
+    """The width the generator's layers read: the codings, and a conditional one's label embedding beside them."""
+    return config.coding_size + (config.label_embedding_dim if config.num_classes else 0)
+
+
 def _dense(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
     generator = keras.Sequential(
-        [keras.layers.Input((config.coding_size,))]
+        [keras.layers.Input((_generator_inputs(config),))]
         + [keras.layers.Dense(units, activation=config.activation) for units in config.hidden_units]
         + [keras.layers.Dense(math.prod(input_shape), activation="tanh"), keras.layers.Reshape(input_shape)],
         name="generator")
@@ -204,7 +271,7 @@ def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
     height, width, channels = input_shape
     start_h, start_w, cropping = upsampling_plan(height, width, len(config.conv_filters))
     filters = list(reversed(config.conv_filters))
-    layers = [keras.layers.Input((config.coding_size,)), keras.layers.Dense(start_h * start_w * filters[0]),
+    layers = [keras.layers.Input((_generator_inputs(config),)), keras.layers.Dense(start_h * start_w * filters[0]),
               keras.layers.Reshape((start_h, start_w, filters[0])), keras.layers.BatchNormalization()]
     for f in filters[1:]:
         layers += [keras.layers.Conv2DTranspose(f, 5, strides=2, padding="same", activation=config.activation),
@@ -221,15 +288,41 @@ def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
     return generator, keras.Sequential(layers, name="discriminator")
 
 
+def _conditional(config: GANConfig, generator: keras.Sequential, discriminator: keras.Sequential,
+                 input_shape) -> Tuple[keras.Model, keras.Model]:
+    """The class-conditional pair around the unconditional stacks: the generator reads [codings, labels] (the
+    label's embedding concatenated to the codings); the discriminator scores [images, labels] as its last layer
+    on its features phi plus ClassProjection's <embedding[label], phi>."""
+    codings = keras.layers.Input((config.coding_size,), name="codings")
+    labels = keras.layers.Input((), dtype=tf.int32, name="labels")
+    embedded = keras.layers.Embedding(config.num_classes, config.label_embedding_dim, name="label_embedding")(labels)
+    conditional_generator = keras.Model([codings, labels],
+                                        generator(keras.layers.Concatenate()([codings, embedded])), name="generator")
+    images = keras.layers.Input(input_shape, name="images")
+    critic_labels = keras.layers.Input((), dtype=tf.int32, name="labels")
+    features = images
+    for layer in discriminator.layers[:-1]:
+        features = layer(features)
+    projection = ClassProjection(config.num_classes, name="class_projection")
+    score = keras.layers.Add()([discriminator.layers[-1](features), projection([features, critic_labels])])
+    return conditional_generator, keras.Model([images, critic_labels], score, name="discriminator")
+
+
 def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
     input_shape = start_build(config, input_shape)
     with precision_policy(config):
         generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
+        if config.num_classes:
+            generator, discriminator = _conditional(config, generator, discriminator, input_shape)
         model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
                     critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
-                    ema_decay=config.ema_decay, name=f"{config.architecture}_{config.loss}_gan")
-        model.build((None, config.coding_size))
-        model.discriminator.build((None, *input_shape))
+                    ema_decay=config.ema_decay, num_classes=config.num_classes,
+                    name=f"{config.architecture}_{config.loss}_{'conditional_' if config.num_classes else ''}gan")
+        if config.num_classes:  # built already (functional); a call builds the wrapper (its weights tracked)
+            model([tf.zeros((1, config.coding_size)), tf.zeros((1,), tf.int32)])
+        else:
+            model.build((None, config.coding_size))
+            model.discriminator.build((None, *input_shape))
     model.compile(d_optimizer=make_optimizer(config, config.discriminator_learning_rate),
                   g_optimizer=make_optimizer(config), steps_per_execution=config.steps_per_execution,
                   jit_compile=use_xla(config))
@@ -270,14 +363,31 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
     del image_shape, pixel_range
     to_unit = lambda x: (x + 1.0) / 2.0
 
-    @tf.function(input_signature=[signatures.N, signatures.SEED])
-    def generate(n, seed):
+    def draw(codings, labels):
+        inputs = codings if labels is None else [codings, signatures.cycled_labels(labels, tf.shape(codings)[0])]
+        return {"images": to_unit(model.sampling_generator(inputs, training=False))}
+
+    def sample(n, seed, labels):
         n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
         codings = tf.random.stateless_normal(tf.stack([n, model.coding_size]), seed=tf.stack([seed, 0]))
-        return {"images": to_unit(model.sampling_generator(codings, training=False))}
+        return draw(codings, labels if labels is None else signatures.checked_labels(labels, model.num_classes))
+
+    if model.num_classes:
+        generate = tf.function(lambda n, seed, labels: sample(n, seed, labels),
+                               input_signature=[signatures.N, signatures.SEED, signatures.LABELS])
+    else:
+        generate = tf.function(lambda n, seed: sample(n, seed, None), input_signature=[signatures.N, signatures.SEED])
 
     @tf.function(input_signature=[signatures.codings_spec(model.coding_size)])
     def generate_from_codings(z):
-        return {"images": to_unit(model.sampling_generator(signatures.checked_codings(z), training=False))}
+        """codings -> images; a conditional GAN's image i is of class i mod num_classes (every class in turn)."""
+        return draw(signatures.checked_codings(z), tf.range(model.num_classes) if model.num_classes else None)
 
     return {"serving_default": generate, "generate": generate, "generate_from_codings": generate_from_codings}
+
+
+def export_metadata(model: GAN) -> Dict[str, object]:
+    """A conditional GAN's classes and its generate's default labels (every class in turn); nothing otherwise."""
+    if not model.num_classes:
+        return {}
+    return {"generate_defaults": {"labels": list(range(model.num_classes))}, "num_classes": int(model.num_classes)}

@@ -188,16 +188,38 @@ register(Family(
     {"vae": {}, "conv_vae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})
 
 register(Family(
+    "conditional_vae", vae.VAEConfig, _without_base(_with_classes(vae.build_vae)), vae.fit, vae.serving_signatures,
+    signatures.output_of("reconstruct", "reconstructions"), key_metric=("test_neg_elbo", False),
+    scorers=(scoring.score_reconstructions, scoring.score_elbo, scoring.score_generation,
+             scoring.score_conditional_generation),
+    figures=(figures.reconstructions, figures.class_rows(8, "sample"), figures.interpolation),
+    pixel_range=vae.PIXEL_RANGE,
+    generate_signature="sample", export_metadata=vae.export_metadata, conditional=True,
+    description="class-conditional VAE: label embedding into encoder and decoder (labels at sample; "
+                "reconstruct/encode without)"),
+    {"cvae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})
+
+DCGAN = dict(architecture="dcgan", coding_size=100)
+# Gulrajani et al.'s settings: 5 critic steps, penalty 10, Adam(1e-4, beta_1 0.5).
+WGAN_GP = dict(DCGAN, loss="wgan_gp", critic_steps=5, optimizer="adam", learning_rate=1e-4, beta_1=0.5)
+
+register(Family(
     "gan", gans.GANConfig, _without_base(gans.build_gan), gans.fit, gans.serving_signatures,
     signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
     scorers=(scoring.score_generation,), figures=(figures.samples(64),), pixel_range=gans.PIXEL_RANGE,
     generate_signature="generate",
     input_example=standard_normal(lambda images, config: (int(config["coding_size"]),))),
-    {"gan": {},
-     "dcgan": dict(architecture="dcgan", coding_size=100),
-     # Gulrajani et al.'s settings: 5 critic steps, penalty 10, Adam(1e-4, beta_1 0.5).
-     "wgan_gp": dict(architecture="dcgan", coding_size=100, loss="wgan_gp", critic_steps=5, optimizer="adam",
-                     learning_rate=1e-4, beta_1=0.5)})
+    {"gan": {}, "dcgan": DCGAN, "wgan_gp": WGAN_GP})
+
+register(Family(
+    "conditional_gan", gans.GANConfig, _without_base(_with_classes(gans.build_gan)), gans.fit,
+    gans.serving_signatures, signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
+    scorers=(scoring.score_generation, scoring.score_conditional_generation), figures=(figures.class_rows(8),),
+    pixel_range=gans.PIXEL_RANGE, generate_signature="generate", export_metadata=gans.export_metadata,
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), conditional=True,
+    description="class-conditional DCGAN / WGAN-GP: label embedding into G, projection discriminator (labels at "
+                "generate)"),
+    {"dcgan_cond": DCGAN, "wgan_gp_cond": WGAN_GP})
 
 register(Family(
     "diffusion", diffusion.DiffusionConfig, _without_base(diffusion.build_diffusion_model), diffusion.fit,

@@ -7,8 +7,9 @@ range or not finite, n outside [1, MAX_GENERATED], steps outside [1, T] raise In
 input, as do class labels outside the model's classes and a negative guidance (the input signature already
 rejects wrong shapes and dtypes).
 """
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 
 MAX_GENERATED = 4096  # images one generate/sample call may ask for
@@ -62,6 +63,28 @@ def checked_guidance(guidance: tf.Tensor) -> tf.Tensor:
                                  guidance])
     with tf.control_dependencies([check]):
         return tf.identity(guidance)
+
+
+def cycled_labels(labels: tf.Tensor, n) -> tf.Tensor:
+    """(n,) labels: `labels` (m,) repeated cyclically (one label: n of that class). What every conditional
+    sampling entry point (a model's generate, the SavedModel's signatures) gives the n images."""
+    return tf.gather(labels, tf.range(n) % tf.size(labels))
+
+
+def class_labels(n: int, labels, num_classes: int, model: str) -> Optional[tf.Tensor]:
+    """The (n,) int32 labels of n generated images, for a Python caller (a model's generate or sample):
+    `labels` (m,) repeated cyclically, by default every class in turn; None for an unconditional model
+    (num_classes 0; `model` names it in the error when labels were given). A ValueError for labels outside the
+    classes."""
+    if not num_classes:
+        if labels is not None:
+            raise ValueError(f"labels: this {model} is unconditional (train a conditional preset on labelled data; "
+                             "`latentforge models` lists them)")
+        return None
+    labels = np.arange(num_classes) if labels is None else np.asarray(labels, np.int64).reshape(-1)
+    if not len(labels) or not np.all((labels >= 0) & (labels < num_classes)):
+        raise ValueError(f"labels: must be class ids in [0, {num_classes - 1}]; got {labels.tolist()}")
+    return cycled_labels(tf.constant(labels, tf.int32), n)
 
 
 def checked_codings(z: tf.Tensor) -> tf.Tensor:
