@@ -196,9 +196,11 @@ def cmd_models(args) -> int:
     del args
     from trainers import registry  # pylint: disable=import-outside-toplevel
     # Families with a base model after the others, as this list always ended with the classifier.
-    for name, entry in sorted(registry.MODELS.items(), key=lambda item: (item[1].family.needs_base_model, item[0])):
+    models = sorted(registry.MODELS.items(), key=lambda item: (item[1].family.needs_base_model, item[0]))
+    width = max(len(entry.family.name) for _, entry in models)
+    for name, entry in models:
         family = entry.family
-        print(f"{name:16s} {family.name:12s} {family.description or 'pixels ' + str(family.pixel_range)}")
+        print(f"{name:16s} {family.name:{width}s} {family.description or 'pixels ' + str(family.pixel_range)}")
     return EXIT_OK
 
 
