@@ -278,9 +278,21 @@ def _tree_digest(directory):
     return digest.hexdigest()
 
 
+def _registered_checkpoint(run):
+    """The checkpoint Ray's controller has recorded for a Ray run directory (what a resumed run is handed), or
+    None. A checkpoint's files can be in storage before the controller records it: a run killed in between
+    restarts from scratch, rightly, so the test waits for the record."""
+    try:
+        with open(os.path.join(run, "checkpoint_manager_snapshot.json")) as f:
+            latest = json.load(f).get("latest_checkpoint_result")
+    except (OSError, ValueError):  # not written yet, or being written
+        return None
+    return os.path.join(run, latest["checkpoint_dir_name"]) if latest else None
+
+
 def test_a_runner_killed_during_training_is_resumed_by_the_rerun(sample_run):
-    """SIGKILL the `latentforge run` process (by its pid) once the Trainer's first Ray checkpoint exists. The same
-    command again: the data components come from the TFX cache, the Trainer resumes from the killed run's last
+    """SIGKILL the `latentforge run` process (by its pid) once Ray has recorded the Trainer's first checkpoint. The
+    same command again: the data components come from the TFX cache, the Trainer resumes from the killed run's last
     checkpoint, and the first run's registered model and artifacts are untouched."""
     import mlflow
     import signal
@@ -296,29 +308,31 @@ def test_a_runner_killed_during_training_is_resumed_by_the_rerun(sample_run):
     versions_before = {v.version: v.source for v in
                        mlflow.MlflowClient(uri, uri).search_model_versions("name = 'mnist-sample-autoencoder'")}
     rayed = set(glob.glob(os.path.join(root, "ray", "*")))
-    command = [sys.executable, "-m", "pipelines.cli", *args[:-2], "--epochs", "10", "--set", "hidden_units=[64,16]",
+    # 40 epochs of ~0.4 s after the first: time for Ray's controller to record a checkpoint (it collects reports
+    # every few seconds) well before the run ends.
+    command = [sys.executable, "-m", "pipelines.cli", *args[:-2], "--epochs", "40", "--set", "hidden_units=[64,16]",
                "--run-dir", run_dir]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     checkpoints = []
     while time.monotonic() < deadline and process.poll() is None and not checkpoints:
-        checkpoints = [c for run in set(glob.glob(os.path.join(root, "ray", "*"))) - rayed
-                       for c in glob.glob(os.path.join(run, "checkpoint_*", "state.json"))]
+        checkpoints = [c for c in map(_registered_checkpoint, set(glob.glob(os.path.join(root, "ray", "*"))) - rayed)
+                       if c]
         time.sleep(0.2)
-    assert checkpoints and process.poll() is None, "the Trainer never checkpointed before the run ended"
+    assert checkpoints and process.poll() is None, "Ray recorded no checkpoint of the Trainer before the run ended"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    killed_run = os.path.dirname(os.path.dirname(checkpoints[0]))
+    killed_run = os.path.dirname(checkpoints[0])
     assert not os.path.exists(os.path.join(killed_run, "latentforge-complete.json"))
 
-    assert cli.main([*args[:-2], "--epochs", "10", "--set", "hidden_units=[64,16]", "--run-dir", run_dir]) == 0
+    assert cli.main([*args[:-2], "--epochs", "40", "--set", "hidden_units=[64,16]", "--run-dir", run_dir]) == 0
     rerun = {n.node: n for n in metadata.latest_run(os.path.join(root, "metadata.sqlite"), "latentforge")}
     assert all(rerun[n].state == "CACHED" for n in ALL_NODES[:6]), [(n, rerun[n].state) for n in ALL_NODES[:6]]
     assert rerun["Trainer"].state == "COMPLETE"
     with open(os.path.join(rerun["Trainer"].outputs["model_run"], "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["ray_run"] == killed_run  # the killed run, resumed, not a new one
-    assert metrics["workers"][0]["resumed_from_epoch"] >= 1 and len(metrics["history"]["loss"]) == 10
+    assert metrics["workers"][0]["resumed_from_epoch"] >= 1 and len(metrics["history"]["loss"]) == 40
     # Nothing of the earlier run changed; its registered version is still there, still loadable.
     assert {key: _tree_digest(nodes[node].outputs[key]) for node, key in
             (("Trainer", "model"), ("Transform", "transformed_examples"), ("Pusher", "pushed_model"))} == before
