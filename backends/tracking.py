@@ -153,6 +153,7 @@ class ChildRun:
     params: Dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: Dict[str, float] = dataclasses.field(default_factory=dict)
     history: Dict[str, List[float]] = dataclasses.field(default_factory=dict)  # per-epoch, logged at step = epoch
+    points: Dict[str, Dict[int, float]] = dataclasses.field(default_factory=dict)  # name -> {step: value}
     tags: Dict[str, str] = dataclasses.field(default_factory=dict)
     artifacts: Sequence[str] = ()  # files
 
@@ -185,6 +186,8 @@ def _log_child(client, experiment_id: str, parent_id: str, child: ChildRun) -> s
     metrics = [Metric(k, float(v), now, 0) for k, v in child.metrics.items()]
     metrics += [Metric(k, float(v), now, epoch) for k, values in child.history.items()
                 for epoch, v in enumerate(values, start=1)]
+    metrics += [Metric(k, float(v), now, int(step)) for k, values in child.points.items()
+                for step, v in values.items()]
     params = [Param(k, v[:6000]) for k, v in _flat_params(child.params).items()]
     for start in range(0, max(len(metrics), len(params), 1), 100):  # MLflow's batch limits
         client.log_batch(run.info.run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
@@ -262,6 +265,20 @@ def log_pipeline_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: 
         if metric_network is not None:
             _register_metric_network(config, client, experiment_id, parent_id, *metric_network)
         return LoggedVersion(registered_name, version, blessed, parent_id, trainer_id, evaluator_id)
+
+
+def log_child_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: str, child: ChildRun,
+                  parent_tags: Dict[str, str]) -> str:
+    """Logs one component's child run under this pipeline run's parent run (made here if no registrar made it
+    yet); returns its run id."""
+    check_reachable(config)
+    with _guarded(f"logging {child.name}", config):
+        client = _client(config)
+        experiment_id = _experiment_id(client, config)
+        parent_id = _parent_run(client, experiment_id, pipeline, pipeline_run_id, parent_tags)
+        run_id = _log_child(client, experiment_id, parent_id, child)
+        client.set_terminated(run_id)
+        return run_id
 
 
 def _register_metric_network(config, client, experiment_id, parent_id, child: ChildRun, saved_model_dir: str,

@@ -2,6 +2,9 @@
 report) reads back, in one place, with typed read/write helpers and the components' typed configs.
 
     Examples (ImageExampleGen)       properties image_shape [h, w, c], class_names [...]
+    Examples (SyntheticExampleGen)   Split-train/ (the Transform's layout, plus synthetic, model_version),
+                                     Split-eval/ (empty), synthetic.png; properties image_shape, class_names,
+                                     synthetic_per_class, labels_per_class, model_version
     Model (Trainer)                  Format-Serving/ (TFX's: the SavedModel), keras-state/ (trainers.job's saved
                                      training state: what a later Trainer rebuilds a base model from)
     ModelRun (Trainer)               metrics.json (TrainerMetrics), *.png (the family's pictures)
@@ -11,6 +14,7 @@ report) reads back, in one place, with typed read/write helpers and the componen
                                      *.png; properties key_metric, key_metric_value
     ModelBlessing (ModelEvaluator)   TFX's: property blessed (what the Pusher reads), BLESSED / NOT_BLESSED; reason
     MlflowModelVersion (registrar)   registration.json; properties name, version, champion
+    ModelEvaluation (LabelEfficiencyCurve)  curve.json (LabelEfficiencyCurve), curve.png
 
 No TFX import: artifacts are used through their custom-property methods, and the CLI reads the same files from
 the paths ML Metadata gives it.
@@ -38,6 +42,40 @@ def image_shape(examples) -> Tuple[int, ...]:
 
 def class_names(examples) -> List[str]:
     return list(examples.get_json_value_custom_property(CLASS_NAMES_PROPERTY))
+
+
+
+# -------------------------------------------------------------------------------- Examples (SyntheticExampleGen)
+SYNTHETIC_PER_CLASS_PROPERTY = "synthetic_per_class"
+LABELS_PER_CLASS_PROPERTY = "labels_per_class"
+MODEL_VERSION_PROPERTY = "model_version"
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticExamplesConfig:
+    """SyntheticExampleGen's execution parameter."""
+    per_class: int  # images drawn per class
+    pixel_range: str  # of the examples written: the consumer's (the Transform's) range
+    labels_per_class: Optional[int] = None  # the K the generator was trained with (recorded, not used)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.per_class < 1:
+            raise ValueError(f"synthetic per class = {self.per_class}: must be at least 1")
+
+
+def set_synthetic_properties(examples, per_class: int, labels_per_class: Optional[int], version: str) -> None:
+    examples.set_int_custom_property(SYNTHETIC_PER_CLASS_PROPERTY, int(per_class))
+    examples.set_int_custom_property(LABELS_PER_CLASS_PROPERTY, -1 if labels_per_class is None else labels_per_class)
+    examples.set_string_custom_property(MODEL_VERSION_PROPERTY, version)
+
+
+def synthetic_labels_per_class(examples) -> Optional[int]:
+    """The K a synthetic Examples artifact's generator was trained with (None: every label, or not synthetic)."""
+    if not examples.has_custom_property(LABELS_PER_CLASS_PROPERTY):
+        return None
+    k = examples.get_int_custom_property(LABELS_PER_CLASS_PROPERTY)
+    return None if k < 0 else int(k)
 
 
 # ------------------------------------------------------------------------------------------ files, configs
@@ -144,6 +182,7 @@ class EvaluatorConfig:
     margin: float  # relative improvement over the champion's key metric needed to be blessed
     tracking: Dict[str, Any]  # where the champion is read: backends.tracking.TrackingConfig fields
     registered_model: str
+    data_pixel_range: Optional[str] = None  # the Transform's, when not the model's (a classifier's generator)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,3 +235,36 @@ def set_registration(registration, name: str, version: str, champion: bool, deta
     registration.set_string_custom_property("name", name)
     registration.set_string_custom_property("version", version)
     registration.set_int_custom_property("champion", int(champion))
+
+
+# --------------------------------------------------------------------------------------- LabelEfficiencyCurve
+CURVE_FILE, CURVE_PICTURE = "curve.json", "curve.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelEfficiencyConfig:
+    """The LabelEfficiencyCurve's execution parameter."""
+    labels_per_class: List[int]  # the curve's x values (each <= the Transform's K)
+    classifier: Dict[str, Any]  # the classifier's full config (its epochs: the least per phase)
+    examples_per_phase: int  # each phase sees at least this many examples: few labels get more epochs
+    tracking: Optional[Dict[str, Any]] = None  # backends.tracking.TrackingConfig fields (None: not logged)
+    pipeline: str = ""
+    dataset: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelEfficiencyCurve:
+    """curve.json: test accuracy per method (one list, aligned with labels_per_class) and how each point trained."""
+    labels_per_class: List[int]
+    accuracy: Dict[str, List[float]]  # method -> test accuracy at each K
+    split: str
+    test_examples: int
+    points: List[Dict[str, Any]]  # per K: labels, synthetic examples, epochs per phase, generator version
+    config: Dict[str, Any]
+
+    def write(self, directory: str) -> str:
+        return write_json(directory, CURVE_FILE, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, directory: str) -> "LabelEfficiencyCurve":
+        return cls(**read_json(directory, CURVE_FILE))

@@ -11,6 +11,8 @@ and the Evaluator's:
     samples.png          generated images the scores were computed on
     modes.png            the metric network's class histogram of generated vs real images
     confusion.png        a classifier's confusion matrix on the test split
+and the LabelEfficiencyCurve's:
+    curve.png            test accuracy against labels per class, one line per method
 """
 import os
 from typing import Dict, List, Sequence
@@ -161,4 +163,20 @@ def save_confusion_matrix(path: str, matrix: np.ndarray) -> str:
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     figure.colorbar(image, ax=axis)
+    return _save_figure(figure, path)
+
+
+def save_label_efficiency_curve(path: str, labels_per_class: Sequence[int], accuracy: Dict[str, List[float]]) -> str:
+    """Test accuracy against labels per class (log scale), one line per method."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for method, values in accuracy.items():
+        axis.plot(labels_per_class, values, marker="o", label=method)
+    axis.set_xscale("log")
+    axis.minorticks_off()
+    axis.set_xticks(list(labels_per_class))
+    axis.set_xticklabels([str(k) for k in labels_per_class])
+    axis.set_xlabel("labels per class")
+    axis.set_ylabel("test accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend()
     return _save_figure(figure, path)

@@ -45,6 +45,16 @@ def _setting(text: str):
         return field.strip(), value
 
 
+def _labels_per_class(text: str):
+    """K, or K1,K2,... (the label-efficiency curve's points)."""
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values or not all(v.isdigit() and int(v) >= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer or a comma-separated list of them, "
+                                         "e.g. 10 or 1,5,10,50,100")
+    numbers = sorted({int(v) for v in values})
+    return numbers[0] if len(numbers) == 1 and "," not in text else numbers
+
+
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=DEFAULT_SOURCE,
                         help="tfds:NAME | idx:DIR | folder:DIR | npz:FILE (default: the bundled MNIST sample)")
@@ -66,8 +76,21 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain", default="stacked_ae", metavar="MODEL",
                      help="--model classifier: the autoencoder or VAE whose encoder it fine-tunes (default stacked_ae)")
     parser.add_argument("--pretrain-epochs", type=positive_int, help="--model classifier: epochs of the pretraining")
-    parser.add_argument("--labels-per-class", type=positive_int,
-                     help="keep labels for only K examples per class (default: all)")
+    parser.add_argument("--labels-per-class", type=_labels_per_class, metavar="K[,K...]",
+                     help="keep labels for only K examples per class (default: all); with --model classifier, "
+                     "several K (e.g. 1,5,10,50,100) draw the label-efficiency curve instead of training one model")
+    few = parser.add_argument_group("generated training data and the label-efficiency curve (--model classifier)")
+    few.add_argument("--augment-with", metavar="MODEL",
+                     help="a class-conditional generator (cvae, dcgan_cond, wgan_gp_cond, ddpm_cond) trained with the "
+                     "classifier's K labels per class draws images the classifier trains on beside the real ones")
+    few.add_argument("--synthetic-per-class", type=positive_int, default=100,
+                     help="--augment-with: images drawn per class (default 100)")
+    few.add_argument("--augment-set", dest="augment_settings", action="append", default=[], metavar="FIELD=VALUE",
+                     type=_setting, help="--augment-with: a field of the generator's config (repeatable), e.g. "
+                     "--augment-set epochs=20")
+    few.add_argument("--examples-per-phase", type=positive_int, default=3000,
+                     help="label-efficiency curve: each training phase sees at least this many examples (few "
+                     "labels get more epochs; default 3000)")
     parser.add_argument("--eval-percent", type=int, default=10,
                      help="share of train carved into eval when the source has no eval split (default 10)")
     parser.add_argument("--schema", help="a schema.pbtxt to validate against instead of the inferred one")
@@ -232,7 +255,8 @@ def cmd_compile(args) -> int:
         eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
         schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
         evaluation_settings=run_request.evaluation_settings(args, tracking.TrackingConfig(uri=args.mlflow_uri,
-                                                                   experiment=args.pipeline_name)))
+                                                                   experiment=args.pipeline_name)),
+        augmentation=request.augmentation, examples_per_phase=args.examples_per_phase)
     path = kubeflow.compile_v2(tfx_pipeline, args.image, args.out)
     print(f"latentforge: {args.model} {config} -> {path} (Kubeflow Pipelines v2; image {args.image}, "
           f"pipeline root {args.pipeline_root})", flush=True)

@@ -14,6 +14,7 @@ class NodeRun:
     state: str  # COMPLETE (executed), CACHED, FAILED, RUNNING, ...
     outputs: Dict[str, str]  # output key -> artifact URI
     properties: Dict[str, Dict[str, str]]  # output key -> the artifact's custom properties (as text)
+    inputs: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # input key -> the artifacts' URIs
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -36,12 +37,19 @@ def latest_run(metadata_path: str, pipeline_name: str) -> List[NodeRun]:
     for execution in executions:
         node = next((c.name.split(".")[-1] for c in store.get_contexts_by_execution(execution.id)
                      if c.type == "node"), execution.type)
-        events = [e for e in store.get_events_by_execution_ids([execution.id])
+        all_events = store.get_events_by_execution_ids([execution.id])
+        events = [e for e in all_events
                   if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)]
         keys = {e.artifact_id: e.path.steps[0].key for e in events if e.path.steps}
         artifacts = store.get_artifacts_by_id(list(keys)) if keys else []
         outputs = {keys[a.id]: a.uri for a in artifacts}
         properties = {keys[a.id]: {k: str(getattr(v, v.WhichOneof("value"))) for k, v in a.custom_properties.items()
                                    if v.WhichOneof("value")} for a in artifacts}
-        result.append(NodeRun(node, STATE_NAMES.get(execution.last_known_state, "UNKNOWN"), outputs, properties))
+        input_events = [e for e in all_events if e.type == metadata_store_pb2.Event.INPUT and e.path.steps]
+        input_uris = {a.id: a.uri for a in store.get_artifacts_by_id([e.artifact_id for e in input_events])}
+        inputs: Dict[str, List[str]] = {}
+        for event in input_events:
+            inputs.setdefault(event.path.steps[0].key, []).append(input_uris[event.artifact_id])
+        result.append(NodeRun(node, STATE_NAMES.get(execution.last_known_state, "UNKNOWN"), outputs, properties,
+                              inputs))
     return result

@@ -9,26 +9,40 @@
 
 A family that needs a base model (the classifier fine-tunes a pretrained encoder) gets a pipeline that trains the
 pretraining model first (PretrainingTrainer) and wires that Model artifact into its Trainer as `base_model`.
+
+Generated training data (`augmentation`): a conditional generator is trained on the same examples with only the
+classifier's K labels per class (GeneratorTrainer_K: no label leaks; the unlabelled images train its
+unconditional path), evaluated and registered in MLflow (ModelEvaluator_/MlflowRegistrar_ K), and a
+SyntheticExampleGen_K draws images of every class from it. The classifier's Trainer reads them beside the
+real examples (the union of both Examples channels).
+
+Several K (`labels_per_class=[1, 5, 10, ...]`): the label-efficiency pipeline. The Transform ranks the labelled
+examples (nested K sets), a PretrainingTrainer trains the encoder, a generator per K when augmenting, and the
+LabelEfficiencyCurve trains the classifiers and writes the curve (no classifier is registered or pushed).
 """
 import dataclasses
 import hashlib
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_node, executor_spec
+from tfx.types import channel_utils
 
 from components import artifacts
 from components.evaluation.component import MetricNetworkTrainer, ModelEvaluator
 from components.image_example_gen.component import DEFAULT_EVAL_PERCENT, ImageExampleGen
 from components.image_example_gen.sources import SourceInfo
 from components.image_schema_curator.component import ImageSchemaCurator
+from components.label_efficiency.component import LabelEfficiencyCurve
+from components.synthetic_example_gen.component import SyntheticExampleGen
 from components.strict_example_validator.component import StrictExampleValidator
 from components.registrar.component import MlflowRegistrar
 from components.trainer.executor import RayTrainerExecutor
 from backends import tracking
 from evaluation import scoring
 from trainers import registry
+from trainers.classifier import NAME as CLASSIFIER
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPROCESSING_FN = "pipelines.preprocessing.preprocessing_fn"
@@ -43,6 +57,9 @@ _TRANSFORM_CODE = ("pipelines/preprocessing.py",)
 _TRAINER_CODE = ("trainers", "serving", "components/trainer", "evaluation/figures.py", "backends/ray_cluster.py")
 _EVALUATION_CODE = ("evaluation", "components/evaluation")
 _REGISTRAR_CODE = ("components/registrar", "backends/tracking.py")
+_SYNTHETIC_CODE = ("components/synthetic_example_gen", "evaluation/scoring.py")
+_CURVE_CODE = ("components/label_efficiency", "evaluation/label_efficiency.py", "evaluation/figures.py", "trainers",
+               "backends/tracking.py")
 
 
 def code_digest(paths: Sequence[str]) -> str:
@@ -113,13 +130,20 @@ class RayTraining:
 
 def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
             ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer",
-            holdout_class: Optional[int] = None) -> tfx.components.Trainer:
+            holdout_class: Optional[int] = None, labels_per_class: Optional[int] = None,
+            data_pixel_range: Optional[str] = None, extra_examples=None) -> tfx.components.Trainer:
     """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers. `holdout_class`: a class
-    kept out of an autoencoder's training data (the anomaly its Evaluator detects)."""
+    kept out of an autoencoder's training data (the anomaly its Evaluator detects). `labels_per_class`: only the
+    examples ranked below it keep their labels. `data_pixel_range`: the Transform's, when not the model's.
+    `extra_examples`: more Examples (synthetic ones) read beside the Transform's."""
     custom_config = {"model": model_name, "config": model_config, "image_shape": list(source_info.image_shape),
                      "code": code_digest(_TRAINER_CODE)}
     if holdout_class is not None:
         custom_config["holdout_class"] = holdout_class
+    if labels_per_class is not None:
+        custom_config["labels_per_class"] = labels_per_class
+    if data_pixel_range is not None:
+        custom_config["data_pixel_range"] = data_pixel_range
     if registry.get_model(model_name).family.conditional:
         custom_config["class_names"] = list(source_info.class_names)
     extra = {}
@@ -128,9 +152,12 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
         extra["custom_executor_spec"] = executor_spec.ExecutorClassSpec(RayTrainerExecutor)
     if base_model is not None:
         extra["base_model"] = base_model
+    examples = data.transform.outputs["transformed_examples"]
+    if extra_examples is not None:
+        examples = channel_utils.union([examples, extra_examples])
     return tfx.components.Trainer(
         run_fn=RUN_FN,
-        examples=data.transform.outputs["transformed_examples"],
+        examples=examples,
         transform_graph=data.transform.outputs["transform_graph"],
         schema=data.schema,
         custom_config=custom_config,
@@ -152,27 +179,50 @@ def family_of(model_name: str) -> registry.Family:
     return registry.get_model(model_name).family
 
 
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Generated training data for the few-label classifier: a conditional generator (`model`, its `config`
+    overrides) trained with the classifier's K labels per class draws `per_class` images of every class."""
+    model: str
+    config: Dict[str, Any]
+    per_class: int
+
+
 def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
                    serving_dir: str, ray: Optional[RayTraining] = None,
                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
-                   settings: Optional[EvaluationSettings] = None) -> List[base_node.BaseNode]:
-    """The model's Trainer (after a PretrainingTrainer when it needs a base model), its evaluation and MLflow
-    registration (with `settings`), and a Pusher writing its SavedModel to `serving_dir` (only when blessed, with `settings`)."""
+                   settings: Optional[EvaluationSettings] = None, labels_per_class: Optional[int] = None,
+                   augmentation: Optional[Augmentation] = None) -> List[base_node.BaseNode]:
+    """The model's Trainer (after a PretrainingTrainer when it needs a base model, and the generator of its
+    synthetic examples with `augmentation`), its evaluation and MLflow registration (with `settings`), and a
+    Pusher writing its SavedModel to `serving_dir` (only when blessed, with `settings`)."""
     nodes: List[base_node.BaseNode] = []
     base_model = None
     if family_of(model_name).needs_base_model:
         pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
         nodes.append(pretrainer)
         base_model = pretrainer.outputs["model"]
+    metric_network = None
+    synthetic = None
+    if augmentation is not None:
+        metric_network = metric_network_node(data, source_info, settings)
+        nodes += [metric_network] if metric_network else []
+        generator, synthetic = generator_nodes(data, source_info, augmentation, labels_per_class, ray,
+                                               pixel_range(model_name, pretraining), settings, metric_network)
+        nodes += generator
     model_trainer = trainer(data, source_info, model_name, model_config, ray, base_model,
-                            holdout_class=settings and settings.anomaly_class)
+                            holdout_class=settings and settings.anomaly_class,
+                            extra_examples=synthetic.outputs["examples"] if synthetic else None)
     nodes.append(model_trainer)
     blessing = None
     if settings is not None:
-        evaluation_nodes_ = evaluation_nodes(data, source_info, model_name, model_config, model_trainer,
-                                             pretraining, settings)
-        nodes += evaluation_nodes_
-        blessing = next(n for n in evaluation_nodes_ if isinstance(n, ModelEvaluator)).outputs["blessing"]
+        if metric_network is None and family_of(model_name).generative:
+            metric_network = metric_network_node(data, source_info, settings)
+            nodes += [metric_network] if metric_network else []
+        evaluator, registrar = evaluation_nodes(data, source_info, model_name, model_config, model_trainer,
+                                                pretraining, settings, metric_network)
+        nodes += [evaluator, registrar]
+        blessing = evaluator.outputs["blessing"]
     pusher = tfx.components.Pusher(
         model=model_trainer.outputs["model"], model_blessing=blessing,
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
@@ -180,22 +230,59 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
     return nodes + [pusher]
 
 
+def metric_network_node(data: DataNodes, source_info: SourceInfo,
+                        settings: Optional[EvaluationSettings]) -> Optional[MetricNetworkTrainer]:
+    """The metric network generative models are scored with (None without evaluation or labels)."""
+    if settings is None or source_info.num_classes < 2:
+        return None
+    metric_config = dataclasses.asdict(scoring.MetricNetworkConfig(epochs=settings.metric_network_epochs,
+                                                                      seed=settings.seed))
+    # Its only input is the ingested data: TFX's cache trains it once per dataset, whatever the model.
+    return MetricNetworkTrainer(data.example_gen.outputs["examples"], metric_config,
+                                code_version=code_digest(_EVALUATION_CODE))
+
+
+def generator_nodes(data: DataNodes, source_info: SourceInfo, augmentation: Augmentation,
+                    labels_per_class: Optional[int], ray: Optional[RayTraining], data_pixel_range: str,
+                    settings: Optional[EvaluationSettings],
+                    metric_network: Optional[MetricNetworkTrainer]) -> Tuple[List[base_node.BaseNode],
+                                                                              SyntheticExampleGen]:
+    """GeneratorTrainer_K (the augmenting generator, trained with only K labels per class on the Transform's
+    examples), its evaluation and registration (with `settings`) and the SyntheticExampleGen_K drawing from it."""
+    suffix = f"{labels_per_class}labels" if labels_per_class is not None else "all_labels"
+    generator = trainer(data, source_info, augmentation.model, augmentation.config, ray,
+                        node_id=f"GeneratorTrainer_{suffix}", labels_per_class=labels_per_class,
+                        data_pixel_range=data_pixel_range)
+    nodes: List[base_node.BaseNode] = [generator]
+    registration = None
+    if settings is not None:
+        family = family_of(augmentation.model).name
+        # Its own registered model: a generator that saw K labels per class is not comparable with one that saw all.
+        registered = tracking.registered_model_name(
+            source_info.dataset_name, family + (f"-{labels_per_class}-labels-per-class" if labels_per_class else ""))
+        evaluator, registrar = evaluation_nodes(data, source_info, augmentation.model, augmentation.config, generator,
+                                                None, settings, metric_network, suffix="_" + suffix,
+                                                registered=registered, data_pixel_range=data_pixel_range)
+        nodes += [evaluator, registrar]
+        registration = registrar.outputs["registration"]
+    synthetic = SyntheticExampleGen(
+        generator.outputs["model"], artifacts.SyntheticExamplesConfig(
+            per_class=augmentation.per_class, pixel_range=data_pixel_range, labels_per_class=labels_per_class,
+            seed=settings.seed if settings else 0),
+        registration=registration, code_version=code_digest(_SYNTHETIC_CODE)).with_id(f"SyntheticExampleGen_{suffix}")
+    return nodes + [synthetic], synthetic
+
+
 def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
                      model_trainer: tfx.components.Trainer, pretraining: Optional[Tuple[str, Dict[str, Any]]],
-                     settings: EvaluationSettings) -> List[base_node.BaseNode]:
-    """[MetricNetworkTrainer,] ModelEvaluator, MlflowRegistrar for the Trainer's model."""
+                     settings: EvaluationSettings, metric_network: Optional[MetricNetworkTrainer] = None,
+                     suffix: str = "", registered: Optional[str] = None,
+                     data_pixel_range: Optional[str] = None) -> Tuple[ModelEvaluator, MlflowRegistrar]:
+    """ModelEvaluator and MlflowRegistrar for the Trainer's model (`suffix`: of their node ids; `registered`: the
+    MLflow name, DATASET-FAMILY by default; `data_pixel_range`: the Transform's, when not the model's)."""
     family = family_of(model_name)
-    nodes: List[base_node.BaseNode] = []
-    metric_network = None
-    if family.generative and source_info.num_classes >= 2:
-        metric_config = dataclasses.asdict(scoring.MetricNetworkConfig(epochs=settings.metric_network_epochs,
-                                                                          seed=settings.seed))
-        # Its only input is the ingested data: TFX's cache trains it once per dataset, whatever the model.
-        metric_network = MetricNetworkTrainer(data.example_gen.outputs["examples"], metric_config,
-                                              code_version=code_digest(_EVALUATION_CODE))
-        nodes.append(metric_network)
     full_config = dataclasses.asdict(check_model(model_name, model_config, source_info, pretraining))
-    registered = tracking.registered_model_name(source_info.dataset_name, family.name)
+    registered = registered or tracking.registered_model_name(source_info.dataset_name, family.name)
     options = scoring.EvaluationOptions(num_samples=settings.num_samples, seed=settings.seed,
                                            anomaly_class=settings.anomaly_class)
     evaluator = ModelEvaluator(
@@ -205,8 +292,9 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
         config=artifacts.EvaluatorConfig(
             family=family.name, pixel_range=pixel_range(model_name, pretraining),
             num_classes=source_info.num_classes, model_config=full_config, options=dataclasses.asdict(options),
-            margin=settings.margin, tracking=dataclasses.asdict(settings.tracking), registered_model=registered),
-        code_version=code_digest(_EVALUATION_CODE))
+            margin=settings.margin, tracking=dataclasses.asdict(settings.tracking), registered_model=registered,
+            data_pixel_range=data_pixel_range),
+        code_version=code_digest(_EVALUATION_CODE)).with_id("ModelEvaluator" + suffix)
     registrar = MlflowRegistrar(
         model=model_trainer.outputs["model"], model_run=model_trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
@@ -216,8 +304,40 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
             tracking=dataclasses.asdict(settings.tracking), registered_model=registered,
             metric_network_model=tracking.registered_model_name(source_info.dataset_name, "metric-network"),
             pipeline=settings.tracking.experiment, dataset=source_info.dataset_name, source=source_info.spec.uri),
-        code_version=code_digest(_REGISTRAR_CODE))
-    return nodes + [evaluator, registrar]
+        code_version=code_digest(_REGISTRAR_CODE)).with_id("MlflowRegistrar" + suffix)
+    return evaluator, registrar
+
+
+def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_config: Dict[str, Any],
+                           labels_per_class: Sequence[int], pretraining: Tuple[str, Dict[str, Any]],
+                           ray: Optional[RayTraining], settings: Optional[EvaluationSettings],
+                           augmentation: Optional[Augmentation], examples_per_phase: int) -> List[base_node.BaseNode]:
+    """PretrainingTrainer, [a generator and its synthetic examples per K,] LabelEfficiencyCurve."""
+    pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
+    nodes: List[base_node.BaseNode] = [pretrainer]
+    synthetic = None
+    if augmentation is not None:
+        metric_network = metric_network_node(data, source_info, settings)
+        nodes += [metric_network] if metric_network else []
+        drawn = []
+        for k in labels_per_class:
+            generator, examples = generator_nodes(data, source_info, augmentation, k, ray,
+                                                  pixel_range(CLASSIFIER, pretraining), settings,
+                                                  metric_network)
+            nodes += generator
+            drawn.append(examples.outputs["examples"])
+        synthetic = channel_utils.union(drawn)
+    classifier_config = dataclasses.asdict(check_model(CLASSIFIER, model_config, source_info,
+                                                       pretraining))
+    curve = LabelEfficiencyCurve(
+        data.transform.outputs["transformed_examples"], data.transform.outputs["transform_graph"],
+        pretrainer.outputs["model"], artifacts.LabelEfficiencyConfig(
+            labels_per_class=list(labels_per_class), classifier=classifier_config,
+            examples_per_phase=examples_per_phase,
+            tracking=dataclasses.asdict(settings.tracking) if settings else None,
+            pipeline=settings.tracking.experiment if settings else "", dataset=source_info.dataset_name),
+        synthetic_examples=synthetic, code_version=code_digest(_CURVE_CODE))
+    return nodes + [curve]
 
 
 def check_model(model_name: str, model_config: Dict[str, Any], source_info: SourceInfo,
@@ -241,6 +361,40 @@ def check_model(model_name: str, model_config: Dict[str, Any], source_info: Sour
     return registry.make_config(model_name, model_config)
 
 
+DEFAULT_EXAMPLES_PER_PHASE = 3000
+
+
+def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequence[int]]],
+                     augmentation: Optional[Augmentation], source_info: SourceInfo) -> List[int]:
+    """The K values, sorted (one K, or several for the curve); a ValueError for what cannot be run."""
+    ks = sorted({int(k) for k in ([labels_per_class] if isinstance(labels_per_class, int)
+                                  else labels_per_class or ())})
+    if any(k < 1 for k in ks):
+        raise ValueError(f"labels per class {ks}: each must be at least 1")
+    classifier_family = family_of(model_name).needs_base_model
+    if len(ks) > 1 and not classifier_family:
+        raise ValueError(f"several labels-per-class values ({','.join(map(str, ks))}) draw a label-efficiency curve "
+                         f"of the few-label classifier: use --model {CLASSIFIER}, not {model_name}")
+    if augmentation is not None:
+        if not classifier_family:
+            raise ValueError(f"generated training data (--augment-with) feeds the few-label classifier: use --model "
+                             f"{CLASSIFIER}, not {model_name}")
+        generator = family_of(augmentation.model)
+        if not generator.conditional:
+            conditional = sorted(n for n, e in registry.MODELS.items() if e.family.conditional)
+            raise ValueError(f"--augment-with {augmentation.model}: draws images of each class, so it must be a "
+                             f"class-conditional model ({', '.join(conditional)})")
+        if augmentation.per_class < 1:
+            raise ValueError(f"--synthetic-per-class {augmentation.per_class}: must be at least 1")
+        try:
+            registry.make_config(augmentation.model, augmentation.config)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--augment-with {augmentation.model}: {e}") from e
+        if source_info.num_classes < 2:
+            raise ValueError(f"--augment-with needs a labelled source; {source_info.spec.uri} has no classes")
+    return ks
+
+
 def pixel_range(model_name: str, pretraining: Optional[Tuple[str, Dict[str, Any]]]) -> str:
     name = pretraining[0] if family_of(model_name).needs_base_model else model_name
     return registry.get_model(name).pixel_range
@@ -248,22 +402,33 @@ def pixel_range(model_name: str, pretraining: Optional[Tuple[str, Dict[str, Any]
 
 def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optional[str], source_info: SourceInfo,
                     model_name: str, model_config: Dict[str, Any], serving_dir: str,
-                    eval_percent: int = DEFAULT_EVAL_PERCENT, labels_per_class: Optional[int] = None,
+                    eval_percent: int = DEFAULT_EVAL_PERCENT,
+                    labels_per_class: Optional[Union[int, Sequence[int]]] = None,
                     seed: int = 0, schema_path: Optional[str] = None, enable_cache: bool = True,
                     beam_pipeline_args: Optional[List[str]] = None, ray: Optional[RayTraining] = None,
                     pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
-                    evaluation_settings: Optional[EvaluationSettings] = None) -> tfx.dsl.Pipeline:
+                    evaluation_settings: Optional[EvaluationSettings] = None,
+                    augmentation: Optional[Augmentation] = None,
+                    examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE) -> tfx.dsl.Pipeline:
     """`ray`: train on Ray Train (None: in this process). `pretraining`: (model, config overrides) whose encoder
-    a classifier fine-tunes. `evaluation_settings`: evaluate, bless and register in MLflow (None: train and push)."""
+    a classifier fine-tunes. `evaluation_settings`: evaluate, bless and register in MLflow (None: train and push).
+    `labels_per_class`: K, or several K for the label-efficiency curve (a classifier). `augmentation`: generated
+    training data for the classifier."""
     # Fail on a bad model name or config here, before any component runs.
     check_model(model_name, model_config, source_info, pretraining)
-    data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, labels_per_class, seed,
+    ks = check_few_labels(model_name, labels_per_class, augmentation, source_info)
+    data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, max(ks) if ks else None, seed,
                       schema_path)
+    if len(ks) > 1:
+        training = label_efficiency_nodes(data, source_info, model_config, ks, pretraining, ray, evaluation_settings,
+                                          augmentation, examples_per_phase)
+    else:
+        training = training_nodes(data, source_info, model_name, model_config, serving_dir, ray, pretraining,
+                                  evaluation_settings, ks[0] if ks else None, augmentation)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=data.all() + training_nodes(data, source_info, model_name, model_config, serving_dir, ray,
-                                               pretraining, evaluation_settings),
+        components=data.all() + training,
         enable_cache=enable_cache,
         # None: the orchestrator brings its own ML Metadata (Kubeflow, Vertex).
         metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)

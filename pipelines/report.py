@@ -6,9 +6,8 @@ from typing import Any, Dict
 
 from components import artifacts
 
-_MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema", "evaluation", "registration")
-
-
+_MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema", "evaluation", "registration",
+                 "examples", "curve")
 
 
 def print_nodes(nodes, root: str) -> None:
@@ -47,6 +46,15 @@ def print_results(nodes) -> Dict[str, Any]:
         print(f"latentforge: MLflow model {registration['name']} version {registration['version']}"
               f"{' (now @champion)' if champion else ''}")
         results.update(registered=f"{registration['name']}/{registration['version']}", champion=champion)
+    curve_node = by_name.get("LabelEfficiencyCurve")
+    if curve_node and os.path.exists(os.path.join(curve_node.outputs.get("curve", ""), artifacts.CURVE_FILE)):
+        curve = artifacts.LabelEfficiencyCurve.read(curve_node.outputs["curve"])
+        print(f"latentforge: label-efficiency curve (test accuracy on {curve.test_examples} {curve.split} images)")
+        print("  " + f"{'labels per class':18s}" + "".join(f"{k:>8d}" for k in curve.labels_per_class))
+        for method, values in curve.accuracy.items():
+            print("  " + f"{method:18s}" + "".join(f"{v:8.3f}" for v in values))
+        print(f"latentforge: curve in {os.path.join(curve_node.outputs['curve'], artifacts.CURVE_PICTURE)}")
+        results["label_efficiency"] = {"labels_per_class": curve.labels_per_class, **curve.accuracy}
     pushed = by_name.get("Pusher") and by_name["Pusher"].properties.get("pushed_model", {})
     if pushed and pushed.get("pushed_destination"):
         print(f"latentforge: SavedModel at {pushed['pushed_destination']}")

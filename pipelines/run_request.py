@@ -17,6 +17,7 @@ class PipelineRequest:
     config: Any  # the model's validated config
     model_config: Dict[str, Any]  # its overrides, as the pipeline takes them
     pretraining: Optional[Tuple[str, Dict[str, Any]]]  # (model, overrides) a base model is trained with
+    augmentation: Any = None  # pipelines.pipeline.Augmentation: generated training data for the classifier
 
 
 def probe(args):
@@ -44,12 +45,24 @@ def checked_request(args) -> PipelineRequest:
         pretrain_config = {"epochs": args.pretrain_epochs, "seed": args.seed}
         pretraining = (args.pretrain, {k: v for k, v in pretrain_config.items() if v is not None})
     model_config = {k: v for k, v in overrides.items() if v is not None}
+    augmentation = None
+    if args.augment_with:
+        if args.augment_with not in registry.MODELS:
+            raise CliError(f"--augment-with {args.augment_with!r} is unknown; choose one of: "
+                           f"{', '.join(sorted(n for n, e in registry.MODELS.items() if e.family.conditional))}")
+        generator_config = {"seed": args.seed, **dict(args.augment_settings)}
+        if registry.get_model(args.augment_with).family.needs_labels:
+            generator_config.setdefault("num_classes", info.num_classes)
+        augmentation = pipeline.Augmentation(args.augment_with, generator_config, args.synthetic_per_class)
+    elif args.augment_settings:
+        raise CliError("--augment-set sets the --augment-with generator's config: name the generator")
     try:
         config = pipeline.check_model(args.model, model_config, info, pretraining)
+        pipeline.check_few_labels(args.model, args.labels_per_class, augmentation, info)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from e
     check_anomaly_class(args, info)
-    return PipelineRequest(info, config, model_config, pretraining)
+    return PipelineRequest(info, config, model_config, pretraining, augmentation)
 
 
 # Flags that set a field of the model's config, which --set can name too.

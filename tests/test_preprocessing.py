@@ -52,6 +52,23 @@ def test_exactly_k_labels_per_class_deterministic_and_seeded(digits):
     assert other_seed != chosen and len(other_seed) == 12
 
 
+def test_label_ranks_give_nested_sets_for_every_smaller_k(digits):
+    """The label-efficiency curve's K-per-class sets come from one Transform: `label_rank < K'` holds exactly K'
+    examples per class for every K' up to K, each set inside the next, and `labeled` is the K set."""
+    images, labels = digits
+    rows = transform(images, labels, labels_per_class=4)
+    ranks = np.array([row["label_rank"] for row in rows])
+    assert np.all(ranks[labels < 0] == 4) and set(ranks.tolist()) == {0, 1, 2, 3, 4}
+    previous = set()
+    for k in (1, 2, 3, 4):
+        chosen = set(np.flatnonzero(ranks < k).tolist())
+        assert np.bincount(labels[sorted(chosen)], minlength=3).tolist() == [k, k, k]
+        assert previous < chosen
+        previous = chosen
+    assert [row["labeled"] for row in rows] == (ranks < 4).astype(int).tolist()
+    assert "label_rank" not in transform(images[:4], labels[:4])[0]  # no K, no ranks
+
+
 def test_all_labels_by_default_and_small_classes_keep_everything(digits):
     images, labels = digits
     everything = transform(images, labels)

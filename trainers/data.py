@@ -29,5 +29,5 @@ def image_dataset(file_pattern: Union[str, Sequence[str]], feature_spec: Dict[st
                                   num_parallel_calls=tf.data.AUTOTUNE)
     if keep is not None:  # the size is unknown now; counting raw records above would be wasted
         ds = ds.unbatch().filter(keep).batch(batch_size)
-    squeeze = lambda ex: {k: tf.reshape(v, [-1]) if k in ("label", "labeled") else v for k, v in ex.items()}
+    squeeze = lambda ex: {k: tf.reshape(v, [-1]) if k in ("label", "labeled", "label_rank") else v for k, v in ex.items()}
     return ds.map(squeeze, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

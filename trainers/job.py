@@ -35,6 +35,11 @@ class TrainingJob:
     encoder_from: Optional[str] = None  # a family that needs a base model: save_state's directory of it
     holdout_class: Optional[int] = None  # autoencoders: a class kept out of training (the anomaly to detect)
     class_names: Sequence[str] = ()  # conditional generators: the source's classes, in id order (the export's)
+    # Only the examples whose label rank (the Transform's, made with at least this K) is below K keep their label:
+    # a generator that feeds a K-labels-per-class classifier sees those K labels per class and no other.
+    labels_per_class: Optional[int] = None
+    # The pixel range the examples are in when it is not the family's (a generator reading a classifier's data).
+    data_pixel_range: Optional[str] = None
 
     def __post_init__(self):
         if self.family.needs_base_model and not self.encoder_from:
@@ -66,20 +71,21 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
     every labelled one, or for a conditional generator (images, labels) of every example, the label -1 (none)
     where the few-label flag is unset: with K labels per class it sees only those K labels."""
     spec = _tf_feature_spec(job.feature_spec)
+    labeled = _labeled(job)
+    image = _rescaled(job.data_pixel_range, job.family.pixel_range)
     if job.family.conditional:
-        train_pairs = lambda batch: (batch["image"], tf.where(batch["labeled"] > 0, batch["label"], -1))
+        train_pairs = lambda batch: (image(batch["image"]), tf.where(labeled(batch), batch["label"], -1))
         train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed).map(train_pairs)
         evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False).map(
-            lambda batch: (batch["image"], batch["label"]))
+            lambda batch: (image(batch["image"]), batch["label"]))
     elif job.family.supervised:
-        pairs = lambda batch: (batch["image"], batch["label"])
-        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed,
-                                   keep=lambda ex: ex["labeled"] > 0)
+        pairs = lambda batch: (image(batch["image"]), batch["label"])
+        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed, keep=labeled)
         evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False,
                                         keep=lambda ex: ex["label"] >= 0)
         train, evaluation = train.map(pairs), evaluation.map(pairs)
     else:
-        images = lambda batch: batch["image"]
+        images = lambda batch: image(batch["image"])
         # An autoencoder's held-out class (the anomaly its Evaluator detects) never reaches its training.
         kept = None if job.holdout_class is None else (lambda ex: ex["label"] != job.holdout_class)
         train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed, keep=kept).map(images)
@@ -88,6 +94,24 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
     if options is not None:
         train, evaluation = train.with_options(options), evaluation.with_options(options)
     return train, evaluation
+
+
+def _labeled(job: TrainingJob):
+    """example (or batch) -> whether it trains with its label: the few-label flag, or with `labels_per_class` the
+    Transform's label rank below it."""
+    if job.labels_per_class is None:
+        return lambda ex: ex["labeled"] > 0
+    if "label_rank" not in job.feature_spec:
+        raise ValueError(f"labels_per_class={job.labels_per_class} needs the Transform's label_rank feature: run "
+                         "the Transform with labels_per_class set (at least as large)")
+    return lambda ex: ex["label_rank"] < job.labels_per_class
+
+
+def _rescaled(data_range: Optional[str], model_range: Optional[str]):
+    """images in `data_range` -> images in `model_range` ([0, 1] "unit" or [-1, 1] "symmetric")."""
+    if data_range is None or model_range is None or data_range == model_range:
+        return lambda images: images
+    return (lambda images: images * 2.0 - 1.0) if model_range == "symmetric" else (lambda images: (images + 1.0) / 2.0)
 
 
 def build_model(job: TrainingJob, config):

@@ -102,6 +102,9 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
         options = scoring.EvaluationOptions(**config.options)
         split = evaluation_split(examples)
         images, labels = read_transformed_split(examples, transform_graph, split)
+        if config.data_pixel_range and config.data_pixel_range != config.pixel_range:
+            images = scoring.to_unit(images, config.data_pixel_range)
+            images = images * 2.0 - 1.0 if config.pixel_range == "symmetric" else images
         if family.supervised or options.anomaly_class is not None:
             images, labels = images[labels >= 0], labels[labels >= 0]
 

@@ -41,7 +41,8 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
         feature_spec=training.plain_feature_spec(
             tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()),
         encoder_from=encoder_from, holdout_class=custom.get("holdout_class"),
-        class_names=tuple(custom.get("class_names", ())))
+        class_names=tuple(custom.get("class_names", ())), labels_per_class=custom.get("labels_per_class"),
+        data_pixel_range=custom.get("data_pixel_range"))
 
 
 def pixel_range(job: training.TrainingJob) -> str:
@@ -70,6 +71,8 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     pixels = pixel_range(job)
     for key, value in job.family.training_details(config).items():
         details.setdefault(key, value)
+    if job.labels_per_class is not None:  # the labels it saw: the no-leak rule of generated training data
+        details.setdefault("labels_per_class", job.labels_per_class)
     export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels, job.class_names)
     state_dir = artifacts.keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:

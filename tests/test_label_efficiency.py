@@ -1,0 +1,139 @@
+"""Few labels as a pipeline output: generated training data (SyntheticExampleGen, from a generator that saw only
+the classifier's K labels per class) and the label-efficiency curve (LabelEfficiencyCurve)."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from backends import tracking
+from evaluation import label_efficiency
+from pipelines import cli, metadata
+from tests.conftest import SAMPLE_DIR
+
+
+def _write_ranked(path: str, images: np.ndarray, labels: np.ndarray, ranks: np.ndarray) -> str:
+    """Transform-shaped examples with the label rank the Transform gives when K is set."""
+    int64 = lambda value: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for image, label, rank in zip(images, labels, ranks):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel().tolist())),
+                "label": int64(label), "labeled": int64(rank < 4), "label_rank": int64(rank)})).SerializeToString())
+    return path
+
+
+def test_a_generator_for_k_labels_per_class_sees_only_those_labels(tmp_path):
+    """No label leaks: with labels_per_class=K a conditional generator's training pairs keep the label of exactly
+    the examples ranked below K (the classifier's K per class) and -1 (its unconditional path) for every other;
+    images arrive in the generator's own pixel range whatever the Transform's."""
+    from trainers import job as training
+    labels, ranks = np.arange(60) % 3, np.arange(60) // 3  # ranks 0..19 in each class
+    images = np.random.default_rng(0).uniform(size=(60, 28, 28, 1)).astype(np.float32)
+    images[:, 0, 0, 0] = np.arange(60) / 100  # which example it is, after the shuffle
+    path = _write_ranked(str(tmp_path / "train.gz"), images, labels, ranks)
+    spec = {"image": ([28, 28, 1], "float32"), "label": ([], "int64"), "labeled": ([], "int64"),
+            "label_rank": ([], "int64")}
+    job = training.TrainingJob("dcgan_cond", {"num_classes": 3, "batch_size": 60}, (28, 28, 1), [path], [path], spec,
+                               labels_per_class=2, data_pixel_range="unit")
+    train, _ = training.datasets(job, job.make_config())
+    seen_images, seen_labels = (np.concatenate(parts) for parts in zip(*((x.numpy(), y.numpy()) for x, y in train)))
+    index = np.round((seen_images[:, 0, 0, 0] + 1) / 2 * 100).astype(int)
+    assert sorted(index) == list(range(60))
+    np.testing.assert_array_equal(seen_labels, np.where(ranks < 2, labels, -1)[index])
+    assert np.sum(seen_labels >= 0) == 6 and np.bincount(seen_labels[seen_labels >= 0]).tolist() == [2, 2, 2]
+    assert seen_images.min() < -0.9 and seen_images.max() > 0.9  # [0, 1] data -> the GAN's [-1, 1]
+    without_ranks = training.TrainingJob("dcgan_cond", {"num_classes": 3}, (28, 28, 1), [path], [path],
+                                         {k: v for k, v in spec.items() if k != "label_rank"}, labels_per_class=2)
+    with pytest.raises(ValueError, match="label_rank"):
+        training.datasets(without_ranks, without_ranks.make_config())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "vae", "--labels-per-class", "1,5"], "label-efficiency curve of the few-label classifier"),
+    (["--model", "classifier", "--augment-with", "vae"], "class-conditional model"),
+    (["--model", "classifier", "--augment-with", "cvea"], "--augment-with 'cvea' is unknown"),
+    (["--model", "dcgan", "--augment-with", "cvae"], "feeds the few-label classifier"),
+    (["--model", "classifier", "--augment-with", "cvae", "--augment-set", "beta=-1"], "--augment-with cvae: beta"),
+    (["--model", "classifier", "--augment-set", "epochs=3"], "name the generator"),
+])
+def test_bad_few_label_requests_exit_2_before_any_work(tmp_path, capsys, flags, message):
+    args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--run-dir", str(tmp_path), *flags]
+    assert cli.main(args) == cli.EXIT_BAD_INPUT
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "latentforge" / "tfx")
+
+
+def test_labels_per_class_takes_one_k_or_a_list():
+    parse = lambda text: cli.build_parser().parse_args(["run", "--labels-per-class", text]).labels_per_class
+    assert parse("10") == 10 and parse("100,1,10") == [1, 10, 100]
+    with pytest.raises(SystemExit):
+        parse("1,x")
+
+
+def _records(split_dir: str):
+    spec = {"image": tf.io.FixedLenFeature([28, 28, 1], tf.float32), "label": tf.io.FixedLenFeature([], tf.int64),
+            "synthetic": tf.io.FixedLenFeature([], tf.int64), "model_version": tf.io.FixedLenFeature([], tf.string)}
+    files = sorted(glob.glob(os.path.join(split_dir, "*")))
+    return [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+@pytest.mark.slow
+def test_the_curve_with_generated_data_and_a_classifier_trained_beside_them(tmp_path):
+    """`--labels-per-class 2,5 --augment-with cvae`: a generator per K, trained with K labels per class, registered,
+    draws synthetic examples that carry their flag and its version; the curve has a point per K and method and
+    is logged to MLflow. Then one K: the classifier's Trainer reads the same (cached) synthetic examples beside
+    the real ones."""
+    run_dir = str(tmp_path)
+    common = ["--source", f"idx:{SAMPLE_DIR}", "--pretrain", "stacked_ae", "--pretrain-epochs", "2", "--epochs", "2",
+              "--augment-with", "cvae", "--augment-set", "epochs=2", "--synthetic-per-class", "20",
+              "--eval-samples", "100", "--metric-network-epochs", "1", "--trainer", "in-process", "--run-dir", run_dir]
+    assert cli.main(["run", "--model", "classifier", "--labels-per-class", "2,5", "--examples-per-phase", "200",
+                     *common]) == 0
+    store = os.path.join(run_dir, "latentforge", "metadata.sqlite")
+    nodes = {n.node: n for n in metadata.latest_run(store, "latentforge")}
+    assert "Trainer" not in nodes and "Pusher" not in nodes  # a curve run registers and pushes no classifier
+    config = tracking.resolve(None, os.path.join(run_dir, "latentforge"), "latentforge")
+    client = tracking._client(config)
+    versions = {}
+    for k in (2, 5):
+        with open(os.path.join(nodes[f"GeneratorTrainer_{k}labels"].outputs["model_run"], "metrics.json")) as f:
+            assert json.load(f)["labels_per_class"] == k
+        registration = nodes[f"MlflowRegistrar_{k}labels"].properties["registration"]
+        assert registration["name"] == f"mnist-sample-conditional_vae-{k}-labels-per-class"
+        client.get_model_version(registration["name"], registration["version"])  # registered in MLflow
+        versions[k] = f"models:/{registration['name']}/{registration['version']}"
+        synthetic = nodes[f"SyntheticExampleGen_{k}labels"]
+        assert synthetic.properties["examples"]["model_version"] == versions[k]
+        assert synthetic.properties["examples"]["labels_per_class"] == str(k)
+        records = _records(os.path.join(synthetic.outputs["examples"], "Split-train"))
+        assert len(records) == 200 and not os.listdir(os.path.join(synthetic.outputs["examples"], "Split-eval"))
+        assert all(int(r["synthetic"]) == 1 and r["model_version"].numpy().decode() == versions[k] for r in records)
+        assert np.bincount([int(r["label"]) for r in records]).tolist() == [20] * 10
+        pixels = np.stack([r["image"].numpy() for r in records])
+        assert 0.0 <= pixels.min() and pixels.max() <= 1.0 and pixels.std() > 0.05  # the classifier's [0, 1]
+
+    curve_dir = nodes["LabelEfficiencyCurve"].outputs["curve"]
+    with open(os.path.join(curve_dir, "curve.json")) as f:
+        curve = json.load(f)
+    assert curve["labels_per_class"] == [2, 5] and list(curve["accuracy"]) == list(label_efficiency.METHODS)
+    assert all(len(v) == 2 and all(0.0 <= a <= 1.0 for a in v) for v in curve["accuracy"].values())
+    assert [p["labels"] for p in curve["points"]] == [20, 50]
+    assert [p["generator"] for p in curve["points"]] == [versions[2], versions[5]]
+    assert os.path.getsize(os.path.join(curve_dir, "curve.png")) > 5000
+    run = next(r for r in client.search_runs([client.get_experiment_by_name("latentforge").experiment_id])
+               if r.info.run_name == "LabelEfficiencyCurve")
+    history = client.get_metric_history(run.info.run_id, "test_accuracy.reused")
+    assert sorted((m.step, m.value) for m in history) == list(zip([2, 5], curve["accuracy"]["reused"]))
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"curve.json", "curve.png"}
+
+    assert cli.main(["run", "--model", "classifier", "--labels-per-class", "5", *common]) == 0
+    nodes = {n.node: n for n in metadata.latest_run(store, "latentforge")}
+    assert {nodes[n].state for n in ("Transform", "GeneratorTrainer_5labels", "SyntheticExampleGen_5labels")} == {
+        "CACHED"}
+    assert nodes["Trainer"].state == "COMPLETE"
+    assert sorted(nodes["Trainer"].inputs["examples"]) == sorted(
+        [nodes["Transform"].outputs["transformed_examples"], nodes["SyntheticExampleGen_5labels"].outputs["examples"]])
+    assert nodes["Pusher"].state == "COMPLETE"
