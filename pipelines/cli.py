@@ -238,6 +238,12 @@ def cmd_compile(args) -> int:
     from pipelines import kubeflow, pipeline  # pylint: disable=import-outside-toplevel
     request = run_request.checked_request(args)
     info, config, model_config, pretraining = request.info, request.config, request.model_config, request.pretraining
+    if args.augment_with:
+        # TFX 1.16's Kubeflow V2 step builder takes one channel per input ("Only single Channel is supported"), and
+        # the Trainer (or the curve) reads the union of the real and the synthetic Examples.
+        raise CliError("--augment-with cannot be compiled for Kubeflow Pipelines v2: TFX's compiler takes one "
+                       "channel per input, and generated data reaches the classifier as a union of two; run it with "
+                       "`latentforge run`, or on a Ray cluster with `latentforge submit -- run ...`")
     if not args.mlflow_uri:
         raise CliError("compile needs --mlflow-uri http://HOST:5000: steps on a cluster cannot share the embedded "
                        "SQLite store")

@@ -58,8 +58,7 @@ _TRAINER_CODE = ("trainers", "serving", "components/trainer", "evaluation/figure
 _EVALUATION_CODE = ("evaluation", "components/evaluation")
 _REGISTRAR_CODE = ("components/registrar", "backends/tracking.py")
 _SYNTHETIC_CODE = ("components/synthetic_example_gen", "evaluation/scoring.py")
-_CURVE_CODE = ("components/label_efficiency", "evaluation/label_efficiency.py", "evaluation/figures.py", "trainers",
-               "backends/tracking.py")
+_CURVE_CODE = ("components/label_efficiency", "trainers", "evaluation/figures.py", "backends/tracking.py")
 
 
 def code_digest(paths: Sequence[str]) -> str:

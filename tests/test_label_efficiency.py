@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from backends import tracking
-from evaluation import label_efficiency
+from trainers import label_efficiency
 from pipelines import cli, metadata
 from tests.conftest import SAMPLE_DIR
 
@@ -45,6 +45,16 @@ def test_a_generator_for_k_labels_per_class_sees_only_those_labels(tmp_path):
     np.testing.assert_array_equal(seen_labels, np.where(ranks < 2, labels, -1)[index])
     assert np.sum(seen_labels >= 0) == 6 and np.bincount(seen_labels[seen_labels >= 0]).tolist() == [2, 2, 2]
     assert seen_images.min() < -0.9 and seen_images.max() > 0.9  # [0, 1] data -> the GAN's [-1, 1]
+    # labeled_share: the same 6 labelled images, drawn for about half of each batch (no new label appears).
+    mixed = training.TrainingJob("dcgan_cond", {"num_classes": 3, "batch_size": 20, "labeled_share": 0.5},
+                                 (28, 28, 1), [path], [path], spec, labels_per_class=2, data_pixel_range="unit")
+    batches = [(x.numpy(), y.numpy()) for x, y in training.datasets(mixed, mixed.make_config())[0]]
+    mixed_images, mixed_labels = (np.concatenate(parts) for parts in zip(*batches))
+    index = np.round((mixed_images[:, 0, 0, 0] + 1) / 2 * 100).astype(int)
+    assert set(index[mixed_labels < 0]) <= set(np.flatnonzero(ranks >= 2))
+    assert set(index[mixed_labels >= 0]) <= set(np.flatnonzero(ranks < 2))
+    # An epoch: the batches that use up the 54 unlabelled images at half of each batch (6 of 20).
+    assert len(batches) == 6 and 0.3 < np.mean(mixed_labels >= 0) < 0.7
     without_ranks = training.TrainingJob("dcgan_cond", {"num_classes": 3}, (28, 28, 1), [path], [path],
                                          {k: v for k, v in spec.items() if k != "label_rank"}, labels_per_class=2)
     with pytest.raises(ValueError, match="label_rank"):
@@ -64,6 +74,14 @@ def test_bad_few_label_requests_exit_2_before_any_work(tmp_path, capsys, flags, 
     assert cli.main(args) == cli.EXIT_BAD_INPUT
     assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "latentforge" / "tfx")
+
+
+def test_compiling_generated_data_for_kubeflow_is_refused_with_the_reason(tmp_path, capsys):
+    args = ["compile", "--source", f"idx:{SAMPLE_DIR}", "--model", "classifier", "--labels-per-class", "10",
+            "--augment-with", "cvae", "--mlflow-uri", "http://mlflow:5000", "--pipeline-root", "gs://bucket/root",
+            "--out", str(tmp_path / "pipeline.json")]
+    assert cli.main(args) == cli.EXIT_BAD_INPUT
+    assert "one channel per input" in capsys.readouterr().err and not os.path.exists(tmp_path / "pipeline.json")
 
 
 def test_labels_per_class_takes_one_k_or_a_list():

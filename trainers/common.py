@@ -62,9 +62,14 @@ class TrainingConfig:
     steps_per_execution: int = 1
     jit_compile: bool = False
     precision: str = "float32"
+    # Class-conditional models: the share of each training batch drawn from the labelled examples (repeated as
+    # needed; 0: as they come). With 10 labels per class among 60,000 images the conditional path would otherwise
+    # see a label once in 600 images. It adds no label: the same K per class are seen more often.
+    labeled_share: float = 0.0
 
     def __post_init__(self):
         require_choice(self, "optimizer", OPTIMIZERS)
+        require(0 <= self.labeled_share < 1, f"labeled_share={self.labeled_share}: must be in [0, 1)")
         require_choice(self, "precision", PRECISIONS)
         for name in ("epochs", "batch_size", "steps_per_execution"):
             require(getattr(self, name) >= 1, f"{name}={getattr(self, name)}: must be at least 1")

@@ -13,6 +13,7 @@ Saved state (`save_state` / `load_state`), a directory:
 """
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -75,7 +76,10 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
     image = _rescaled(job.data_pixel_range, job.family.pixel_range)
     if job.family.conditional:
         train_pairs = lambda batch: (image(batch["image"]), tf.where(labeled(batch), batch["label"], -1))
-        train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed).map(train_pairs)
+        if config.labeled_share > 0:
+            train = _mixed(job, spec, config, labeled).map(train_pairs)
+        else:
+            train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed).map(train_pairs)
         evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False).map(
             lambda batch: (image(batch["image"]), batch["label"]))
     elif job.family.supervised:
@@ -94,6 +98,22 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
     if options is not None:
         train, evaluation = train.with_options(options), evaluation.with_options(options)
     return train, evaluation
+
+
+def _mixed(job: TrainingJob, spec, config, labeled) -> tf.data.Dataset:
+    """Batches with `config.labeled_share` of labelled examples (repeated) among the others; an epoch is as many
+    batches as use up the unlabelled ones."""
+    read = lambda keep: data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed,
+                                           keep=keep).unbatch()
+    labelled = read(labeled).repeat()
+    others = read(lambda ex: tf.logical_not(labeled(ex)))
+    share = float(config.labeled_share)
+    # Keras needs an epoch's length (the repeated labelled examples make the mix look endless): about the batches
+    # that use up the unlabelled examples.
+    unlabelled = int(others.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    steps = max(1, math.ceil(unlabelled / (1.0 - share) / config.batch_size))
+    return (tf.data.Dataset.sample_from_datasets([others.repeat(), labelled], [1.0 - share, share], seed=config.seed)
+            .batch(config.batch_size).take(steps).prefetch(tf.data.AUTOTUNE))
 
 
 def _labeled(job: TrainingJob):

@@ -3,7 +3,7 @@
 For every K in `labels_per_class` it takes the Transform's K-per-class labelled train examples (`label_rank < K`:
 the sets are nested), trains the few-label classifier from scratch, on the pretraining Trainer's encoder (frozen,
 then unfrozen) and, where a SyntheticExampleGen drew images from a generator trained with those same K labels
-per class, on real plus generated examples (evaluation/label_efficiency.py says how), and scores each on the test
+per class, on real plus generated examples (trainers/label_efficiency.py says how), and scores each on the test
 split. Output `curve` (ModelEvaluation): curve.json and curve.png, which MLflow logs as a child run of the
 pipeline run (metrics `test_accuracy.METHOD` at step K) when a tracking config is given.
 

@@ -11,9 +11,8 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from components import artifacts
-from components.evaluation.executor import evaluation_split
-from evaluation import figures, label_efficiency
-from trainers import classifier, data, job as training, registry
+from evaluation import figures
+from trainers import classifier, data, job as training, label_efficiency, registry
 
 
 def _read(pattern: str, spec, *features: str) -> Tuple[np.ndarray, ...]:
@@ -38,7 +37,8 @@ class Executor(base_executor.BaseExecutor):
             raise ValueError("the label-efficiency curve needs the Transform's label_rank: run it with "
                              "labels_per_class set to the largest K")
         images, labels, ranks = _read(_split_pattern(examples, "train"), spec, "image", "label", "label_rank")
-        split = evaluation_split(examples)
+        # Scored where the ModelEvaluator scores: the test split when the data has one.
+        split = "test" if "test" in artifact_utils.decode_split_names(examples.split_names) else "eval"
         test_images, test_labels = _read(_split_pattern(examples, split), spec, "image", "label")
         labelled = test_labels >= 0
         test = (test_images[labelled], test_labels[labelled])

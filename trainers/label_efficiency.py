@@ -8,7 +8,7 @@ For each K (labels per class), on the same K real labelled examples per class:
     reused_generated  the chapter's recipe on real plus generated examples
 (the last two only where a generator trained with those K labels per class drew them).
 Every phase sees at least `examples_per_phase` examples, so a point with ten labels still gets a few hundred
-steps. Plain arrays in, numbers out: what reads them from a pipeline is components/label_efficiency.
+steps. Plain arrays in, numbers out (no TFX, no MLflow): components/label_efficiency reads them from a pipeline.
 """
 import dataclasses
 import math
