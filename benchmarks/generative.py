@@ -5,6 +5,12 @@ DDPM, each from its EMA weights and from its raw weights, plus DDPM's sampler st
                                     [--set ddpm:precision=float32] [--label=-f32] [--samples 1000]
                                     [--ddim-steps 5,10,20,25,50] [--ancestral-samples 100]
 
+A model named MODEL@VARIANT in --only is MODEL with the settings --set gives MODEL@VARIANT, so variants train side
+by side in one run, e.g. the mode-collapse remedies:
+
+    python benchmarks/generative.py --steps 10000 --only dcgan,dcgan@mbstd,dcgan@fm,dcgan@replay \
+        --set dcgan@mbstd:minibatch_stddev=4 --set dcgan@fm:feature_matching=1.0 --set dcgan@replay:replay_size=3200
+
 The metric network (evaluation.scoring, as the pipeline's MetricNetworkTrainer trains it) learns the 60,000
 labelled training digits; its features of the training split are the reference. Each model trains on the 60,000
 training digits for the same wall-clock budget (`--minutes`, tracing included: the clock starts before the first
@@ -70,6 +76,7 @@ def parse_overrides(items):
 
 
 def train_for(name, seconds, x_train, y_train, overrides, max_steps=0):
+    name = name.split("@")[0]  # MODEL@VARIANT: the model, with the variant's overrides
     entry = registry.get_model(name)
     classes = {"num_classes": 10} if entry.family.conditional else {}  # as `latentforge run` sets it
     config = registry.make_config(name, {"epochs": 10_000, **classes, **overrides})
@@ -165,7 +172,7 @@ def main():
         row["weights"] = os.path.join(work, key + "-weights")
         model.save_weights(os.path.join(row["weights"], training.WEIGHTS))  # where training.load_weights reads
         with open(os.path.join(row["weights"], "config.json"), "w") as f:
-            json.dump({"model": name, "config": dataclasses.asdict(model_config)}, f, indent=1)
+            json.dump({"model": name.split("@")[0], "config": dataclasses.asdict(model_config)}, f, indent=1)
         steps = getattr(model_config, "sample_steps", None)
         inputs = {"steps": steps} if steps else {}
         if entry.family.conditional:  # classes 0-9 in turn; a DDPM at its configured guidance

@@ -27,12 +27,15 @@ report["summed_replica_loss"] = float(strategy.reduce(tf.distribute.ReduceOp.SUM
 report["global_mean"] = float(tf.reduce_mean(values))
 
 TINY = {"stacked_ae": {}, "vae": {}, "dcgan": {"conv_filters": [16, 32]}, "wgan_gp": {"critic_steps": 2},
-        "ddpm": {"timesteps": 20, "base_channels": 16, "channel_multipliers": [1, 2], "sample_steps": 2}}
+        "ddpm": {"timesteps": 20, "base_channels": 16, "channel_multipliers": [1, 2], "sample_steps": 2},
+        # The mode-collapse remedies: a per-replica replay buffer, a batch statistic in G's loss and in D.
+        "dcgan+remedies": {"conv_filters": [16, 32], "minibatch_stddev": 4, "feature_matching": 1.0,
+                           "replay_size": 32}}
 images = sample_digits(64)  # two global batches: every family's step traced and run twice
 for name in sys.argv[1:]:
-    entry = registry.get_model(name)
+    entry = registry.get_model(name.split("+")[0])
     pixels = images * 2.0 - 1.0 if entry.pixel_range == "symmetric" else images
-    config = registry.make_config(name, {"epochs": 1, "batch_size": 32, **TINY[name]})
+    config = registry.make_config(name.split("+")[0], {"epochs": 1, "batch_size": 32, **TINY[name]})
     with strategy.scope():
         model = entry.build(config, (28, 28, 1))
     data = tf.data.Dataset.from_tensor_slices(pixels).batch(32)

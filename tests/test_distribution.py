@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-FAMILIES = ["stacked_ae", "vae", "dcgan", "wgan_gp", "ddpm"]
+FAMILIES = ["stacked_ae", "vae", "dcgan", "wgan_gp", "ddpm", "dcgan+remedies"]
 
 
 @pytest.mark.slow  # five families traced under a 2-replica strategy in a fresh process: over a minute

@@ -9,6 +9,15 @@
                      label embedding beside its codings; the discriminator (critic) adds the projection term
                      <embed(y), phi(x)> of Miyato & Koyama (2018) to its score, phi its last features
 
+Chapter 17's remedies for mode collapse, each a config field (off by default), on any architecture and loss:
+    minibatch_stddev  minibatch discrimination in ProGAN's form (Karras et al. 2018): D's last features gain one,
+                      the standard deviation of the features across a group of images, so a collapsed G's batch
+                      (near-identical fakes) is easy to tell from a real one
+    feature_matching  G also matches the batch mean of D's last features on real and fake images (Salimans et al.
+                      2016): ||E phi(x) - E phi(G(z))||^2, averaged over the features, times this weight
+    replay_size       experience replay: a buffer of past fakes, `replay_fraction` of every D batch's fakes drawn
+                      from it, so D keeps penalising what G produced earlier and G cannot cycle between modes
+
 Images are in [-1, 1] (tanh output, DCGAN's guideline). Divergence (NaN/Inf losses, or a discriminator that wins
 outright for `max_discriminator_wins` consecutive steps) raises trainers.common.TrainingDiverged with the step.
 """
@@ -58,6 +67,11 @@ class GANConfig(TrainingConfig):
     # projection term: they train the discriminator's unconditional part only, so no label is invented.
     num_classes: int = 0
     label_embedding_dim: int = 50  # the generator's label embedding (the projection's is the features' width)
+    # Mode-collapse remedies (see the module docstring); 0 turns each off.
+    minibatch_stddev: int = 0  # group size (2 or more; a batch it does not divide is one group)
+    feature_matching: float = 0.0  # weight of the feature-matching term in G's loss
+    replay_size: int = 0  # past fakes kept (at least batch_size)
+    replay_fraction: float = 0.5  # share of each D batch's fakes drawn from the buffer once it holds any
 
     def __post_init__(self):
         super().__post_init__()
@@ -81,6 +95,15 @@ class GANConfig(TrainingConfig):
         require(self.max_discriminator_wins >= 0, f"max_discriminator_wins={self.max_discriminator_wins}: must be >= 0")
         require(self.loss != "wgan_gp" or self.label_smoothing == 0,
                 "label_smoothing applies to loss='bce' only: a Wasserstein critic has no labels")
+        require(self.minibatch_stddev == 0 or 2 <= self.minibatch_stddev <= self.batch_size,
+                f"minibatch_stddev={self.minibatch_stddev}: a group size between 2 and batch_size "
+                f"({self.batch_size}), or 0 (off)")
+        require(math.isfinite(self.feature_matching) and self.feature_matching >= 0,
+                f"feature_matching={self.feature_matching}: must be a weight >= 0 (0: off)")
+        require(self.replay_size == 0 or self.replay_size >= self.batch_size,
+                f"replay_size={self.replay_size}: must hold at least one batch (batch_size={self.batch_size}), "
+                "or be 0 (off)")
+        require(0 < self.replay_fraction <= 1, f"replay_fraction={self.replay_fraction}: must be in (0, 1]")
 
     @property
     def code_units(self) -> int:
@@ -115,15 +138,85 @@ class ClassProjection(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
+class MinibatchStddev(keras.layers.Layer):
+    """Minibatch discrimination as ProGAN does it (Karras et al. 2018, section 3): (B, ..., F) -> (B, ..., F + 1),
+    the added feature (constant over the spatial positions) being the standard deviation of every value across a
+    group of `group_size` images, averaged. The batch splits into groups of strided images (image i is in the
+    group of i mod B/group_size); a batch `group_size` does not divide is one group."""
+
+    def __init__(self, group_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.group_size = group_size
+
+    def call(self, x):
+        batch = tf.shape(x)[0]
+        group = tf.minimum(self.group_size, batch)
+        group = tf.where(batch % group == 0, group, batch)
+        groups = batch // group
+        grouped = tf.reshape(tf.cast(x, tf.float32), tf.concat([[group, groups], tf.shape(x)[1:]], axis=0))
+        spread = tf.sqrt(tf.math.reduce_variance(grouped, axis=0) + 1e-8)  # (groups, ...)
+        per_group = tf.reduce_mean(tf.reshape(spread, [groups, -1]), axis=1)
+        per_image = tf.reshape(tf.tile(per_group, [group]), [-1] + [1] * (len(x.shape) - 1))
+        feature = tf.broadcast_to(tf.cast(per_image, x.dtype), tf.concat([tf.shape(x)[:-1], [1]], axis=0))
+        return tf.concat([x, feature], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)[:-1].concatenate([input_shape[-1] + 1])
+
+    def get_config(self):
+        return {**super().get_config(), "group_size": self.group_size}
+
+
+class ReplayBuffer(tf.Module):
+    """Experience replay for the discriminator: the last `size` fakes until full, then each new fake overwrites a
+    random slot (older fakes fade out gradually, as in Shrivastava et al. 2017). Each replica keeps its own buffer
+    (ON_READ variables: no synchronisation per step); a checkpoint keeps the first replica's."""
+
+    def __init__(self, size: int, image_shape: Sequence[int], fraction: float, conditional: bool):
+        super().__init__(name="replay_buffer")
+        self.size, self.fraction = size, fraction
+        local = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.images = tf.Variable(tf.zeros((size, *image_shape)), name="images", **local)
+        # The label each fake was judged with (-1: none), for a conditional discriminator.
+        self.labels = tf.Variable(tf.fill([size], -1), name="labels", **local) if conditional else None
+        self.seen = tf.Variable(tf.constant(0, tf.int64), name="seen", **local)  # fakes written so far
+
+    def mix(self, fresh: tf.Tensor, labels: Optional[tf.Tensor]):
+        """(fakes, labels) for the discriminator: `fraction` of the batch replaced by stored fakes (none while the
+        buffer is empty); then the fresh fakes are stored."""
+        batch = tf.shape(fresh)[0]
+        stored = tf.minimum(self.seen, self.size)
+        take = tf.where(stored > 0, tf.cast(tf.round(self.fraction * tf.cast(batch, tf.float32)), tf.int32), 0)
+        slots = tf.random.uniform([take], 0, tf.maximum(stored, 1), dtype=tf.int64)
+        mixed = tf.concat([tf.gather(self.images, slots), fresh[take:]], axis=0)
+        mixed_labels = None
+        if labels is not None:
+            mixed_labels = tf.concat([tf.gather(self.labels, slots), labels[take:]], axis=0)
+        self._store(fresh, labels, batch)
+        return mixed, mixed_labels
+
+    def _store(self, fresh, labels, batch):
+        positions = self.seen + tf.range(tf.cast(batch, tf.int64), dtype=tf.int64)
+        positions = tf.where(positions < self.size, positions,
+                             tf.random.uniform([batch], 0, self.size, dtype=tf.int64))[:, None]
+        self.images.assign(tf.tensor_scatter_nd_update(self.images, positions, fresh))
+        if labels is not None:
+            self.labels.assign(tf.tensor_scatter_nd_update(self.labels, positions, labels))
+        self.seen.assign_add(tf.cast(batch, tf.int64))
+
+
 class GAN(keras.Model):
     """generator: codings (B, K) -> images (B, H, W, C) in [-1, 1]; discriminator: images -> (B, 1) logit/score.
     A conditional GAN's (num_classes > 0) take [codings, labels] and [images, labels] (labels (B,) int32, -1 for
     an unlabeled real image). With `ema_decay` > 0 an exponential moving average of the generator's weights
-    draws the samples."""
+    draws the samples. `feature_matching` > 0 adds that weight times the feature-matching term to G's loss (the
+    discriminator's last features are its final layer's input); `replay` mixes past fakes into D's batches."""
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, loss: str = "bce",
                  label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0,
-                 ema_decay: float = 0.0, num_classes: int = 0, **kwargs):
+                 ema_decay: float = 0.0, num_classes: int = 0, feature_matching: float = 0.0,
+                 replay: Optional[ReplayBuffer] = None, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.ema = ExponentialMovingAverage(generator, ema_decay) if ema_decay else None
@@ -131,7 +224,12 @@ class GAN(keras.Model):
         self.critic_steps, self.gradient_penalty = critic_steps, gradient_penalty
         self.num_classes = num_classes
         self.coding_size = int(generator.inputs[0].shape[-1])
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_loss", "g_loss")}
+        self.feature_matching, self.replay = feature_matching, replay
+        # The same layers, answering (score, last features) for the feature-matching term.
+        self.scored_features = (keras.Model(discriminator.inputs, [discriminator.outputs[0], _features(discriminator)],
+                                            name="discriminator_features") if feature_matching else None)
+        names = ("d_loss", "g_loss") + (("feature_matching",) if feature_matching else ())
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
         super().compile(**kwargs)
@@ -192,11 +290,14 @@ class GAN(keras.Model):
 
     def _discriminator_step(self, real, labels):
         """Returns per-example D losses (B,) and the per-step mean D probabilities on real and fake images.
-        A conditional GAN's fakes are of the real batch's labels and judged with them (-1 as for the real)."""
-        fake = self._fake(tf.shape(real)[0], labels)
+        A conditional GAN's fakes are of the real batch's labels and judged with them (-1 as for the real); a
+        replayed fake with the label it was judged with when it was made."""
+        fake, fake_labels = self._fake(tf.shape(real)[0], labels), labels
+        if self.replay is not None:
+            fake, fake_labels = self.replay.mix(fake, labels)
         with tf.GradientTape() as tape:
             real_logits = self._logits(real, labels)
-            fake_logits = self._logits(fake, labels)
+            fake_logits = self._logits(fake, fake_labels)
             if self.loss_kind == "bce":
                 # The notebook's phase 1: one batch of fakes and reals, so the mean over both halves.
                 targets = tf.fill(tf.shape(real_logits), 1.0 - self.label_smoothing)
@@ -219,6 +320,15 @@ class GAN(keras.Model):
         norms = tf.sqrt(per_example_sum(tf.square(tape.gradient(scores, between))) + 1e-12)
         return tf.square(norms - 1.0)
 
+    def feature_gap(self, real, fake, labels=None):
+        """Feature matching's term: the squared distance between the batch means of the discriminator's last
+        features on real and on fake images, averaged over the features; also the fakes' scores (B,)."""
+        fake_scores, fake_features = self.scored_features(self._with(fake, labels), training=True)
+        _, real_features = self.scored_features(self._with(real, labels), training=True)
+        gap = tf.reduce_mean(tf.cast(real_features, tf.float32), axis=0) - tf.reduce_mean(
+            tf.cast(fake_features, tf.float32), axis=0)
+        return tf.reduce_mean(tf.square(gap)), tf.cast(fake_scores[:, 0], tf.float32)
+
     def train_step(self, data):
         real, labels = self._unpack(data)
         # 1. Discriminator (critic_steps times for WGAN-GP): tell real images from the generator's.
@@ -226,26 +336,52 @@ class GAN(keras.Model):
             d_per_example, d_real, d_fake = self._discriminator_step(real, labels)
         # 2. Generator: make the discriminator call its images real (or score them high, for the critic).
         with tf.GradientTape() as tape:
-            fake_logits = self._logits(self._fake(tf.shape(real)[0], labels), labels)
+            fake = self._fake(tf.shape(real)[0], labels)
+            if self.feature_matching:
+                gap, fake_logits = self.feature_gap(real, fake, labels)
+            else:
+                fake_logits = self._logits(fake, labels)
             if self.loss_kind == "bce":
                 g_per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.ones_like(fake_logits),
                                                                         logits=fake_logits)
             else:
                 g_per_example = -fake_logits
-            g_loss = scaled_loss(self.g_optimizer, average_loss(g_per_example, self.generator))
+            g_loss = average_loss(g_per_example, self.generator)
+            if self.feature_matching:
+                # A batch statistic: each replica's share, so the gradients summed over replicas average them.
+                g_loss += self.feature_matching * gap / tf.distribute.get_strategy().num_replicas_in_sync
+            g_loss = scaled_loss(self.g_optimizer, g_loss)
         apply_gradients(self.g_optimizer, tape, g_loss, self.generator.trainable_variables)
         for average, network in self.weight_averages():
             average.update(network, self.g_optimizer.iterations)
         self.trackers["d_loss"].update_state(d_per_example)
         self.trackers["g_loss"].update_state(g_per_example)
+        logs = {}
+        if self.feature_matching:
+            self.trackers["feature_matching"].update_state(gap)
+            logs["feature_matching"] = self.trackers["feature_matching"].result()
         # Per-step values (not epoch means) for the divergence monitor; the epoch log shows the last step's.
-        return {"d_loss": self.trackers["d_loss"].result(), "g_loss": self.trackers["g_loss"].result(),
+        return {"d_loss": self.trackers["d_loss"].result(), "g_loss": self.trackers["g_loss"].result(), **logs,
                 "step_d_loss": tf.reduce_mean(d_per_example), "step_g_loss": tf.reduce_mean(g_per_example),
                 "step_d_real": d_real, "step_d_fake": d_fake}
 
 
 def _discriminator_layer(layer, config: GANConfig):
     return keras.layers.SpectralNormalization(layer) if config.spectral_norm else layer
+
+
+def _last_features(config: GANConfig) -> List[keras.layers.Layer]:
+    """What goes just before the discriminator's final layer: the minibatch-stddev feature when it is on."""
+    return [MinibatchStddev(config.minibatch_stddev, name="minibatch_stddev")] if config.minibatch_stddev else []
+
+
+def _features(discriminator: keras.Model):
+    """The discriminator's last features phi (symbolic): what its final layer (and a conditional one's class
+    projection) scores."""
+    names = [layer.name for layer in discriminator.layers]
+    if "class_projection" in names:
+        return discriminator.get_layer("class_projection").input[0]
+    return discriminator.layers[-1].input
 
 
 def _generator_inputs(config: GANConfig) -> int:
@@ -263,7 +399,7 @@ def _dense(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
         [keras.layers.Input(input_shape), keras.layers.Flatten()]
         + [_discriminator_layer(keras.layers.Dense(units, activation=config.activation), config)
            for units in reversed(config.hidden_units)]
-        + [_discriminator_layer(keras.layers.Dense(1), config)], name="discriminator")
+        + _last_features(config) + [_discriminator_layer(keras.layers.Dense(1), config)], name="discriminator")
     return generator, discriminator
 
 
@@ -284,7 +420,8 @@ def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
         # No BatchNorm in the discriminator: the gradient penalty is per example, and BatchNorm mixes examples.
         layers += [_discriminator_layer(keras.layers.Conv2D(f, 5, strides=2, padding="same"), config),
                    keras.layers.LeakyReLU(0.2), keras.layers.Dropout(config.dropout)]
-    layers += [keras.layers.Flatten(), _discriminator_layer(keras.layers.Dense(1), config)]
+    # The stddev feature as one more feature map (ProGAN puts it before D's last convolutions).
+    layers += _last_features(config) + [keras.layers.Flatten(), _discriminator_layer(keras.layers.Dense(1), config)]
     return generator, keras.Sequential(layers, name="discriminator")
 
 
@@ -317,6 +454,9 @@ def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
         model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
                     critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
                     ema_decay=config.ema_decay, num_classes=config.num_classes,
+                    feature_matching=config.feature_matching,
+                    replay=ReplayBuffer(config.replay_size, input_shape, config.replay_fraction,
+                                        bool(config.num_classes)) if config.replay_size else None,
                     name=f"{config.architecture}_{config.loss}_{'conditional_' if config.num_classes else ''}gan")
         if config.num_classes:  # built already (functional); a call builds the wrapper (its weights tracked)
             model([tf.zeros((1, config.coding_size)), tf.zeros((1,), tf.int32)])
