@@ -118,6 +118,33 @@ def guidance_strip(scales: Sequence[float]):
     return figure
 
 
+def style_mixing(sources: int = 5):
+    """style_mixing.png, StyleGAN's figure: the top row `sources` images of seeds B, the left column of seeds A, and
+    cell (i, j) the image with A_i's coarse styles (the first half of the layers) and B_j's fine ones
+    (`model.mix_styles`)."""
+    def figure(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+        del inputs
+        seeds_a, seeds_b = [seed + i for i in range(sources)], [seed + 100 + j for j in range(sources)]
+        crossover = model.style_layers // 2
+        pure = lambda s: to_unit(model.generate(1, seed=s))[0]
+        blank = np.ones_like(pure(seeds_b[0]))
+        cells = [blank] + [pure(b) for b in seeds_b]
+        for a in seeds_a:
+            cells += [pure(a)] + [to_unit(model.mix_styles(a, b, crossover))[0] for b in seeds_b]
+        return [save_png(os.path.join(out_dir, "style_mixing.png"), image_grid(np.stack(cells), sources + 1))]
+    return figure
+
+
+def truncation_strip(psis: Sequence[float] = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0), columns: int = 8):
+    """truncation.png: a row per truncation psi (1: none; 0: every image the average w's), the same seeds in every
+    row, so the rows show variety traded for typicality."""
+    def figure(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+        del inputs
+        rows = [to_unit(model.generate(columns, seed=seed, truncation=psi)) for psi in psis]
+        return [save_png(os.path.join(out_dir, "truncation.png"), image_grid(np.concatenate(rows), columns))]
+    return figure
+
+
 def interpolation(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
     """interpolation.png: `model.interpolate` (decoded codings) between the first two inputs, 10 steps."""
     del seed

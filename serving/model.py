@@ -230,7 +230,8 @@ class ServedModel:
     # :generate
     def parse_generate(self, body: Any) -> Tuple[str, Dict[str, np.ndarray], bool]:
         """(signature, inputs, as_png) from a :generate body {"n": N, "seed": S, "steps": T, "format": "png"} (a
-        conditional model's also "labels": ids or class names; a conditional DDPM's "guidance": w)."""
+        conditional model's also "labels": ids or class names; a conditional DDPM's "guidance": w; a StyleGAN's
+        "truncation": psi)."""
         if not self.generative:
             raise RequestError(f"{self.name} ({self.family}) does not generate; use :predict")
         if not isinstance(body, dict):
@@ -255,6 +256,8 @@ class ServedModel:
                 inputs[name] = self._labels(value)
             elif name == "guidance":
                 inputs[name] = np.float32(_guidance(value))
+            elif name == "truncation":
+                inputs[name] = np.float32(_truncation(value))
             else:
                 value = _integer(value, name)
                 if name == "steps":
@@ -283,6 +286,13 @@ class ServedModel:
                                        + (f" ({', '.join(names)})" if names else ""))
                 ids.append(label)
         return np.asarray(ids, np.int32)
+
+
+def _truncation(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise RequestError(f"truncation: expected psi in [0, 1] (1: none, 0: the average image), got "
+                           f"{json.dumps(value)}")
+    return float(value)
 
 
 def _guidance(value: Any) -> float:

@@ -18,6 +18,8 @@ TINY = {
     "stacked_ae": {},
     "conv_vae": {"ema_decay": 0.99},  # the VAE's average is optional (the generators' is on by default)
     "dcgan": {},
+    "stylegan": {"synthesis_filters": (16, 16, 8), "conv_filters": (8, 16), "mapping_layers": 2, "style_size": 16,
+                 "coding_size": 16, "truncation": 0.7},
     # float32: this test asks for the model's own outputs to 1e-5; bfloat16 exports are test_precision's.
     "ddpm": {"timesteps": 20, "sample_steps": 4, "base_channels": 16, "channel_multipliers": (1, 2),
              "precision": "float32"},
@@ -109,6 +111,20 @@ def expected_cases(name, entry, model, images):
         cases["bad.generate.n_zero"] = np.array({"n": np.int32(0), "seed": np.int32(0)}, dtype=object)
         cases["bad.generate.n_too_many"] = np.array({"n": np.int32(export.MAX_GENERATED + 1), "seed": np.int32(0)},
                                                     dtype=object)
+    if entry.family.name == "stylegan":
+        case("generate", {"n": np.int32(3), "seed": np.int32(7), "truncation": np.float32(0.5)},
+             {"images": (model.generate(3, seed=7, truncation=0.5) + 1) / 2})
+        case("mix_styles", {"seed_a": np.int32(3), "seed_b": np.int32(4), "crossover": np.int32(2)},
+             {"images": (model.mix_styles(3, 4, 2) + 1) / 2})
+        codings = tf.random.stateless_normal([3, model.coding_size], seed=[1, 2])
+        generated = (model.draw(codings, codings, model.style_layers, model.truncation, tf.constant([0, 1])) + 1) / 2
+        case("generate_from_codings", {"codings": codings}, {"images": generated})
+        cases["call.in"], cases["call.out"] = np.asarray(codings), np.asarray(generated)
+        cases["bad.generate.truncation_above_one"] = np.array(
+            {"n": np.int32(1), "seed": np.int32(0), "truncation": np.float32(1.5)}, dtype=object)
+        cases["bad.mix_styles.crossover_beyond"] = np.array(
+            {"seed_a": np.int32(0), "seed_b": np.int32(1), "crossover": np.int32(model.style_layers + 1)},
+            dtype=object)
     if entry.family.name == "diffusion":
         case("generate", {"n": np.int32(2), "seed": np.int32(7), "steps": np.int32(3)},
              {"images": (model.generate(2, seed=7, steps=3) + 1) / 2})
@@ -139,7 +155,7 @@ def exported(tmp_path_factory):
     directories = {}
     models = {name: (registry.get_model(name), registry.make_config(name, TINY[name])) for name in TINY}
     built = {name: entry.build(config, SHAPE) for name, (entry, config) in models.items()}
-    averaged = {"conv_vae": 2, "dcgan": 1, "ddpm": 1}  # (average, network) pairs; autoencoders have none
+    averaged = {"conv_vae": 2, "dcgan": 1, "stylegan": 1, "ddpm": 1}  # (average, network) pairs; autoencoders have none
     assert {name: len(built[name].weight_averages()) for name in averaged} == averaged
     for name in averaged:
         # Averaged weights unlike the raw ones (as after training): every expected output below comes from
@@ -173,10 +189,12 @@ def test_every_signature_matches_in_a_fresh_process_with_plain_tensorflow(export
         "stacked_ae": ["anomaly_score", "decode", "encode", "reconstruct", "serving_default"],
         "conv_vae": ["anomaly_score", "decode", "encode", "reconstruct", "sample", "serving_default"],
         "dcgan": ["generate", "generate_from_codings", "serving_default"],
+        "stylegan": ["generate", "generate_from_codings", "mix_styles", "serving_default"],
         "ddpm": ["generate", "generate_from_noise", "serving_default"],
         "classifier": ["classify", "serving_default"],
     }
-    families_of = {"stacked_ae": "autoencoder", "conv_vae": "vae", "dcgan": "gan", "ddpm": "diffusion",
+    families_of = {"stacked_ae": "autoencoder", "conv_vae": "vae", "dcgan": "gan", "stylegan": "stylegan",
+                   "ddpm": "diffusion",
                    "classifier": "classifier"}
     for name, signatures in expected_signatures.items():
         assert report[name]["signatures"] == signatures, name
@@ -196,6 +214,10 @@ def test_every_signature_matches_in_a_fresh_process_with_plain_tensorflow(export
     assert "n: must be between 1 and" in report["dcgan"]["refused"]["n_zero"]
     assert str(export.MAX_GENERATED + 1) in report["dcgan"]["refused"]["n_too_many"]
     assert "steps: must be between 1 and" in report["ddpm"]["refused"]["steps_beyond_T"]
+    assert report["stylegan"]["metadata"]["generate_defaults"] == {"truncation": 0.7}
+    assert report["stylegan"]["metadata"]["style_layers"] == 6
+    assert "truncation: psi must be in [0, 1]" in report["stylegan"]["refused"]["truncation_above_one"]
+    assert "crossover: must be in [0, 6]" in report["stylegan"]["refused"]["crossover_beyond"]
     assert "[0, 1]" in report["classifier"]["refused"]["out_of_range"]
 
 

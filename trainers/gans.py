@@ -414,7 +414,12 @@ def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
                    keras.layers.BatchNormalization()]
     layers += [keras.layers.Conv2DTranspose(channels, 5, strides=2, padding="same", activation="tanh"),
                keras.layers.Cropping2D(cropping)]
-    generator = keras.Sequential(layers, name="generator")
+    return keras.Sequential(layers, name="generator"), dcgan_discriminator(config, input_shape)
+
+
+def dcgan_discriminator(config: GANConfig, input_shape) -> keras.Sequential:
+    """DCGAN's discriminator: strided 5x5 convolutions (`conv_filters`), leaky ReLU, dropout, then a dense score
+    (what trainers.stylegan pairs its generator with too)."""
     layers = [keras.layers.Input(input_shape)]
     for f in config.conv_filters:
         # No BatchNorm in the discriminator: the gradient penalty is per example, and BatchNorm mixes examples.
@@ -422,7 +427,14 @@ def _dcgan(config: GANConfig, input_shape) -> Tuple[keras.Model, keras.Model]:
                    keras.layers.LeakyReLU(0.2), keras.layers.Dropout(config.dropout)]
     # The stddev feature as one more feature map (ProGAN puts it before D's last convolutions).
     layers += _last_features(config) + [keras.layers.Flatten(), _discriminator_layer(keras.layers.Dense(1), config)]
-    return generator, keras.Sequential(layers, name="discriminator")
+    return keras.Sequential(layers, name="discriminator")
+
+
+def replay_buffer(config: GANConfig, input_shape) -> Optional[ReplayBuffer]:
+    """The experience-replay buffer `replay_size` asks for (None when off)."""
+    if not config.replay_size:
+        return None
+    return ReplayBuffer(config.replay_size, input_shape, config.replay_fraction, bool(config.num_classes))
 
 
 def _conditional(config: GANConfig, generator: keras.Sequential, discriminator: keras.Sequential,
@@ -455,8 +467,7 @@ def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
                     critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
                     ema_decay=config.ema_decay, num_classes=config.num_classes,
                     feature_matching=config.feature_matching,
-                    replay=ReplayBuffer(config.replay_size, input_shape, config.replay_fraction,
-                                        bool(config.num_classes)) if config.replay_size else None,
+                    replay=replay_buffer(config, input_shape),
                     name=f"{config.architecture}_{config.loss}_{'conditional_' if config.num_classes else ''}gan")
         if config.num_classes:  # built already (functional); a call builds the wrapper (its weights tracked)
             model([tf.zeros((1, config.coding_size)), tf.zeros((1,), tf.int32)])

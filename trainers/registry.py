@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 import numpy as np
 
 from evaluation import figures, scoring
-from trainers import autoencoders, classifier, diffusion, gans, signatures, vae
+from trainers import autoencoders, classifier, diffusion, gans, signatures, stylegan, vae
 
 PIXEL_RANGES = ("unit", "symmetric")
 
@@ -220,6 +220,17 @@ register(Family(
     description="class-conditional DCGAN / WGAN-GP: label embedding into G, projection discriminator (labels at "
                 "generate)"),
     {"dcgan_cond": DCGAN, "wgan_gp_cond": WGAN_GP})
+
+register(Family(
+    "stylegan", stylegan.StyleGANConfig, _without_base(stylegan.build_stylegan), stylegan.fit,
+    stylegan.serving_signatures, signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
+    scorers=(scoring.score_generation,),
+    figures=(figures.samples(64), figures.style_mixing(), figures.truncation_strip()),
+    pixel_range=stylegan.PIXEL_RANGE, generate_signature="generate", export_metadata=stylegan.export_metadata,
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)),
+    description="StyleGAN-style generator: mapping network, modulated convolutions, noise inputs, style mixing, "
+                "truncation (generate takes truncation; mix_styles)"),
+    {"stylegan": {}})
 
 register(Family(
     "diffusion", diffusion.DiffusionConfig, _without_base(diffusion.build_diffusion_model), diffusion.fit,
