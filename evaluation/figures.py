@@ -118,6 +118,25 @@ def guidance_strip(scales: Sequence[float]):
     return figure
 
 
+def growth_rows(columns: int):
+    """growth.png, for a progressive GAN: a row per resolution it reached (coarsest first, the current level last,
+    mid-fade if training stopped there), the same codings in every row; nothing for other models."""
+    def figure(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
+        del inputs
+        if getattr(model, "growth", None) is None:
+            return []
+        rows = [to_unit(model.generate(columns, seed=seed, level_of_detail=level))
+                for level in progressive_levels(model.growth)]
+        return [save_png(os.path.join(out_dir, "growth.png"), image_grid(np.concatenate(rows), columns))]
+    return figure
+
+
+def progressive_levels(growth) -> List[float]:
+    """The whole levels of detail from the coarsest to the current one (the current one last, even mid-fade)."""
+    current = float(growth.level_of_detail())
+    return [float(level) for level in range(growth.doublings, -1, -1) if level > current] + [current]
+
+
 def style_mixing(sources: int = 5):
     """style_mixing.png, StyleGAN's figure: the top row `sources` images of seeds B, the left column of seeds A, and
     cell (i, j) the image with A_i's coarse styles (the first half of the layers) and B_j's fine ones

@@ -30,7 +30,11 @@ TINY = {"stacked_ae": {}, "vae": {}, "dcgan": {"conv_filters": [16, 32]}, "wgan_
         "ddpm": {"timesteps": 20, "base_channels": 16, "channel_multipliers": [1, 2], "sample_steps": 2},
         # The mode-collapse remedies: a per-replica replay buffer, a batch statistic in G's loss and in D.
         "dcgan+remedies": {"conv_filters": [16, 32], "minibatch_stddev": 4, "feature_matching": 1.0,
-                           "replay_size": 32}}
+                           "replay_size": 32},
+        # The images seen (one copy, every replica adding the global batch) and w_avg (per replica).
+        "progressive_dcgan": {"conv_filters": [16, 32], "fade_images": 32, "stable_images": 16},
+        "stylegan": {"synthesis_filters": [16, 16, 8], "conv_filters": [8, 16], "mapping_layers": 2,
+                     "style_size": 16, "coding_size": 16}}
 images = sample_digits(64)  # two global batches: every family's step traced and run twice
 for name in sys.argv[1:]:
     entry = registry.get_model(name.split("+")[0])
@@ -43,4 +47,6 @@ for name in sys.argv[1:]:
         data = data.map(lambda x: (x, x))
     history = model.fit(data, epochs=1, verbose=0).history
     report[name] = {k: float(v[-1]) for k, v in history.items()}
+    if getattr(model, "growth", None) is not None:
+        report[name]["images_seen"] = int(model.growth.images_seen.numpy())
 print("RESULT " + json.dumps(report))

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-FAMILIES = ["stacked_ae", "vae", "dcgan", "wgan_gp", "ddpm", "dcgan+remedies"]
+FAMILIES = ["stacked_ae", "vae", "dcgan", "wgan_gp", "ddpm", "dcgan+remedies", "progressive_dcgan", "stylegan"]
 
 
 @pytest.mark.slow  # five families traced under a 2-replica strategy in a fresh process: over a minute
@@ -26,3 +26,5 @@ def test_every_family_trains_with_two_replicas_and_losses_are_scaled_by_the_glob
     for name in FAMILIES:
         losses = report[name]
         assert losses and all(np.isfinite(v) for v in losses.values()), (name, losses)
+    # Two global batches of 32 counted once each (not once per replica).
+    assert report["progressive_dcgan"]["images_seen"] == 64

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers import signatures
+from trainers import progressive, signatures
 from trainers.common import (DivergenceMonitor, TrainingConfig, apply_gradients, average_loss, fit_epochs,
                              make_optimizer, per_example_sum, precision_policy, require, require_choice,
                              require_ema_decay, require_layer_sizes, scaled_loss, start_build, upsampling_plan,
@@ -72,6 +72,11 @@ class GANConfig(TrainingConfig):
     feature_matching: float = 0.0  # weight of the feature-matching term in G's loss
     replay_size: int = 0  # past fakes kept (at least batch_size)
     replay_fraction: float = 0.5  # share of each D batch's fakes drawn from the buffer once it holds any
+    # Progressive growing (trainers/progressive.py): from the coarsest resolution of the dcgan stack up, each new
+    # block faded in over `fade_images` images, each resolution then trained alone for `stable_images`.
+    progressive: bool = False
+    fade_images: int = 60_000
+    stable_images: int = 60_000
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,6 +109,14 @@ class GANConfig(TrainingConfig):
                 f"replay_size={self.replay_size}: must hold at least one batch (batch_size={self.batch_size}), "
                 "or be 0 (off)")
         require(0 < self.replay_fraction <= 1, f"replay_fraction={self.replay_fraction}: must be in (0, 1]")
+        require(not self.progressive or self.architecture == "dcgan",
+                f"progressive=true grows the convolutional stack: set architecture='dcgan' (not "
+                f"{self.architecture!r})")
+        require(not self.progressive or not self.num_classes,
+                "progressive=true is for unconditional GANs (num_classes=0)")
+        require(self.fade_images >= 1 and self.stable_images >= 0,
+                f"fade_images={self.fade_images}, stable_images={self.stable_images}: fade over at least 1 image, "
+                "stay stable for 0 or more")
 
     @property
     def code_units(self) -> int:
@@ -216,7 +229,7 @@ class GAN(keras.Model):
     def __init__(self, generator: keras.Model, discriminator: keras.Model, loss: str = "bce",
                  label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0,
                  ema_decay: float = 0.0, num_classes: int = 0, feature_matching: float = 0.0,
-                 replay: Optional[ReplayBuffer] = None, **kwargs):
+                 replay: Optional[ReplayBuffer] = None, growth: Optional[progressive.Growth] = None, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.ema = ExponentialMovingAverage(generator, ema_decay) if ema_decay else None
@@ -224,11 +237,13 @@ class GAN(keras.Model):
         self.critic_steps, self.gradient_penalty = critic_steps, gradient_penalty
         self.num_classes = num_classes
         self.coding_size = int(generator.inputs[0].shape[-1])
-        self.feature_matching, self.replay = feature_matching, replay
+        self.feature_matching, self.replay, self.growth = feature_matching, replay, growth
         # The same layers, answering (score, last features) for the feature-matching term.
         self.scored_features = (keras.Model(discriminator.inputs, [discriminator.outputs[0], _features(discriminator)],
                                             name="discriminator_features") if feature_matching else None)
         names = ("d_loss", "g_loss") + (("feature_matching",) if feature_matching else ())
+        if growth is not None:  # a network's level of detail: its resolution, fractional during a fade
+            names += ("level_of_detail",)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     def compile(self, d_optimizer, g_optimizer, **kwargs):
@@ -257,16 +272,23 @@ class GAN(keras.Model):
         turn; None for an unconditional GAN (signatures.class_labels)."""
         return signatures.class_labels(n, labels, self.num_classes, "GAN")
 
-    def generate(self, n: int, seed: int = 0, labels=None) -> tf.Tensor:
+    def generate(self, n: int, seed: int = 0, labels=None, level_of_detail: Optional[float] = None) -> tf.Tensor:
         """n images (n, H, W, C) in [-1, 1] from codings drawn from N(0, I); the same seed, the same images. A
-        conditional GAN draws `labels` (see `sample_labels`)."""
+        conditional GAN draws `labels` (see `sample_labels`); a progressive one at the level of detail it has
+        reached, or at `level_of_detail` (0: full resolution)."""
         codings = tf.random.stateless_normal([n, self.coding_size], seed=[seed, 0])
         labels = self.sample_labels(n, labels)
-        inputs = codings if labels is None else [codings, labels]
+        inputs = self._with(codings, labels, level_of_detail)
         return tf.cast(self.sampling_generator(inputs, training=False), tf.float32)
 
-    def _with(self, x, labels):
-        return x if labels is None else [x, labels]
+    def _with(self, x, labels, level_of_detail=None):
+        """A network's inputs: x, a conditional GAN's labels beside it, a progressive GAN's level of detail
+        (its schedule's unless given) for each image."""
+        inputs = [x] + ([] if labels is None else [labels])
+        if self.growth is not None:
+            lod = self.growth.level_of_detail() if level_of_detail is None else level_of_detail
+            inputs.append(tf.fill(tf.shape(x)[:1], tf.cast(lod, tf.float32)))
+        return inputs[0] if len(inputs) == 1 else inputs
 
     def _fake(self, batch_size, labels=None):
         """Fakes for a batch; a conditional GAN's of the batch's labels, a random class where a label is -1."""
@@ -331,6 +353,8 @@ class GAN(keras.Model):
 
     def train_step(self, data):
         real, labels = self._unpack(data)
+        if self.growth is not None:  # the real images at the resolution the networks are at
+            real = self.growth.blur_reals(real, self.growth.level_of_detail())
         # 1. Discriminator (critic_steps times for WGAN-GP): tell real images from the generator's.
         for _ in range(self.critic_steps):
             d_per_example, d_real, d_fake = self._discriminator_step(real, labels)
@@ -357,6 +381,10 @@ class GAN(keras.Model):
         self.trackers["d_loss"].update_state(d_per_example)
         self.trackers["g_loss"].update_state(g_per_example)
         logs = {}
+        if self.growth is not None:
+            self.trackers["level_of_detail"].update_state(self.growth.level_of_detail())
+            logs["level_of_detail"] = self.trackers["level_of_detail"].result()
+            self.growth.advance(tf.shape(real)[0])
         if self.feature_matching:
             self.trackers["feature_matching"].update_state(gap)
             logs["feature_matching"] = self.trackers["feature_matching"].result()
@@ -460,17 +488,26 @@ def _conditional(config: GANConfig, generator: keras.Sequential, discriminator: 
 def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
     input_shape = start_build(config, input_shape)
     with precision_policy(config):
-        generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
+        growth = None
+        if config.progressive:
+            growth = progressive.Growth(len(config.conv_filters), config.fade_images, config.stable_images)
+            generator = progressive.generator(config, input_shape, _generator_inputs(config), config.activation)
+            discriminator = progressive.discriminator(config, input_shape, _last_features(config),
+                                                      lambda layer: _discriminator_layer(layer, config))
+        else:
+            generator, discriminator = {"dense": _dense, "dcgan": _dcgan}[config.architecture](config, input_shape)
         if config.num_classes:
             generator, discriminator = _conditional(config, generator, discriminator, input_shape)
         model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
                     critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
                     ema_decay=config.ema_decay, num_classes=config.num_classes,
-                    feature_matching=config.feature_matching,
-                    replay=replay_buffer(config, input_shape),
-                    name=f"{config.architecture}_{config.loss}_{'conditional_' if config.num_classes else ''}gan")
+                    feature_matching=config.feature_matching, replay=replay_buffer(config, input_shape),
+                    growth=growth, name=f"{'progressive_' if growth else ''}{config.architecture}_{config.loss}_"
+                                        f"{'conditional_' if config.num_classes else ''}gan")
         if config.num_classes:  # built already (functional); a call builds the wrapper (its weights tracked)
             model([tf.zeros((1, config.coding_size)), tf.zeros((1,), tf.int32)])
+        elif growth is not None:
+            model([tf.zeros((1, config.coding_size)), tf.zeros((1,))])
         else:
             model.build((None, config.coding_size))
             model.discriminator.build((None, *input_shape))
@@ -515,8 +552,8 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
     to_unit = lambda x: (x + 1.0) / 2.0
 
     def draw(codings, labels):
-        inputs = codings if labels is None else [codings, signatures.cycled_labels(labels, tf.shape(codings)[0])]
-        return {"images": to_unit(model.sampling_generator(inputs, training=False))}
+        labels = None if labels is None else signatures.cycled_labels(labels, tf.shape(codings)[0])
+        return {"images": to_unit(model.sampling_generator(model._with(codings, labels), training=False))}
 
     def sample(n, seed, labels):
         n = signatures.checked_count(n, "n", signatures.MAX_GENERATED)
@@ -538,7 +575,12 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
 
 
 def export_metadata(model: GAN) -> Dict[str, object]:
-    """A conditional GAN's classes and its generate's default labels (every class in turn); nothing otherwise."""
-    if not model.num_classes:
-        return {}
-    return {"generate_defaults": {"labels": list(range(model.num_classes))}, "num_classes": int(model.num_classes)}
+    """A conditional GAN's classes and its generate's default labels (every class in turn); a progressive GAN's
+    level of detail (0: it reached full resolution)."""
+    metadata = {}
+    if model.growth is not None:
+        metadata["level_of_detail"] = float(model.growth.level_of_detail())
+    if model.num_classes:
+        metadata.update(generate_defaults={"labels": list(range(model.num_classes))},
+                        num_classes=int(model.num_classes))
+    return metadata

@@ -206,10 +206,12 @@ WGAN_GP = dict(DCGAN, loss="wgan_gp", critic_steps=5, optimizer="adam", learning
 register(Family(
     "gan", gans.GANConfig, _without_base(gans.build_gan), gans.fit, gans.serving_signatures,
     signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
-    scorers=(scoring.score_generation,), figures=(figures.samples(64),), pixel_range=gans.PIXEL_RANGE,
-    generate_signature="generate",
+    scorers=(scoring.score_generation,), figures=(figures.samples(64), figures.growth_rows(8)),
+    pixel_range=gans.PIXEL_RANGE, generate_signature="generate", export_metadata=gans.export_metadata,
     input_example=standard_normal(lambda images, config: (int(config["coding_size"]),))),
-    {"gan": {}, "dcgan": DCGAN, "wgan_gp": WGAN_GP})
+    # Progressive growing: 7x7 -> 14x14 -> 28x28 on MNIST, full resolution after 120,000 images.
+    {"gan": {}, "dcgan": DCGAN, "wgan_gp": WGAN_GP,
+     "progressive_dcgan": dict(DCGAN, progressive=True, fade_images=30_000, stable_images=30_000)})
 
 register(Family(
     "conditional_gan", gans.GANConfig, _without_base(_with_classes(gans.build_gan)), gans.fit,
