@@ -78,7 +78,8 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-epochs", type=positive_int, help="--model classifier: epochs of the pretraining")
     parser.add_argument("--labels-per-class", type=_labels_per_class, metavar="K[,K...]",
                      help="keep labels for only K examples per class (default: all); with --model classifier, "
-                     "several K (e.g. 1,5,10,50,100) draw the label-efficiency curve instead of training one model")
+                     "a list (e.g. 1,5,10,50,100, or 10, for one point) draws the label-efficiency curve instead of training "
+                     "one model")
     few = parser.add_argument_group("generated training data and the label-efficiency curve (--model classifier)")
     few.add_argument("--augment-with", metavar="MODEL",
                      help="a class-conditional generator (cvae, dcgan_cond, wgan_gp_cond, ddpm_cond) trained with the "

@@ -16,7 +16,7 @@ unconditional path), evaluated and registered in MLflow (ModelEvaluator_/MlflowR
 SyntheticExampleGen_K draws images of every class from it. The classifier's Trainer reads them beside the
 real examples (the union of both Examples channels).
 
-Several K (`labels_per_class=[1, 5, 10, ...]`): the label-efficiency pipeline. The Transform ranks the labelled
+A list of K (`labels_per_class=[1, 5, 10, ...]`, or `[10]`): the label-efficiency pipeline. The Transform ranks the labelled
 examples (nested K sets), a PretrainingTrainer trains the encoder, a generator per K when augmenting, and the
 LabelEfficiencyCurve trains the classifiers and writes the curve (no classifier is registered or pushed).
 """
@@ -371,8 +371,8 @@ def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequ
     if any(k < 1 for k in ks):
         raise ValueError(f"labels per class {ks}: each must be at least 1")
     classifier_family = family_of(model_name).needs_base_model
-    if len(ks) > 1 and not classifier_family:
-        raise ValueError(f"several labels-per-class values ({','.join(map(str, ks))}) draw a label-efficiency curve "
+    if not isinstance(labels_per_class, int) and ks and not classifier_family:
+        raise ValueError(f"a list of labels-per-class values ({','.join(map(str, ks))},) draws a label-efficiency curve "
                          f"of the few-label classifier: use --model {CLASSIFIER}, not {model_name}")
     if augmentation is not None:
         if not classifier_family:
@@ -418,7 +418,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
     ks = check_few_labels(model_name, labels_per_class, augmentation, source_info)
     data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, max(ks) if ks else None, seed,
                       schema_path)
-    if len(ks) > 1:
+    if not isinstance(labels_per_class, int) and ks:  # a list, even of one K ("10,"): the curve's points
         training = label_efficiency_nodes(data, source_info, model_config, ks, pretraining, ray, evaluation_settings,
                                           augmentation, examples_per_phase)
     else:

@@ -28,7 +28,7 @@ report["global_mean"] = float(tf.reduce_mean(values))
 
 TINY = {"stacked_ae": {}, "vae": {}, "dcgan": {"conv_filters": [16, 32]}, "wgan_gp": {"critic_steps": 2},
         "ddpm": {"timesteps": 20, "base_channels": 16, "channel_multipliers": [1, 2], "sample_steps": 2},
-        # The mode-collapse remedies: a per-replica replay buffer, a batch statistic in G's loss and in D.
+        # DCGAN with the mode-collapse remedies: a per-replica replay buffer, a batch statistic in G's loss and in D.
         "dcgan+remedies": {"conv_filters": [16, 32], "minibatch_stddev": 4, "feature_matching": 1.0,
                            "replay_size": 32},
         # The images seen (one copy, every replica adding the global batch) and w_avg (per replica).

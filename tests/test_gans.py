@@ -38,6 +38,8 @@ def pixel_gap(generated: np.ndarray, real: np.ndarray) -> float:
     ({"feature_matching": -1.0}, "feature_matching=-1.0: must be a weight >= 0"),
     ({"replay_size": 16, "batch_size": 32}, "replay_size=16: must hold at least one batch"),
     ({"replay_size": 64, "replay_fraction": 0.0}, r"replay_fraction=0.0: must be in \(0, 1\]"),
+    ({"r1_penalty": -1.0}, "r1_penalty=-1.0: must be a weight >= 0"),
+    ({"loss": "wgan_gp", "r1_penalty": 1.0}, "r1_penalty applies to loss='bce'"),
 ])
 def test_impossible_configs_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -47,14 +49,12 @@ def test_impossible_configs_are_rejected(overrides, message):
 @pytest.mark.parametrize("overrides", [
     # The notebook's two-phase dense GAN, 6 x 62 = 372 steps; smoothing and a slower D keep D from winning early.
     dict(architecture="dense", epochs=6, label_smoothing=0.1, discriminator_learning_rate=5e-4),
+    # With chapter 17's three mode-collapse remedies at once (each one's own effect is tested below).
     dict(architecture="dcgan", coding_size=100, optimizer="adam", learning_rate=2e-4, beta_1=0.5, epochs=4,
-         label_smoothing=0.1),
+         label_smoothing=0.1, minibatch_stddev=4, feature_matching=1.0, replay_size=256),
     dict(architecture="dcgan", coding_size=100, loss="wgan_gp", critic_steps=2, optimizer="adam",
          learning_rate=2e-4, beta_1=0.5, epochs=2, spectral_norm=True),
-    # Chapter 17's three mode-collapse remedies at once.
-    dict(architecture="dcgan", coding_size=100, optimizer="adam", learning_rate=2e-4, beta_1=0.5, epochs=4,
-         minibatch_stddev=4, feature_matching=1.0, replay_size=256),
-], ids=["dense", "dcgan-smoothed", "wgan-gp-spectral", "dcgan-remedies"])
+], ids=["dense", "dcgan-smoothed-remedies", "wgan-gp-spectral"])
 def test_a_few_hundred_steps_move_samples_toward_the_data(overrides, digits):
     config = GANConfig(batch_size=32, **overrides)
     dataset = tf.data.Dataset.from_tensor_slices(digits).shuffle(2000, seed=0).batch(32, drop_remainder=True)
@@ -126,6 +126,27 @@ def test_feature_matching_adds_the_distance_between_the_feature_means_to_the_gen
     dataset = tf.data.Dataset.from_tensor_slices(digits[:16]).batch(8)
     history = gans.fit(model, dataclasses.replace(GANConfig(feature_matching=2.0, **SMALL_DCGAN), epochs=1), dataset)
     assert history["feature_matching"][0] > 0
+
+
+def test_r1_adds_the_squared_gradient_norm_at_real_images_to_the_discriminators_loss(digits):
+    real = tf.constant(digits[:8])
+    plain = gans.build_gan(GANConfig(**SMALL_DCGAN), (28, 28, 1))
+    penalised = gans.build_gan(GANConfig(r1_penalty=4.0, **SMALL_DCGAN), (28, 28, 1))
+    penalised.discriminator.set_weights(plain.discriminator.get_weights())
+    with tf.GradientTape() as tape:
+        tape.watch(real)
+        logits = plain.discriminator(real, training=True)[:, 0]
+    expected = np.sum(tape.gradient(logits, real).numpy() ** 2, axis=(1, 2, 3))
+    norms = penalised._real_gradient_norm(real).numpy()
+    np.testing.assert_allclose(norms, expected, rtol=1e-4)
+    assert np.all(norms > 0)
+    # In the discriminator's step, on the same weights, fakes and random state: gamma / 2 x that norm more.
+    losses = []
+    for model in (plain, penalised):
+        model.generator.set_weights(plain.generator.get_weights())
+        tf.random.set_seed(0)
+        losses.append(model._discriminator_step(real, None)[0].numpy())
+    np.testing.assert_allclose(losses[1] - losses[0], 2.0 * expected, rtol=1e-3)
 
 
 def keras_features(model):

@@ -63,6 +63,7 @@ def test_a_generator_for_k_labels_per_class_sees_only_those_labels(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--model", "vae", "--labels-per-class", "1,5"], "label-efficiency curve of the few-label classifier"),
+    (["--model", "vae", "--labels-per-class", "10,"], "label-efficiency curve of the few-label classifier"),
     (["--model", "classifier", "--augment-with", "vae"], "class-conditional model"),
     (["--model", "classifier", "--augment-with", "cvea"], "--augment-with 'cvea' is unknown"),
     (["--model", "dcgan", "--augment-with", "cvae"], "feeds the few-label classifier"),

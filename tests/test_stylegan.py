@@ -106,3 +106,18 @@ def test_colour_images_of_32_pixels_build_and_train(tmp_path):
     assert np.isfinite(history["d_loss"]).all()
     assert model.generate(2, seed=0).shape == (2, 32, 32, 3)
     assert model.mix_styles(0, 1, 2).shape == (1, 32, 32, 3)
+
+
+def test_training_does_not_collapse_and_the_discriminator_does_not_win_outright(trained):
+    # The failure this guards against: D winning within an epoch and G stuck on one (black) image. After 250 steps
+    # the samples draw strokes on a dark background (about the data's share of bright pixels), differ from one
+    # another, and D still scores fakes well above "certainly fake".
+    _, _, model = trained
+    samples = model.generate(64, seed=5).numpy()
+    real = sample_digits(2000) * 2.0 - 1.0
+    bright = lambda x: float(np.mean(x > 0))
+    spread = lambda x: float(np.mean(np.std(x, axis=0)))
+    assert 0.3 * bright(real) < bright(samples) < 3 * bright(real)
+    assert spread(samples) > 0.25 * spread(real)
+    fake_scores = tf.sigmoid(model.discriminator(samples, training=False)).numpy()
+    assert np.mean(fake_scores) > 0.05

@@ -5,6 +5,8 @@
                   wgan_gp: Wasserstein critic with gradient penalty, `critic_steps` critic updates per G update
     label_smoothing  one-sided: real images are labelled 1 - s for the discriminator
     spectral_norm    wraps the discriminator's kernels in spectral normalisation
+    r1_penalty       gamma of R1 (Mescheder et al. 2018, StyleGAN's regulariser): D's loss gains
+                     gamma / 2 * ||grad_x D(x)||^2 on real images, so D cannot win by a steep boundary at the data
     num_classes      class-conditional (the dcgan_cond / wgan_gp_cond presets): the generator reads a learned
                      label embedding beside its codings; the discriminator (critic) adds the projection term
                      <embed(y), phi(x)> of Miyato & Koyama (2018) to its score, phi its last features
@@ -57,6 +59,7 @@ class GANConfig(TrainingConfig):
     spectral_norm: bool = False
     critic_steps: int = 1
     gradient_penalty: float = 10.0
+    r1_penalty: float = 0.0  # gamma (bce loss; 0: off)
     discriminator_learning_rate: Optional[float] = None  # None: learning_rate
     max_discriminator_wins: int = 500  # consecutive steps; 0: never stop for it
     ema_decay: float = 0.999  # sample, score and export an average of the generator's weights (0: the raw ones)
@@ -91,6 +94,10 @@ class GANConfig(TrainingConfig):
         require(0 <= self.label_smoothing < 0.5, f"label_smoothing={self.label_smoothing}: must be in [0, 0.5)")
         require(self.critic_steps >= 1, f"critic_steps={self.critic_steps}: must be at least 1")
         require(self.gradient_penalty >= 0, f"gradient_penalty={self.gradient_penalty}: must be >= 0")
+        require(math.isfinite(self.r1_penalty) and self.r1_penalty >= 0,
+                f"r1_penalty={self.r1_penalty}: must be a weight >= 0 (0: off)")
+        require(self.loss == "bce" or self.r1_penalty == 0,
+                "r1_penalty applies to loss='bce': the Wasserstein critic has gradient_penalty")
         require(self.discriminator_learning_rate is None or self.discriminator_learning_rate > 0,
                 f"discriminator_learning_rate={self.discriminator_learning_rate}: must be positive")
         require_ema_decay(self)
@@ -228,13 +235,13 @@ class GAN(keras.Model):
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, loss: str = "bce",
                  label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0,
-                 ema_decay: float = 0.0, num_classes: int = 0, feature_matching: float = 0.0,
+                 ema_decay: float = 0.0, num_classes: int = 0, feature_matching: float = 0.0, r1_penalty: float = 0.0,
                  replay: Optional[ReplayBuffer] = None, growth: Optional[progressive.Growth] = None, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.ema = ExponentialMovingAverage(generator, ema_decay) if ema_decay else None
         self.loss_kind, self.label_smoothing = loss, label_smoothing
-        self.critic_steps, self.gradient_penalty = critic_steps, gradient_penalty
+        self.critic_steps, self.gradient_penalty, self.r1_penalty = critic_steps, gradient_penalty, r1_penalty
         self.num_classes = num_classes
         self.coding_size = int(generator.inputs[0].shape[-1])
         self.feature_matching, self.replay, self.growth = feature_matching, replay, growth
@@ -326,6 +333,8 @@ class GAN(keras.Model):
                 per_example = 0.5 * (tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=real_logits)
                                      + tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(fake_logits),
                                                                                logits=fake_logits))
+                if self.r1_penalty:
+                    per_example += 0.5 * self.r1_penalty * self._real_gradient_norm(real, labels)
             else:
                 per_example = fake_logits - real_logits + self.gradient_penalty * self._penalty(real, fake, labels)
             loss = scaled_loss(self.d_optimizer, average_loss(per_example, self.discriminator))
@@ -341,6 +350,13 @@ class GAN(keras.Model):
             scores = self._logits(between, labels)
         norms = tf.sqrt(per_example_sum(tf.square(tape.gradient(scores, between))) + 1e-12)
         return tf.square(norms - 1.0)
+
+    def _real_gradient_norm(self, real, labels=None):
+        """R1's ||grad_x D(x)||^2 at the real images, (B,)."""
+        with tf.GradientTape() as tape:
+            tape.watch(real)
+            logits = self._logits(real, labels)
+        return per_example_sum(tf.square(tape.gradient(logits, real)))
 
     def feature_gap(self, real, fake, labels=None):
         """Feature matching's term: the squared distance between the batch means of the discriminator's last
@@ -501,7 +517,8 @@ def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
         model = GAN(generator, discriminator, loss=config.loss, label_smoothing=config.label_smoothing,
                     critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
                     ema_decay=config.ema_decay, num_classes=config.num_classes,
-                    feature_matching=config.feature_matching, replay=replay_buffer(config, input_shape),
+                    feature_matching=config.feature_matching, r1_penalty=config.r1_penalty,
+                    replay=replay_buffer(config, input_shape),
                     growth=growth, name=f"{'progressive_' if growth else ''}{config.architecture}_{config.loss}_"
                                         f"{'conditional_' if config.num_classes else ''}gan")
         if config.num_classes:  # built already (functional); a call builds the wrapper (its weights tracked)

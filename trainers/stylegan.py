@@ -1,16 +1,19 @@
 """A StyleGAN-style generator (Karras et al. 2019, with StyleGAN2's weight demodulation, Karras et al. 2020) at the
 sizes latentforge handles (28x28 grey, 32x32 colour), trained by trainers.gans' GAN game.
 
-    mapping network   z (coding_size) -> pixel norm -> `mapping_layers` dense layers -> w (style_size)
+    mapping network   z (coding_size) -> pixel norm -> `mapping_layers` dense layers -> w (style_size), with
+                      StyleGAN's equalised learning rate at 1/100 of the synthesis network's
     synthesis         a learned constant (4x4 for 28 or 32 pixels) -> per resolution: bilinear upsampling, two
                       3x3 convolutions whose weights each layer's style modulates and demodulates, each followed by
                       a per-layer noise image times learned per-channel scales, a bias and leaky ReLU -> a
-                      modulated 1x1 convolution to the image's channels -> tanh (cropped to the image size)
+                      modulated 1x1 convolution to the image's channels, linear as StyleGAN2's toRGB (cropped
+                      to the image size; sampling clips to [-1, 1])
     styles            w through a learned affine map per layer; with `style_mixing` probability a training image
                       takes a second z's w from a random layer on (style-mixing regularisation)
     truncation        w_avg, a moving average of w over training; at sampling w = w_avg + psi (w - w_avg)
     discriminator     DCGAN's convolutional stack (`conv_filters`) with the minibatch-stddev feature
-                      (`minibatch_stddev`, on by default); every remedy of trainers.gans applies
+                      (`minibatch_stddev`, on by default) and the R1 penalty (`r1_penalty`); every remedy of
+                      trainers.gans applies
 
 Layers are numbered 0..L-1 from the coarsest (the constant's convolution) to the last (the 1x1 to pixels): L =
 2 * len(synthesis_filters) for the default 4-resolution stack (8 layers). A style-mixed image takes its layers
@@ -49,6 +52,7 @@ class StyleGANConfig(gans.GANConfig):
     truncation: float = 1.0  # psi, generate's default (1: none)
     w_average_decay: float = 0.995  # w_avg's moving-average decay, per generator call in training
     minibatch_stddev: int = 4
+    r1_penalty: float = 0.02  # StyleGAN2's regulariser, gamma at the small end of its range for 28-32 pixels
     conv_filters: Tuple[int, ...] = (32, 64, 128)
     dropout: float = 0.0
     optimizer: str = "adam"
@@ -210,16 +214,41 @@ class NoiseInput(keras.layers.Layer):
         return {**super().get_config(), "index": self.index}
 
 
+@keras.saving.register_keras_serializable("latentforge")
+class MappingDense(keras.layers.Layer):
+    """StyleGAN's mapping layer: equalised learning rate with a multiplier (weights stored as N(0, 1/lr_mul),
+    used times lr_mul / sqrt(fan_in)), so Adam moves the mapping lr_mul times slower than the synthesis; leaky
+    ReLU with gain sqrt(2) keeps w's scale through the layers."""
+
+    def __init__(self, units: int, lr_multiplier: float = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.lr_multiplier = units, lr_multiplier
+
+    def build(self, input_shape):
+        self.fan_in = int(input_shape[-1])
+        self.kernel = self.add_weight(name="kernel", shape=(self.fan_in, self.units),
+                                      initializer=keras.initializers.RandomNormal(stddev=1.0 / self.lr_multiplier))
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, x):
+        scale = self.lr_multiplier / self.fan_in ** 0.5
+        y = tf.matmul(x, tf.cast(self.kernel, x.dtype) * scale) + tf.cast(self.bias, x.dtype) * self.lr_multiplier
+        return tf.nn.leaky_relu(y, 0.2) * 2 ** 0.5
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "lr_multiplier": self.lr_multiplier}
+
+
 def _mapping(config: StyleGANConfig) -> keras.Model:
     return keras.Sequential(
         [keras.layers.Input((config.coding_size,)), PixelNorm()]
-        + [layer for _ in range(config.mapping_layers)
-           for layer in (keras.layers.Dense(config.style_size), keras.layers.LeakyReLU(0.2))], name="mapping")
+        + [MappingDense(config.style_size) for _ in range(config.mapping_layers)], name="mapping")
 
 
 def build_generator(config: StyleGANConfig, input_shape: Sequence[int]) -> keras.Model:
     """[z_a (B, K), z_b (B, K), crossover (B,), truncation (B,), noise_seed (B, 2)] -> images (B, H, W, C) in
-    [-1, 1]. A functional model (its EMA copy is a clone)."""
+    [-1, 1] when trained (a linear output, as StyleGAN2's; StyleGAN.draw clips). A functional model (its EMA copy is a clone)."""
     height, width, channels = input_shape
     filters = config.synthesis_filters
     start_h, start_w, cropping = upsampling_plan(height, width, len(filters) - 1)
@@ -248,7 +277,7 @@ def build_generator(config: StyleGANConfig, input_shape: Sequence[int]) -> keras
         x = keras.layers.UpSampling2D(2, interpolation="bilinear")(x)
         x = styled(styled(x, width), width)
     x = ModulatedConv2D(channels, 1, index, demodulate=False, name="to_pixels")([x, styles])
-    images = keras.layers.Cropping2D(cropping)(keras.layers.Activation("tanh", dtype="float32")(x))
+    images = keras.layers.Cropping2D(cropping)(keras.layers.Activation("linear", dtype="float32")(x))
     return keras.Model([z_a, z_b, crossover, truncation, noise_seed], images, name="generator")
 
 
@@ -281,7 +310,8 @@ class StyleGAN(gans.GAN):
         n = tf.shape(z_a)[0]
         inputs = [z_a, z_b, tf.fill([n], tf.cast(crossover, tf.int32)),
                   tf.fill([n], tf.cast(truncation, tf.float32)), tf.tile(tf.reshape(noise_seed, [1, 2]), [n, 1])]
-        return tf.cast((generator or self.sampling_generator)(inputs, training=False), tf.float32)
+        images = tf.cast((generator or self.sampling_generator)(inputs, training=False), tf.float32)
+        return tf.clip_by_value(images, -1.0, 1.0)
 
     def generate(self, n: int, seed: int = 0, labels=None, truncation: Optional[float] = None) -> tf.Tensor:
         """n images in [-1, 1]; the same seed, the same images. truncation psi: the model's default if None."""
@@ -311,7 +341,8 @@ def build_stylegan(config: StyleGANConfig, input_shape: Sequence[int]) -> StyleG
                          style_mixing=config.style_mixing, truncation=config.truncation, loss=config.loss,
                          label_smoothing=config.label_smoothing, critic_steps=config.critic_steps,
                          gradient_penalty=config.gradient_penalty, ema_decay=config.ema_decay,
-                         feature_matching=config.feature_matching, replay=gans.replay_buffer(config, input_shape),
+                         feature_matching=config.feature_matching, r1_penalty=config.r1_penalty,
+                         replay=gans.replay_buffer(config, input_shape),
                          name="stylegan")
         z = tf.zeros((1, config.coding_size))
         model([z, z, tf.constant([config.style_layers]), tf.ones((1,)), tf.zeros((1, 2), tf.int32)])
