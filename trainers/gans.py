@@ -97,7 +97,8 @@ class GANConfig(TrainingConfig):
         require(math.isfinite(self.r1_penalty) and self.r1_penalty >= 0,
                 f"r1_penalty={self.r1_penalty}: must be a weight >= 0 (0: off)")
         require(self.loss == "bce" or self.r1_penalty == 0,
-                "r1_penalty applies to loss='bce': the Wasserstein critic has gradient_penalty")
+                f"r1_penalty applies to loss='bce' (set r1_penalty=0 with loss={self.loss!r}: its critic has "
+                "gradient_penalty)")
         require(self.discriminator_learning_rate is None or self.discriminator_learning_rate > 0,
                 f"discriminator_learning_rate={self.discriminator_learning_rate}: must be positive")
         require_ema_decay(self)

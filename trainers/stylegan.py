@@ -248,7 +248,8 @@ def _mapping(config: StyleGANConfig) -> keras.Model:
 
 def build_generator(config: StyleGANConfig, input_shape: Sequence[int]) -> keras.Model:
     """[z_a (B, K), z_b (B, K), crossover (B,), truncation (B,), noise_seed (B, 2)] -> images (B, H, W, C) in
-    [-1, 1] when trained (a linear output, as StyleGAN2's; StyleGAN.draw clips). A functional model (its EMA copy is a clone)."""
+    [-1, 1] once trained (a linear output, as StyleGAN2's; StyleGAN.draw clips). A functional model (its EMA copy
+    is a clone)."""
     height, width, channels = input_shape
     filters = config.synthesis_filters
     start_h, start_w, cropping = upsampling_plan(height, width, len(filters) - 1)
