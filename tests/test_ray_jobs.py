@@ -45,7 +45,7 @@ def ray_head():
     address = f"http://127.0.0.1:{dashboard_port}"
     try:
         from ray.job_submission import JobSubmissionClient
-        deadline = time.time() + 180
+        deadline = time.time() + 360  # a loaded 2-core machine (Ray Train tests beside it) took over 180 s twice
         while True:
             try:
                 JobSubmissionClient(address).list_jobs()
