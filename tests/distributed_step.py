@@ -26,7 +26,7 @@ per_replica = strategy.run(average_loss, args=(next(iter(shards)),))
 report["summed_replica_loss"] = float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
 report["global_mean"] = float(tf.reduce_mean(values))
 
-TINY = {"stacked_ae": {}, "vae": {}, "dcgan": {"conv_filters": [16, 32]}, "wgan_gp": {"critic_steps": 2},
+TINY = {"stacked_ae": {}, "vae": {}, "wgan_gp": {"critic_steps": 2},
         "ddpm": {"timesteps": 20, "base_channels": 16, "channel_multipliers": [1, 2], "sample_steps": 2},
         # DCGAN with the mode-collapse remedies: a per-replica replay buffer, a batch statistic in G's loss and in D.
         "dcgan+remedies": {"conv_filters": [16, 32], "minibatch_stddev": 4, "feature_matching": 1.0,

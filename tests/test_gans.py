@@ -137,7 +137,7 @@ def test_r1_adds_the_squared_gradient_norm_at_real_images_to_the_discriminators_
         tape.watch(real)
         logits = plain.discriminator(real, training=True)[:, 0]
     expected = np.sum(tape.gradient(logits, real).numpy() ** 2, axis=(1, 2, 3))
-    norms = penalised._real_gradient_norm(real).numpy()
+    norms = penalised._squared_input_gradient(real).numpy()
     np.testing.assert_allclose(norms, expected, rtol=1e-4)
     assert np.all(norms > 0)
     # In the discriminator's step, on the same weights, fakes and random state: gamma / 2 x that norm more.

@@ -335,7 +335,7 @@ class GAN(keras.Model):
                                      + tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(fake_logits),
                                                                                logits=fake_logits))
                 if self.r1_penalty:
-                    per_example += 0.5 * self.r1_penalty * self._real_gradient_norm(real, labels)
+                    per_example += 0.5 * self.r1_penalty * self._squared_input_gradient(real, labels)
             else:
                 per_example = fake_logits - real_logits + self.gradient_penalty * self._penalty(real, fake, labels)
             loss = scaled_loss(self.d_optimizer, average_loss(per_example, self.discriminator))
@@ -346,18 +346,15 @@ class GAN(keras.Model):
         """WGAN-GP: (||grad_x critic(x)|| - 1)^2 at random points between real and fake images, (B,)."""
         mix = tf.random.uniform([tf.shape(real)[0]] + [1] * (len(real.shape) - 1))
         between = real + mix * (fake - real)
-        with tf.GradientTape() as tape:
-            tape.watch(between)
-            scores = self._logits(between, labels)
-        norms = tf.sqrt(per_example_sum(tf.square(tape.gradient(scores, between))) + 1e-12)
+        norms = tf.sqrt(self._squared_input_gradient(between, labels) + 1e-12)
         return tf.square(norms - 1.0)
 
-    def _real_gradient_norm(self, real, labels=None):
-        """R1's ||grad_x D(x)||^2 at the real images, (B,)."""
+    def _squared_input_gradient(self, images, labels=None):
+        """||grad_x D(x)||^2 per image, (B,): WGAN-GP's between real and fake, R1's at the real images."""
         with tf.GradientTape() as tape:
-            tape.watch(real)
-            logits = self._logits(real, labels)
-        return per_example_sum(tf.square(tape.gradient(logits, real)))
+            tape.watch(images)
+            scores = self._logits(images, labels)
+        return per_example_sum(tf.square(tape.gradient(scores, images)))
 
     def feature_gap(self, real, fake, labels=None):
         """Feature matching's term: the squared distance between the batch means of the discriminator's last
