@@ -13,7 +13,7 @@ RUN_DIR ?= runs
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
-.PHONY: install run test test-fast benchmark benchmark-generative benchmark-serving clean
+.PHONY: install browser run test test-fast benchmark benchmark-generative benchmark-serving clean
 
 install: $(STAMP)
 
@@ -28,8 +28,16 @@ run: install
 
 # Two test processes, whole modules each (their fixtures start Rays and servers once): Ray start-ups, waits and
 # single-threaded stretches of one overlap the other's compute. TEST_WORKERS=0 runs everything in one process.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS) tests
+
+# The explorer's browser tests drive Debian's chromium through chromedriver (no browser can be downloaded):
+# installed here when missing and this is root (CI); otherwise they say how and skip.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium/chromedriver missing: sudo apt-get install chromium chromium-driver (browser tests skip)"; fi; }
 
 # The inner loop: every test that starts no Ray, no server and no whole pipeline (marked slow).
 test-fast: install

@@ -11,6 +11,8 @@ setuptools.setup(
     # The design card's layout: each top-level folder is a package of its own.
     packages=setuptools.find_packages(include=["pipelines*", "components*", "trainers*", "evaluation*", "serving*",
                                                "backends*"]),
+    # The explorer page's own files (served by the model server; no CDN).
+    package_data={"serving": ["assets/*.html", "assets/*.js", "assets/*.css"]},
     # Versions live in requirements.txt + constraints.txt (the tested lock); `make install` applies them.
     install_requires=[],
     entry_points={"console_scripts": ["latentforge = pipelines.cli:main"]},

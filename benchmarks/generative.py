@@ -38,6 +38,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from serving import export
+from serving.model import read_metadata
 from evaluation import figures, scoring
 from trainers import job as training, registry
 from trainers.common import resolve_precision
@@ -99,7 +100,12 @@ def score(entry, model, directory, count, network, reference, inputs=None, seed=
     (a conditional model's images are asked for classes 0-9 in turn: conditional accuracy and per-class FID)."""
     if export_first:
         export.export_model(entry.family, model, (28, 28, 1), directory, entry.pixel_range)
-    signature = tf.saved_model.load(directory).signatures[entry.family.generate_signature]
+    loaded = tf.saved_model.load(directory)
+    signature = loaded.signatures[entry.family.generate_signature]
+    # The exporter's defaults for the signature's other inputs (StyleGAN's truncation), as the Evaluator uses them.
+    takes = set(signature.structured_input_signature[1])
+    defaults = {k: v for k, v in read_metadata(loaded).get("generate_defaults", {}).items() if k in takes}
+    inputs = {**defaults, **(inputs or {})}
     with Timer() as timer:
         samples = scoring.generate(signature, count, seed, 250, inputs)
     features, classes = network(samples)

@@ -1,7 +1,8 @@
 """Scores of trained models, computed from what they export (their SavedModel signatures) and a metric network.
 
 A family's description (trainers/registry.py) lists the scorers that apply to it:
-    score_reconstructions  test_mse, test_bce per pixel; anomaly_auroc when a class was held out of training
+    score_reconstructions  test_mse, test_bce per pixel; anomaly_auroc when a class was held out of training; the
+                           exported anomaly threshold's test_false_positive_rate (and anomaly_precision/_recall)
     score_elbo             test_neg_elbo (reconstruction + KL per example, one sampled coding): VAEs
     score_generation       fid, kid (x 1e3), mode_entropy, mode_kl (see below) of generated images
     score_classification   test_accuracy, per-class accuracy, confusion matrix
@@ -312,17 +313,43 @@ class ScoringRun:
 
 def score_reconstructions(run: ScoringRun) -> None:
     """test_mse, test_bce per pixel through `reconstruct`; the codings from `encode`; the AUROC of
-    `anomaly_score` for the held-out class when there is one."""
+    `anomaly_score` for the held-out class when there is one; and the exported anomaly threshold's decisions
+    (see `anomaly_decision_scores`) when the SavedModel carries one."""
     options, images = run.options, run.images
     reconstructed = _concatenated(run.signatures["reconstruct"], images, options.batch_size)["reconstructions"]
     errors = reconstruction_errors(images, reconstructed, run.pixel_range)
     run.metrics.update(test_mse=float(errors["mse"].mean()), test_bce=float(errors["bce"].mean()))
     encoded = _concatenated(run.signatures["encode"], images, options.batch_size)
     run.arrays.update(encoded)  # codings (and a VAE's log_var)
+    calibration = run.metadata.get("anomaly")
+    if options.anomaly_class is None and not calibration:
+        return
+    scores = _concatenated(run.signatures["anomaly_score"], images, options.batch_size)["scores"]
+    anomalous = (run.labels == options.anomaly_class) if options.anomaly_class is not None else np.zeros(
+        len(scores), bool)
     if options.anomaly_class is not None:
-        scores = _concatenated(run.signatures["anomaly_score"], images, options.batch_size)["scores"]
         run.metrics["anomaly_class"] = int(options.anomaly_class)
-        run.metrics["anomaly_auroc"] = auroc(scores, run.labels == options.anomaly_class)
+        run.metrics["anomaly_auroc"] = auroc(scores, anomalous)
+    if calibration:
+        run.metrics.update(anomaly_decision_scores(scores, anomalous, calibration["threshold"]),
+                           anomaly_target_fpr=float(calibration["target_false_positive_rate"]))
+
+
+def anomaly_decision_scores(scores: np.ndarray, anomalous: np.ndarray, threshold: float) -> Dict[str, float]:
+    """What calling `scores > threshold` anomalous does on labelled data (`anomalous`: the truth): the share of
+    normal images flagged (the false-positive rate the threshold was calibrated for) and, when there are
+    anomalous images, the precision and recall of the flags."""
+    flagged, anomalous = np.asarray(scores) > threshold, np.asarray(anomalous, bool)
+    if not np.any(~anomalous):
+        raise ValueError("no normal images to measure the false-positive rate on")
+    result = {"anomaly_threshold": float(threshold),
+              "test_false_positive_rate": float(flagged[~anomalous].mean())}
+    if np.any(anomalous):
+        hits = int(np.sum(flagged & anomalous))
+        result["anomaly_recall"] = hits / int(anomalous.sum())
+        if flagged.any():  # (no flags: precision is undefined, and left out)
+            result["anomaly_precision"] = hits / int(flagged.sum())
+    return result
 
 
 def score_elbo(run: ScoringRun) -> None:

@@ -24,7 +24,8 @@ from typing import List, Optional
 
 from pipelines import run_request
 from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_CLUSTER, EXIT_DATA_INVALID, EXIT_DIVERGED,
-                                  EXIT_ERROR, EXIT_OK, CliError, explain, non_negative_float, positive_int)
+                                  EXIT_ERROR, EXIT_OK, CliError, explain, non_negative_float, open_unit_float,
+                                  positive_int)
 from pipelines.run_request import DEFAULT_SEED, DEFAULT_SOURCE
 from serving import commands as serving_commands
 
@@ -107,6 +108,9 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                          help="generated images scored by FID, KID and mode coverage (default 1000)")
     scoring.add_argument("--anomaly-class", type=int,
                          help="autoencoders: keep this class out of training and report the AUROC of detecting it")
+    scoring.add_argument("--anomaly-fpr", type=open_unit_float,
+                         help="autoencoders: the share of normal (eval) images the exported anomaly threshold calls "
+                         "anomalous (default 0.01); the server's :detect applies it")
     scoring.add_argument("--metric-network-epochs", type=positive_int, default=3,
                          help="epochs of the metric network (trained once per dataset; default 3)")
     ray = parser.add_argument_group("training on Ray Train")

@@ -35,6 +35,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def open_unit_float(text: str) -> float:
+    """A rate strictly between 0 and 1 (0.01 is 1 %)."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not strictly between 0 and 1 (a rate: 0.01 is 1 %)")
+    return value
+
+
 def explain(error: BaseException) -> Optional[Tuple[str, int]]:
     """(message, exit code) for errors that are the user's to fix, searched along the cause chain."""
     from components.image_example_gen.sources import SourceError  # pylint: disable=import-outside-toplevel

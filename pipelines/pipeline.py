@@ -130,15 +130,19 @@ class RayTraining:
 def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
             ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer",
             holdout_class: Optional[int] = None, labels_per_class: Optional[int] = None,
-            data_pixel_range: Optional[str] = None, extra_examples=None) -> tfx.components.Trainer:
+            data_pixel_range: Optional[str] = None, extra_examples=None,
+            anomaly_fpr: Optional[float] = None) -> tfx.components.Trainer:
     """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers. `holdout_class`: a class
     kept out of an autoencoder's training data (the anomaly its Evaluator detects). `labels_per_class`: only the
     examples ranked below it keep their labels. `data_pixel_range`: the Transform's, when not the model's.
-    `extra_examples`: more Examples (synthetic ones) read beside the Transform's."""
+    `extra_examples`: more Examples (synthetic ones) read beside the Transform's. `anomaly_fpr`: an autoencoder's
+    target false-positive rate for the anomaly threshold its SavedModel carries (default 1 %)."""
     custom_config = {"model": model_name, "config": model_config, "image_shape": list(source_info.image_shape),
                      "code": code_digest(_TRAINER_CODE)}
     if holdout_class is not None:
         custom_config["holdout_class"] = holdout_class
+    if anomaly_fpr is not None and registry.get_model(model_name).family.detects_anomalies:
+        custom_config["anomaly_fpr"] = anomaly_fpr
     if labels_per_class is not None:
         custom_config["labels_per_class"] = labels_per_class
     if data_pixel_range is not None:
@@ -170,6 +174,7 @@ class EvaluationSettings:
     margin: float = 0.01  # relative improvement over the champion's key metric needed to be blessed
     num_samples: int = 1000  # generated images for FID, KID and mode coverage
     anomaly_class: Optional[int] = None  # autoencoders: the class held out of training, anomalous in the AUROC
+    anomaly_fpr: float = 0.01  # autoencoders: the eval split's share above the exported anomaly threshold
     metric_network_epochs: int = 3
     seed: int = 0
 
@@ -211,6 +216,7 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
         nodes += generator
     model_trainer = trainer(data, source_info, model_name, model_config, ray, base_model,
                             holdout_class=settings and settings.anomaly_class,
+                            anomaly_fpr=settings and settings.anomaly_fpr,
                             extra_examples=synthetic.outputs["examples"] if synthetic else None)
     nodes.append(model_trainer)
     blessing = None

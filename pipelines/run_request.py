@@ -87,10 +87,13 @@ def model_overrides(args) -> dict:
 
 
 def check_anomaly_class(args, info) -> None:
-    if args.anomaly_class is None:
-        return
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
     family = pipeline.family_of(args.model)
+    if getattr(args, "anomaly_fpr", None) is not None and not family.detects_anomalies:
+        raise CliError(f"--anomaly-fpr sets an autoencoder's anomaly threshold (reconstruction error); "
+                       f"{args.model} is a {family.name}")
+    if args.anomaly_class is None:
+        return
     if not family.detects_anomalies:
         raise CliError(f"--anomaly-class is for autoencoders (reconstruction error as the anomaly score); "
                        f"{args.model} is a {family.name}")
@@ -103,6 +106,7 @@ def evaluation_settings(args, tracking_config):
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
     return pipeline.EvaluationSettings(tracking=tracking_config, margin=args.bless_margin,
                                        num_samples=args.eval_samples, anomaly_class=args.anomaly_class,
+                                       anomaly_fpr=getattr(args, "anomaly_fpr", None) or pipeline.EvaluationSettings.anomaly_fpr,
                                        metric_network_epochs=args.metric_network_epochs, seed=args.seed)
 
 

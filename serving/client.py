@@ -7,6 +7,7 @@
     reply.outputs, reply.version                                             # codings (N, 30), "3"
     client.generate("mnist-gan", n=16, seed=0).outputs                       # (16, 28, 28, 1) in [0, 1]
     client.generate_png("mnist-ddpm", n=16, steps=50)                        # PNG bytes of a 4x4 grid
+    client.detect("mnist-autoencoder", images)    # {"scores", "anomaly" (above the model's threshold), "threshold"}
 """
 import base64
 import dataclasses
@@ -74,6 +75,14 @@ class Client:
         outputs = content["outputs"]
         arrays = {k: _array(v) for k, v in outputs.items()} if isinstance(outputs, dict) else _array(outputs)
         return Reply(arrays, headers.get(VERSION_HEADER))
+
+    def detect(self, name: str, images: np.ndarray) -> Dict[str, Any]:
+        """An autoencoder's anomaly decisions for `images` (N, H, W, C) in its pixel range: {"scores": (N,),
+        "anomaly": (N,) bool, "threshold": the model's, "version": the version that computed them}."""
+        _, headers, content = self.request("POST", f"/v1/models/{name}:detect",
+                                           {"inputs": np.asarray(images).tolist()})
+        return {"scores": _array(content["scores"]), "anomaly": np.asarray(content["anomaly"], bool),
+                "threshold": float(content["threshold"]), "version": headers.get(VERSION_HEADER)}
 
     def generate(self, name: str, n: int, seed: int = 0, steps: Optional[int] = None) -> Reply:
         """n generated images (n, H, W, C) in [0, 1]."""

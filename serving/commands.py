@@ -1,6 +1,7 @@
 """`latentforge serve` and `latentforge predict`: their flags and what they do, beside the server and client
 they drive. The settings' defaults come from serving/settings.py, as Ray Serve's `serve run
 serving.server:build_app` takes them."""
+import dataclasses
 import os
 import time
 
@@ -37,6 +38,9 @@ def add_serve_parser(commands) -> None:
         group.add_argument("--" + name.replace("_", "-"), type=kind, metavar="N" if setting.kind is int else "X",
                            help=setting.help + default)
     serve.add_argument("--access-log", action="store_true", help="log every request (Ray Serve's access log)")
+    serve.add_argument("--class-examples", metavar="SOURCE",
+                       help="the explorer's latent arithmetic by class: a labelled source (e.g. idx:data/mnist-sample) "
+                       "whose test split's mean codings stand for each class")
 
 
 def add_predict_parser(commands) -> None:
@@ -99,10 +103,20 @@ def cmd_serve(args) -> int:
         options, deployment = settings.server_settings({name: getattr(args, name) for name in SETTINGS})
     except ValueError as e:
         raise CliError(str(e)) from e
+    if args.class_examples:
+        from components.image_example_gen import sources as data_sources  # pylint: disable=import-outside-toplevel
+        try:  # a bad source fails here, not in every replica
+            info = data_sources.probe(data_sources.parse_source(args.class_examples))
+        except (ValueError, OSError) as e:
+            raise CliError(f"--class-examples {args.class_examples}: {e}") from e
+        if not info.num_classes:
+            raise CliError(f"--class-examples {args.class_examples}: the source has no labels (classes)")
+        options = dataclasses.replace(options, class_examples=args.class_examples)
     url = server.start(sources, options, deployment, host=args.host, port=args.port,
                        ray_address=args.ray_address, access_log=args.access_log)
     first = sources[0].name
     print(f"latentforge: serving {', '.join(s.name for s in sources)} at {url}\n"
+          f"  explorer: {url}/ui/{first} (every model: {url}/)\n"
           f"  curl {url}/v1/models/{first}\n"
           f"  latentforge predict --url {url} --model {first} --info", flush=True)
     if args.detach:

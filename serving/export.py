@@ -17,15 +17,15 @@ images outside the pixel range or not finite, n outside [1, MAX_GENERATED], step
 InvalidArgumentError naming the input (the input signature already rejects wrong shapes and dtypes).
 
 Besides the signatures, the SavedModel carries `metadata`, a string variable holding JSON (family, pixel range,
-image shape, generation limits, the generating signature and its default inputs, DDPM's T and default steps): what
-a server needs to know and the signatures cannot say. `json.loads(tf.saved_model.load(d).metadata.numpy())`.
+image shape, generation limits, the generating signature and its default inputs, DDPM's T and default steps, an
+autoencoder's calibrated anomaly threshold): what a server needs to know and the signatures cannot say. `json.loads(tf.saved_model.load(d).metadata.numpy())`.
 
 The SavedModel is also callable (`loaded(array)`): the family's array-in, array-out function (reconstruct,
 generate_from_codings, generate_from_noise, classify's probabilities), which MLflow's tensorflow flavor calls
 for `pyfunc.predict`.
 """
 import json
-from typing import Any, Callable, Dict, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -34,7 +34,7 @@ from trainers.signatures import MAX_GENERATED, PIXEL_BOUNDS  # noqa: F401  (re-e
 
 
 def export_metadata(family: registry.Family, model, image_shape: Sequence[int], pixel_range: str,
-                    class_names: Sequence[str] = ()) -> Dict[str, Any]:
+                    class_names: Sequence[str] = (), extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     metadata = {"family": family.name, "pixel_range": pixel_range, "image_shape": [int(d) for d in image_shape],
                 "max_generated": MAX_GENERATED}
     if family.generate_signature:
@@ -42,6 +42,7 @@ def export_metadata(family: registry.Family, model, image_shape: Sequence[int], 
     if class_names:  # what a conditional model's labels mean: the server takes these names for class ids
         metadata["class_names"] = [str(name) for name in class_names]
     metadata.update(family.export_metadata(model))
+    metadata.update(extra or {})
     return metadata
 
 
@@ -60,10 +61,12 @@ def _float32_outputs(function: Callable) -> Callable:
 
 
 def export_model(family: Union[str, registry.Family], model, image_shape: Sequence[int], export_dir: str,
-                 pixel_range: str, class_names: Sequence[str] = ()) -> Dict[str, Callable]:
+                 pixel_range: str, class_names: Sequence[str] = (),
+                 extra_metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Callable]:
     """Writes `model` as a SavedModel with its family's signatures (a Family, or a family's name); returns the
     signature functions. `pixel_range`: what image inputs must lie in ("unit" or "symmetric"; see PIXEL_BOUNDS);
-    `class_names`: the training data's, in class-id order (the metadata lists them for a conditional model)."""
+    `class_names`: the training data's, in class-id order (the metadata lists them for a conditional model);
+    `extra_metadata`: what the Trainer measured besides the model (an autoencoder's calibrated `anomaly` threshold)."""
     family = registry.family(family) if isinstance(family, str) else family
     if pixel_range not in PIXEL_BOUNDS:
         raise ValueError(f"pixel_range={pixel_range!r}: must be one of {sorted(PIXEL_BOUNDS)}")
@@ -80,7 +83,8 @@ def export_model(family: Union[str, registry.Family], model, image_shape: Sequen
     for name, function in signatures.items():
         setattr(root, name, function)
     root.__call__ = family.array_function(signatures, model)
-    root.metadata = tf.Variable(json.dumps(export_metadata(family, model, image_shape, pixel_range, class_names)),
+    root.metadata = tf.Variable(json.dumps(export_metadata(family, model, image_shape, pixel_range, class_names,
+                                                           extra_metadata)),
                                 trainable=False, name="metadata")
     tf.saved_model.save(root, export_dir, signatures=signatures)
     return signatures

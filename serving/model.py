@@ -14,7 +14,7 @@ signature has several outputs), columnar requests as "outputs".
 """
 import dataclasses
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -226,6 +226,34 @@ class ServedModel:
         columns = {k: v.tolist() for k, v in outputs.items()}
         count = len(next(iter(columns.values())))
         return {"predictions": [{k: column[i] for k, column in columns.items()} for i in range(count)]}
+
+    # :detect
+    @property
+    def anomaly_threshold(self) -> Optional[float]:
+        """The anomaly score above which :detect calls an image anomalous (the Trainer calibrated it on the eval
+        split for a target false-positive rate); None when the SavedModel carries none."""
+        calibration = self.metadata.get("anomaly")
+        return float(calibration["threshold"]) if calibration and "anomaly_score" in self.signatures else None
+
+    def parse_detect(self, body: Any) -> Tuple[Dict[str, np.ndarray], bool]:
+        """(images, whether the request was row format) from a :detect body: {"instances": [IMAGE, ...]} or
+        {"inputs": IMAGES}, images in the model's pixel range as for :predict's anomaly_score."""
+        if self.anomaly_threshold is None:
+            raise RequestError(f"{self.name} has no anomaly threshold: :detect needs an autoencoder whose "
+                               "SavedModel carries one (`latentforge run` calibrates it; --anomaly-fpr sets the "
+                               f"rate); {self.name} is a {self.family}" + (", exported without one"
+                                                                         if "anomaly_score" in self.signatures
+                                                                         else ""))
+        if isinstance(body, dict) and "signature_name" in body:
+            raise RequestError(":detect always runs anomaly_score: leave out signature_name")
+        _, inputs, row_format = self.parse_predict({**body, "signature_name": "anomaly_score"}
+                                                   if isinstance(body, dict) else body)
+        return inputs, row_format
+
+    def detection(self, outputs: Dict[str, np.ndarray]) -> Dict[str, Any]:
+        """:detect's answer: each image's score, whether it is above the threshold, and the threshold."""
+        scores, threshold = outputs["scores"], self.anomaly_threshold
+        return {"scores": scores.tolist(), "anomaly": (scores > threshold).tolist(), "threshold": threshold}
 
     # :generate
     def parse_generate(self, body: Any) -> Tuple[str, Dict[str, np.ndarray], bool]:

@@ -4,6 +4,8 @@
     GET  /v1/models/NAME[/metadata]      version, family, signatures (inputs/outputs: dtype, shape), limits
     POST /v1/models/NAME:predict         {"signature_name": S, "instances": [...]} | {"inputs": ...}
     POST /v1/models/NAME:generate        {"n": N, "seed": S, "steps": T, "format": "json" | "png"}
+    POST /v1/models/NAME:detect          {"instances": [IMAGE, ...]} | {"inputs": IMAGES}: an autoencoder's
+                                         {"scores": [...], "anomaly": [bool, ...], "threshold": t}
     GET  /-/healthz                      Ray Serve's own health check (200 once the proxy is up)
 
 Every response from a model carries the version that computed it in the header `X-Model-Version`.
@@ -33,8 +35,9 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ray import serve
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
+from serving import explorer
 from serving.images import png_grid
 from serving.model import RequestError, ServedModel, split_rows, stack_rows
 from serving.settings import SETTINGS, Deployment, Limits, ServerOptions, server_settings  # noqa: F401
@@ -167,6 +170,8 @@ class ModelServer:
             raise ValueError(f"model names must be given and distinct; got {names}")
         self.options = options
         self.sources = {s.name: s for s in sources}
+        self.class_examples = (explorer.ClassExamples.from_source(options.class_examples)
+                               if options.class_examples else None)
         self._download_root = tempfile.mkdtemp(prefix="latentforge-serve-")
         self.models: Dict[str, ServedModel] = {}
         self._downloads: Dict[str, Optional[str]] = {}
@@ -223,13 +228,15 @@ class ModelServer:
         path, method = request.url.path.rstrip("/") or "/", request.method
         model: Optional[ServedModel] = None
         try:
+            if path == "/" or path.startswith("/ui/"):
+                return self._page(request, path, method)
             if path == "/v1/models":
                 self._require(method, "GET", path)
                 return _json_response({"models": [{"name": m.name, "version": m.version, "family": m.family}
                                                   for m in self.models.values()]})
             if not path.startswith("/v1/models/"):
-                raise RequestError(f"no route {path}: the API is /v1/models/NAME, /v1/models/NAME:predict and "
-                                   "/v1/models/NAME:generate", status=404)
+                raise RequestError(f"no route {path}: the API is /v1/models/NAME, /v1/models/NAME:predict, "
+                                   "/v1/models/NAME:generate and /v1/models/NAME:detect", status=404)
             name, _, verb = path[len("/v1/models/"):].partition(":")
             if name.endswith("/metadata") and not verb:  # TF Serving's metadata URL: the same answer
                 name = name[:-len("/metadata")]
@@ -240,26 +247,51 @@ class ModelServer:
             self._require(method, "POST", path)
             body = await self._json_body(request)
             if verb == "predict":
+                signature = body.get("signature_name", "serving_default") if isinstance(body, dict) else ""
+                body = explorer.with_uploads(body, model, signature)
                 signature, inputs, row_format = model.parse_predict(body)
                 outputs, model = await self._predict(model, signature, inputs)
                 return _json_response(model.format_outputs(outputs, row_format), version=model.version)
             if verb == "generate":
                 signature, inputs, as_png = model.parse_generate(body)
                 outputs = await asyncio.get_running_loop().run_in_executor(None, model.run, signature, inputs)
-                images = outputs["images"]
-                if as_png:
-                    content = {"format": "png", "n": len(images),
-                               "png_base64": base64.b64encode(png_grid(images)).decode("ascii")}
-                else:
-                    content = {"format": "json", "n": len(images), "images": images.tolist()}
+                content = _images_content(outputs["images"], {"format": "png" if as_png else "json"})
                 return _json_response(content, version=model.version)
-            raise RequestError(f"unknown verb :{verb}: use :predict or :generate", status=404)
+            if verb == "detect":
+                inputs, _ = model.parse_detect(explorer.with_uploads(body, model, "anomaly_score"))
+                outputs, model = await self._predict(model, "anomaly_score", inputs)
+                return _json_response(model.detection(outputs), version=model.version)
+            if verb in ("interpolate", "arithmetic"):
+                run = (lambda: explorer.interpolate(model, body)) if verb == "interpolate" else (
+                    lambda: explorer.arithmetic(model, body, self.class_examples))
+                images = await asyncio.get_running_loop().run_in_executor(None, run)
+                return _json_response(_images_content(images, body, columns=len(images)), version=model.version)
+            raise RequestError(f"unknown verb :{verb}: use :predict, :generate, :detect, :interpolate or "
+                               ":arithmetic", status=404)
         except RequestError as error:
             return _error(error.status, str(error), model.version if model else None)
         except Exception as error:  # pylint: disable=broad-except
             _log.exception("request %s %s failed", method, path)
             return _error(500, f"internal error: {type(error).__name__}: {error}",
                           model.version if model else None)
+
+    def _page(self, request, path: str, method: str):
+        """The explorer: GET / (the models), /ui/NAME (one model's page), /ui/assets/FILE (its files only)."""
+        self._require(method, "GET", path)
+        if path.startswith("/ui/assets/"):
+            # The path as sent (still percent-encoded), so that an encoded ../ is seen for what it is.
+            raw = request.scope.get("raw_path", path.encode()).decode("latin-1").partition("?")[0]
+            found = explorer.asset_file(raw[len("/ui/assets/"):])
+            if found is None:
+                raise RequestError(f"no file {path}", status=404)
+            with open(found, "rb") as f:
+                return Response(f.read(), media_type=explorer.content_type(found),
+                                headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+        if path != "/":
+            self._model(path[len("/ui/"):])  # 404 for a model this server does not serve
+        with open(os.path.join(explorer.ASSETS_DIR, "index.html" if path == "/" else "explorer.html"), "rb") as f:
+            return Response(f.read(), media_type="text/html; charset=utf-8",
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
     @staticmethod
     def _require(method: str, expected: str, path: str) -> None:
@@ -320,6 +352,18 @@ class ModelServer:
         return results
 
 
+def _images_content(images, body: Any, columns: Optional[int] = None) -> Dict[str, Any]:
+    """Images (N, H, W, C) in [0, 1] as an answer: one PNG grid (base64; `columns` wide, default square) when
+    the body asked for "format": "png" (the default of :interpolate and :arithmetic), else the arrays."""
+    as_png = not isinstance(body, dict) or body.get("format", "png") == "png"
+    if isinstance(body, dict) and body.get("format", "png") not in ("png", "json"):
+        raise RequestError(f"format {body['format']!r}: use \"json\" or \"png\"")
+    if as_png:
+        return {"format": "png", "n": len(images),
+                "png_base64": base64.b64encode(png_grid(images, columns)).decode("ascii")}
+    return {"format": "json", "n": len(images), "images": images.tolist()}
+
+
 def _run_one(model: ServedModel, signature: str, inputs: Dict[str, Any]):
     try:
         return model.run(signature, inputs)
@@ -355,9 +399,10 @@ def build_app(args: Dict[str, str]):
             replicas=2 max_batch_size=32
 
     Keys: saved_model ([NAME=]DIR) and/or model (NAME[@ALIAS|/VERSION]), comma-separated for several;
-    mlflow_uri (default MLFLOW_TRACKING_URI); and serving.settings.SETTINGS (replicas, max_batch_size,
+    mlflow_uri (default MLFLOW_TRACKING_URI); class_examples (the explorer's labelled source); and
+    serving.settings.SETTINGS (replicas, max_batch_size,
     max_generated, ...: the same settings and defaults as `latentforge serve`'s flags)."""
-    known = {"saved_model", "model", "mlflow_uri", *SETTINGS}
+    known = {"saved_model", "model", "mlflow_uri", "class_examples", *SETTINGS}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown argument(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -370,6 +415,8 @@ def build_app(args: Dict[str, str]):
     if not sources:
         raise ValueError("give saved_model=DIR and/or model=NAME[@ALIAS|/VERSION]")
     options, deployment = server_settings({k: v for k, v in args.items() if k in SETTINGS})
+    if args.get("class_examples"):
+        options = dataclasses.replace(options, class_examples=args["class_examples"])
     return application(sources, options, deployment)
 
 

@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 import sklearn.metrics
+import tensorflow as tf
 
 from serving import export
 from tests.conftest import sample_digits, sample_labels
 from evaluation import scoring
-from trainers import registry
+from trainers import autoencoders, registry
 
 
 def test_auroc_matches_sklearn_with_ties():
@@ -107,7 +108,20 @@ def test_scoring_an_autoencoder_savedmodel(tmp_path):
     images, labels = sample_digits(300), sample_labels(300)
     model = entry.build(registry.make_config("stacked_ae", {}), (28, 28, 1))
     model.fit(images, images, epochs=1, batch_size=32, verbose=0)
-    export.export_model("autoencoder", model, (28, 28, 1), str(tmp_path), "unit")
+    # The threshold the Trainer exports: calibrated on other digits (the "eval split") for 5 % false positives.
+    calibration_images = sample_digits(500)[300:]
+    calibration = autoencoders.calibrate_anomaly_threshold(
+        model, tf.data.Dataset.from_tensor_slices(calibration_images).batch(64), 0.05)
+    calibration_errors = np.mean(np.square(model.predict(calibration_images, verbose=0) - calibration_images),
+                                 axis=(1, 2, 3))
+    assert calibration["calibration_examples"] == 200
+    # The lowest such score: at most 5 % of the calibration digits lie above it, it is one of their scores, and
+    # with it they would be over 5 % (1e-6: predict's rounding against anomaly_score's).
+    assert np.mean(calibration_errors > calibration["threshold"] + 1e-6) <= 0.05
+    assert np.min(np.abs(calibration_errors - calibration["threshold"])) < 1e-6
+    assert np.mean(calibration_errors >= calibration["threshold"] - 1e-6) > 0.05
+    export.export_model("autoencoder", model, (28, 28, 1), str(tmp_path), "unit", extra_metadata={
+        "anomaly": calibration})
     metrics, arrays = scoring.score_model(registry.family("autoencoder"), str(tmp_path), images, labels, "unit", {}, 10,
                                              scoring.EvaluationOptions(anomaly_class=1, batch_size=64))
     reconstructions = model.predict(images, verbose=0)
@@ -115,6 +129,27 @@ def test_scoring_an_autoencoder_savedmodel(tmp_path):
     errors = np.mean(np.square(reconstructions - images), axis=(1, 2, 3))
     assert metrics["anomaly_auroc"] == pytest.approx(sklearn.metrics.roc_auc_score(labels == 1, errors), rel=1e-5)
     assert arrays["codings"].shape == (300, 30)
+    # The exported threshold's decisions on the test images (class 1: the anomaly).
+    flagged, ones = errors > calibration["threshold"], labels == 1
+    assert metrics["anomaly_threshold"] == calibration["threshold"] and metrics["anomaly_target_fpr"] == 0.05
+    assert metrics["test_false_positive_rate"] == pytest.approx(flagged[~ones].mean(), abs=1e-3)
+    assert metrics["anomaly_recall"] == pytest.approx(flagged[ones].mean(), abs=0.02)
+
+
+def test_anomaly_decisions_are_scored_against_the_truth():
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.9, 1.0, 0.15])
+    anomalous = np.array([False, False, False, False, True, True, True])
+    assert scoring.anomaly_decision_scores(scores, anomalous, 0.35) == {
+        "anomaly_threshold": 0.35, "test_false_positive_rate": 0.25, "anomaly_recall": 2 / 3,
+        "anomaly_precision": 2 / 3}
+    # Nothing flagged: no precision to report; no anomalous images: only the false-positive rate.
+    assert "anomaly_precision" not in scoring.anomaly_decision_scores(scores, anomalous, 5.0)
+    assert set(scoring.anomaly_decision_scores(scores[:4], anomalous[:4], 0.35)) == {
+        "anomaly_threshold", "test_false_positive_rate"}
+    with pytest.raises(ValueError, match="no normal images"):
+        scoring.anomaly_decision_scores(scores[4:6], anomalous[4:6], 0.5)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+        autoencoders.calibrate_anomaly_threshold(None, [], 1.5)
 
 
 def test_scoring_a_gan_savedmodel_with_the_metric_network(metric_network, tmp_path):

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from backends import tracking
 from pipelines import cli, metadata
-from tests.conftest import SAMPLE_DIR, random_images
+from tests.conftest import SAMPLE_DIR, random_images, sample_digits
 
 pytestmark = pytest.mark.slow
 ALL_NODES = ["ImageExampleGen", "StatisticsGen", "SchemaGen", "ImageSchemaCurator", "StrictExampleValidator",
@@ -37,6 +37,14 @@ def test_first_run_executes_every_component_and_pushes_a_savedmodel(sample_run):
     images = tf.random.uniform([3, 28, 28, 1])
     assert model.signatures["encode"](images=images)["codings"].shape == (3, 30)
     assert model.signatures["serving_default"](images=images)["reconstructions"].shape == (3, 28, 28, 1)
+    # The anomaly threshold, calibrated on the eval split for 1 % false positives, travels in the SavedModel:
+    # test digits stay under it, noise goes over.
+    calibration = json.loads(model.metadata.numpy())["anomaly"]
+    assert calibration["target_false_positive_rate"] == 0.01 and calibration["calibration_split"] == "eval"
+    assert calibration["calibration_false_positive_rate"] <= 0.01 and calibration["calibration_examples"] >= 100
+    scores = model.signatures["anomaly_score"](images=tf.constant(np.concatenate([
+        sample_digits(20), np.random.default_rng(0).random((5, 28, 28, 1), np.float32)])))["scores"].numpy()
+    assert np.mean(scores[:20] > calibration["threshold"]) <= 0.1 and np.all(scores[20:] > calibration["threshold"])
 
 
 def _evaluation(node):
@@ -51,6 +59,9 @@ def test_the_model_is_evaluated_registered_in_the_embedded_mlflow_and_loads_as_c
     evaluated = _evaluation(nodes["ModelEvaluator"])
     assert evaluated["metrics"]["split"] == "test" and evaluated["metrics"]["test_examples"] == 500
     assert 0 < evaluated["metrics"]["test_mse"] < 0.2 and evaluated["blessing"]["blessed"] is True
+    # The exported threshold on the 500 test digits: about the 1 % it was calibrated for on the eval split.
+    assert evaluated["metrics"]["anomaly_target_fpr"] == 0.01
+    assert evaluated["metrics"]["test_false_positive_rate"] <= 0.05
     assert os.path.exists(os.path.join(nodes["ModelEvaluator"].outputs["blessing"], "BLESSED"))
     registration = nodes["MlflowRegistrar"].properties["registration"]
     assert (registration["name"], registration["version"], registration["champion"]) == (
@@ -64,6 +75,8 @@ def test_the_model_is_evaluated_registered_in_the_embedded_mlflow_and_loads_as_c
     assert runs["Trainer"].data.params["hidden_units"] == "[100, 30]" and runs["Trainer"].data.params["epochs"] == "2"
     assert [m.step for m in client.get_metric_history(runs["Trainer"].info.run_id, "val_loss")] == [1, 2]
     assert runs["Evaluator"].data.metrics["test_mse"] == pytest.approx(evaluated["metrics"]["test_mse"])
+    assert runs["Evaluator"].data.metrics["anomaly_threshold"] == pytest.approx(
+        evaluated["metrics"]["anomaly_threshold"])
     assert {"loss.png", "reconstructions.png"} <= {a.path for a in client.list_artifacts(runs["Trainer"].info.run_id)}
     assert "codings.png" in {a.path for a in client.list_artifacts(runs["Evaluator"].info.run_id)}
     version = client.get_model_version_by_alias("mnist-sample-autoencoder", "champion")

@@ -22,6 +22,7 @@ from pipelines import cli
 from serving import export
 from serving.client import Client, ServingError
 from serving.model import Limits
+from trainers import autoencoders
 from tests.conftest import free_port, sample_digits
 from tests.test_export import SHAPE, build, unit_or_symmetric
 
@@ -30,14 +31,21 @@ pytestmark = pytest.mark.slow  # a local Ray for the module
 MODELS = ("stacked_ae", "conv_vae", "dcgan", "ddpm")  # served under these names from SavedModel directories
 REGISTERED = "mnist-autoencoder"  # served from the registry, @champion
 POLL_S = 0.5
+TRAIN_END, CALIBRATION_END = 600, 1000  # the served stacked_ae: trained on digits [0, 600), calibrated on the rest
 
 
 
-def _export(name: str, directory: str, shift: float = 0.0):
+def _export(name: str, directory: str, shift: float = 0.0, train: bool = False):
     entry, model = build(name)
     for variable in model.trainable_variables:  # another "version": other weights
         variable.assign_add(tf.fill(variable.shape, shift))
-    export.export_model(entry.family, model, SHAPE, directory, entry.pixel_range)
+    extra = {}
+    if train:  # an autoencoder that knows digits, and its anomaly threshold at 1 % of other digits
+        digits = sample_digits(CALIBRATION_END)
+        model.fit(digits[:TRAIN_END], digits[:TRAIN_END], epochs=2, batch_size=32, verbose=0)
+        calibration = tf.data.Dataset.from_tensor_slices(digits[TRAIN_END:]).batch(100)
+        extra["anomaly"] = autoencoders.calibrate_anomaly_threshold(model, calibration, 0.01)
+    export.export_model(entry.family, model, SHAPE, directory, entry.pixel_range, extra_metadata=extra)
     return entry
 
 
@@ -47,7 +55,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     entries, sources = {}, []
     for name in MODELS:
-        entries[name] = _export(name, str(root / name))
+        entries[name] = _export(name, str(root / name), train=name == "stacked_ae")
         sources.append(server.ModelSource(name=name, saved_model_dir=str(root / name)))
     # Two versions of an autoencoder in the registry (different random weights); @champion on version 1.
     config = tracking.TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment="serving-test",
@@ -167,6 +175,26 @@ BAD_INPUTS = [
     ("empty body", "stacked_ae:predict", b"", 400, ["empty"]),
     ("body over the size limit", "stacked_ae:predict", b"[" + b"0.5, " * 600_000 + b"0.5]", 413,
      ["over 2097152 bytes"]),
+    ("detect on a GAN", "dcgan:detect", {"instances": []}, 400, ["dcgan has no anomaly threshold", "autoencoder"]),
+    ("detect naming a signature", "stacked_ae:detect", {"signature_name": "encode", "instances": []}, 400,
+     ["always runs anomaly_score"]),
+    ("detect outside the pixel range", "stacked_ae:detect", {"instances": np.full((1, 28, 28, 1), 2.0).tolist()},
+     400, ["images", "[0, 1]"]),
+    ("upload that is not an image", "stacked_ae:detect", {"png_base64": ["aGVsbG8gd29ybGQ="]}, 400,
+     ["png_base64[0]", "not an image"]),
+    ("upload that is not base64", "stacked_ae:predict", {"signature_name": "reconstruct", "png_base64": ["@@@"]}, 400,
+     ["not base64"]),
+    ("upload of the wrong size", "stacked_ae:detect", {"png_base64": ["WRONG_SIZE"]}, 400,
+     ["32x20 pixels", "takes 28x28"]),
+    ("upload over the file limit", "stacked_ae:detect", {"png_base64": ["A" * (3 * 1024 ** 2 // 2)]}, 413,
+     ["over 1 MiB"]),
+    ("interpolate a GAN between images", "dcgan:interpolate", {"images": [[0]]}, 400, ["does not encode"]),
+    ("interpolate an autoencoder between seeds", "stacked_ae:interpolate", {"seeds": [0, 1]}, 400,
+     ["no latent space"]),
+    ("too many frames", "dcgan:interpolate", {"seeds": [0, 1], "frames": 500}, 400, ["frames=500"]),
+    ("arithmetic on a GAN", "dcgan:arithmetic", {"a": {}, "b": {}, "c": {}}, 400, ["autoencoder or VAE"]),
+    ("arithmetic with a bad operand", "stacked_ae:arithmetic", {"a": {"colour": 1}, "b": {}, "c": {}}, 400,
+     ["a: expected one of"]),
     ("unknown model", "nope:predict", {"instances": []}, 404, ["no model 'nope'", "stacked_ae"]),
     ("unknown verb", "stacked_ae:explain", {}, 404, [":explain"]),
 ]
@@ -176,6 +204,8 @@ BAD_INPUTS = [
 def test_bad_input_gets_a_4xx_naming_the_problem_and_the_server_keeps_serving(served, what, path, body, status,
                                                                                words):
     raw = body if isinstance(body, bytes) else None
+    if isinstance(body, dict) and body.get("png_base64") == ["WRONG_SIZE"]:
+        body = {"png_base64": [_png_base64(sample_digits(1)[0], size=(32, 20))]}
     got_status, version, reply = _post(f"{served['url']}/v1/models/{path}", body, raw)
     assert got_status == status, (what, reply)
     for word in words:
@@ -188,6 +218,125 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_the_server_keeps_serving(se
     loaded = tf.saved_model.load(str(served["root"] / "stacked_ae"))
     assert np.max(np.abs(reply.outputs - loaded.signatures["reconstruct"](images=tf.constant(image))[
         "reconstructions"].numpy())) <= 1e-5
+
+
+def _unseen_digits(n: int) -> np.ndarray:
+    return sample_digits(CALIBRATION_END + n)[CALIBRATION_END:]  # neither trained on nor calibrated on
+
+
+def test_detect_applies_the_models_calibrated_threshold_to_its_anomaly_scores(served):
+    noise = np.random.default_rng(0).random((10, 28, 28, 1), np.float32)
+    images = np.concatenate([_unseen_digits(40), noise])
+    loaded = tf.saved_model.load(str(served["root"] / "stacked_ae"))
+    threshold = json.loads(loaded.metadata.numpy())["anomaly"]["threshold"]
+    expected = loaded.signatures["anomaly_score"](images=tf.constant(images))["scores"].numpy()
+    reply = Client(served["url"]).detect("stacked_ae", images)
+    assert reply["threshold"] == threshold and reply["version"] == "0"
+    np.testing.assert_allclose(reply["scores"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(reply["anomaly"], expected > threshold)
+    # Calibrated for 1 % of digits: unseen digits are (nearly all) normal, noise is anomalous.
+    assert reply["anomaly"][:40].mean() <= 0.1 and reply["anomaly"][40:].all()
+    status, _, rows = _post(f"{served['url']}/v1/models/stacked_ae:detect", {"instances": images[38:42].tolist()})
+    assert status == 200 and rows["anomaly"] == reply["anomaly"][38:42].tolist()
+    # The same images as uploaded PNG files.
+    status, _, uploaded = _post(f"{served['url']}/v1/models/stacked_ae:detect",
+                                {"png_base64": [_png_base64(image) for image in images[38:42]]})
+    assert status == 200 and uploaded["anomaly"] == reply["anomaly"][38:42].tolist()
+    np.testing.assert_allclose(uploaded["scores"], reply["scores"][38:42], atol=1e-4)  # 8-bit pixels
+    assert "anomaly" in Client(served["url"]).metadata("stacked_ae")["metadata"]
+
+
+def _png_base64(image: np.ndarray, size=None) -> str:
+    """An image in [0, 1] as a base64 PNG file, as the explorer page uploads it."""
+    import base64
+    from PIL import Image
+    picture = Image.fromarray(np.round(image[..., 0] * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    (picture.resize(size) if size else picture).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_interpolation_between_seeds_and_between_images_and_latent_arithmetic(served):
+    url = served["url"]
+    # A GAN: the strip starts and ends at the images :generate gives for the two seeds.
+    status, _, strip = _post(f"{url}/v1/models/dcgan:interpolate", {"seeds": [3, 5], "frames": 6, "format": "json"})
+    assert status == 200 and strip["n"] == 6
+    frames = np.array(strip["images"])
+    client = Client(url)
+    np.testing.assert_allclose(frames[0], client.generate("dcgan", n=1, seed=3).outputs[0], atol=1e-5)
+    np.testing.assert_allclose(frames[-1], client.generate("dcgan", n=1, seed=5).outputs[0], atol=1e-5)
+    steps = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))
+    assert np.all(steps > 0) and steps.max() < np.abs(frames[-1] - frames[0]).mean()  # a path, not a jump
+    status, _, png = _post(f"{url}/v1/models/ddpm:interpolate", {"seeds": [0, 1], "frames": 4, "steps": 3})
+    assert status == 200 and png["format"] == "png" and png["n"] == 4
+    # An autoencoder: between two uploaded digits, the ends are their reconstructions.
+    digits = _unseen_digits(2)
+    status, _, strip = _post(f"{url}/v1/models/stacked_ae:interpolate", {
+        "png_base64": [_png_base64(d) for d in digits], "frames": 5, "format": "json"})
+    assert status == 200
+    ends = client.predict("stacked_ae", np.round(digits * 255) / 255, "reconstruct").outputs
+    np.testing.assert_allclose(np.array(strip["images"])[[0, -1]], ends, atol=1e-4)
+    # Latent arithmetic: A, B, C decoded, then decode(a - b + c); with images, what the signatures compute.
+    status, _, result = _post(f"{url}/v1/models/stacked_ae:arithmetic", {
+        "a": {"image": digits[0].tolist()}, "b": {"image": digits[1].tolist()}, "c": {"image": digits[1].tolist()},
+        "format": "json"})
+    assert status == 200 and result["n"] == 4
+    decoded = np.array(result["images"])
+    np.testing.assert_allclose(decoded[3], decoded[0], atol=1e-5)  # a - b + b = a
+    status, _, refused = _post(f"{url}/v1/models/stacked_ae:arithmetic", {
+        "a": {"class": 7}, "b": {"class": 1}, "c": {"class": 4}})
+    assert status == 400 and "--class-examples" in refused["error"]
+
+
+def test_the_explorer_files_come_from_the_asset_folder_only(served):
+    import http.client
+    from urllib.parse import urlparse
+    address = urlparse(served["url"])
+
+    def get(path):
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        connection.request("GET", path)  # sent as written: no client-side normalisation of ".."
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type"), response.read()
+
+    status, kind, page = get("/ui/assets/explorer.js")
+    assert status == 200 and kind.startswith("text/javascript") and b"X-Model-Version" in page
+    for path in ("/", "/ui/stacked_ae", "/ui/dcgan"):
+        status, kind, page = get(path)
+        assert status == 200 and kind.startswith("text/html"), path
+    for path in ("/ui/assets/../server.py", "/ui/assets/%2e%2e/server.py", "/ui/assets/%2E%2E%2Fserver.py",
+                 "/ui/assets/%252e%252e/server.py", "/ui/assets/..%5cserver.py", "/ui/assets/../../README.md",
+                 "/ui/assets//etc/passwd", "/ui/assets/nope.js", "/ui/nope", "/ui/assets/.hidden.js"):
+        status, _, body = get(path)
+        assert status == 404, (path, status)
+        assert b"import" not in body and b"root:" not in body
+
+
+def test_asset_paths_are_resolved_inside_the_folder_symlinks_included(tmp_path, monkeypatch):
+    from serving import explorer
+    assets, outside = tmp_path / "assets", tmp_path / "secret.js"
+    assets.mkdir()
+    (assets / "page.js").write_text("ok")
+    outside.write_text("secret")
+    (assets / "link.js").symlink_to(outside)
+    (assets / "sub").symlink_to(tmp_path)
+    monkeypatch.setattr(explorer, "ASSETS_DIR", str(assets))
+    assert explorer.asset_file("page.js") == str(assets / "page.js")
+    for path in ("link.js", "sub/secret.js", "../secret.js", "%2e%2e/secret.js", "page.js/..", "/page.js",
+                 "", "page.py"):
+        assert explorer.asset_file(path) is None, path
+
+
+def test_slerp_keeps_gaussian_norms_and_hits_both_ends():
+    from serving import explorer
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(64), rng.standard_normal(64)
+    path = explorer.slerp(a, b, 9)
+    np.testing.assert_allclose(path[0], a, atol=1e-5)
+    np.testing.assert_allclose(path[-1], b, atol=1e-5)
+    norms = np.linalg.norm(path, axis=1)
+    np.testing.assert_allclose(norms, np.linspace(np.linalg.norm(a), np.linalg.norm(b), 9), rtol=1e-5)
+    assert np.linalg.norm((a + b) / 2) < norms[4] * 0.9  # the straight line's midpoint is a smaller, unlikely code
 
 
 def test_wrong_method_and_route(served):
@@ -375,3 +524,104 @@ def test_serve_run_builder_checks_its_arguments(served):
         server.build_app({"model": "mnist-vae@champion"})
     with pytest.raises(FileNotFoundError, match="neither a SavedModel"):
         server.build_app({"saved_model": str(served["root"])})
+
+
+# ------------------------------------------------------------------------------- the explorer in a real browser
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium driven by its chromidriver (`make test` installs both when it runs as root)."""
+    import shutil
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("chromium and chromedriver are not installed: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1200,1600"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, condition, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+
+
+def _console_errors(driver):
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def _image_size(driver, element_id):
+    return driver.execute_script(
+        "const i = document.getElementById(arguments[0]); return [i.naturalWidth, i.naturalHeight, i.src.length];",
+        element_id)
+
+
+def test_the_explorer_draws_samples_that_follow_the_seed_and_an_interpolation_strip(served, browser):
+    from selenium.webdriver.common.by import By
+    browser.get(served["url"] + "/")
+    links = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#models a"))
+    assert {link.text for link in links} == {*MODELS, REGISTERED}
+    browser.get(served["url"] + "/ui/dcgan")
+    # The page opens on a grid of 16 samples: 4 x 4 digits of 28 px with 2 px gaps.
+    _wait(browser, lambda d: _image_size(d, "sample-grid")[0] > 0)
+    assert _image_size(browser, "sample-grid")[:2] == [4 * 30 + 2, 4 * 30 + 2]
+    assert browser.find_element(By.ID, "family").text == "gan" and browser.find_element(By.ID, "version").text == "0"
+    errors = _console_errors(browser)
+    assert not errors, errors
+    first = browser.find_element(By.ID, "sample-grid").get_attribute("src")
+    seed = browser.find_element(By.ID, "seed")
+    seed.clear()
+    seed.send_keys("7")
+    browser.find_element(By.ID, "draw").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "sample-grid").get_attribute("data-seed") == "7"
+          and d.find_element(By.ID, "sample-grid").get_attribute("src") != first)
+    browser.find_element(By.ID, "interpolate").click()
+    _wait(browser, lambda d: _image_size(d, "interpolation-strip")[0] > 0)
+    assert _image_size(browser, "interpolation-strip")[:2] == [8 * 30 + 2, 30 + 2]  # 8 frames in a row
+    assert not browser.find_element(By.ID, "errors").is_displayed()
+    errors = _console_errors(browser)
+    assert not errors, errors
+
+
+def test_the_explorer_calls_an_uploaded_anomaly_an_anomaly_and_a_digit_normal(served, browser, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    # The unseen digit with the median anomaly score among 20 (a typical digit), and a square of noise.
+    digits = _unseen_digits(20)
+    scores = Client(served["url"]).detect("stacked_ae", digits)["scores"]
+    digit = digits[np.argsort(scores)[len(scores) // 2]]
+    Image.fromarray(np.round(digit[..., 0] * 255).astype(np.uint8)).save(tmp_path / "digit.png")
+    noise = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    Image.fromarray(noise).resize((40, 40)).save(tmp_path / "big.png")
+    browser.get(served["url"] + "/ui/stacked_ae")
+    _wait(browser, lambda d: d.find_element(By.ID, "anomaly").is_displayed())
+    errors = _console_errors(browser)
+    assert not errors, errors
+    for name, verdict in (("noise.png", "anomaly"), ("digit.png", "normal")):
+        browser.find_element(By.ID, "upload").send_keys(str(tmp_path / name))
+        _wait(browser, lambda d: d.find_element(By.ID, "verdict").text == verdict)
+        assert "threshold" in browser.find_element(By.ID, "score").text
+    # A drawing on the pad: a stroke reaches the model and comes back reconstructed.
+    from selenium.webdriver.common.action_chains import ActionChains
+    pad = browser.find_element(By.ID, "pad")
+    ActionChains(browser).move_to_element_with_offset(pad, -20, -80).click_and_hold().move_by_offset(10, 80) \
+        .move_by_offset(10, 80).release().perform()
+    browser.find_element(By.ID, "check").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "verdict").text in ("normal", "anomaly")
+          and "score" in d.find_element(By.ID, "score").text)
+    # A file of the wrong size: the server's message is shown on the page.
+    browser.find_element(By.ID, "upload").send_keys(str(tmp_path / "big.png"))
+    _wait(browser, lambda d: "takes 28x28" in d.find_element(By.ID, "errors").text)
+    browser.save_screenshot(str(tmp_path / "explorer.png"))

@@ -13,6 +13,7 @@ import dataclasses
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -144,6 +145,24 @@ class Autoencoder(keras.Model):
         """Per-example mean squared reconstruction error, (B,)."""
         error = tf.square(self(inputs, training=False) - inputs)
         return tf.reduce_mean(tf.reshape(error, [tf.shape(inputs)[0], -1]), axis=1)
+
+
+def calibrate_anomaly_threshold(model: "Autoencoder", images: tf.data.Dataset,
+                                false_positive_rate: float) -> Dict[str, object]:
+    """The anomaly score above which an image is called anomalous, set so that a share `false_positive_rate` of
+    `images` (normal data the model did not train on: the eval split, any held-out class left out) is: the
+    lowest of their scores with at most that share above it (their (1 - rate) quantile). What the SavedModel's metadata carries as `anomaly` and the server's :detect applies."""
+    if not 0.0 < false_positive_rate < 1.0:
+        raise ValueError(f"false_positive_rate={false_positive_rate}: must be in (0, 1), e.g. 0.01")
+    scores = np.concatenate([model.anomaly_score(batch).numpy().astype(np.float64) for batch in images])
+    if not len(scores):
+        raise ValueError("no images to calibrate the anomaly threshold on: the eval split is empty")
+    # The lowest of their scores with at most the target share strictly above it: k = floor(rate * N) above.
+    allowed_above = int(np.floor(false_positive_rate * len(scores) + 1e-9))
+    threshold = float(np.sort(scores)[len(scores) - 1 - allowed_above])
+    return {"threshold": threshold, "target_false_positive_rate": float(false_positive_rate),
+            "calibration_split": "eval", "calibration_examples": int(len(scores)),
+            "calibration_false_positive_rate": float(np.mean(scores > threshold))}
 
 
 def _coding_regularizer(config: AutoencoderConfig):

@@ -35,6 +35,8 @@ class TrainingJob:
     feature_spec: Dict[str, Tuple[List[int], str]]  # the transformed features: name -> (shape, dtype name)
     encoder_from: Optional[str] = None  # a family that needs a base model: save_state's directory of it
     holdout_class: Optional[int] = None  # autoencoders: a class kept out of training (the anomaly to detect)
+    # Autoencoders: the share of normal eval images the exported anomaly threshold calls anomalous.
+    anomaly_fpr: float = 0.01
     class_names: Sequence[str] = ()  # conditional generators: the source's classes, in id order (the export's)
     # Only the examples whose label rank (the Transform's, made with at least this K) is below K keep their label:
     # a generator that feeds a K-labels-per-class classifier sees those K labels per class and no other.

@@ -24,7 +24,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from components import artifacts
 from evaluation import figures
 from serving import export
-from trainers import job as training, registry
+from trainers import autoencoders, job as training, registry
 from trainers.common import resolve_precision
 
 def training_job(fn_args: FnArgs) -> training.TrainingJob:
@@ -41,6 +41,7 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
         feature_spec=training.plain_feature_spec(
             tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()),
         encoder_from=encoder_from, holdout_class=custom.get("holdout_class"),
+        anomaly_fpr=float(custom.get("anomaly_fpr", training.TrainingJob.anomaly_fpr)),
         class_names=tuple(custom.get("class_names", ())), labels_per_class=custom.get("labels_per_class"),
         data_pixel_range=custom.get("data_pixel_range"))
 
@@ -65,15 +66,28 @@ def run_fn(fn_args: FnArgs) -> None:
 
 def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str, List[float]],
            checkpoint_dir: Optional[str] = None, **details: Any) -> None:
-    """Exports the SavedModel, keeps the training state (copied from `checkpoint_dir`, or saved from `model`),
-    writes metrics.json (history plus `details`) and the family's pictures."""
+    """Exports the SavedModel (an autoencoder's with its anomaly threshold, calibrated on the eval split), keeps
+    the training state (copied from `checkpoint_dir`, or saved from `model`), writes metrics.json (history plus
+    `details`) and the family's pictures."""
     config = job.make_config()
     pixels = pixel_range(job)
     for key, value in job.family.training_details(config).items():
         details.setdefault(key, value)
     if job.labels_per_class is not None:  # the labels it saw: the no-leak rule of generated training data
         details.setdefault("labels_per_class", job.labels_per_class)
-    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels, job.class_names)
+    _, eval_data = training.datasets(job, config)
+    extra_metadata = {}
+    if job.family.detects_anomalies:
+        # The decision threshold travels in the SavedModel (the server's :detect applies it; the Evaluator measures
+        # its false-positive rate and recall on the test split), set on the eval split the model did not train on.
+        extra_metadata["anomaly"] = autoencoders.calibrate_anomaly_threshold(model, eval_data, job.anomaly_fpr)
+        details.setdefault("anomaly", extra_metadata["anomaly"])
+        logging.info("anomaly threshold %.6g: %.2f%% of %d eval images above it (target %.2f%%)",
+                     extra_metadata["anomaly"]["threshold"],
+                     100 * extra_metadata["anomaly"]["calibration_false_positive_rate"],
+                     extra_metadata["anomaly"]["calibration_examples"], 100 * job.anomaly_fpr)
+    export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels, job.class_names,
+                        extra_metadata)
     state_dir = artifacts.keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
         shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
@@ -87,7 +101,6 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
                              full_config=full_config, pixel_range=pixels,
                              holdout_class=job.holdout_class, history=history,
                              details=details).write(fn_args.model_run_dir)
-    _, eval_data = training.datasets(job, config)
     shown = next(iter(eval_data))
     shown = (shown[0] if isinstance(shown, tuple) else shown).numpy()
     for path in figures.save_model_figures(job.family, model, shown, pixels, history,

@@ -1,0 +1,236 @@
+// The explorer of one served model (/ui/NAME). It calls the server's REST API, as a program would:
+//   GET  /v1/models/NAME             family, signatures, metadata (image shape, classes, defaults)
+//   POST /v1/models/NAME:generate    the sample grid (format png)
+//   POST /v1/models/NAME:predict     style mixing (mix_styles), reconstructions of uploads and drawings
+//   POST /v1/models/NAME:interpolate a strip between two seeds or two images
+//   POST /v1/models/NAME:arithmetic  decode(code(A) - code(B) + code(C))
+//   POST /v1/models/NAME:detect      anomaly score, verdict and threshold
+// The sections shown depend on what the model has; every 4xx message is shown as the server wrote it.
+"use strict";
+
+const NAME = decodeURIComponent(location.pathname.replace(/^\/ui\//, "").replace(/\/$/, ""));
+const $ = (id) => document.getElementById(id);
+let info = null;
+
+function showError(message) {
+  const errors = $("errors");
+  errors.textContent = message;
+  errors.hidden = !message;
+}
+
+async function call(verb, body) {
+  const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}:${verb}`, {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const content = await reply.json();
+  if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
+  showError("");
+  if (reply.headers.get("X-Model-Version")) $("version").textContent = reply.headers.get("X-Model-Version");
+  return content;
+}
+
+// Runs a button's work, showing what went wrong instead of failing silently.
+function action(id, work) {
+  $(id).addEventListener("click", async () => {
+    $(id).disabled = true;
+    try { await work(); } catch (error) { showError(error.message); } finally { $(id).disabled = false; }
+  });
+}
+
+const number = (id) => Number($(id).value);
+const pngSource = (content) => "data:image/png;base64," + content.png_base64;
+
+// Images (N, H, W, C) as nested arrays, values in [0, 1], side by side on a canvas.
+function drawStrip(canvas, images, scale) {
+  const [height, width, channels] = [images[0].length, images[0][0].length, images[0][0][0].length];
+  const gap = 2;
+  canvas.width = images.length * (width + gap) + gap;
+  canvas.height = height + 2 * gap;
+  const context = canvas.getContext("2d");
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  images.forEach((image, index) => {
+    const pixels = context.createImageData(width, height);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const value = image[y][x];
+        const rgb = channels === 1 ? [value[0], value[0], value[0]] : value;
+        for (let c = 0; c < 3; c++) pixels.data[4 * (y * width + x) + c] = Math.round(255 * Math.min(1, Math.max(0, rgb[c])));
+        pixels.data[4 * (y * width + x) + 3] = 255;
+      }
+    }
+    context.putImageData(pixels, gap + index * (width + gap), gap);
+  });
+  canvas.style.width = `${canvas.width * scale}px`;
+  canvas.style.height = `${canvas.height * scale}px`;
+}
+
+const toUnit = (images) => info.metadata.pixel_range === "symmetric"
+  ? images.map((image) => image.map((row) => row.map((pixel) => pixel.map((v) => (v + 1) / 2)))) : images;
+
+function readFile(input) {
+  return new Promise((resolve, reject) => {
+    const file = input.files[0];
+    if (!file) { reject(new Error(`choose a file for "${input.id}"`)); return; }
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);  // a data URL: the server decodes it in memory
+    reader.onerror = () => reject(new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+function zoom(img, factor) {
+  img.onload = () => { img.style.width = `${img.naturalWidth * factor}px`; };
+}
+
+// ------------------------------------------------------------------------------------------- samples
+async function drawSamples() {
+  const body = {n: number("count"), seed: number("seed"), format: "png"};
+  if (!$("steps-control").hidden) body.steps = number("steps");
+  if (!$("label-control").hidden) {
+    const value = $("label").value;  // "all": every class in turn over the grid
+    body.labels = value === "all" ? [...Array($("label").options.length - 1).keys()] : [Number(value)];
+  }
+  if (!$("guidance-control").hidden) body.guidance = number("guidance");
+  if (!$("truncation-control").hidden) body.truncation = number("truncation");
+  const content = await call("generate", body);
+  const grid = $("sample-grid");
+  grid.dataset.n = content.n;
+  grid.dataset.seed = body.seed;
+  zoom(grid, 3);
+  grid.src = pngSource(content);
+}
+
+async function mixStyles() {
+  const layers = info.metadata.style_layers;
+  const rows = [];
+  for (let crossover = 0; crossover <= layers; crossover++) {
+    const content = await call("predict", {signature_name: "mix_styles",
+      inputs: {seed_a: number("mix-a"), seed_b: number("mix-b"), crossover}});
+    rows.push(content.outputs[0]);
+  }
+  drawStrip($("mixing-strip"), rows, 3);
+}
+
+// ------------------------------------------------------------------------------------- interpolation
+async function interpolate() {
+  const body = {frames: number("frames"), format: "png"};
+  if (!$("seed-ends").hidden) {
+    body.seeds = [number("from-seed"), number("to-seed")];
+    if (!$("steps-control").hidden) body.steps = number("steps");
+  } else {
+    body.png_base64 = [await readFile($("from-file")), await readFile($("to-file"))];
+  }
+  const content = await call("interpolate", body);
+  const strip = $("interpolation-strip");
+  strip.dataset.n = content.n;
+  zoom(strip, 3);
+  strip.src = pngSource(content);
+}
+
+// ---------------------------------------------------------------------------------------- arithmetic
+async function operand(key) {
+  const file = $(`${key}-file`);
+  if (file.files.length) return {png_base64: await readFile(file)};
+  const text = $(`${key}-class`).value.trim();
+  return {class: /^\d+$/.test(text) ? Number(text) : text};
+}
+
+async function computeArithmetic() {
+  const content = await call("arithmetic", {a: await operand("a"), b: await operand("b"), c: await operand("c"),
+                                            format: "png"});
+  const result = $("arithmetic-result");
+  zoom(result, 3);
+  result.src = pngSource(content);
+}
+
+// ------------------------------------------------------------------------------- drawing and anomaly
+function setUpPad() {
+  const pad = $("pad");
+  const context = pad.getContext("2d");
+  const clear = () => { context.fillStyle = "#000"; context.fillRect(0, 0, pad.width, pad.height); };
+  clear();
+  let drawing = false;
+  const at = (event) => { const r = pad.getBoundingClientRect(); return [event.clientX - r.left, event.clientY - r.top]; };
+  pad.addEventListener("pointerdown", (event) => { drawing = true; context.beginPath(); context.moveTo(...at(event)); });
+  pad.addEventListener("pointermove", (event) => {
+    if (!drawing) return;
+    context.lineWidth = pad.width / 12; context.lineCap = "round"; context.strokeStyle = "#fff";
+    context.lineTo(...at(event)); context.stroke();
+  });
+  ["pointerup", "pointerleave"].forEach((name) => pad.addEventListener(name, () => { drawing = false; }));
+  $("clear").addEventListener("click", clear);
+}
+
+// The drawing at the model's size, as a PNG data URL (the browser averages the pixels as it shrinks them).
+function padImage() {
+  const [height, width] = info.metadata.image_shape;
+  const small = document.createElement("canvas");
+  small.width = width; small.height = height;
+  small.getContext("2d").drawImage($("pad"), 0, 0, width, height);
+  return small.toDataURL("image/png");
+}
+
+async function check(image) {
+  const invert = $("invert").checked;
+  const reconstruction = await call("predict", {signature_name: "reconstruct", png_base64: [image], invert});
+  drawStrip($("reconstruction"), toUnit(reconstruction.outputs), 4);
+  if (!info.signatures.anomaly_score || !info.metadata.anomaly) {
+    $("verdict").textContent = "";
+    $("score").textContent = "this model carries no anomaly threshold";
+    return;
+  }
+  const detection = await call("detect", {png_base64: [image], invert});
+  const anomalous = detection.anomaly[0];
+  $("verdict").textContent = anomalous ? "anomaly" : "normal";
+  $("verdict").className = "verdict " + (anomalous ? "anomaly" : "normal");
+  $("score").textContent = `score ${detection.scores[0].toPrecision(4)} (threshold ${detection.threshold.toPrecision(4)}, ` +
+    `set for ${100 * info.metadata.anomaly.target_false_positive_rate}% false positives)`;
+}
+
+// ---------------------------------------------------------------------------------------------- start
+async function start() {
+  const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}`);
+  info = await reply.json();
+  if (!reply.ok) { showError(info.error || `HTTP ${reply.status}`); return; }
+  document.title = `${NAME} · latentforge explorer`;
+  $("title").textContent = NAME;
+  $("family").textContent = info.family;
+  $("version").textContent = info.version;
+  const signatures = info.signatures, metadata = info.metadata;
+  const generate = signatures[metadata.generate_signature || "generate"] || signatures.sample;
+  if (info.generative && generate) {
+    $("samples").hidden = false;
+    $("count").max = info.limits.max_generated;
+    const inputs = generate.inputs;
+    if (inputs.steps) { $("steps-control").hidden = false; $("steps").value = (metadata.generate_defaults || {}).steps || metadata.sample_steps; $("steps").max = metadata.timesteps; }
+    if (inputs.labels) {
+      $("label-control").hidden = false;
+      const names = metadata.class_names || [...Array(metadata.num_classes).keys()].map(String);
+      $("label").add(new Option("every class in turn", "all"));
+      names.forEach((name, id) => $("label").add(new Option(name, String(id))));
+    }
+    if (inputs.guidance) { $("guidance-control").hidden = false; $("guidance").value = (metadata.generate_defaults || {}).guidance ?? 0; }
+    if (inputs.truncation) { $("truncation-control").hidden = false; $("truncation").value = (metadata.generate_defaults || {}).truncation ?? 1; }
+    action("draw", drawSamples);
+  }
+  if (signatures.mix_styles) { $("mixing").hidden = false; action("mix", mixStyles); }
+  const latent = signatures.generate_from_codings || signatures.generate_from_noise || (info.family === "vae" && signatures.decode);
+  const encodes = signatures.encode && signatures.decode;
+  if (latent || encodes) {
+    $("interpolation").hidden = false;
+    (latent ? $("seed-ends") : $("image-ends")).hidden = false;
+    action("interpolate", interpolate);
+  }
+  if (encodes) { $("arithmetic").hidden = false; action("compute", computeArithmetic); }
+  if (signatures.reconstruct) {
+    $("anomaly").hidden = false;
+    setUpPad();
+    action("check", () => check(padImage()));
+    $("upload").addEventListener("change", async () => {
+      try { await check(await readFile($("upload"))); } catch (error) { showError(error.message); }
+    });
+  }
+  if (info.generative && generate) await drawSamples();  // the page opens on a grid
+}
+
+start().catch((error) => showError(error.message));
