@@ -24,7 +24,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 CHAMPION = "champion"
 EMBEDDED_DB = "mlflow.db"
@@ -237,14 +237,53 @@ def _log_model(config: TrackingConfig, run_id: str, saved_model_dir: str, input_
     return info
 
 
+@contextlib.contextmanager
+def champion_lock(config: TrackingConfig):
+    """Held while the champion is re-read and moved: an exclusive flock on a file beside a local store (SQLite
+    or file:), so two pipelines on this machine (or on one shared filesystem) registering into one model move
+    the alias one at a time. A server store has no lock to take: the re-read narrows the race to the moment
+    between reading and setting the alias."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+    local = (config.uri[len("sqlite:///"):] if config.uri.startswith("sqlite:///") else
+             config.uri[len("file://"):] if config.uri.startswith("file://") else None)
+    if local is None:
+        yield
+        return
+    lock_path = (local.rstrip("/") + ".champion.lock") if not os.path.isdir(local) else os.path.join(
+        local, ".champion.lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _champion_now(client, name: str) -> Optional[Tuple[str, Dict[str, float]]]:
+    """(version, its evaluator's metrics) of NAME@champion as the registry says now, or None."""
+    import mlflow  # pylint: disable=import-outside-toplevel
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    run_id = version.tags.get("evaluator_run_id")
+    return str(version.version), dict(client.get_run(run_id).data.metrics) if run_id else {}
+
+
 def log_pipeline_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: str, registered_name: str,
                      saved_model_dir: str, input_example, blessed: bool, key_metric: str,
                      key_metric_value: Optional[float], trainer: ChildRun, evaluator: ChildRun,
                      version_tags: Dict[str, str], parent_tags: Dict[str, str],
-                     metric_network: Optional[Tuple[ChildRun, str, Any, str]] = None) -> LoggedVersion:
+                     metric_network: Optional[Tuple[ChildRun, str, Any, str]] = None,
+                     still_beats: Optional[Callable[[Optional[Tuple[str, Dict[str, float]]]], bool]] = None
+                     ) -> LoggedVersion:
     """Logs one trained model's runs, registers it as a new version of `registered_name` and moves `champion`
-    to it when `blessed`. metric_network: (its child run, SavedModel dir, input example, registered name),
-    registered only when no version of that name holds the same artifact."""
+    to it when `blessed` and, with `still_beats`, when it still beats the champion as the registry has it at
+    the moment of the move (under `champion_lock`: another pipeline may have moved it since the Evaluator
+    read it). metric_network: (its child run, SavedModel dir, input example, registered name), registered only
+    when no version of that name holds the same artifact."""
     check_reachable(config)
     with _guarded(f"logging {registered_name}", config):
         client = _client(config)
@@ -258,13 +297,19 @@ def log_pipeline_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: 
                 "key_metric": key_metric, "key_metric_value": str(key_metric_value), "blessed": str(blessed)}
         for key, value in tags.items():
             client.set_model_version_tag(registered_name, version, key, value)
+        champion = False
         if blessed:
-            client.set_registered_model_alias(registered_name, CHAMPION, version)
+            with champion_lock(config):
+                current = _champion_now(client, registered_name)
+                champion = still_beats is None or still_beats(current)
+                if champion:
+                    client.set_registered_model_alias(registered_name, CHAMPION, version)
+            client.set_model_version_tag(registered_name, version, "champion_at_registration", str(champion))
         for run_id in (trainer_id, evaluator_id):
             client.set_terminated(run_id)
         if metric_network is not None:
             _register_metric_network(config, client, experiment_id, parent_id, *metric_network)
-        return LoggedVersion(registered_name, version, blessed, parent_id, trainer_id, evaluator_id)
+        return LoggedVersion(registered_name, version, champion, parent_id, trainer_id, evaluator_id)
 
 
 def log_child_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: str, child: ChildRun,

@@ -56,6 +56,20 @@ def _labels_per_class(text: str):
     return numbers[0] if len(numbers) == 1 and "," not in text else numbers
 
 
+def _beam_arg(text: str) -> str:
+    """One Beam pipeline option as Beam's own parser takes it (--name=value or --flag); unknown names are refused
+    here, where Beam would only log "Discarding unparseable args" and run without them."""
+    if not text.startswith("--") or len(text) < 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: a Beam option starts with -- (e.g. --direct_num_workers=2); "
+                                         "write it as --beam-arg=--NAME=VALUE")
+    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+    name = text[2:].split("=", 1)[0]
+    if name not in PipelineOptions([]).get_all_options():  # every runner's options: Direct, Flink, Spark, Dataflow
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} is not an Apache Beam pipeline option (Beam spells "
+                                         "them with underscores, e.g. --direct_num_workers=2)")
+    return text
+
+
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=DEFAULT_SOURCE,
                         help="tfds:NAME | idx:DIR | folder:DIR | npz:FILE (default: the bundled MNIST sample)")
@@ -98,6 +112,10 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schema", help="a schema.pbtxt to validate against instead of the inferred one")
     parser.add_argument("--pipeline-name", default="latentforge", help="pipeline name (cache and metadata scope)")
     parser.add_argument("--no-cache", action="store_true", help="re-run every component, ignoring the TFX cache")
+    parser.add_argument("--beam-arg", dest="beam_args", action="append", default=[], metavar="--FLAG=VALUE",
+                        type=_beam_arg, help="an Apache Beam pipeline option for ExampleGen, StatisticsGen and "
+                        "Transform (repeatable; default: DirectRunner in memory, one worker), e.g. "
+                        "--beam-arg=--direct_running_mode=multi_processing --beam-arg=--direct_num_workers=2")
     scoring = parser.add_argument_group("evaluation and MLflow")
     scoring.add_argument("--mlflow-uri", help="MLflow tracking/registry server or store (default: MLFLOW_TRACKING_URI, "
                          "else a SQLite store under the run directory)")
@@ -265,6 +283,7 @@ def cmd_compile(args) -> int:
         serving_dir=args.serving_dir or args.pipeline_root.rstrip("/") + "/serving",
         eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
         schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
+        beam_pipeline_args=args.beam_args or None,
         evaluation_settings=run_request.evaluation_settings(args, tracking.TrackingConfig(uri=args.mlflow_uri,
                                                                    experiment=args.pipeline_name)),
         augmentation=request.augmentation, examples_per_phase=args.examples_per_phase)

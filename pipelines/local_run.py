@@ -59,6 +59,7 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
         source_info=info, model_name=args.model, model_config=model_config, serving_dir=paths.serving_dir,
         eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
         schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
+        beam_pipeline_args=args.beam_args or None,
         evaluation_settings=evaluation_settings, augmentation=request.augmentation,
         examples_per_phase=args.examples_per_phase)
     start = time.time()

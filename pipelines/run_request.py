@@ -106,7 +106,8 @@ def evaluation_settings(args, tracking_config):
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
     return pipeline.EvaluationSettings(tracking=tracking_config, margin=args.bless_margin,
                                        num_samples=args.eval_samples, anomaly_class=args.anomaly_class,
-                                       anomaly_fpr=getattr(args, "anomaly_fpr", None) or pipeline.EvaluationSettings.anomaly_fpr,
+                                       anomaly_fpr=(getattr(args, "anomaly_fpr", None)
+                                                    or pipeline.EvaluationSettings.anomaly_fpr),
                                        metric_network_epochs=args.metric_network_epochs, seed=args.seed)
 
 

@@ -8,6 +8,8 @@
     client.generate("mnist-gan", n=16, seed=0).outputs                       # (16, 28, 28, 1) in [0, 1]
     client.generate_png("mnist-ddpm", n=16, steps=50)                        # PNG bytes of a 4x4 grid
     client.detect("mnist-autoencoder", images)    # {"scores", "anomaly" (above the model's threshold), "threshold"}
+    client.interpolate("mnist-gan", seeds=[3, 5]).outputs                    # (8, 28, 28, 1): a strip
+    client.arithmetic("mnist-autoencoder", 7, 1, 4).outputs                  # a, b, c, decode(a - b + c)
 """
 import base64
 import dataclasses
@@ -83,6 +85,26 @@ class Client:
                                            {"inputs": np.asarray(images).tolist()})
         return {"scores": _array(content["scores"]), "anomaly": np.asarray(content["anomaly"], bool),
                 "threshold": float(content["threshold"]), "version": headers.get(VERSION_HEADER)}
+
+    def interpolate(self, name: str, seeds=None, images=None, classes=None, frames: int = 8) -> Reply:
+        """A strip of `frames` images (frames, H, W, C) in [0, 1]: a generator's between two `seeds`; an autoencoder's
+        or VAE's between two `images` (in its pixel range) or two `classes` (the server's --class-examples)."""
+        ends = {"seeds": seeds, "images": None if images is None else np.asarray(images).tolist(), "classes": classes}
+        given = {k: v for k, v in ends.items() if v is not None}
+        if len(given) != 1:
+            raise ValueError("give exactly one of seeds, images and classes")
+        _, headers, content = self.request("POST", f"/v1/models/{name}:interpolate",
+                                           {**given, "frames": int(frames), "format": "json"})
+        return Reply(np.asarray(content["images"], np.float32), headers.get(VERSION_HEADER))
+
+    def arithmetic(self, name: str, a, b, c) -> Reply:
+        """decode(code(a) - code(b) + code(c)) and a, b, c decoded: (4, H, W, C) in [0, 1]; each operand is a
+        class id or name (str / int) or an image (H, W, C) in the model's pixel range."""
+        def operand(value):
+            return {"class": value} if isinstance(value, (str, int)) else {"image": np.asarray(value).tolist()}
+        _, headers, content = self.request("POST", f"/v1/models/{name}:arithmetic", {
+            "a": operand(a), "b": operand(b), "c": operand(c), "format": "json"})
+        return Reply(np.asarray(content["images"], np.float32), headers.get(VERSION_HEADER))
 
     def generate(self, name: str, n: int, seed: int = 0, steps: Optional[int] = None) -> Reply:
         """n generated images (n, H, W, C) in [0, 1]."""

@@ -104,13 +104,13 @@ def cmd_serve(args) -> int:
     except ValueError as e:
         raise CliError(str(e)) from e
     if args.class_examples:
-        from components.image_example_gen import sources as data_sources  # pylint: disable=import-outside-toplevel
+        from serving import explorer  # pylint: disable=import-outside-toplevel
         try:  # a bad source fails here, not in every replica
-            info = data_sources.probe(data_sources.parse_source(args.class_examples))
+            explorer.check_class_source(args.class_examples)
         except (ValueError, OSError) as e:
-            raise CliError(f"--class-examples {args.class_examples}: {e}") from e
-        if not info.num_classes:
-            raise CliError(f"--class-examples {args.class_examples}: the source has no labels (classes)")
+            message = str(e)
+            raise CliError(message if message.startswith("--class-examples") else
+                           f"--class-examples {args.class_examples}: {message}") from e
         options = dataclasses.replace(options, class_examples=args.class_examples)
     url = server.start(sources, options, deployment, host=args.host, port=args.port,
                        ray_address=args.ray_address, access_log=args.access_log)

@@ -7,7 +7,8 @@ model server itself and calls the same REST API a program does:
     GET  /ui/NAME                         the explorer of one model (whatever version the server serves now)
     GET  /ui/assets/FILE                  the page's own files, from serving/assets/ only
     POST /v1/models/NAME:interpolate      generators: {"seeds": [A, B], "frames": 8, "steps": T}
-                                          autoencoders, VAEs: {"images": [IMG, IMG]} or {"png_base64": [P, P]}
+                                          autoencoders, VAEs: {"images": [IMG, IMG]}, {"png_base64": [P, P]}
+                                          or {"classes": [A, B]} (their mean codings)
                                           -> {"format": "png", "png_base64": the strip} ("format": "json": images)
     POST /v1/models/NAME:arithmetic       {"a": X, "b": X, "c": X} -> decode(code(A) - code(B) + code(C)); X is
                                           {"class": id or name} (the class's mean coding over the server's
@@ -91,14 +92,16 @@ def decode_uploads(values: Any, model: ServedModel, field: str = "png_base64", i
         except (binascii.Error, ValueError):
             raise RequestError(f"{where}: not base64 (send the file's bytes base64-encoded)") from None
         try:
-            with Image.open(io.BytesIO(raw)) as image:
-                if image.width * image.height > MAX_UPLOAD_PIXELS:
-                    raise RequestError(f"{where}: {image.width}x{image.height} pixels is too large", status=413)
-                image.load()
+            with Image.open(io.BytesIO(raw)) as image:  # reads the header only
                 size = (image.height, image.width)
-                converted = image.convert("L" if channels == 1 else "RGB")
+                if image.width * image.height <= MAX_UPLOAD_PIXELS:
+                    image.load()
+                    converted = image.convert("L" if channels == 1 else "RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             raise RequestError(f"{where}: not an image file Pillow can read (PNG, JPEG, GIF, BMP, WebP...)") from None
+        if size[0] * size[1] > MAX_UPLOAD_PIXELS:
+            raise RequestError(f"{where}: {size[1]}x{size[0]} pixels is too large; send a {width}x{height} image",
+                               status=413)
         if height is not None and size != (height, width):
             raise RequestError(f"{where}: the image is {size[1]}x{size[0]} pixels; {model.name} takes "
                                f"{width}x{height} (resize it first)")
@@ -116,7 +119,9 @@ def with_uploads(body: Any, model: ServedModel, signature: str) -> Any:
         return body
     if "instances" in body or "inputs" in body:
         raise RequestError('give images either as "png_base64" files or as "instances"/"inputs" arrays, not both')
-    if signature not in model.signatures or set(model.inputs[signature]) != {"images"}:
+    if signature not in model.signatures:
+        return body  # the caller's parse names the missing signature (or :detect's missing threshold)
+    if set(model.inputs[signature]) != {"images"}:
         raise RequestError(f"png_base64: signature {signature!r} does not take images")
     rest = {k: v for k, v in body.items() if k not in ("png_base64", "invert")}
     return {**rest, "inputs": decode_uploads(body["png_base64"], model, invert=bool(body.get("invert")))}
@@ -180,14 +185,14 @@ def latent_signature(model: ServedModel) -> Optional[str]:
     return "decode" if model.family == "vae" and "decode" in model.signatures else None
 
 
-def interpolate(model: ServedModel, body: Any) -> np.ndarray:
+def interpolate(model: ServedModel, body: Any, classes: Optional["ClassExamples"] = None) -> np.ndarray:
     """The strip (frames, H, W, C) in [0, 1] that an :interpolate body asks for."""
     if not isinstance(body, dict):
         raise RequestError('the body must be a JSON object: {"seeds": [A, B]} or {"images": [IMG, IMG]}')
-    unknown = set(body) - {"seeds", "images", "png_base64", "invert", "frames", "steps", "format"}
+    unknown = set(body) - {"seeds", "images", "png_base64", "classes", "invert", "frames", "steps", "format"}
     if unknown:
         raise RequestError(f"unknown field(s) {sorted(unknown)}: :interpolate takes seeds (generators) or images / "
-                           "png_base64 (autoencoders, VAEs), frames, steps (DDPMs), format")
+                           "png_base64 / classes (autoencoders, VAEs), frames, steps (DDPMs), format")
     frames = _frames(body)
     if "seeds" in body:
         signature = latent_signature(model)
@@ -211,8 +216,16 @@ def interpolate(model: ServedModel, body: Any) -> np.ndarray:
     if not {"encode", "decode"} <= set(model.signatures):
         raise RequestError(f"{model.name} is a {model.family}: it does not encode images; interpolate between "
                            'seeds ("seeds": [A, B])')
-    images = _images_field(body, model, "images", 2)
-    codings = model.run("encode", {"images": images})["codings"]
+    if "classes" in body:  # from one class's mean coding to another's
+        ends = body["classes"]
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise RequestError(f"classes: expected two classes [A, B], got {ends!r}")
+        if classes is None:
+            raise RequestError("classes: class ends need the server started with --class-examples SOURCE")
+        means = classes.mean_codings(model)
+        codings = np.stack([means[classes.class_id(c, f"classes[{i}]")] for i, c in enumerate(ends)])
+    else:
+        codings = model.run("encode", {"images": _images_field(body, model, "images", 2)})["codings"]
     return _clipped(model.run("decode", {"codings": lerp(codings[0], codings[1], frames)})["images"])
 
 
@@ -221,6 +234,18 @@ def _clipped(images: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ latent arithmetic
+
+def check_class_source(source: str):
+    """The SourceInfo of a --class-examples source; ValueError says why it cannot serve (no labels, TFDS)."""
+    from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
+    info = sources.probe(sources.parse_source(source))
+    if info.spec.kind == "tfds":
+        raise ValueError(f"--class-examples {source}: give the images as files (idx:DIR, folder:DIR or npz:FILE); "
+                         "TFDS datasets are read by the pipeline's Beam components only")
+    if not info.num_classes:
+        raise ValueError(f"--class-examples {source}: the source has no labels (classes)")
+    return info
+
 
 class ClassExamples:
     """Labelled images (the test split of the server's --class-examples source, at most `per_class` per class)
@@ -234,9 +259,7 @@ class ClassExamples:
     def from_source(cls, source: str, per_class: int = 200) -> "ClassExamples":
         """The test split (else the last split) of a latentforge source URI (idx:DIR, folder:DIR, npz:FILE...)."""
         from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
-        info = sources.probe(sources.parse_source(source))
-        if not info.num_classes:
-            raise ValueError(f"--class-examples {source}: the source has no labels")
+        info = check_class_source(source)
         names = [s.name for s in info.splits]
         split = "test" if "test" in names else names[-1]
         images, labels, counts = [], [], {}
@@ -245,6 +268,8 @@ class ClassExamples:
                 counts[label] = counts.get(label, 0) + 1
                 images.append(image)
                 labels.append(label)
+            if len(counts) == info.num_classes and min(counts.values()) >= per_class:
+                break
         pixels = np.stack(images).astype(np.float32) / 255.0
         return cls(pixels.reshape(len(pixels), *info.image_shape), np.asarray(labels, np.int64), info.class_names)
 

@@ -18,7 +18,8 @@ InvalidArgumentError naming the input (the input signature already rejects wrong
 
 Besides the signatures, the SavedModel carries `metadata`, a string variable holding JSON (family, pixel range,
 image shape, generation limits, the generating signature and its default inputs, DDPM's T and default steps, an
-autoencoder's calibrated anomaly threshold): what a server needs to know and the signatures cannot say. `json.loads(tf.saved_model.load(d).metadata.numpy())`.
+autoencoder's calibrated anomaly threshold): what a server needs to know and the signatures cannot say.
+`json.loads(tf.saved_model.load(d).metadata.numpy())`.
 
 The SavedModel is also callable (`loaded(array)`): the family's array-in, array-out function (reconstruct,
 generate_from_codings, generate_from_noise, classify's probabilities), which MLflow's tensorflow flavor calls

@@ -124,14 +124,14 @@ class ServedModel:
         if not isinstance(body, dict):
             raise RequestError('the body must be a JSON object: {"signature_name": ..., "instances": [...]} or '
                                '{"inputs": ...}')
-        unknown = set(body) - {"signature_name", "instances", "inputs"}
-        if unknown:
-            raise RequestError(f"unknown field(s) {sorted(unknown)}: a :predict body has signature_name and "
-                               "either instances (row format) or inputs (columnar)")
         signature = body.get("signature_name", "serving_default")
         if signature not in self.signatures:
             raise RequestError(f"unknown signature_name {signature!r}: {self.name} has "
                                f"{sorted(self.signatures)}", status=400)
+        unknown = set(body) - {"signature_name", "instances", "inputs"}
+        if unknown:
+            raise RequestError(f"unknown field(s) {sorted(unknown)}: a :predict body has signature_name and "
+                               "either instances (row format) or inputs (columnar)")
         if ("instances" in body) == ("inputs" in body):
             raise RequestError('give exactly one of "instances" (row format) and "inputs" (columnar)')
         specs = self.inputs[signature]

@@ -6,6 +6,9 @@
     POST /v1/models/NAME:generate        {"n": N, "seed": S, "steps": T, "format": "json" | "png"}
     POST /v1/models/NAME:detect          {"instances": [IMAGE, ...]} | {"inputs": IMAGES}: an autoencoder's
                                          {"scores": [...], "anomaly": [bool, ...], "threshold": t}
+    POST /v1/models/NAME:interpolate     {"seeds": [A, B]} | {"images": [A, B]}, "frames": F: a strip
+    POST /v1/models/NAME:arithmetic      {"a": X, "b": X, "c": X}: decode(code(A) - code(B) + code(C))
+    GET  /, /ui/NAME, /ui/assets/FILE    the explorer page (serving/explorer.py, serving/assets/)
     GET  /-/healthz                      Ray Serve's own health check (200 once the proxy is up)
 
 Every response from a model carries the version that computed it in the header `X-Model-Version`.
@@ -235,8 +238,8 @@ class ModelServer:
                 return _json_response({"models": [{"name": m.name, "version": m.version, "family": m.family}
                                                   for m in self.models.values()]})
             if not path.startswith("/v1/models/"):
-                raise RequestError(f"no route {path}: the API is /v1/models/NAME, /v1/models/NAME:predict, "
-                                   "/v1/models/NAME:generate and /v1/models/NAME:detect", status=404)
+                raise RequestError(f"no route {path}: the API is /v1/models/NAME[:VERB] (predict, generate, detect, "
+                                   "interpolate, arithmetic); the explorer is / and /ui/NAME", status=404)
             name, _, verb = path[len("/v1/models/"):].partition(":")
             if name.endswith("/metadata") and not verb:  # TF Serving's metadata URL: the same answer
                 name = name[:-len("/metadata")]
@@ -262,9 +265,9 @@ class ModelServer:
                 outputs, model = await self._predict(model, "anomaly_score", inputs)
                 return _json_response(model.detection(outputs), version=model.version)
             if verb in ("interpolate", "arithmetic"):
-                run = (lambda: explorer.interpolate(model, body)) if verb == "interpolate" else (
-                    lambda: explorer.arithmetic(model, body, self.class_examples))
-                images = await asyncio.get_running_loop().run_in_executor(None, run)
+                compute = explorer.interpolate if verb == "interpolate" else explorer.arithmetic
+                images = await asyncio.get_running_loop().run_in_executor(None, compute, model, body,
+                                                                          self.class_examples)
                 return _json_response(_images_content(images, body, columns=len(images)), version=model.version)
             raise RequestError(f"unknown verb :{verb}: use :predict, :generate, :detect, :interpolate or "
                                ":arithmetic", status=404)

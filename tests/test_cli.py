@@ -33,6 +33,7 @@ from tests.conftest import SAMPLE_DIR
     (["run", "--model", "ddpm", "--set", "prediction=x0"], "prediction='x0': must be one of ('epsilon', 'v')"),
     (["run", "--model", "ddpm", "--set", "loss_weighting=p2"], "loss_weighting='p2': must be one of"),
     (["run", "--set", "precision=fp8"], "precision='fp8': must be one of"),
+    (["run", "--model", "dcgan", "--anomaly-fpr", "0.05"], "--anomaly-fpr sets an autoencoder's anomaly threshold"),
 ])
 def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path):
     assert cli.main(argv + ["--run-dir", str(tmp_path)]) == cli.EXIT_BAD_INPUT
@@ -101,3 +102,30 @@ def test_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "latentforge")
     result = subprocess.run([script, "models"], capture_output=True, text=True, timeout=120, check=True)
     assert "stacked_ae" in result.stdout
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--anomaly-fpr", "1.5"], "not strictly between 0 and 1"),
+    (["run", "--beam-arg", "direct_num_workers=2"], "a Beam option starts with --"),
+    (["run", "--beam-arg=--direct_workers=2"], "direct_workers is not an Apache Beam pipeline option"),
+])
+def test_flag_values_argparse_refuses_exit_2_naming_the_flag(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_beam_args_reach_the_pipeline_that_runs_the_beam_components(tmp_path):
+    """--beam-arg goes to TFX's beam_pipeline_args, which the orchestrator hands to every Beam-based component
+    (ExampleGen, StatisticsGen, Transform); without it, Beam's in-memory DirectRunner with one worker."""
+    from components.image_example_gen import sources
+    from pipelines import pipeline
+    args = cli.build_parser().parse_args(["run", "--beam-arg=--direct_running_mode=multi_processing",
+                                          "--beam-arg=--direct_num_workers=2"])
+    assert args.beam_args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
+    made = {flags: pipeline.create_pipeline("p", str(tmp_path), None, info, "stacked_ae", {}, str(tmp_path),
+                                           beam_pipeline_args=list(flags) or None)
+            for flags in (tuple(args.beam_args), ())}
+    assert made[tuple(args.beam_args)].beam_pipeline_args == args.beam_args
+    assert made[()].beam_pipeline_args == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]

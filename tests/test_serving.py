@@ -23,7 +23,7 @@ from serving import export
 from serving.client import Client, ServingError
 from serving.model import Limits
 from trainers import autoencoders
-from tests.conftest import free_port, sample_digits
+from tests.conftest import SAMPLE_DIR, free_port, sample_digits
 from tests.test_export import SHAPE, build, unit_or_symmetric
 
 pytestmark = pytest.mark.slow  # a local Ray for the module
@@ -71,7 +71,7 @@ def served(tmp_path_factory):
     sources.append(server.ModelSource(name=REGISTERED, registered_name=REGISTERED, alias="champion",
                                       tracking_uri=config.uri))
     options = server.ServerOptions(limits=Limits(max_generated=16, max_steps=10, max_body_bytes=2 * 1024 ** 2),
-                                   max_batch_size=8, poll_interval_s=POLL_S)
+                                   max_batch_size=8, poll_interval_s=POLL_S, class_examples=f"idx:{SAMPLE_DIR}")
     url = server.start(sources, options, port=free_port())
     try:
         yield {"url": url, "root": root, "entries": entries, "config": config, "registered": versions}
@@ -283,9 +283,44 @@ def test_interpolation_between_seeds_and_between_images_and_latent_arithmetic(se
     assert status == 200 and result["n"] == 4
     decoded = np.array(result["images"])
     np.testing.assert_allclose(decoded[3], decoded[0], atol=1e-5)  # a - b + b = a
+    # By class: each class's mean coding over the sample's test digits (the server's --class-examples).
+    status, _, by_class = _post(f"{url}/v1/models/stacked_ae:arithmetic", {
+        "a": {"class": 7}, "b": {"class": "1"}, "c": {"class": 4}, "format": "json"})
+    assert status == 200
+    test_images, test_labels = _sample_test_split()
+    loaded = tf.saved_model.load(str(served["root"] / "stacked_ae"))
+    codings = loaded.signatures["encode"](images=tf.constant(test_images))["codings"].numpy()
+    means = {k: codings[test_labels == k][:200].mean(axis=0) for k in (1, 4, 7)}
+    expected = loaded.signatures["decode"](codings=tf.constant(np.stack(
+        [means[7], means[1], means[4], means[7] - means[1] + means[4]])))["images"].numpy()
+    np.testing.assert_allclose(np.array(by_class["images"]), expected, atol=1e-4)
+    np.testing.assert_allclose(client.arithmetic("stacked_ae", 7, "1", 4).outputs, expected, atol=1e-4)
+    # From class 7's mean coding to class 1's: the ends are those codings decoded.
+    strip = client.interpolate("stacked_ae", classes=[7, 1], frames=4).outputs
+    assert strip.shape == (4, 28, 28, 1)
+    np.testing.assert_allclose(strip[[0, -1]], expected[:2], atol=1e-4)
     status, _, refused = _post(f"{url}/v1/models/stacked_ae:arithmetic", {
-        "a": {"class": 7}, "b": {"class": 1}, "c": {"class": 4}})
-    assert status == 400 and "--class-examples" in refused["error"]
+        "a": {"class": "seven"}, "b": {"class": 1}, "c": {"class": 12}})
+    assert status == 400 and "unknown class 'seven'" in refused["error"]
+
+
+def _sample_test_split():
+    from components.image_example_gen import sources
+    info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
+    records = list(sources.read_split(info, "test"))
+    return (np.stack([r[0] for r in records]).astype(np.float32) / 255.0,
+            np.array([r[1] for r in records]))
+
+
+def test_class_operands_need_class_examples_and_the_cli_checks_the_source(served, tmp_path, capsys):
+    from serving import explorer
+    from serving.model import RequestError, ServedModel
+    model = ServedModel(str(served["root"] / "stacked_ae"), "stacked_ae", "0")
+    with pytest.raises(RequestError, match="--class-examples SOURCE"):
+        explorer.arithmetic(model, {"a": {"class": 7}, "b": {"class": 1}, "c": {"class": 4}}, None)
+    args = ["serve", "--saved-model", str(served["root"] / "stacked_ae"), "--port", "1"]
+    assert cli.main([*args, "--class-examples", f"idx:{tmp_path}"]) == cli.EXIT_BAD_INPUT
+    assert "--class-examples idx:" in capsys.readouterr().err
 
 
 def test_the_explorer_files_come_from_the_asset_folder_only(served):
@@ -530,7 +565,7 @@ def test_serve_run_builder_checks_its_arguments(served):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Debian chromium driven by its chromidriver (`make test` installs both when it runs as root)."""
+    """Headless Debian chromium driven by its chromedriver (`make test` installs both when it runs as root)."""
     import shutil
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")

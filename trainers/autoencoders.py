@@ -151,7 +151,8 @@ def calibrate_anomaly_threshold(model: "Autoencoder", images: tf.data.Dataset,
                                 false_positive_rate: float) -> Dict[str, object]:
     """The anomaly score above which an image is called anomalous, set so that a share `false_positive_rate` of
     `images` (normal data the model did not train on: the eval split, any held-out class left out) is: the
-    lowest of their scores with at most that share above it (their (1 - rate) quantile). What the SavedModel's metadata carries as `anomaly` and the server's :detect applies."""
+    lowest of their scores with at most that share above it (their (1 - rate) quantile). What the SavedModel's
+    metadata carries as `anomaly` and the server's :detect applies."""
     if not 0.0 < false_positive_rate < 1.0:
         raise ValueError(f"false_positive_rate={false_positive_rate}: must be in (0, 1), e.g. 0.01")
     scores = np.concatenate([model.anomaly_score(batch).numpy().astype(np.float64) for batch in images])

@@ -1,8 +1,9 @@
 """Executor of MlflowRegistrar: gathers what the Trainer and Evaluator left and hands it to backends.tracking."""
 import dataclasses
+import functools
 import glob
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 from tfx import types
@@ -12,6 +13,7 @@ from tfx.utils import path_utils
 
 from backends import tracking
 from components import artifacts
+from evaluation import scoring
 
 
 def _execution_id(artifact: types.Artifact) -> Optional[str]:
@@ -22,6 +24,21 @@ def _execution_id(artifact: types.Artifact) -> Optional[str]:
 
 def _scalars(values: Dict[str, Any]) -> Dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _still_beats(blessing: Dict[str, Any], metrics: Dict[str, Any],
+                 champion: Optional[Tuple[str, Dict[str, float]]]) -> bool:
+    """Whether the blessed model should take @champion from `champion` (the registry's now): yes when it is the
+    version the Evaluator compared against (or there is none), else when the model beats this newer champion
+    by the same rule and margin."""
+    if champion is None or champion[0] == blessing.get("champion_version"):
+        return True
+    key = (blessing["metric"], bool(blessing["higher_is_better"]))
+    decision = scoring.decide_blessing(key, metrics, champion, float(blessing["margin"]))
+    if not decision.blessed:
+        logging.info("MLflow: not moving @%s: %s (it moved since the Evaluator ran)", tracking.CHAMPION,
+                     decision.reason)
+    return decision.blessed
 
 
 class Executor(base_executor.BaseExecutor):
@@ -76,7 +93,8 @@ class Executor(base_executor.BaseExecutor):
             blessed=bool(blessing["blessed"]), key_metric=blessing["metric"],
             key_metric_value=blessing["candidate"], trainer=trainer, evaluator=evaluator,
             version_tags={**ids, "tfx.blessing_uri": blessing_artifact.uri},
-            parent_tags={"source": config.source, "dataset": config.dataset}, metric_network=metric_network)
+            parent_tags={"source": config.source, "dataset": config.dataset}, metric_network=metric_network,
+            still_beats=functools.partial(_still_beats, blessing, evaluated.metrics))
         logging.info("MLflow: %s version %s%s", logged.name, logged.version,
                      f" is now @{tracking.CHAMPION}" if logged.champion else "")
 

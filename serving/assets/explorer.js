@@ -117,8 +117,10 @@ async function interpolate() {
   if (!$("seed-ends").hidden) {
     body.seeds = [number("from-seed"), number("to-seed")];
     if (!$("steps-control").hidden) body.steps = number("steps");
-  } else {
+  } else if ($("from-file").files.length || $("to-file").files.length) {
     body.png_base64 = [await readFile($("from-file")), await readFile($("to-file"))];
+  } else {
+    body.classes = [classValue("from-class"), classValue("to-class")];
   }
   const content = await call("interpolate", body);
   const strip = $("interpolation-strip");
@@ -128,11 +130,16 @@ async function interpolate() {
 }
 
 // ---------------------------------------------------------------------------------------- arithmetic
+// A class as typed: an id (digits) or a class name.
+function classValue(id) {
+  const text = $(id).value.trim();
+  return /^\d+$/.test(text) ? Number(text) : text;
+}
+
 async function operand(key) {
   const file = $(`${key}-file`);
   if (file.files.length) return {png_base64: await readFile(file)};
-  const text = $(`${key}-class`).value.trim();
-  return {class: /^\d+$/.test(text) ? Number(text) : text};
+  return {class: classValue(`${key}-class`)};
 }
 
 async function computeArithmetic() {
