@@ -93,6 +93,32 @@ def _serve_sources(args):
     return sources
 
 
+def read_class_examples(source: str, per_class: int = 200):
+    """The explorer's ClassExamples: the test split (else the last split) of a labelled source, at most
+    `per_class` images per class, as (N, H, W, C) in [0, 1]."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
+    from serving import explorer  # pylint: disable=import-outside-toplevel
+    info = sources.probe(sources.parse_source(source))
+    if info.spec.kind == "tfds":
+        raise ValueError(f"--class-examples {source}: give the images as files (idx:DIR, folder:DIR or npz:FILE); "
+                         "TFDS datasets are read by the pipeline's Beam components only")
+    if not info.num_classes:
+        raise ValueError(f"--class-examples {source}: the source has no labels (classes)")
+    names = [s.name for s in info.splits]
+    split = "test" if "test" in names else names[-1]
+    images, labels, counts = [], [], {}
+    for image, label in sources.read_split(info, split):
+        if counts.get(label, 0) < per_class:
+            counts[label] = counts.get(label, 0) + 1
+            images.append(image)
+            labels.append(label)
+        if len(counts) == info.num_classes and min(counts.values()) >= per_class:
+            break
+    pixels = np.stack(images).astype(np.float32).reshape(len(images), *info.image_shape) / 255.0
+    return explorer.ClassExamples(pixels, np.asarray(labels, np.int64), info.class_names)
+
+
 def cmd_serve(args) -> int:
     from serving import server  # pylint: disable=import-outside-toplevel
     if args.detach and not (args.ray_address or os.environ.get("RAY_ADDRESS")):
@@ -104,14 +130,13 @@ def cmd_serve(args) -> int:
     except ValueError as e:
         raise CliError(str(e)) from e
     if args.class_examples:
-        from serving import explorer  # pylint: disable=import-outside-toplevel
-        try:  # a bad source fails here, not in every replica
-            explorer.check_class_source(args.class_examples)
+        try:  # read here, once: the replicas get the images with their options
+            examples = read_class_examples(args.class_examples)
         except (ValueError, OSError) as e:
             message = str(e)
             raise CliError(message if message.startswith("--class-examples") else
                            f"--class-examples {args.class_examples}: {message}") from e
-        options = dataclasses.replace(options, class_examples=args.class_examples)
+        options = dataclasses.replace(options, class_examples=examples)
     url = server.start(sources, options, deployment, host=args.host, port=args.port,
                        ray_address=args.ray_address, access_log=args.access_log)
     first = sources[0].name

@@ -235,43 +235,14 @@ def _clipped(images: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ latent arithmetic
 
-def check_class_source(source: str):
-    """The SourceInfo of a --class-examples source; ValueError says why it cannot serve (no labels, TFDS)."""
-    from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
-    info = sources.probe(sources.parse_source(source))
-    if info.spec.kind == "tfds":
-        raise ValueError(f"--class-examples {source}: give the images as files (idx:DIR, folder:DIR or npz:FILE); "
-                         "TFDS datasets are read by the pipeline's Beam components only")
-    if not info.num_classes:
-        raise ValueError(f"--class-examples {source}: the source has no labels (classes)")
-    return info
-
-
 class ClassExamples:
-    """Labelled images (the test split of the server's --class-examples source, at most `per_class` per class)
-    and, per model version, the mean coding of each class, computed on first use and kept."""
+    """Labelled images, (N, H, W, C) in [0, 1] (`latentforge serve --class-examples SOURCE` reads the source's
+    test split, at most 200 per class) and, per model version, the mean coding of each class, computed on first
+    use and kept. It travels to the replicas inside ServerOptions."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str]):
         self.images, self.labels, self.class_names = images, labels, [str(n) for n in class_names]
         self._means: Dict[tuple, np.ndarray] = {}
-
-    @classmethod
-    def from_source(cls, source: str, per_class: int = 200) -> "ClassExamples":
-        """The test split (else the last split) of a latentforge source URI (idx:DIR, folder:DIR, npz:FILE...)."""
-        from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
-        info = check_class_source(source)
-        names = [s.name for s in info.splits]
-        split = "test" if "test" in names else names[-1]
-        images, labels, counts = [], [], {}
-        for image, label in sources.read_split(info, split):
-            if counts.get(label, 0) < per_class:
-                counts[label] = counts.get(label, 0) + 1
-                images.append(image)
-                labels.append(label)
-            if len(counts) == info.num_classes and min(counts.values()) >= per_class:
-                break
-        pixels = np.stack(images).astype(np.float32) / 255.0
-        return cls(pixels.reshape(len(pixels), *info.image_shape), np.asarray(labels, np.int64), info.class_names)
 
     def class_id(self, value: Any, where: str) -> int:
         if isinstance(value, str):

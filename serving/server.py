@@ -173,8 +173,7 @@ class ModelServer:
             raise ValueError(f"model names must be given and distinct; got {names}")
         self.options = options
         self.sources = {s.name: s for s in sources}
-        self.class_examples = (explorer.ClassExamples.from_source(options.class_examples)
-                               if options.class_examples else None)
+        self.class_examples = options.class_examples  # an explorer.ClassExamples, or None
         self._download_root = tempfile.mkdtemp(prefix="latentforge-serve-")
         self.models: Dict[str, ServedModel] = {}
         self._downloads: Dict[str, Optional[str]] = {}
@@ -402,10 +401,9 @@ def build_app(args: Dict[str, str]):
             replicas=2 max_batch_size=32
 
     Keys: saved_model ([NAME=]DIR) and/or model (NAME[@ALIAS|/VERSION]), comma-separated for several;
-    mlflow_uri (default MLFLOW_TRACKING_URI); class_examples (the explorer's labelled source); and
-    serving.settings.SETTINGS (replicas, max_batch_size,
+    mlflow_uri (default MLFLOW_TRACKING_URI); and serving.settings.SETTINGS (replicas, max_batch_size,
     max_generated, ...: the same settings and defaults as `latentforge serve`'s flags)."""
-    known = {"saved_model", "model", "mlflow_uri", "class_examples", *SETTINGS}
+    known = {"saved_model", "model", "mlflow_uri", *SETTINGS}
     unknown = set(args) - known
     if unknown:
         raise ValueError(f"unknown argument(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -418,8 +416,6 @@ def build_app(args: Dict[str, str]):
     if not sources:
         raise ValueError("give saved_model=DIR and/or model=NAME[@ALIAS|/VERSION]")
     options, deployment = server_settings({k: v for k, v in args.items() if k in SETTINGS})
-    if args.get("class_examples"):
-        options = dataclasses.replace(options, class_examples=args["class_examples"])
     return application(sources, options, deployment)
 
 

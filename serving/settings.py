@@ -28,9 +28,9 @@ class ServerOptions:
     max_batch_size: int = 16  # requests stacked into one call; 1 turns batching off
     batch_wait_timeout_s: float = 0.005  # how long a batch waits to fill
     poll_interval_s: float = 30.0  # registry aliases; 0: never re-read
-    # The explorer's class operands: a labelled source (idx:DIR, folder:DIR, ...) whose test split's mean codings
-    # stand for each class in latent arithmetic; None: uploaded images only.
-    class_examples: Optional[str] = None
+    # The explorer's class operands: a serving.explorer.ClassExamples (labelled images whose mean codings stand
+    # for each class in latent arithmetic and interpolation); None: uploaded images only.
+    class_examples: Optional[Any] = None
 
     def __post_init__(self):
         if self.max_batch_size < 1:

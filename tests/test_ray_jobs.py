@@ -20,11 +20,9 @@ VENV_BIN = os.path.dirname(sys.executable)
 
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    ray_cli = os.path.join(VENV_BIN, "ray")
-    if not os.path.exists(ray_cli):
-        pytest.skip(f"no `ray` command beside {sys.executable}")
+def _start_head(ray_cli):
+    """(process, dashboard address, temp dir, log) of a `ray start --head --block`, or None when it died while
+    starting (its dashboard gives each module 30 s: a loaded 2-core machine has missed that)."""
     # A short temp dir: Ray's unix sockets live under it, and socket paths are limited to ~100 characters.
     temp_dir = tempfile.mkdtemp(prefix="lf-ray-")
     port, dashboard_port = free_port(), free_port()
@@ -43,27 +41,49 @@ def ray_head():
          f"--temp-dir={temp_dir}", "--disable-usage-stats", *agent_ports],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
+    from ray.job_submission import JobSubmissionClient
+    deadline = time.time() + 360  # a loaded 2-core machine (Ray Train tests beside it) took over 180 s twice
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return head, address, temp_dir, log
+        except Exception:  # pylint: disable=broad-except
+            if time.time() > deadline or head.poll() is not None:
+                _stop_head(head, temp_dir, log, keep_log=True)
+                return None, address, temp_dir, None
+            time.sleep(1)
+
+
+def _stop_head(head, temp_dir, log, keep_log=False):
     try:
-        from ray.job_submission import JobSubmissionClient
-        deadline = time.time() + 360  # a loaded 2-core machine (Ray Train tests beside it) took over 180 s twice
-        while True:
-            try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except Exception:  # pylint: disable=broad-except
-                if time.time() > deadline or head.poll() is not None:
-                    with open(os.path.join(temp_dir, "head.log")) as f:
-                        pytest.fail(f"the Ray head did not come up at {address}:\n{f.read()[-3000:]}")
-                time.sleep(1)
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` and everything it started
+    except ProcessLookupError:
+        pass
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    log.close()
+    if not keep_log:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    ray_cli = os.path.join(VENV_BIN, "ray")
+    if not os.path.exists(ray_cli):
+        pytest.skip(f"no `ray` command beside {sys.executable}")
+    for _ in range(3):  # a head whose dashboard missed its start-up timeout is started again
+        head, address, temp_dir, log = _start_head(ray_cli)
+        if head is not None:
+            break
+    else:
+        with open(os.path.join(temp_dir, "head.log")) as f:
+            pytest.fail(f"the Ray head did not come up at {address} in 3 tries:\n{f.read()[-3000:]}")
+    try:
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` and everything it started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _stop_head(head, temp_dir, log)
 
 
 def test_a_submitted_run_succeeds_and_leaves_its_artifacts(ray_head, tmp_path, capsys):

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from backends import tracking
 from pipelines import cli
-from serving import export
+from serving import commands, export
 from serving.client import Client, ServingError
 from serving.model import Limits
 from trainers import autoencoders
@@ -71,7 +71,8 @@ def served(tmp_path_factory):
     sources.append(server.ModelSource(name=REGISTERED, registered_name=REGISTERED, alias="champion",
                                       tracking_uri=config.uri))
     options = server.ServerOptions(limits=Limits(max_generated=16, max_steps=10, max_body_bytes=2 * 1024 ** 2),
-                                   max_batch_size=8, poll_interval_s=POLL_S, class_examples=f"idx:{SAMPLE_DIR}")
+                                   max_batch_size=8, poll_interval_s=POLL_S,
+                                   class_examples=commands.read_class_examples(f"idx:{SAMPLE_DIR}"))
     url = server.start(sources, options, port=free_port())
     try:
         yield {"url": url, "root": root, "entries": entries, "config": config, "registered": versions}
@@ -596,6 +597,11 @@ def _console_errors(driver):
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+def _settled(driver) -> bool:
+    """No request of the page in flight (a late answer would otherwise overwrite what the test looks at next)."""
+    return driver.execute_script("return document.body.dataset.pending || '0'") == "0"
+
+
 def _image_size(driver, element_id):
     return driver.execute_script(
         "const i = document.getElementById(arguments[0]); return [i.naturalWidth, i.naturalHeight, i.src.length];",
@@ -646,7 +652,7 @@ def test_the_explorer_calls_an_uploaded_anomaly_an_anomaly_and_a_digit_normal(se
     assert not errors, errors
     for name, verdict in (("noise.png", "anomaly"), ("digit.png", "normal")):
         browser.find_element(By.ID, "upload").send_keys(str(tmp_path / name))
-        _wait(browser, lambda d: d.find_element(By.ID, "verdict").text == verdict)
+        _wait(browser, lambda d: _settled(d) and d.find_element(By.ID, "verdict").text == verdict)
         assert "threshold" in browser.find_element(By.ID, "score").text
     # A drawing on the pad: a stroke reaches the model and comes back reconstructed.
     from selenium.webdriver.common.action_chains import ActionChains
@@ -654,8 +660,8 @@ def test_the_explorer_calls_an_uploaded_anomaly_an_anomaly_and_a_digit_normal(se
     ActionChains(browser).move_to_element_with_offset(pad, -20, -80).click_and_hold().move_by_offset(10, 80) \
         .move_by_offset(10, 80).release().perform()
     browser.find_element(By.ID, "check").click()
-    _wait(browser, lambda d: d.find_element(By.ID, "verdict").text in ("normal", "anomaly")
-          and "score" in d.find_element(By.ID, "score").text)
+    _wait(browser, lambda d: _settled(d) and d.find_element(By.ID, "verdict").text in ("normal", "anomaly")
+          and "threshold" in d.find_element(By.ID, "score").text)
     # A file of the wrong size: the server's message is shown on the page.
     browser.find_element(By.ID, "upload").send_keys(str(tmp_path / "big.png"))
     _wait(browser, lambda d: "takes 28x28" in d.find_element(By.ID, "errors").text)

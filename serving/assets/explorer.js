@@ -18,14 +18,26 @@ function showError(message) {
   errors.hidden = !message;
 }
 
+// Requests in flight, on <body data-pending>: what a person sees as "still working" and a test waits for.
+let pending = 0;
+function setPending(change) {
+  pending += change;
+  document.body.dataset.pending = String(pending);
+}
+
 async function call(verb, body) {
-  const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}:${verb}`, {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
-  const content = await reply.json();
-  if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
-  showError("");
-  if (reply.headers.get("X-Model-Version")) $("version").textContent = reply.headers.get("X-Model-Version");
-  return content;
+  setPending(+1);
+  try {
+    const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}:${verb}`, {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    const content = await reply.json();
+    if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
+    showError("");
+    if (reply.headers.get("X-Model-Version")) $("version").textContent = reply.headers.get("X-Model-Version");
+    return content;
+  } finally {
+    setPending(-1);
+  }
 }
 
 // Runs a button's work, showing what went wrong instead of failing silently.
@@ -179,6 +191,8 @@ function padImage() {
 
 async function check(image) {
   const invert = $("invert").checked;
+  $("verdict").textContent = "";  // no stale verdict while this one is computed
+  $("score").textContent = "checking...";
   const reconstruction = await call("predict", {signature_name: "reconstruct", png_base64: [image], invert});
   drawStrip($("reconstruction"), toUnit(reconstruction.outputs), 4);
   if (!info.signatures.anomaly_score || !info.metadata.anomaly) {
