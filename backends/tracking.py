@@ -131,19 +131,9 @@ def _guarded(action: str, config: TrackingConfig):
 
 def champion_metrics(config: TrackingConfig, name: str) -> Optional[Tuple[str, Dict[str, float]]]:
     """(version, the metrics its evaluator logged) of NAME@champion, or None when there is no champion."""
-    import mlflow  # pylint: disable=import-outside-toplevel
     check_reachable(config)
     with _guarded(f"reading {name}@{CHAMPION}", config):
-        client = _client(config)
-        try:
-            version = client.get_model_version_by_alias(name, CHAMPION)
-        except mlflow.exceptions.MlflowException as error:
-            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise
-        run_id = version.tags.get("evaluator_run_id")
-        metrics = dict(client.get_run(run_id).data.metrics) if run_id else {}
-        return str(version.version), metrics
+        return _champion_now(_client(config), name)
 
 
 @dataclasses.dataclass
