@@ -18,13 +18,17 @@ execution ids; the alias `champion` moves to it only when the Evaluator blessed 
 """
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from backends import verbose
 
 CHAMPION = "champion"
 EMBEDDED_DB = "mlflow.db"
@@ -218,13 +222,29 @@ def _log_model(config: TrackingConfig, run_id: str, saved_model_dir: str, input_
     from mlflow.models import infer_signature  # pylint: disable=import-outside-toplevel
     module, signatures, loaded = _mlflow_module(saved_model_dir)
     output = loaded(tf.constant(input_example)).numpy()
-    with _fluent_api_at(config), mlflow.start_run(run_id=run_id):
+    with _fluent_api_at(config), mlflow.start_run(run_id=run_id), _registry_chatter_kept_unless_verbose():
         info = mlflow.tensorflow.log_model(
             module, name="model", signature=infer_signature(input_example, output), input_example=input_example,
             registered_model_name=registered_name, saved_model_kwargs={"signatures": signatures},
             # Given, not inferred: inference loads the model again in a subprocess (tens of seconds).
             pip_requirements=[f"tensorflow=={tf.__version__}"])
     return info
+
+
+@contextlib.contextmanager
+def _registry_chatter_kept_unless_verbose():
+    """MLflow prints "Successfully registered model ...", "Created version ..." to stderr itself (its eprint; the
+    run reports the version). Kept out of the default output, and shown after all if registering fails."""
+    if verbose():
+        yield
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
 
 
 @contextlib.contextmanager

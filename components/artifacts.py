@@ -41,7 +41,7 @@ def image_shape(examples) -> Tuple[int, ...]:
 
 
 def class_names(examples) -> List[str]:
-    return list(examples.get_json_value_custom_property(CLASS_NAMES_PROPERTY))
+    return list(examples.get_json_value_custom_property(CLASS_NAMES_PROPERTY) or [])
 
 
 
@@ -183,6 +183,7 @@ class EvaluatorConfig:
     tracking: Dict[str, Any]  # where the champion is read: backends.tracking.TrackingConfig fields
     registered_model: str
     data_pixel_range: Optional[str] = None  # the Transform's, when not the model's (a classifier's generator)
+    class_names: List[str] = dataclasses.field(default_factory=list)  # the source's (plots, evaluation.json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +192,7 @@ class Evaluation:
     family: str
     metrics: Dict[str, Any]
     blessing: Dict[str, Any]
+    class_names: List[str] = dataclasses.field(default_factory=list)  # the source's, in class-id order
 
     def write(self, directory: str, input_example: np.ndarray, metric_input_example: np.ndarray) -> str:
         np.save(os.path.join(directory, INPUT_EXAMPLE_FILE), input_example)

@@ -173,39 +173,63 @@ def interpolation(model, inputs, to_unit, out_dir: str, seed: int) -> List[str]:
     return [save_png(os.path.join(out_dir, "interpolation.png"), image_grid(to_unit(strip), 10))]
 
 
-def save_codings_map(path: str, codings: np.ndarray, labels: np.ndarray) -> str:
-    """Codings (N, D) projected on their first two principal components (D = 2: as they are), by label."""
+def _class_label(class_names: Sequence[str], k: int) -> str:
+    return str(class_names[k]) if k < len(class_names) else str(k)
+
+
+def save_codings_map(path: str, codings: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = ()) -> str:
+    """Codings (N, D) projected on their first two principal components (D = 2: as they are), a colour per class
+    named in the legend (the source's class names; ids when it has none), unlabelled points grey."""
     codings = np.asarray(codings, np.float64).reshape(len(codings), -1)
     centred = codings - codings.mean(axis=0)
     if codings.shape[1] > 2:
         _, _, components = np.linalg.svd(centred, full_matrices=False)
         centred = centred @ components[:2].T
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    points = axis.scatter(centred[:, 0], centred[:, 1], c=labels, cmap="tab10", s=4)
-    if np.any(labels >= 0):
-        figure.colorbar(points, ax=axis, label="label")
+    labels = np.asarray(labels)
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    if np.any(labels < 0):
+        axis.scatter(centred[labels < 0, 0], centred[labels < 0, 1], s=4, color="lightgrey", label="(no label)")
+    classes = sorted(int(k) for k in np.unique(labels[labels >= 0]))
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for k in classes:
+        axis.scatter(centred[labels == k, 0], centred[labels == k, 1], s=4, color=colours(k % colours.N),
+                     label=_class_label(class_names, k))
+    if classes:
+        axis.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, fontsize=7,
+                    ncol=1 if len(classes) <= 20 else 2, frameon=False)
     axis.set_title("test codings (first two principal components)")
     return _save_figure(figure, path)
 
 
-def save_class_histograms(path: str, generated: np.ndarray, real: np.ndarray) -> str:
+def _class_ticks(axis, count: int, class_names: Sequence[str], which: str = "x") -> None:
+    names = [_class_label(class_names, k) for k in range(count)]
+    rotation = 45 if max((len(n) for n in names), default=0) > 2 else 0
+    if which == "x":
+        axis.set_xticks(range(count), names, rotation=rotation, ha="right" if rotation else "center")
+    else:
+        axis.set_yticks(range(count), names)
+
+
+def save_class_histograms(path: str, generated: np.ndarray, real: np.ndarray, class_names: Sequence[str] = ()) -> str:
     figure, axis = plt.subplots(figsize=(5, 3))
     classes = np.arange(len(real))
     axis.bar(classes - 0.2, real, width=0.4, label="real (train)")
     axis.bar(classes + 0.2, generated, width=0.4, label="generated")
-    axis.set_xticks(classes)
+    _class_ticks(axis, len(real), class_names)
     axis.set_xlabel("class predicted by the metric network")
     axis.set_ylabel("share")
     axis.legend()
     return _save_figure(figure, path)
 
 
-def save_confusion_matrix(path: str, matrix: np.ndarray) -> str:
-    figure, axis = plt.subplots(figsize=(5, 4.5))
+def save_confusion_matrix(path: str, matrix: np.ndarray, class_names: Sequence[str] = ()) -> str:
+    figure, axis = plt.subplots(figsize=(5.5, 5))
     image = axis.imshow(matrix, cmap="Blues")
     for (row, column), count in np.ndenumerate(matrix):
         axis.text(column, row, str(count), ha="center", va="center", fontsize=7,
                   color="white" if count > matrix.max() / 2 else "black")
+    _class_ticks(axis, len(matrix), class_names, "x")
+    _class_ticks(axis, len(matrix), class_names, "y")
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     figure.colorbar(image, ax=axis)

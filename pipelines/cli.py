@@ -22,7 +22,7 @@ import os
 import sys
 from typing import List, Optional
 
-from pipelines import run_request
+from pipelines import console, run_request
 from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_CLUSTER, EXIT_DATA_INVALID, EXIT_DIVERGED,
                                   EXIT_ERROR, EXIT_OK, CliError, explain, non_negative_float, open_unit_float,
                                   positive_int)
@@ -146,7 +146,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentforge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="show TFX/Beam logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show everything: TFX, Beam, TensorFlow, MLflow and Ray logs, Ray workers' output")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline: ingest, validate, transform, train, push")
@@ -197,35 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="probe a source: its splits, image shape and classes")
     _add_source_flags(inspect)
     return parser
-
-
-class _ProgressOnly(logging.Filter):
-    """Lets through the runner's per-component progress lines and real errors, nothing else."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        return record.levelno >= logging.ERROR or (
-            message.startswith("Component ") and message.endswith(("is running.", "is finished.")))
-
-
-def _configure_logs(verbose: bool) -> None:
-    """Verbose: everything TFX, Beam and TF log. Otherwise: component progress, Keras epochs and errors."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-    absl_logging.set_verbosity(absl_logging.INFO)
-    if verbose:
-        logging.getLogger().setLevel(logging.INFO)
-        return
-    import warnings  # pylint: disable=import-outside-toplevel
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("tensorflow", "apache_beam"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    absl_logger = logging.getLogger("absl")
-    absl_logger.setLevel(logging.INFO)
-    # main() may run several times in one process (tests, notebooks): one filter is enough.
-    if not any(isinstance(f, _ProgressOnly) for f in absl_logger.filters):
-        absl_logger.addFilter(_ProgressOnly())
 
 
 def cmd_inspect(args) -> int:
@@ -333,7 +304,7 @@ def cmd_submit(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logs(args.verbose)
+    console.configure(args.verbose)
     handlers = {"run": cmd_run, "compile": cmd_compile, "gc": cmd_gc, "submit": cmd_submit,
                 "serve": serving_commands.cmd_serve, "predict": serving_commands.cmd_predict, "models": cmd_models,
                 "inspect": cmd_inspect}

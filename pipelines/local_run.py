@@ -5,6 +5,7 @@ import json
 import os
 import time
 
+import backends
 from pipelines import local_runner, report, run_lock, run_request
 from pipelines.cli_common import EXIT_BUSY, EXIT_ERROR, EXIT_OK, explain
 
@@ -47,7 +48,8 @@ def write_summary(root: str, args, summary: dict, started: float, append: bool =
 
 def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
     """Runs the pipeline (the caller holds the root's lock); prints what ran and returns the run's summary."""
-    from pipelines import metadata, pipeline  # pylint: disable=import-outside-toplevel
+    from pipelines import console, metadata, pipeline  # pylint: disable=import-outside-toplevel
+    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     info, config, model_config, pretraining = request.info, request.config, request.model_config, request.pretraining
     evaluation_settings = _evaluation_settings(args, paths)
     ray = _ray_training(args, paths)
@@ -62,17 +64,23 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
         beam_pipeline_args=args.beam_args or None,
         evaluation_settings=evaluation_settings, augmentation=request.augmentation,
         examples_per_phase=args.examples_per_phase)
+    ray_before = ray_cluster.local_ray_running()
     start = time.time()
-    local_runner.run(tfx_pipeline)
+    with console.ComponentProgress(len(tfx_pipeline.components)):
+        local_runner.run(tfx_pipeline)
     elapsed = time.time() - start
     nodes = metadata.latest_run(paths.metadata_path, args.pipeline_name)
-    report.print_nodes(nodes, paths.root)
+    if backends.verbose():
+        report.print_nodes(nodes, paths.root)
     cached = [n.node for n in nodes if n.state == "CACHED"]
     print(f"latentforge: pipeline finished in {elapsed:.0f} s ({len(nodes) - len(cached)} ran, {len(cached)} from "
           "cache)")
     results = report.print_results(nodes)
+    report.print_where_to_look(nodes, evaluation_settings.tracking.uri, paths, args)
     return {"status": "ok", "exit_code": EXIT_OK, "pipeline_s": round(elapsed, 1),
-            "ran": [n.node for n in nodes if n.state != "CACHED"], "cached": cached, **results}
+            "ran": [n.node for n in nodes if n.state != "CACHED"], "cached": cached,
+            # Whether this run started a local Ray (only a Trainer that executes on Ray does).
+            "started_ray": ray_cluster.local_ray_running() and not ray_before, **results}
 
 
 def _evaluation_settings(args, paths):
@@ -86,22 +94,21 @@ def _evaluation_settings(args, paths):
 
 
 def _ray_training(args, paths):
-    """The Trainer's Ray settings, checked against the cluster now: a run asking for GPUs the cluster does not
-    have fails here, not after the data stages, and not by waiting for resources forever.
-
-    A local Ray is started here, before any component runs, even when every component will come from the cache:
-    started lazily from inside the Trainer, after Beam's components had filled this process with threads (gRPC,
-    Beam, TensorFlow pools), its raylet was never started (the fork happened while other threads held gRPC's
-    locks: "Other threads are currently calling into gRPC, skipping fork() handlers", then "The current node timed
-    out during startup"). A cheaper cached rerun needs a Ray started out of this process first."""
+    """The Trainer's Ray settings, checked now: a run asking for GPUs the cluster does not have fails here, not
+    after the data stages, and not by waiting for resources forever. A cluster (--ray-address, RAY_ADDRESS) is
+    joined now; a local Ray is only sized now and started when a Trainer executes (backends/local_ray.py), so a
+    run whose Trainer comes from the TFX cache starts none."""
     if args.trainer == "in-process":
         return None
     from pipelines import pipeline  # pylint: disable=import-outside-toplevel
     from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
     from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     settings = run_request.ray_settings(args)
-    ray_cluster.connect(settings.address)
-    resources = ray_train.worker_resources(settings)
+    if settings.address or os.environ.get("RAY_ADDRESS"):
+        ray_cluster.connect(settings.address)
+        resources = ray_train.worker_resources(settings)
+    else:
+        resources = ray_train.worker_resources(settings, ray_cluster.local_resources())
     print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
     fields = {k: v for k, v in vars(settings).items() if v is not None}
     return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage)

@@ -9,7 +9,8 @@ Layout of a run directory (--run-dir, default ./runs), per pipeline name:
 import dataclasses
 import os
 
-from tfx import v1 as tfx
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,5 +40,5 @@ def run_paths(run_dir: str, pipeline_name: str) -> RunPaths:
     return paths
 
 
-def run(pipeline: tfx.dsl.Pipeline) -> None:
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+def run(pipeline: tfx_pipeline.Pipeline) -> None:
+    LocalDagRunner().run(pipeline)

@@ -25,8 +25,12 @@ import hashlib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from tfx import v1 as tfx
+# The components' own modules rather than tfx.v1, which also imports TFX's Google Cloud extensions.
+from tfx import components as tfx_components
 from tfx.dsl.components.base import base_node, executor_spec
+from tfx.orchestration import metadata as tfx_metadata
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.proto import pusher_pb2
 from tfx.types import channel_utils
 
 from components import artifacts
@@ -77,11 +81,11 @@ def code_digest(paths: Sequence[str]) -> str:
 @dataclasses.dataclass
 class DataNodes:
     example_gen: ImageExampleGen
-    statistics_gen: tfx.components.StatisticsGen
+    statistics_gen: tfx_components.StatisticsGen
     schema_gen: base_node.BaseNode  # SchemaGen, or ImportSchemaGen for a user's schema
     curator: Optional[ImageSchemaCurator]  # None with an imported schema: it is used as given
     validator: StrictExampleValidator
-    transform: tfx.components.Transform
+    transform: tfx_components.Transform
     schema: Any  # channel of the schema everything downstream is checked against
 
     def all(self) -> List[base_node.BaseNode]:
@@ -95,20 +99,20 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
     """Ingest, statistics, schema (inferred and curated, or imported from `schema_path`), validation
     that stops the run on anomalies, and the Transform to float images plus the few-label flag."""
     example_gen = ImageExampleGen(source_info, eval_percent=eval_percent, code_version=code_digest(_EXAMPLE_GEN_CODE))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    statistics_gen = tfx_components.StatisticsGen(examples=example_gen.outputs["examples"])
     curator = None
     if schema_path:
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=os.path.abspath(schema_path))
+        schema_gen = tfx_components.ImportSchemaGen(schema_file=os.path.abspath(schema_path))
         schema = schema_gen.outputs["schema"]
     else:
-        schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+        schema_gen = tfx_components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                               infer_feature_shape=True)
         curator = ImageSchemaCurator(schema=schema_gen.outputs["schema"],
                                      statistics=statistics_gen.outputs["statistics"],
                                      code_version=code_digest(_CURATOR_CODE))
         schema = curator.outputs["curated_schema"]
     validator = StrictExampleValidator(statistics=statistics_gen.outputs["statistics"], schema=schema)
-    transform = tfx.components.Transform(
+    transform = tfx_components.Transform(
         examples=example_gen.outputs["examples"], schema=schema, preprocessing_fn=PREPROCESSING_FN,
         custom_config={
             "image_shape": list(source_info.image_shape), "pixel_range": pixel_range,
@@ -131,7 +135,7 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
             ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer",
             holdout_class: Optional[int] = None, labels_per_class: Optional[int] = None,
             data_pixel_range: Optional[str] = None, extra_examples=None,
-            anomaly_fpr: Optional[float] = None) -> tfx.components.Trainer:
+            anomaly_fpr: Optional[float] = None) -> tfx_components.Trainer:
     """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers. `holdout_class`: a class
     kept out of an autoencoder's training data (the anomaly its Evaluator detects). `labels_per_class`: only the
     examples ranked below it keep their labels. `data_pixel_range`: the Transform's, when not the model's.
@@ -147,7 +151,7 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
         custom_config["labels_per_class"] = labels_per_class
     if data_pixel_range is not None:
         custom_config["data_pixel_range"] = data_pixel_range
-    if registry.get_model(model_name).family.conditional:
+    if source_info.class_names:  # into the SavedModel's metadata (a conditional model's labels take these names)
         custom_config["class_names"] = list(source_info.class_names)
     extra = {}
     if ray is not None:
@@ -158,7 +162,7 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
     examples = data.transform.outputs["transformed_examples"]
     if extra_examples is not None:
         examples = channel_utils.union([examples, extra_examples])
-    return tfx.components.Trainer(
+    return tfx_components.Trainer(
         run_fn=RUN_FN,
         examples=examples,
         transform_graph=data.transform.outputs["transform_graph"],
@@ -228,9 +232,9 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
                                                 pretraining, settings, metric_network)
         nodes += [evaluator, registrar]
         blessing = evaluator.outputs["blessing"]
-    pusher = tfx.components.Pusher(
+    pusher = tfx_components.Pusher(
         model=model_trainer.outputs["model"], model_blessing=blessing,
-        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+        push_destination=pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(
             base_directory=os.path.join(serving_dir, model_name))))
     return nodes + [pusher]
 
@@ -279,7 +283,7 @@ def generator_nodes(data: DataNodes, source_info: SourceInfo, augmentation: Augm
 
 
 def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
-                     model_trainer: tfx.components.Trainer, pretraining: Optional[Tuple[str, Dict[str, Any]]],
+                     model_trainer: tfx_components.Trainer, pretraining: Optional[Tuple[str, Dict[str, Any]]],
                      settings: EvaluationSettings, metric_network: Optional[MetricNetworkTrainer] = None,
                      suffix: str = "", registered: Optional[str] = None,
                      data_pixel_range: Optional[str] = None) -> Tuple[ModelEvaluator, MlflowRegistrar]:
@@ -298,7 +302,7 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
             family=family.name, pixel_range=pixel_range(model_name, pretraining),
             num_classes=source_info.num_classes, model_config=full_config, options=dataclasses.asdict(options),
             margin=settings.margin, tracking=dataclasses.asdict(settings.tracking), registered_model=registered,
-            data_pixel_range=data_pixel_range),
+            data_pixel_range=data_pixel_range, class_names=list(source_info.class_names)),
         code_version=code_digest(_EVALUATION_CODE)).with_id("ModelEvaluator" + suffix)
     registrar = MlflowRegistrar(
         model=model_trainer.outputs["model"], model_run=model_trainer.outputs["model_run"],
@@ -414,7 +418,7 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
                     pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
                     evaluation_settings: Optional[EvaluationSettings] = None,
                     augmentation: Optional[Augmentation] = None,
-                    examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE) -> tfx.dsl.Pipeline:
+                    examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE) -> tfx_pipeline.Pipeline:
     """`ray`: train on Ray Train (None: in this process). `pretraining`: (model, config overrides) whose encoder
     a classifier fine-tunes. `evaluation_settings`: evaluate, bless and register in MLflow (None: train and push).
     `labels_per_class`: K, or several K for the label-efficiency curve (a classifier). `augmentation`: generated
@@ -430,13 +434,13 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
     else:
         training = training_nodes(data, source_info, model_name, model_config, serving_dir, ray, pretraining,
                                   evaluation_settings, ks[0] if ks else None, augmentation)
-    return tfx.dsl.Pipeline(
+    return tfx_pipeline.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=data.all() + training,
         enable_cache=enable_cache,
         # None: the orchestrator brings its own ML Metadata (Kubeflow, Vertex).
-        metadata_connection_config=(tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path)
+        metadata_connection_config=(tfx_metadata.sqlite_metadata_connection_config(metadata_path)
                                     if metadata_path else None),
         beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
     )

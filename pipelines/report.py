@@ -27,9 +27,6 @@ def print_results(nodes) -> Dict[str, Any]:
         history = artifacts.TrainerMetrics.read(model_run).history
         print("latentforge: last epoch " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(history.items())))
         results["last_epoch"] = {k: round(v[-1], 6) for k, v in sorted(history.items())}
-        pictures = sorted(f for f in os.listdir(model_run) if f.endswith(".png"))
-        if pictures:
-            print(f"latentforge: pictures in {model_run}: {', '.join(pictures)}")
     evaluator = by_name.get("ModelEvaluator")
     if evaluator and os.path.exists(os.path.join(evaluator.outputs.get("evaluation", ""), artifacts.EVALUATION_FILE)):
         evaluated = artifacts.Evaluation.read(evaluator.outputs["evaluation"])
@@ -57,6 +54,35 @@ def print_results(nodes) -> Dict[str, Any]:
         results["label_efficiency"] = {"labels_per_class": curve.labels_per_class, **curve.accuracy}
     pushed = by_name.get("Pusher") and by_name["Pusher"].properties.get("pushed_model", {})
     if pushed and pushed.get("pushed_destination"):
-        print(f"latentforge: SavedModel at {pushed['pushed_destination']}")
         results["pushed"] = pushed["pushed_destination"]
     return results
+
+
+def print_where_to_look(nodes, tracking_uri: str, paths, args) -> None:
+    """The run's last lines: where its pictures are and the exact commands that show the rest (MLflow's UI,
+    TensorBoard, the model server), relative to the current directory where that is shorter."""
+    by_name = {n.node: n for n in nodes}
+    shown = lambda path: min(path, os.path.relpath(path), key=len)  # noqa: E731
+    lines = []
+    for node, key in (("Trainer", "model_run"), ("ModelEvaluator", "evaluation"), ("LabelEfficiencyCurve", "curve")):
+        folder = by_name.get(node) and by_name[node].outputs.get(key)
+        pictures = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if folder and os.path.isdir(
+            folder) else []
+        if pictures:
+            lines.append(f"  pictures     {shown(folder)}/ ({', '.join(pictures)})")
+    lines.append(f"  MLflow       mlflow ui --backend-store-uri {tracking_uri}")
+    model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
+    if model_run:  # every Trainer execution is a run of its own in TensorBoard
+        lines.append(f"  TensorBoard  tensorboard --logdir {shown(os.path.dirname(model_run))}")
+    registration = by_name.get("MlflowRegistrar") and by_name["MlflowRegistrar"].properties.get("registration")
+    if registration:
+        which = "@champion" if registration.get("champion") == "1" else f"/{registration['version']}"
+        where = (f" --mlflow-uri {tracking_uri}" if getattr(args, "mlflow_uri", None) else
+                 "".join(f" --{flag} {value}" for flag, value, default in (
+                     ("run-dir", args.run_dir, "runs"), ("pipeline-name", args.pipeline_name, "latentforge"))
+                     if value != default))
+        lines.append(f"  serve        latentforge serve --model {registration['name']}{which}{where}")
+    pushed = by_name.get("Pusher") and by_name["Pusher"].properties.get("pushed_model", {})
+    if pushed and pushed.get("pushed_destination"):
+        lines.append(f"  SavedModel   {shown(pushed['pushed_destination'])}")
+    print("latentforge: where to look\n" + "\n".join(lines), flush=True)

@@ -41,18 +41,17 @@ def test_bad_input_exits_2_with_a_named_problem(argv, expected, capsys, tmp_path
     assert expected in err and "Traceback" not in err
 
 
-@pytest.mark.slow  # starts a local Ray
 def test_asking_for_gpus_on_a_cpu_only_ray_fails_before_any_pipeline_work(capsys, tmp_path):
-    import ray
     from backends import ray_cluster
-    ray_cluster.connect()
-    if ray.cluster_resources().get("GPU", 0):
-        pytest.skip("this machine's Ray has GPUs")
+    if ray_cluster.local_resources()["GPU"]:
+        pytest.skip("this machine has GPUs")
+    was_running = ray_cluster.local_ray_running()
     code = cli.main(["run", "--gpus-per-worker", "1", "--run-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == cli.EXIT_CLUSTER
     assert "need 1 GPUs, but the Ray cluster (local Ray) has 0" in err and "drop --gpus-per-worker" in err
     assert not os.path.exists(tmp_path / "latentforge" / "tfx")  # nothing ran
+    assert ray_cluster.local_ray_running() == was_running  # ... and no local Ray was started to find it out
 
 
 @pytest.mark.parametrize("argv, expected", [

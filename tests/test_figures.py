@@ -37,3 +37,34 @@ def test_each_family_writes_its_pictures(name, expected, tmp_path):
         grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / "reconstructions.png"))).numpy()
         first_input = grid[2:2 + 56:2, 2:2 + 56:2, 0]  # zoom 2, 1-pixel gap before it
         np.testing.assert_allclose(first_input / 255.0, inputs[0, :, :, 0], atol=1 / 255)
+
+
+def _kept_figure(monkeypatch):
+    """The matplotlib figure a save_* function draws (its texts are what a reader sees)."""
+    kept = []
+    real_save = figures._save_figure  # pylint: disable=protected-access
+
+    def save(figure, path):
+        kept.append([text.get_text() for axis in figure.axes for text in (
+            *axis.get_xticklabels(), *axis.get_yticklabels(),
+            *(axis.get_legend().get_texts() if axis.get_legend() else ()))])
+        return real_save(figure, path)
+    monkeypatch.setattr(figures, "_save_figure", save)
+    return kept
+
+
+def test_class_plots_name_the_classes_as_the_source_does(monkeypatch, tmp_path):
+    kept = _kept_figure(monkeypatch)
+    names = ["airplane", "automobile", "bird"]
+    labels = np.array([0, 1, 2, 0, 1, 2, -1])
+    figures.save_codings_map(str(tmp_path / "codings.png"), np.random.default_rng(0).normal(size=(7, 4)), labels,
+                             names)
+    figures.save_class_histograms(str(tmp_path / "modes.png"), np.array([0.3, 0.3, 0.4]), np.ones(3) / 3, names)
+    figures.save_confusion_matrix(str(tmp_path / "confusion.png"), np.eye(3, dtype=int) * 5, names)
+    codings, modes, confusion = kept
+    assert {"airplane", "automobile", "bird", "(no label)"} <= set(codings)
+    assert set(names) <= set(modes) and confusion.count("bird") == 2  # both axes
+    assert all(os.path.getsize(tmp_path / f) > 0 for f in ("codings.png", "modes.png", "confusion.png"))
+    # Without names (an unlabelled or IDX source with plain ids), the ids.
+    figures.save_class_histograms(str(tmp_path / "ids.png"), np.ones(3) / 3, np.ones(3) / 3)
+    assert {"0", "1", "2"} <= set(kept[-1])

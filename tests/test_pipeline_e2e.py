@@ -19,6 +19,8 @@ ALL_NODES = ["ImageExampleGen", "StatisticsGen", "SchemaGen", "ImageSchemaCurato
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
+    from backends import ray_cluster
+    ray_cluster.shutdown()  # a Ray another module left in this process: this run starts its own
     run_dir = str(tmp_path_factory.mktemp("runs"))
     args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "stacked_ae", "--epochs", "2", "--run-dir", run_dir]
     assert cli.main(args) == 0
@@ -45,6 +47,22 @@ def test_first_run_executes_every_component_and_pushes_a_savedmodel(sample_run):
     scores = model.signatures["anomaly_score"](images=tf.constant(np.concatenate([
         sample_digits(20), np.random.default_rng(0).random((5, 28, 28, 1), np.float32)])))["scores"].numpy()
     assert np.mean(scores[:20] > calibration["threshold"]) <= 0.1 and np.all(scores[20:] > calibration["threshold"])
+
+
+def _event_tags(model_run: str) -> dict:
+    """TensorBoard run (the event file's folder under model_run) -> the tags written there."""
+    tags = {}
+    for path in glob.glob(os.path.join(model_run, "**", "events.out.tfevents.*"), recursive=True):
+        run = os.path.relpath(os.path.dirname(path), model_run)
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.setdefault(run, set()).update(value.tag for value in event.summary.value)
+    return tags
+
+
+def _assert_tensorboard_events(model_run: str, picture: str = "reconstructions") -> None:
+    tags = _event_tags(model_run)
+    assert {"epoch_loss"} <= tags.get("train", set()) and {"epoch_loss"} <= tags.get("validation", set()), tags
+    assert picture in tags.get("images", set()), tags
 
 
 def _evaluation(node):
@@ -78,6 +96,8 @@ def test_the_model_is_evaluated_registered_in_the_embedded_mlflow_and_loads_as_c
     assert runs["Evaluator"].data.metrics["anomaly_threshold"] == pytest.approx(
         evaluated["metrics"]["anomaly_threshold"])
     assert {"loss.png", "reconstructions.png"} <= {a.path for a in client.list_artifacts(runs["Trainer"].info.run_id)}
+    # TensorBoard: the Ray chief's per-epoch scalars and images, copied into the Trainer's model_run.
+    _assert_tensorboard_events(nodes["Trainer"].outputs["model_run"])
     assert "codings.png" in {a.path for a in client.list_artifacts(runs["Evaluator"].info.run_id)}
     version = client.get_model_version_by_alias("mnist-sample-autoencoder", "champion")
     assert str(version.version) == "1" and version.tags["key_metric"] == "test_mse"
@@ -112,6 +132,7 @@ def test_the_in_process_trainer_leaves_the_same_outputs(sample_run):
     nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
                                                     "latentforge")}
     assert nodes["Transform"].state == "CACHED" and nodes["Trainer"].state == "COMPLETE"
+    _assert_tensorboard_events(nodes["Trainer"].outputs["model_run"])  # written in process, into model_run
     with open(os.path.join(nodes["Trainer"].outputs["model_run"], "metrics.json")) as f:
         metrics = json.load(f)
     assert "workers" not in metrics and len(metrics["history"]["loss"]) == 1
@@ -224,9 +245,13 @@ def test_transform_writes_every_split_of_the_sample(sample_run):
     assert counts["train"] + counts["eval"] == 2000 and counts["test"] == 500 and 150 <= counts["eval"] <= 250
 
 
-def test_second_run_is_served_from_the_tfx_cache(sample_run):
+def test_second_run_is_served_from_the_tfx_cache_and_starts_no_ray(sample_run):
+    import ray
+    from backends import ray_cluster
     run_dir, args, first = sample_run
+    ray_cluster.shutdown()  # the first run's local Ray: the rerun must not need one
     assert cli.main(args) == 0
+    assert not ray.is_initialized() and not ray_cluster.local_ray_running()
     second = metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"), "latentforge")
     assert [n.node for n in second] == ALL_NODES
     assert {n.state for n in second} == {"CACHED"}, [(n.node, n.state) for n in second]
@@ -239,6 +264,7 @@ def test_second_run_is_served_from_the_tfx_cache(sample_run):
     assert records[0]["registered"] == "mnist-sample-autoencoder/1" and records[0]["champion"] is True
     assert 0 < records[0]["metrics"]["test_mse"] < 0.2 and records[0]["pushed"]
     assert records[-1]["cached"] == ALL_NODES and records[-1]["ran"] == [] and records[-1]["status"] == "ok"
+    assert records[0]["started_ray"] is True and records[-1]["started_ray"] is False
 
 
 def _npz(path, x_train, y_train, x_test, y_test):
@@ -255,6 +281,35 @@ def _run_expecting_validation_failure(capsys, run_dir, source, *extra):
     assert code == cli.EXIT_DATA_INVALID, err
     assert "Transform" not in [n.node for n in nodes] and "Trainer" not in [n.node for n in nodes]
     return err
+
+
+def test_a_folder_dataset_s_class_names_reach_the_evaluation_mlflow_and_the_savedmodel(tmp_path):
+    """Class folders named as a user names them (CIFAR's airplane, automobile...): the names, not 0..K-1, are
+    what evaluation.json, the Evaluator's MLflow run and the SavedModel's metadata carry (the plots' legends and
+    ticks: tests/test_figures.py)."""
+    import mlflow
+    from tests.conftest import sample_labels, write_png
+    names = ["airplane", "automobile", "bird"]
+    digits, labels = (sample_digits(900) * 255).astype(np.uint8), sample_labels(900)
+    for split, (start, stop) in (("train", (0, 700)), ("test", (700, 900))):
+        for i in range(start, stop):
+            if labels[i] < len(names):
+                write_png(str(tmp_path / "src" / split / names[labels[i]] / f"{i}.png"), digits[i])
+    run_dir = str(tmp_path / "runs")
+    assert cli.main(["run", "--source", f"folder:{tmp_path / 'src'}", "--model", "stacked_ae", "--epochs", "1",
+                     "--trainer", "in-process", "--run-dir", run_dir]) == 0
+    nodes = {n.node: n for n in metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"),
+                                                    "latentforge")}
+    evaluation_dir = nodes["ModelEvaluator"].outputs["evaluation"]
+    assert _evaluation(nodes["ModelEvaluator"])["class_names"] == names
+    assert os.path.exists(os.path.join(evaluation_dir, "codings.png"))
+    saved = tf.saved_model.load(glob.glob(os.path.join(run_dir, "latentforge", "serving", "stacked_ae", "*"))[0])
+    assert json.loads(saved.metadata.numpy())["class_names"] == names
+    uri = "sqlite:///" + os.path.join(run_dir, "latentforge", "mlflow.db")
+    client = mlflow.MlflowClient(uri, uri)
+    evaluator = next(r for r in client.search_runs([client.get_experiment_by_name("latentforge").experiment_id])
+                     if r.info.run_name == "Evaluator")
+    assert json.loads(evaluator.data.tags["class_names"]) == names
 
 
 def test_labels_outside_the_schema_stop_the_pipeline(tmp_path, capsys):

@@ -58,9 +58,18 @@ def test_the_cron_line_then_the_systemd_service_run_as_written(install, tmp_path
     done = subprocess.run(["/bin/sh", "-c", command], env=cron_env, timeout=900)
     assert done.returncode == 0, open(os.path.join(install, "runs", "cron.log")).read()[-3000:]
     with open(os.path.join(install, "runs", "cron.log")) as f:
-        assert "latentforge: summary" in f.read()
+        logged = f.read()
+    assert "latentforge: summary" in logged
     first = _records(install)[-1]
     assert first["status"] == "ok" and "Trainer" in first["ran"] and first["registered"]
+    # A quiet log: the pipeline's progress, a plain line per epoch (no terminal: no bar), the results; none of
+    # TF's C++ start-up lines, library warnings, Ray's or TFX's INFO records.
+    lines = logged.splitlines()
+    assert len(lines) <= 30, logged
+    assert "latentforge: [1/10] ImageExampleGen" in logged and "  epoch 1/" in logged and "\r" not in logged
+    for noise in ("Unable to register", "FutureWarning", "INFO", "oneDNN", "Checkpoint successfully created",
+                  "Reporting training result", "Created version"):
+        assert noise not in logged, noise
 
     service = _unit("latentforge.service")
     assert service["Type"] == "oneshot" and service["SuccessExitStatus"] == str(cli.EXIT_BUSY)

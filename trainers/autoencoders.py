@@ -277,7 +277,7 @@ def _greedy_pretrain(model: Autoencoder, config: AutoencoderConfig, inputs: tf.d
     for depth, (enc, dec) in enumerate(zip(dense_encoders, dense_decoders)):
         shallow = keras.Sequential([keras.layers.Input((features.element_spec.shape[-1],)), enc, dec])
         _compile(shallow, config)
-        phase = shallow.fit(features.map(lambda x: (x, x)), epochs=config.epochs, verbose=2)
+        phase = shallow.fit(features.map(lambda x: (x, x)), epochs=config.epochs, verbose=0)
         history[f"greedy_layer{depth + 1}_loss"] = [float(v) for v in phase.history["loss"]]
         features = features.map(lambda x, layer=enc: layer(x))
     return history

@@ -14,6 +14,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers import progress
+
 OPTIMIZERS = ("nadam", "adam", "rmsprop", "sgd")
 # Keras mixed-precision policies (variables stay float32; layers compute in the low precision), or "auto":
 # mixed_bfloat16 where the hardware computes bfloat16 natively (AVX512-BF16/AMX CPUs, GPUs from Ampere on), else
@@ -212,11 +214,15 @@ def with_known_size(dataset: Optional[tf.data.Dataset], config: TrainingConfig) 
 def fit_epochs(model: keras.Model, config: TrainingConfig, train_data: tf.data.Dataset,
                eval_data: Optional[tf.data.Dataset] = None, callbacks=None, initial_epoch: int = 0,
                epochs: Optional[int] = None) -> Dict[str, List[float]]:
-    """model.fit from `initial_epoch` (a resumed run) to `epochs` (default config.epochs), progress a line per
-    epoch; returns the per-epoch history as floats."""
+    """model.fit from `initial_epoch` (a resumed run) to `epochs` (default config.epochs), with progress
+    (trainers/progress.py: a bar per epoch on a terminal, unless `callbacks` bring their own EpochProgress);
+    returns the per-epoch history as floats."""
     train_data, eval_data = with_known_size(train_data, config), with_known_size(eval_data, config)
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, progress.EpochProgress) for c in callbacks):
+        callbacks.append(progress.EpochProgress(config.batch_size))
     history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs if epochs is None else epochs,
-                        initial_epoch=initial_epoch, verbose=2, callbacks=callbacks)
+                        initial_epoch=initial_epoch, verbose=0, callbacks=callbacks)
     return history_floats(history.history)
 
 

@@ -43,6 +43,8 @@ class TrainingJob:
     labels_per_class: Optional[int] = None
     # The pixel range the examples are in when it is not the family's (a generator reading a classifier's data).
     data_pixel_range: Optional[str] = None
+    # Where the Ray chief writes TensorBoard event files (the in-process Trainer writes into its model_run).
+    tensorboard_dir: Optional[str] = None
 
     def __post_init__(self):
         if self.family.needs_base_model and not self.encoder_from:
@@ -134,6 +136,13 @@ def _rescaled(data_range: Optional[str], model_range: Optional[str]):
     if data_range is None or model_range is None or data_range == model_range:
         return lambda images: images
     return (lambda images: images * 2.0 - 1.0) if model_range == "symmetric" else (lambda images: (images + 1.0) / 2.0)
+
+
+def pixel_range(job: TrainingJob) -> str:
+    """The family's pixel range, or (a family with a base model) the base model's."""
+    if job.family.pixel_range is None:
+        return registry.get_model(read_state(job.encoder_from)["model"]).pixel_range
+    return job.family.pixel_range
 
 
 def build_model(job: TrainingJob, config):

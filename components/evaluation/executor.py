@@ -124,11 +124,12 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
         logging.info("evaluation: %s", blessing.reason)
 
         evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
-        artifacts.Evaluation(family.name, metrics, dataclasses.asdict(blessing)).write(
+        class_names = list(config.class_names)
+        artifacts.Evaluation(family.name, metrics, dataclasses.asdict(blessing), class_names).write(
             evaluation_dir, input_example=family.input_example(images, config.model_config, options.seed),
             # The metric network's input example: real test images in [0, 1].
             metric_input_example=scoring.to_unit(images[:2], config.pixel_range))
-        for path in self._figures(metrics, arrays, labels, reference, evaluation_dir):
+        for path in self._figures(metrics, arrays, labels, reference, evaluation_dir, class_names):
             logging.info("figure: %s", path)
 
         evaluation_artifact = artifact_utils.get_single_instance(output_dict["evaluation"])
@@ -144,18 +145,19 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
                                                 else "NOT_BLESSED"), blessing.to_json())
 
     @staticmethod
-    def _figures(metrics, arrays, labels, reference, directory) -> List[str]:
+    def _figures(metrics, arrays, labels, reference, directory, class_names) -> List[str]:
         paths = []
         if "codings" in arrays:
-            paths.append(figures.save_codings_map(os.path.join(directory, "codings.png"), arrays["codings"], labels))
+            paths.append(figures.save_codings_map(os.path.join(directory, "codings.png"), arrays["codings"], labels,
+                                                  class_names))
         if "samples" in arrays:
             paths.append(figures.save_png(os.path.join(directory, "samples.png"),
                                           figures.image_grid(arrays["samples"][:64], 8)))
         if "sample_classes" in arrays and reference is not None:
             generated = scoring.class_histogram(arrays["sample_classes"], len(reference.class_histogram))
             paths.append(figures.save_class_histograms(os.path.join(directory, "modes.png"), generated,
-                                                       reference.class_histogram))
+                                                       reference.class_histogram, class_names))
         if "confusion_matrix" in metrics:
             paths.append(figures.save_confusion_matrix(os.path.join(directory, "confusion.png"),
-                                                       np.array(metrics["confusion_matrix"])))
+                                                       np.array(metrics["confusion_matrix"]), class_names))
         return paths

@@ -2,6 +2,7 @@
 import dataclasses
 import functools
 import glob
+import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -70,7 +71,9 @@ class Executor(base_executor.BaseExecutor):
         evaluator = tracking.ChildRun(
             name="Evaluator", metrics=_scalars(evaluated.metrics),
             tags={"blessed": str(blessing["blessed"]), "blessing.reason": blessing["reason"],
-                  "blessing.metric": blessing["metric"], **ids},
+                  "blessing.metric": blessing["metric"], **ids,
+                  # the source's class names in id order (what the plots and a conditional model's labels mean)
+                  **({"class_names": json.dumps(evaluated.class_names)[:5000]} if evaluated.class_names else {})},
             artifacts=sorted(glob.glob(os.path.join(evaluation.uri, "*.png"))) + [
                 os.path.join(evaluation.uri, artifacts.EVALUATION_FILE)])
         metric_network = None

@@ -9,8 +9,11 @@ custom_config["ray"]: {"settings": RaySettings fields, "storage_path": where Ray
 The Ray run is named after the Trainer's inputs and config, so rerunning the same Trainer after a crash
 resumes from its last checkpoint; a run that finished is never resumed into (run_name picks a new name).
 """
+import dataclasses
 import hashlib
 import json
+import os
+import shutil
 from typing import Any, Dict, List
 
 from absl import logging
@@ -37,7 +40,13 @@ class RayTrainerExecutor(GenericExecutor):
         name = ray_train.run_name(ray_config["storage_path"],
                                   f"{job.model}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}")
         logging.info("training %s on Ray: %d worker(s), run %s", job.model, settings.workers, name)
-        outcome = ray_train.train(job, settings, ray_config["storage_path"], name)
+        # The chief writes TensorBoard events beside the run's checkpoints (readable live there), copied into
+        # model_run when it ends, where the in-process Trainer writes them.
+        events = os.path.join(os.path.abspath(ray_config["storage_path"]), name, "tensorboard")
+        outcome = ray_train.train(dataclasses.replace(job, tensorboard_dir=events), settings,
+                                  ray_config["storage_path"], name)
+        if os.path.isdir(events):
+            shutil.copytree(events, fn_args.model_run_dir, dirs_exist_ok=True)
         model, _ = training.restore(outcome.checkpoint_dir)
         run_fn.finish(fn_args, job, model, outcome.history, checkpoint_dir=outcome.checkpoint_dir,
                       workers=outcome.workers, ray_run=outcome.run_path)

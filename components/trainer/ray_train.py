@@ -25,8 +25,8 @@ import json
 import logging
 import os
 import socket
-import sys
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -80,10 +80,12 @@ def _describe(resources: Dict[str, float]) -> str:
                      for k, v in sorted(shown.items()))
 
 
-def worker_resources(settings: RaySettings) -> Dict[str, float]:
-    """Resources each worker asks for, checked against what the connected cluster has in total."""
-    import ray  # pylint: disable=import-outside-toplevel
-    available = ray.cluster_resources()
+def worker_resources(settings: RaySettings, available: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Resources each worker asks for, checked against what the cluster has in total (`available`; default: the
+    connected cluster's)."""
+    if available is None:
+        import ray  # pylint: disable=import-outside-toplevel
+        available = ray.cluster_resources()
     where = settings.address or os.environ.get("RAY_ADDRESS") or "local Ray"
     cpus = settings.cpus_per_worker
     if cpus is None:
@@ -124,18 +126,21 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     storage_path = os.path.abspath(storage_path)
     _log.info("Ray Train: %d worker(s) with %s each; checkpoints in %s", settings.workers, resources,
               os.path.join(storage_path, name))
+    progress = _DriverProgress()
     trainer = TensorflowTrainer(
         train_loop_per_worker=_train_loop,
-        train_loop_config={"job": dataclasses.asdict(job), "threads": max(1, int(resources["CPU"]))},
+        train_loop_config={"job": dataclasses.asdict(job), "threads": max(1, int(resources["CPU"])),
+                           "progress": progress.queue},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.checkpoints_to_keep),
-            worker_runtime_env={"env_vars": ray_cluster.WORKER_ENV}))
+            worker_runtime_env={"env_vars": ray_cluster.worker_env()}))
     try:
-        result = trainer.fit()
+        with progress:
+            result = trainer.fit()
     except WorkerGroupError as e:
         raise _worker_error(e) from e
     if result.checkpoint is None:
@@ -155,6 +160,69 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
                            finished_at)
 
 
+class _QueueSink:
+    """trainers.progress events from the chief to the driver through a Ray queue (workers' own output does not
+    reach the driver by default: backends/ray_cluster.worker_output). Never blocks training: a full queue (a
+    driver that stopped reading) drops the event."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def _send(self, *event) -> None:
+        from ray.util.queue import Full  # pylint: disable=import-outside-toplevel
+        try:
+            self.queue.put_nowait(event)
+        except Full:
+            pass
+
+    def begin(self, *args) -> None:
+        self._send("begin", *args)
+
+    def update(self, *args) -> None:
+        self._send("update", *args)
+
+    def end(self, *args) -> None:
+        self._send("end", *args)
+
+    def note(self, text: str) -> None:
+        self._send("note", text)
+
+
+class _DriverProgress:
+    """The driver's side: a Ray queue (an actor asking no CPU, so it never waits for the workers' cores) and a
+    thread that replays its events into this terminal's trainers.progress.TerminalProgress while fit() runs."""
+
+    def __init__(self):
+        from ray.util.queue import Queue  # pylint: disable=import-outside-toplevel
+        self.queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._replay, name="latentforge-progress", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.queue.shutdown()
+
+    def _replay(self) -> None:
+        from ray.util.queue import Empty  # pylint: disable=import-outside-toplevel
+        from trainers.progress import TerminalProgress  # pylint: disable=import-outside-toplevel
+        terminal = TerminalProgress()
+        while True:
+            try:
+                kind, *args = self.queue.get(timeout=0.5)
+            except Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            except Exception:  # pylint: disable=broad-except
+                return  # the queue's actor is gone: the run is ending
+            getattr(terminal, kind)(*args)
+
+
 def _worker_error(error) -> BaseException:
     """The lowest-ranked failed worker's own exception (a TrainingDiverged, a bad config...) rather than Ray's
     wrapper, so the CLI can name the problem and pick its exit code."""
@@ -167,11 +235,11 @@ def _worker_error(error) -> BaseException:
 
 def _train_loop(loop_config: Dict[str, Any]) -> None:
     """Runs on every Ray Train worker (TensorflowTrainer has set TF_CONFIG)."""
-    os.environ.update(ray_cluster.WORKER_ENV)
+    os.environ.update(ray_cluster.worker_env())
     import ray.train  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-    from trainers import job as training  # pylint: disable=import-outside-toplevel
+    from trainers import job as training, progress  # pylint: disable=import-outside-toplevel
     from trainers.common import resolve_precision  # pylint: disable=import-outside-toplevel
 
     # TF's INFO logs (collective all-reduce set-up, checkpoint sharding) would bury the epochs' progress.
@@ -189,11 +257,16 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     config = job.make_config()
     # "auto" resolved where the model computes: a GPU worker may differ from the driver that submitted the run.
     identity["precision"] = resolve_precision(config.precision)
-    print(f"latentforge worker {rank + 1}/{size}: pid {identity['pid']} on {identity['host']}, "
-          f"{identity['replicas']} replicas in sync, {config.batch_size // identity['replicas']} images per replica "
-          "per step", flush=True)
-    if rank != 0:
-        sys.stdout = open(os.devnull, "w")  # one copy of Keras's progress is enough: the chief's
+    # The chief's progress and notes reach the driver's terminal (trainers/progress.py); the others' stay silent.
+    sink = _QueueSink(loop_config["progress"]) if rank == 0 and loop_config.get("progress") else progress.SILENT
+
+    def note(text: str) -> None:
+        print(text, flush=True)  # Ray's worker log (and the driver's output with -v)
+        sink.note(text)
+
+    note(f"latentforge worker {rank + 1}/{size}: pid {identity['pid']} on {identity['host']}, "
+         f"{identity['replicas']} replicas in sync, {config.batch_size // identity['replicas']} images per replica "
+         "per step")
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -212,10 +285,15 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
                     initial_epoch, history = state["epoch"], state["history"]
                     started_at = state.get("epoch_started_at", [])[:initial_epoch]
                     identity["resumed_from_epoch"] = initial_epoch
-                    print(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch "
-                          f"{initial_epoch}", flush=True)
-        callback = _report_each_epoch(job, identity, history, started_at)
-        training.train(job, model, config, train_data, eval_data, [callback], initial_epoch)
+                    note(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch "
+                         f"{initial_epoch}")
+        callbacks = [_report_each_epoch(job, identity, history, started_at),
+                     progress.EpochProgress(config.batch_size, sink)]
+        if rank == 0 and job.tensorboard_dir:
+            from components.trainer import tensorboard  # pylint: disable=import-outside-toplevel
+            callbacks += tensorboard.callbacks(job.family, job.tensorboard_dir, eval_data, training.pixel_range(job),
+                                               config.seed)
+        training.train(job, model, config, train_data, eval_data, callbacks, initial_epoch)
 
 
 def _readable_checkpoint(latest: str, tf, training, rank: int, size: int):

@@ -22,6 +22,7 @@ from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components import artifacts
+from components.trainer import tensorboard
 from evaluation import figures
 from serving import export
 from trainers import autoencoders, job as training, registry
@@ -46,20 +47,15 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
         data_pixel_range=custom.get("data_pixel_range"))
 
 
-def pixel_range(job: training.TrainingJob) -> str:
-    """The family's pixel range, or (a family with a base model) the base model's."""
-    if job.family.pixel_range is None:
-        return registry.get_model(training.read_state(job.encoder_from)["model"]).pixel_range
-    return job.family.pixel_range
-
-
 def run_fn(fn_args: FnArgs) -> None:
     job = training_job(fn_args)
     config = job.make_config()
     train_data, eval_data = training.datasets(job, config)
     logging.info("training %s in process for %d epochs", job.model, training.total_epochs(job, config))
     model = training.build_model(job, config)
-    history = training.train(job, model, config, train_data, eval_data)
+    history = training.train(job, model, config, train_data, eval_data,
+                             tensorboard.callbacks(job.family, fn_args.model_run_dir, eval_data,
+                                                   training.pixel_range(job), config.seed))
     history.pop("frozen_epochs", None)  # finish() records it (the family's training_details), however it trained
     finish(fn_args, job, model, history)
 
@@ -70,7 +66,7 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     the training state (copied from `checkpoint_dir`, or saved from `model`), writes metrics.json (history plus
     `details`) and the family's pictures."""
     config = job.make_config()
-    pixels = pixel_range(job)
+    pixels = training.pixel_range(job)
     for key, value in job.family.training_details(config).items():
         details.setdefault(key, value)
     if job.labels_per_class is not None:  # the labels it saw: the no-leak rule of generated training data

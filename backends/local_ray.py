@@ -1,0 +1,100 @@
+"""A local Ray head in its own process, started on first use: `python -m backends.local_ray --port P ...` runs
+`ray start --head --block` tied to the process that launched it.
+
+Why not `ray.init()` in the pipeline's process: by the time a Trainer runs, Beam's components have filled that
+process with threads (gRPC, Beam, TensorFlow pools), and ray.init forks its raylet with a preexec_fn (a plain
+fork(), not vfork): the child hung before exec ("Other threads are currently calling into gRPC, skipping fork()
+handlers", then "The current node timed out during startup"). Started before any component instead, every run
+paid for a Ray even when the Trainer came from the TFX cache. A fresh interpreter, launched without preexec_fn
+(CPython vforks then), starts Ray cleanly at any point of the run, and the driver joins it by address.
+
+The head lives as long as its launcher: `stop()` at exit, and PR_SET_PDEATHSIG makes it go with a launcher that
+is killed (SIGKILL runs no atexit).
+"""
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List, Optional
+
+READY_LINE = "Ray runtime started"
+_PR_SET_PDEATHSIG = 1
+
+
+class LocalRay:
+    """The head this process started: its GCS address, its launcher process and its log."""
+
+    def __init__(self, num_cpus: int, object_store_bytes: int, startup_timeout_s: float = 120.0):
+        port = _free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.log_path = os.path.join(tempfile.mkdtemp(prefix="latentforge-ray-"), "ray-start.log")
+        command = [sys.executable, "-m", "backends.local_ray", "--parent", str(os.getpid()), "start", "--head",
+                   "--block", f"--port={port}", f"--num-cpus={num_cpus}",
+                   f"--object-store-memory={object_store_bytes}", "--include-dashboard=false",
+                   "--disable-usage-stats"]
+        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH"))
+                                                           if p)}
+        with open(self.log_path, "w") as log:
+            # No preexec_fn and no start_new_session: subprocess then vforks, safe in a threaded process.
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, cwd=project_root)
+        atexit.register(self.stop)
+        deadline = time.time() + startup_timeout_s
+        while READY_LINE not in self._log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the local Ray head did not start (exit code {self.process.returncode}); "
+                                   f"its log, {self.log_path}:\n{self._log()[-2000:]}")
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"the local Ray head did not start in {startup_timeout_s:.0f} s; its log: "
+                                   f"{self.log_path}")
+            time.sleep(0.2)
+
+    def _log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> None:
+        """SIGTERM: `ray start --block` stops every process it started, then exits."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM to this process when the launching thread's process goes away, however it ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # it died before the prctl
+        sys.exit(0)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--parent"]:
+        _die_with(int(argv[1]))
+        argv = argv[2:]
+    from ray.scripts import scripts  # pylint: disable=import-outside-toplevel
+    sys.argv = ["ray", *argv]
+    scripts.main()
+
+
+if __name__ == "__main__":
+    main()
