@@ -15,6 +15,7 @@ class NodeRun:
     outputs: Dict[str, str]  # output key -> artifact URI
     properties: Dict[str, Dict[str, str]]  # output key -> the artifact's custom properties (as text)
     inputs: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # input key -> the artifacts' URIs
+    seconds: float = 0.0  # from the execution's creation to its last update in ML Metadata (its wall time)
 
 
 def open_store(metadata_path: str) -> metadata_store.MetadataStore:
@@ -51,5 +52,6 @@ def latest_run(metadata_path: str, pipeline_name: str) -> List[NodeRun]:
         for event in input_events:
             inputs.setdefault(event.path.steps[0].key, []).append(input_uris[event.artifact_id])
         result.append(NodeRun(node, STATE_NAMES.get(execution.last_known_state, "UNKNOWN"), outputs, properties,
-                              inputs))
+                              inputs, (execution.last_update_time_since_epoch
+                                       - execution.create_time_since_epoch) / 1000.0))
     return result

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 # The components' own modules rather than tfx.v1, which also imports TFX's Google Cloud extensions.
 from tfx import components as tfx_components
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import base_node, executor_spec
 from tfx.orchestration import metadata as tfx_metadata
 from tfx.orchestration import pipeline as tfx_pipeline
@@ -102,7 +103,7 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
     statistics_gen = tfx_components.StatisticsGen(examples=example_gen.outputs["examples"])
     curator = None
     if schema_path:
-        schema_gen = tfx_components.ImportSchemaGen(schema_file=os.path.abspath(schema_path))
+        schema_gen = ImportSchemaGen(schema_file=os.path.abspath(schema_path))
         schema = schema_gen.outputs["schema"]
     else:
         schema_gen = tfx_components.SchemaGen(statistics=statistics_gen.outputs["statistics"],

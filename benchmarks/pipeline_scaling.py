@@ -1,0 +1,92 @@
+"""What a run costs as the data grows, and what Beam's multi-processing DirectRunner changes (issue 19).
+
+For the bundled sample (2,500 digits), the full MNIST (70,000) and a set 4x the MNIST (280,000: the MNIST four
+times, each copy shifted by a pixel so no two images are equal), runs the pipeline as a user would
+(`latentforge run --model stacked_ae --epochs 1 --trainer in-process`, a fresh run directory each) with Beam's
+default in-memory DirectRunner (1 worker) and with `--direct_running_mode=multi_processing --direct_num_workers=2`,
+and records each component's wall time (ML Metadata) and the peak memory of the run's process tree (the driver
+and any Beam worker processes, sampled every 0.2 s).
+
+    cd benchmarks && python pipeline_scaling.py            # ~15 min on 2 cores
+    python pipeline_scaling.py --sets sample,mnist         # the 4x set left out
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import psutil
+
+from common import MNIST_DIR, REPO_ROOT, load_results, save_results  # first: sys.path, environment
+
+MULTI = ["--beam-arg=--direct_running_mode=multi_processing", "--beam-arg=--direct_num_workers=2"]
+DATA_COMPONENTS = ("ImageExampleGen", "StatisticsGen", "Transform")
+
+
+def four_times_mnist(directory: str) -> str:
+    """npz:FILE with the MNIST's train and test splits four times over, copy k shifted right by k pixels."""
+    from components.image_example_gen import sources
+    arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        _, images = sources.read_idx(os.path.join(MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"), 3)
+        _, labels = sources.read_idx(os.path.join(MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"), 1)
+        arrays[f"x_{split}"] = np.concatenate([np.roll(images, k, axis=2) for k in range(4)])
+        arrays[f"y_{split}"] = np.tile(labels, 4)
+    path = os.path.join(directory, "mnist-x4.npz")
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def run(source: str, beam_args, run_dir: str) -> dict:
+    # `python -m` from the tree's root: the code of this tree (a copy, while the original is being edited).
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--source", source, "--model",
+               "stacked_ae", "--epochs", "1", "--trainer", "in-process", "--run-dir", run_dir, *beam_args]
+    started = time.time()
+    log_path = run_dir + ".log"
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    log = open(log_path, "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    peak = 0
+    driver = psutil.Process(process.pid)
+    while process.poll() is None:
+        try:
+            tree = [driver, *driver.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    log.close()
+    with open(log_path) as f:
+        output = f.read()
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    from pipelines import metadata
+    nodes = metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"), "latentforge")
+    seconds = {n.node: round(n.seconds, 1) for n in nodes}
+    return {"wall_s": round(time.time() - started, 1), "peak_rss_gib": round(peak / 1024 ** 3, 2),
+            "components_s": seconds, "data_s": round(sum(seconds[c] for c in DATA_COMPONENTS), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sets", default="sample,mnist,mnist_x4")
+    args = parser.parse_args()
+    results = load_results("pipeline_scaling") or {}
+    with tempfile.TemporaryDirectory(prefix="latentforge-scaling-") as scratch:
+        sources = {"sample": f"idx:{os.path.join(REPO_ROOT, 'data', 'mnist-sample')}", "mnist": f"idx:{MNIST_DIR}"}
+        for name in args.sets.split(","):
+            source = sources.get(name) or four_times_mnist(scratch)
+            for runner, beam_args in (("direct_1_worker", []), ("multi_processing_2_workers", MULTI)):
+                measured = run(source, beam_args, os.path.join(scratch, f"{name}-{runner}"))
+                print(f"{name:9s} {runner:27s} wall {measured['wall_s']:7.1f} s  data components "
+                      f"{measured['data_s']:6.1f} s  peak {measured['peak_rss_gib']:.2f} GiB  "
+                      f"{measured['components_s']}", flush=True)
+                results.setdefault(name, {})[runner] = measured
+                save_results("pipeline_scaling", results)
+
+
+if __name__ == "__main__":
+    main()
