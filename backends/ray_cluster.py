@@ -35,6 +35,11 @@ def worker_output() -> bool:
     return verbose()
 
 
+def _driver_log_level() -> int:
+    """ray.init sets the "ray" logger's level itself ("Connecting to existing Ray cluster..." at INFO)."""
+    return logging.INFO if verbose() else logging.WARNING
+
+
 def worker_env() -> dict:
     """WORKER_ENV, quieter unless verbose: TF's C++ errors about CUDA plugins on CPU-only machines
     (TF_CPP_MIN_LOG_LEVEL 3) and google-api-core's FutureWarning in every process."""
@@ -60,7 +65,8 @@ def connect(address: Optional[str] = None) -> None:
                                                   "env_vars": worker_env()}
         _log.info("joining the Ray cluster at %s", address)
         try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=worker_output())
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=worker_output(),
+                     logging_level=_driver_log_level())
         except (ConnectionError, TimeoutError, ValueError) as e:
             raise RayClusterError(f"cannot join the Ray cluster at {address}: {e}. Is it running (`ray status "
                                   f"--address {address}`)? Drop --ray-address (and RAY_ADDRESS) to train on a "
@@ -74,7 +80,7 @@ def connect(address: Optional[str] = None) -> None:
         # of memory; training passes files, not objects.
         if _local_head is None or _local_head.process.poll() is not None:
             _local_head = local_ray.LocalRay(num_cpus=os.cpu_count(), object_store_bytes=256 * 1024 ** 2)
-        ray.init(address=_local_head.address, log_to_driver=worker_output(),
+        ray.init(address=_local_head.address, log_to_driver=worker_output(), logging_level=_driver_log_level(),
                  runtime_env={"env_vars": {"PYTHONPATH": python_path, **worker_env()},
                               "worker_process_setup_hook": "backends.ray_cluster.quiet_local_cluster_logs"})
         # Leave before the head goes (atexit runs this before LocalRay's own stop): a driver still connected

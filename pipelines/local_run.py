@@ -53,9 +53,11 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
     info, config, model_config, pretraining = request.info, request.config, request.model_config, request.pretraining
     evaluation_settings = _evaluation_settings(args, paths)
     ray = _ray_training(args, paths)
+    where = f"on Ray: {args.workers} worker(s) x {ray.resources}" if ray else "in process"
     print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {info.num_classes} classes) "
-          f"-> {args.model} {config}", flush=True)
-    print(f"latentforge: outputs under {paths.root}", flush=True)
+          f"-> {args.model} {config}, training {where}", flush=True)
+    if backends.verbose():  # by default the run ends with where to look
+        print(f"latentforge: outputs under {paths.root}", flush=True)
     tfx_pipeline = pipeline.create_pipeline(
         pipeline_name=args.pipeline_name, pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path,
         source_info=info, model_name=args.model, model_config=model_config, serving_dir=paths.serving_dir,
@@ -89,7 +91,8 @@ def _evaluation_settings(args, paths):
     from backends import tracking  # pylint: disable=import-outside-toplevel
     config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
     tracking.check_reachable(config)
-    print(f"latentforge: MLflow at {config.uri}", flush=True)
+    if backends.verbose():
+        print(f"latentforge: MLflow at {config.uri}", flush=True)
     return run_request.evaluation_settings(args, config)
 
 
@@ -109,6 +112,5 @@ def _ray_training(args, paths):
         resources = ray_train.worker_resources(settings)
     else:
         resources = ray_train.worker_resources(settings, ray_cluster.local_resources())
-    print(f"latentforge: training on Ray: {args.workers} worker(s) x {resources}", flush=True)
     fields = {k: v for k, v in vars(settings).items() if v is not None}
-    return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage)
+    return pipeline.RayTraining(settings=fields, storage_path=paths.ray_storage, resources=resources)

@@ -130,6 +130,7 @@ class RayTraining:
     """Train on Ray: RaySettings fields (components.trainer.ray_train), where Ray keeps its runs and checkpoints."""
     settings: Dict[str, Any]
     storage_path: str
+    resources: Optional[Dict[str, float]] = None  # what each worker asks for, as checked (printed, not config)
 
 
 def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],

@@ -22,6 +22,7 @@ def print_results(nodes) -> Dict[str, Any]:
     """Prints the last epoch's losses (from the Trainer's metrics file), its pictures, the evaluation, the
     registered version and where the SavedModel went; returns them for the run's summary."""
     by_name, results = {n.node: n for n in nodes}, {}
+    verdict = None  # the blessing, printed with the registered version (or alone when nothing was registered)
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
     if model_run and os.path.exists(os.path.join(model_run, artifacts.METRICS_FILE)):
         history = artifacts.TrainerMetrics.read(model_run).history
@@ -34,15 +35,17 @@ def print_results(nodes) -> Dict[str, Any]:
         print("latentforge: evaluation " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(scalars.items())))
         results.update(metrics={k: round(v, 6) for k, v in sorted(scalars.items())},
                        blessed=bool(evaluated.blessing["blessed"]))
-        print(f"latentforge: {'blessed' if evaluated.blessing['blessed'] else 'not blessed'}: "
-              f"{evaluated.blessing['reason']}")
+        verdict = f"{'blessed' if evaluated.blessing['blessed'] else 'not blessed'}: {evaluated.blessing['reason']}"
     registrar = by_name.get("MlflowRegistrar")
     registration = registrar and registrar.properties.get("registration", {})
     if registration:
         champion = registration.get("champion") == "1"
         print(f"latentforge: MLflow model {registration['name']} version {registration['version']}"
-              f"{' (now @champion)' if champion else ''}")
+              f"{' (now @champion)' if champion else ''}" + (f"; {verdict}" if verdict else ""))
+        verdict = None
         results.update(registered=f"{registration['name']}/{registration['version']}", champion=champion)
+    if verdict:
+        print(f"latentforge: {verdict}")
     curve_node = by_name.get("LabelEfficiencyCurve")
     if curve_node and os.path.exists(os.path.join(curve_node.outputs.get("curve", ""), artifacts.CURVE_FILE)):
         curve = artifacts.LabelEfficiencyCurve.read(curve_node.outputs["curve"])
@@ -64,12 +67,15 @@ def print_where_to_look(nodes, tracking_uri: str, paths, args) -> None:
     by_name = {n.node: n for n in nodes}
     shown = lambda path: min(path, os.path.relpath(path), key=len)  # noqa: E731
     lines = []
+    folders = []
     for node, key in (("Trainer", "model_run"), ("ModelEvaluator", "evaluation"), ("LabelEfficiencyCurve", "curve")):
         folder = by_name.get(node) and by_name[node].outputs.get(key)
         pictures = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if folder and os.path.isdir(
             folder) else []
         if pictures:
-            lines.append(f"  pictures     {shown(folder)}/ ({', '.join(pictures)})")
+            folders.append(f"{shown(folder)}/ ({', '.join(pictures)})")
+    if folders:
+        lines.append(f"  pictures     {'; '.join(folders)}")
     lines.append(f"  MLflow       mlflow ui --backend-store-uri {tracking_uri}")
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
     if model_run:  # every Trainer execution is a run of its own in TensorBoard

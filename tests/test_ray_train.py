@@ -42,13 +42,19 @@ def job(model, config, train_file, eval_file, **kw):
     return training.TrainingJob(model, config, (28, 28, 1), [train_file], [eval_file], TRANSFORMED_SPEC, **kw)
 
 
-def test_two_workers_train_an_autoencoder_like_one_worker_with_the_same_global_batch(local_ray, digits, tmp_path):
+def test_two_workers_train_an_autoencoder_like_one_worker_with_the_same_global_batch(local_ray, digits, tmp_path,
+                                                                                      capsys):
     # One global batch of 64 per epoch: the first epoch is exactly one step, so its eval loss is the model
     # after the first step. Two workers each take 32 of the 64 and all-reduce the gradients. The one-worker
     # reference trains in this process: a single Ray worker trains exactly as in process (ray_train._strategy;
     # test_pipeline_e2e checks a one-worker Ray run's replicas), without a second Ray run's start-up.
     ae = job("stacked_ae", {"epochs": 2, "batch_size": 64, "seed": 7}, digits["one_batch"], digits["eval"])
     two = ray_train.train(ae, ray_train.RaySettings(workers=2), str(tmp_path), "ae-2")
+    # The chief's progress reaches this driver (workers' own output does not, by default): one line per epoch
+    # (not a terminal here), once, not once per worker.
+    shown = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in shown if line.startswith("  epoch ")] == ["  epoch 1/2", "  epoch 2/2"]
+    assert not any(line.startswith("latentforge worker") for line in shown)
     config = ae.make_config()
     one = training.train(ae, training.build_model(ae, config), config, *training.datasets(ae, config))
 

@@ -70,7 +70,7 @@ def test_the_cron_line_then_the_systemd_service_run_as_written(install, tmp_path
     # The rest: the run's header, 10 component lines, the results and where to look (and XLA's 4 C++ lines of a
     # process that compiles, which TF 2.16 cannot silence: DEVELOPERS.md).
     assert len(lines) - len(epochs) <= 26, logged
-    assert "latentforge: [1/10] ImageExampleGen" in logged and "  epoch 1/" in logged and "\r" not in logged
+    assert "latentforge: [ 1/10] ImageExampleGen" in logged and "  epoch 1/" in logged and "\r" not in logged
     for noise in ("Unable to register", "FutureWarning", "INFO", "oneDNN", "Checkpoint successfully created",
                   "Reporting training result", "Created version"):
         assert noise not in logged, noise

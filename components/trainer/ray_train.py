@@ -258,15 +258,18 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     # "auto" resolved where the model computes: a GPU worker may differ from the driver that submitted the run.
     identity["precision"] = resolve_precision(config.precision)
     # The chief's progress and notes reach the driver's terminal (trainers/progress.py); the others' stay silent.
-    sink = _QueueSink(loop_config["progress"]) if rank == 0 and loop_config.get("progress") else progress.SILENT
+    # (`is not None`: a ray.util.queue.Queue has a length, so an empty one is falsy.)
+    queue = loop_config.get("progress")
+    sink = _QueueSink(queue) if rank == 0 and queue is not None else progress.SILENT
 
     def note(text: str) -> None:
         print(text, flush=True)  # Ray's worker log (and the driver's output with -v)
         sink.note(text)
 
-    note(f"latentforge worker {rank + 1}/{size}: pid {identity['pid']} on {identity['host']}, "
-         f"{identity['replicas']} replicas in sync, {config.batch_size // identity['replicas']} images per replica "
-         "per step")
+    # Who trains where: in Ray's worker log (and the driver's output with -v); metrics.json keeps it too.
+    print(f"latentforge worker {rank + 1}/{size}: pid {identity['pid']} on {identity['host']}, "
+          f"{identity['replicas']} replicas in sync, {config.batch_size // identity['replicas']} images per replica "
+          "per step", flush=True)
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
