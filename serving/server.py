@@ -424,9 +424,17 @@ def start(sources: List[ModelSource], options: ServerOptions = ServerOptions(),
           ray_address: Optional[str] = None, access_log: bool = False) -> str:
     """Connects to Ray (a cluster, or a local Ray in this process), deploys the server and returns its URL once
     every replica has loaded its models."""
+    import backends  # pylint: disable=import-outside-toplevel
     from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     ray_cluster.connect(ray_address)
+    # Serve's driver-side INFO lines ("Started Serve", "Application ... is ready") and serve.run's warning that its
+    # default HTTP options differ from the ones serve.start just applied: this command says it itself. Set before
+    # and after serve.start, which configures Serve's logger.
+    quiet = (lambda: logging.getLogger("ray.serve").setLevel(logging.ERROR)) if not backends.verbose() else (
+        lambda: None)
+    quiet()
     serve.start(http_options={"host": host, "port": port})
+    quiet()
     started = time.monotonic()
     serve.run(application(sources, options, deployment), name=APP_NAME, route_prefix="/",
               logging_config={"enable_access_log": access_log})
