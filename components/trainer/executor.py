@@ -20,7 +20,7 @@ from absl import logging
 from tfx import types
 from tfx.components.trainer.executor import GenericExecutor
 
-from components.trainer import run_fn
+from components.trainer import run_fn, tensorboard
 from components.trainer import ray_train
 from trainers import job as training
 
@@ -47,6 +47,8 @@ class RayTrainerExecutor(GenericExecutor):
                                   ray_config["storage_path"], name)
         if os.path.isdir(events):
             shutil.copytree(events, fn_args.model_run_dir, dirs_exist_ok=True)
+        else:  # a multi-worker run: its chief wrote none (ray_train._train_loop)
+            tensorboard.write_history(fn_args.model_run_dir, outcome.history)
         model, _ = training.restore(outcome.checkpoint_dir)
         run_fn.finish(fn_args, job, model, outcome.history, checkpoint_dir=outcome.checkpoint_dir,
                       workers=outcome.workers, ray_run=outcome.run_path)

@@ -292,7 +292,10 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
                          f"{initial_epoch}")
         callbacks = [_report_each_epoch(job, identity, history, started_at),
                      progress.EpochProgress(config.batch_size, sink)]
-        if rank == 0 and job.tensorboard_dir:
+        # Single-worker runs only: with 2+ workers under MultiWorkerMirroredStrategy, the chief alone calling
+        # these callbacks hung the run (a collective the other worker never joined); the executor then writes the
+        # per-epoch scalars from the history after training (components/trainer/tensorboard.write_history).
+        if rank == 0 and size == 1 and job.tensorboard_dir:
             from components.trainer import tensorboard  # pylint: disable=import-outside-toplevel
             callbacks += tensorboard.callbacks(job.family, job.tensorboard_dir, eval_data, training.pixel_range(job),
                                                config.seed)

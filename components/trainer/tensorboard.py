@@ -39,6 +39,22 @@ class EpochImages(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def write_history(log_dir: str, history) -> None:
+    """Per-epoch scalars from a finished run's history, as Keras' TensorBoard callback names them (`epoch_loss` in
+    `train/`, `epoch_loss` from `val_loss` in `validation/`): for a multi-worker Ray run, whose chief cannot run the
+    callbacks alone (ray_train._train_loop)."""
+    writers = {run: tf.summary.create_file_writer(os.path.join(log_dir, run)) for run in ("train", "validation")}
+    for key, values in history.items():
+        if not isinstance(values, list):
+            continue
+        run, name = ("validation", key[len("val_"):]) if key.startswith("val_") else ("train", key)
+        with writers[run].as_default():
+            for epoch, value in enumerate(values):
+                tf.summary.scalar(f"epoch_{name}", float(value), step=epoch)
+    for writer in writers.values():
+        writer.flush()
+
+
 def callbacks(family, log_dir: str, eval_data, pixel_range: str, seed: int) -> List[keras.callbacks.Callback]:
     """The TensorBoard callbacks for a run writing into `log_dir` (the images from the first eval batch)."""
     result = [keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False, profile_batch=0, update_freq="epoch")]
