@@ -48,6 +48,11 @@ def worker_env() -> dict:
     return {**WORKER_ENV, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore::FutureWarning"}
 
 
+def cluster_address(address: Optional[str] = None) -> Optional[str]:
+    """The cluster to join: `address`, else RAY_ADDRESS; None means a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS")
+
+
 def _in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
@@ -58,7 +63,7 @@ def connect(address: Optional[str] = None) -> None:
     import ray  # pylint: disable=import-outside-toplevel
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(address)
     if address:
         # A driver inside a Ray job runs the job's working_dir already; from elsewhere, ship this project.
         runtime_env = None if _in_ray_job() else {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES,

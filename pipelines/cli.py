@@ -17,7 +17,6 @@ server does not answer; 6 another run holds the same run directory and pipeline 
 1 anything else.
 """
 import argparse
-import logging
 import os
 import sys
 from typing import List, Optional
@@ -146,7 +145,8 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentforge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="show everything: TFX, Beam, TensorFlow, MLflow and Ray logs, Ray workers' output")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show everything: TFX, Beam, TensorFlow, MLflow and Ray logs, Ray workers' output")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline: ingest, validate, transform, train, push")

@@ -107,7 +107,7 @@ def _ray_training(args, paths):
     from components.trainer import ray_train  # pylint: disable=import-outside-toplevel
     from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     settings = run_request.ray_settings(args)
-    if settings.address or os.environ.get("RAY_ADDRESS"):
+    if ray_cluster.cluster_address(settings.address):
         ray_cluster.connect(settings.address)
         resources = ray_train.worker_resources(settings)
     else:

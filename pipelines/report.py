@@ -19,8 +19,9 @@ def print_nodes(nodes, root: str) -> None:
 
 
 def print_results(nodes) -> Dict[str, Any]:
-    """Prints the last epoch's losses (from the Trainer's metrics file), its pictures, the evaluation, the
-    registered version and where the SavedModel went; returns them for the run's summary."""
+    """Prints the last epoch's losses (from the Trainer's metrics file), the evaluation, the registered version
+    with the blessing; returns them (and where the SavedModel went) for the run's summary. Pictures and commands:
+    print_where_to_look."""
     by_name, results = {n.node: n for n in nodes}, {}
     verdict = None  # the blessing, printed with the registered version (or alone when nothing was registered)
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")

@@ -86,11 +86,11 @@ def worker_resources(settings: RaySettings, available: Optional[Dict[str, float]
     if available is None:
         import ray  # pylint: disable=import-outside-toplevel
         available = ray.cluster_resources()
-    where = settings.address or os.environ.get("RAY_ADDRESS") or "local Ray"
+    where = ray_cluster.cluster_address(settings.address) or "local Ray"
     cpus = settings.cpus_per_worker
     if cpus is None:
-        cpus = max(1.0, float(available.get("CPU", 1)) // settings.workers) if not (
-            settings.address or os.environ.get("RAY_ADDRESS")) else 1.0
+        cpus = max(1.0, float(available.get("CPU", 1)) // settings.workers) if not ray_cluster.cluster_address(
+            settings.address) else 1.0
     need = {"CPU": cpus * settings.workers, "GPU": settings.gpus_per_worker * settings.workers}
     if need["GPU"] > available.get("GPU", 0):
         raise ray_cluster.RayClusterError(

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from evaluation import figures
+from evaluation import figures, scoring
 
 
 class EpochImages(keras.callbacks.Callback):
@@ -27,7 +27,7 @@ class EpochImages(keras.callbacks.Callback):
         super().__init__()
         self.figure = family.figures[0]
         self.shown, self.seed = shown, seed
-        self.to_unit = (lambda x: (np.asarray(x) + 1.0) / 2.0) if pixel_range == "symmetric" else np.asarray
+        self.to_unit = lambda images: scoring.to_unit(images, pixel_range)
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "images"))
 
     def on_epoch_end(self, epoch, logs=None):
