@@ -30,6 +30,8 @@ class LocalRay:
     """The head this process started: its GCS address, its launcher process and its log."""
 
     def __init__(self, num_cpus: int, object_store_bytes: int, startup_timeout_s: float = 120.0):
+        # No dashboard: it doubles the start-up (16 s vs 8 s on 2 cores). Ray's default object store is 30 % of
+        # memory; training passes files, not objects (object_store_bytes).
         port = _free_port()
         self.address = f"127.0.0.1:{port}"
         self.log_path = os.path.join(tempfile.mkdtemp(prefix="latentforge-ray-"), "ray-start.log")

@@ -81,8 +81,6 @@ def connect(address: Optional[str] = None) -> None:
         from backends import local_ray  # pylint: disable=import-outside-toplevel
         python_path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
         _log.info("starting a local Ray with %d CPUs", os.cpu_count())
-        # No dashboard: it doubles the start-up (16 s vs 8 s on 2 cores). Ray's default object store is 30%
-        # of memory; training passes files, not objects.
         if _local_head is None or _local_head.process.poll() is not None:
             _local_head = local_ray.LocalRay(num_cpus=os.cpu_count(), object_store_bytes=256 * 1024 ** 2)
         ray.init(address=_local_head.address, log_to_driver=worker_output(), logging_level=_driver_log_level(),
@@ -90,6 +88,7 @@ def connect(address: Optional[str] = None) -> None:
                               "worker_process_setup_hook": "backends.ray_cluster.quiet_local_cluster_logs"})
         # Leave before the head goes (atexit runs this before LocalRay's own stop): a driver still connected
         # when its raylet dies logs object-recovery errors on the way out.
+        atexit.unregister(shutdown)  # once, and after the newest head's own stop (atexit runs in reverse)
         atexit.register(shutdown)
 
 
