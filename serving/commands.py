@@ -120,8 +120,9 @@ def read_class_examples(source: str, per_class: int = 200):
 
 
 def cmd_serve(args) -> int:
+    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
     from serving import server  # pylint: disable=import-outside-toplevel
-    if args.detach and not (args.ray_address or os.environ.get("RAY_ADDRESS")):
+    if args.detach and not ray_cluster.cluster_address(args.ray_address):
         raise CliError("--detach leaves the server on a Ray cluster: give --ray-address (a local Ray ends with "
                        "this command)")
     sources = _serve_sources(args)
