@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -93,25 +94,31 @@ def _client(config: TrackingConfig):
     return mlflow.MlflowClient(tracking_uri=config.uri, registry_uri=config.uri)
 
 
+_FLUENT_API_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _fluent_api_at(config: TrackingConfig):
     """Points MLflow's global (fluent) API at `config.uri` for the block, then back: mlflow.set_tracking_uri also
     sets MLFLOW_TRACKING_URI in the environment, which would otherwise leak into the next run in this process
     (and change its tracking config, hence its TFX cache key)."""
     import mlflow  # pylint: disable=import-outside-toplevel
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(config.uri)
-    mlflow.set_registry_uri(config.uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # The URIs are process-wide: two threads logging at once (two pipelines in one process) would each restore
+    # them under the other, whose MlflowClient() then looks for its logged model in ./mlruns. One at a time.
+    with _FLUENT_API_LOCK:
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        mlflow.set_tracking_uri(config.uri)
+        mlflow.set_registry_uri(config.uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _experiment_id(client, config: TrackingConfig) -> str:
