@@ -39,6 +39,7 @@ def pixel_gap(generated: np.ndarray, real: np.ndarray) -> float:
     ({"replay_size": 16, "batch_size": 32}, "replay_size=16: must hold at least one batch"),
     ({"replay_size": 64, "replay_fraction": 0.0}, r"replay_fraction=0.0: must be in \(0, 1\]"),
     ({"r1_penalty": -1.0}, "r1_penalty=-1.0: must be a weight >= 0"),
+    ({"r1_interval": 0}, "r1_interval=0: must be at least 1"),
     ({"loss": "wgan_gp", "r1_penalty": 1.0}, "r1_penalty applies to loss='bce'"),
 ])
 def test_impossible_configs_are_rejected(overrides, message):
@@ -147,6 +148,23 @@ def test_r1_adds_the_squared_gradient_norm_at_real_images_to_the_discriminators_
         tf.random.set_seed(0)
         losses.append(model._discriminator_step(real, None)[0].numpy())
     np.testing.assert_allclose(losses[1] - losses[0], 2.0 * expected, rtol=1e-3)
+
+
+def test_lazy_r1_adds_interval_times_the_penalty_on_every_intervalth_discriminator_step_only(digits):
+    real = tf.constant(digits[:8])
+    plain = gans.build_gan(GANConfig(**SMALL_DCGAN), (28, 28, 1))
+    lazy = gans.build_gan(GANConfig(r1_penalty=4.0, r1_interval=3, **SMALL_DCGAN), (28, 28, 1))
+    added = []
+    for step in range(4):  # the discriminator's step count before each step: 0 (due), 1, 2, 3 (due)
+        lazy.set_weights(plain.get_weights())
+        lazy.d_optimizer.iterations.assign(step)
+        expected = lazy._squared_input_gradient(real).numpy()
+        losses = []
+        for model in (plain, lazy):
+            tf.random.set_seed(0)
+            losses.append(model._discriminator_step(real, None)[0].numpy())
+        added.append((losses[1] - losses[0]) / (0.5 * 4.0 * 3 * expected))
+    np.testing.assert_allclose(added, [[1.0] * 8, [0.0] * 8, [0.0] * 8, [1.0] * 8], atol=1e-3)
 
 
 def keras_features(model):

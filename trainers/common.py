@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from trainers import autograph_rules  # noqa: F401  pylint: disable=unused-import  (its rule applies on import)
 from trainers import progress
 
 OPTIMIZERS = ("nadam", "adam", "rmsprop", "sgd")

@@ -6,7 +6,9 @@
     label_smoothing  one-sided: real images are labelled 1 - s for the discriminator
     spectral_norm    wraps the discriminator's kernels in spectral normalisation
     r1_penalty       gamma of R1 (Mescheder et al. 2018, StyleGAN's regulariser): D's loss gains
-                     gamma / 2 * ||grad_x D(x)||^2 on real images, so D cannot win by a steep boundary at the data
+                     gamma / 2 * ||grad_x D(x)||^2 on real images, so D cannot win by a steep boundary at the data;
+                     with `r1_interval` k > 1 lazily (StyleGAN2): on every k-th discriminator step only, times k,
+                     the same average penalty for 1/k of its double back-propagation
     num_classes      class-conditional (the dcgan_cond / wgan_gp_cond presets): the generator reads a learned
                      label embedding beside its codings; the discriminator (critic) adds the projection term
                      <embed(y), phi(x)> of Miyato & Koyama (2018) to its score, phi its last features
@@ -60,6 +62,7 @@ class GANConfig(TrainingConfig):
     critic_steps: int = 1
     gradient_penalty: float = 10.0
     r1_penalty: float = 0.0  # gamma (bce loss; 0: off)
+    r1_interval: int = 1  # lazy R1: applied (times this) on every r1_interval-th discriminator step only
     discriminator_learning_rate: Optional[float] = None  # None: learning_rate
     max_discriminator_wins: int = 500  # consecutive steps; 0: never stop for it
     ema_decay: float = 0.999  # sample, score and export an average of the generator's weights (0: the raw ones)
@@ -99,6 +102,7 @@ class GANConfig(TrainingConfig):
         require(self.loss == "bce" or self.r1_penalty == 0,
                 f"r1_penalty applies to loss='bce' (set r1_penalty=0 with loss={self.loss!r}: its critic has "
                 "gradient_penalty)")
+        require(self.r1_interval >= 1, f"r1_interval={self.r1_interval}: must be at least 1 (1: every step)")
         require(self.discriminator_learning_rate is None or self.discriminator_learning_rate > 0,
                 f"discriminator_learning_rate={self.discriminator_learning_rate}: must be positive")
         require_ema_decay(self)
@@ -237,12 +241,14 @@ class GAN(keras.Model):
     def __init__(self, generator: keras.Model, discriminator: keras.Model, loss: str = "bce",
                  label_smoothing: float = 0.0, critic_steps: int = 1, gradient_penalty: float = 10.0,
                  ema_decay: float = 0.0, num_classes: int = 0, feature_matching: float = 0.0, r1_penalty: float = 0.0,
-                 replay: Optional[ReplayBuffer] = None, growth: Optional[progressive.Growth] = None, **kwargs):
+                 replay: Optional[ReplayBuffer] = None, growth: Optional[progressive.Growth] = None,
+                 r1_interval: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
         self.ema = ExponentialMovingAverage(generator, ema_decay) if ema_decay else None
         self.loss_kind, self.label_smoothing = loss, label_smoothing
         self.critic_steps, self.gradient_penalty, self.r1_penalty = critic_steps, gradient_penalty, r1_penalty
+        self.r1_interval = r1_interval
         self.num_classes = num_classes
         self.coding_size = int(generator.inputs[0].shape[-1])
         self.feature_matching, self.replay, self.growth = feature_matching, replay, growth
@@ -335,7 +341,7 @@ class GAN(keras.Model):
                                      + tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(fake_logits),
                                                                                logits=fake_logits))
                 if self.r1_penalty:
-                    per_example += 0.5 * self.r1_penalty * self._squared_input_gradient(real, labels)
+                    per_example += 0.5 * self.r1_penalty * self._r1_term(real, labels)
             else:
                 per_example = fake_logits - real_logits + self.gradient_penalty * self._penalty(real, fake, labels)
             loss = scaled_loss(self.d_optimizer, average_loss(per_example, self.discriminator))
@@ -348,6 +354,15 @@ class GAN(keras.Model):
         between = real + mix * (fake - real)
         norms = tf.sqrt(self._squared_input_gradient(between, labels) + 1e-12)
         return tf.square(norms - 1.0)
+
+    def _r1_term(self, real, labels=None):
+        """||grad_x D(x)||^2 at the real images (B,), or lazily: r1_interval times it on the steps where the
+        discriminator's step count is a multiple of r1_interval, 0 on the others."""
+        if self.r1_interval == 1:
+            return self._squared_input_gradient(real, labels)
+        due = tf.equal(self.d_optimizer.iterations % self.r1_interval, 0)
+        return tf.cond(due, lambda: self.r1_interval * self._squared_input_gradient(real, labels),
+                       lambda: tf.zeros(tf.shape(real)[:1]))
 
     def _squared_input_gradient(self, images, labels=None):
         """||grad_x D(x)||^2 per image, (B,): WGAN-GP's between real and fake, R1's at the real images."""
@@ -408,8 +423,31 @@ class GAN(keras.Model):
                 "step_d_real": d_real, "step_d_fake": d_fake}
 
 
+@keras.saving.register_keras_serializable("latentforge")
+class SpectralNormalization(keras.layers.SpectralNormalization):
+    """Keras' spectral normalisation with its check for an all-zero kernel as a tf.cond: Keras writes it as
+    `if not tf.reduce_all(...)`, which only runs in a graph when AutoGraph converts Keras' own code, and
+    trainers/autograph_rules.py keeps AutoGraph out of tf_keras. The same computation otherwise."""
+
+    def normalize_weights(self):
+        weights = tf.reshape(self.kernel, [-1, self.kernel_shape[-1]])
+
+        def normalize():
+            vector_u = self.vector_u
+            for _ in range(self.power_iterations):
+                vector_v = tf.math.l2_normalize(tf.matmul(vector_u, weights, transpose_b=True))
+                vector_u = tf.math.l2_normalize(tf.matmul(vector_v, weights))
+            vector_u, vector_v = tf.stop_gradient(vector_u), tf.stop_gradient(vector_v)
+            sigma = tf.matmul(tf.matmul(vector_v, weights), vector_u, transpose_b=True)
+            self.vector_u.assign(tf.cast(vector_u, self.vector_u.dtype))
+            self.kernel.assign(tf.cast(tf.reshape(self.kernel / sigma, self.kernel_shape), self.kernel.dtype))
+            return tf.constant(True)
+
+        tf.cond(tf.reduce_all(tf.equal(weights, 0.0)), lambda: tf.constant(False), normalize)
+
+
 def _discriminator_layer(layer, config: GANConfig):
-    return keras.layers.SpectralNormalization(layer) if config.spectral_norm else layer
+    return SpectralNormalization(layer) if config.spectral_norm else layer
 
 
 def _last_features(config: GANConfig) -> List[keras.layers.Layer]:
@@ -516,7 +554,7 @@ def build_gan(config: GANConfig, input_shape: Sequence[int]) -> GAN:
                     critic_steps=config.critic_steps, gradient_penalty=config.gradient_penalty,
                     ema_decay=config.ema_decay, num_classes=config.num_classes,
                     feature_matching=config.feature_matching, r1_penalty=config.r1_penalty,
-                    replay=replay_buffer(config, input_shape),
+                    r1_interval=config.r1_interval, replay=replay_buffer(config, input_shape),
                     growth=growth, name=f"{'progressive_' if growth else ''}{config.architecture}_{config.loss}_"
                                         f"{'conditional_' if config.num_classes else ''}gan")
         if config.num_classes:  # built already (functional); a call builds the wrapper (its weights tracked)

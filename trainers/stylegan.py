@@ -343,6 +343,7 @@ def build_stylegan(config: StyleGANConfig, input_shape: Sequence[int]) -> StyleG
                          label_smoothing=config.label_smoothing, critic_steps=config.critic_steps,
                          gradient_penalty=config.gradient_penalty, ema_decay=config.ema_decay,
                          feature_matching=config.feature_matching, r1_penalty=config.r1_penalty,
+                         r1_interval=config.r1_interval,
                          replay=gans.replay_buffer(config, input_shape),
                          name="stylegan")
         z = tf.zeros((1, config.coding_size))
