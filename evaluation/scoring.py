@@ -25,8 +25,6 @@ import scipy.stats
 import tensorflow as tf
 import tf_keras as keras
 
-from trainers import autograph_rules  # noqa: F401  pylint: disable=unused-import  (its rule applies on import)
-
 METRIC_NETWORK_FEATURES = "features"  # the metric network's SavedModel signature: images in [0, 1] -> features
 
 

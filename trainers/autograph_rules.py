@@ -5,8 +5,9 @@ package Keras 2 lives in since TF 2.16. Without this rule every trace of a train
 internals (Layer.__call__, its error handlers, compile_utils...) again: measured on the stacked AE (20 steps of
 batch 32, 2 cores), the first epoch took 14.7 s in a fresh process, 3.5 s with the rule; the losses are the same
 to the last digit. tf_keras was written to run unconverted (inside TF it was under the `tensorflow` rule); Keras
-converts what it must, a model's own `call` and `train_step`, explicitly. Imported by trainers.common and
-evaluation.scoring, so every process that traces a Keras model (in process, Ray workers, the export) has it.
+converts what it must, a model's own `call` and `train_step`, explicitly. Imported by trainers.common, so every
+process that builds a model through trainers (in process, Ray workers, the export, the Evaluator's metric
+network: components/evaluation imports trainers) has it.
 """
 from tensorflow.python.autograph.core import config as _autograph_config
 
