@@ -104,7 +104,8 @@ def _fluent_api_at(config: TrackingConfig):
     (and change its tracking config, hence its TFX cache key)."""
     import mlflow  # pylint: disable=import-outside-toplevel
     # The URIs are process-wide: two threads logging at once (two pipelines in one process) would each restore
-    # them under the other, whose MlflowClient() then looks for its logged model in ./mlruns. One at a time.
+    # them under the other, whose MlflowClient() then looks for its logged model in MLflow 3's default
+    # ./mlflow.db. One at a time.
     with _FLUENT_API_LOCK:
         saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(config.uri)

@@ -3,7 +3,7 @@
 TensorFlow 2.16's AutoGraph rules (tensorflow/python/autograph/core/config.py) name `keras` but not `tf_keras`, the
 package Keras 2 lives in since TF 2.16. Without this rule every trace of a train or test function converts Keras'
 internals (Layer.__call__, its error handlers, compile_utils...) again: measured on the stacked AE (20 steps of
-batch 32, 2 cores), the first epoch took 14.7 s in a fresh process, 3.5 s with the rule; the losses are the same
+batch 32, 2 cores), the first epoch took 14.7 s in a fresh process, 2.3 s with the rule; the losses are the same
 to the last digit. tf_keras was written to run unconverted (inside TF it was under the `tensorflow` rule); Keras
 converts what it must, a model's own `call` and `train_step`, explicitly. Imported by trainers.common, so every
 process that builds a model through trainers (in process, Ray workers, the export, the Evaluator's metric
