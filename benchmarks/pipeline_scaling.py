@@ -14,7 +14,9 @@ import argparse
 import os
 import subprocess
 import sys
+import re
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -47,32 +49,52 @@ def run(source: str, beam_args, run_dir: str) -> dict:
     started = time.time()
     log_path = run_dir + ".log"
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    log = open(log_path, "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    peak = 0
-    driver = psutil.Process(process.pid)
-    while process.poll() is None:
-        try:
-            tree = [driver, *driver.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    log.close()
-    with open(log_path) as f:
-        output = f.read()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+    samples = []  # (seconds since start, RSS of the whole process tree)
+
+    def sample_memory():
+        driver = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [driver, *driver.children(recursive=True)]
+                samples.append((time.time() - started, sum(p.memory_info().rss for p in tree if p.is_running())))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    # The console's "[i/N] Component" lines mark when each component starts: the peak within each span is that
+    # component's (the local runner runs them one at a time).
+    starts, lines = [], []
+    for line in process.stdout:
+        lines.append(line)
+        mark = re.search(r"\[\s*\d+/\d+\] (\w+)", line)
+        if mark:
+            starts.append((time.time() - started, mark.group(1)))
+    process.wait()
+    sampler.join()
+    output = "".join(lines)
+    with open(log_path, "w") as log:
+        log.write(output)
     if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    ends = [t for t, _ in starts[1:]] + [time.time() - started]
+    peak_by_component = {name: round(max([rss for t, rss in samples if start <= t < end] or [0]) / 1024 ** 3, 2)
+                         for (start, name), end in zip(starts, ends)}
+    peak = max(rss for _, rss in samples)
     from pipelines import metadata
     nodes = metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"), "latentforge")
     seconds = {n.node: round(n.seconds, 1) for n in nodes}
     return {"wall_s": round(time.time() - started, 1), "peak_rss_gib": round(peak / 1024 ** 3, 2),
-            "components_s": seconds, "data_s": round(sum(seconds[c] for c in DATA_COMPONENTS), 1)}
+            "components_s": seconds, "peak_gib_by_component": peak_by_component,
+            "data_s": round(sum(seconds[c] for c in DATA_COMPONENTS), 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sets", default="sample,mnist,mnist_x4")
+    parser.add_argument("--runners", default="direct_1_worker,multi_processing_2_workers")
     args = parser.parse_args()
     results = load_results("pipeline_scaling") or {}
     with tempfile.TemporaryDirectory(prefix="latentforge-scaling-") as scratch:
@@ -80,10 +102,12 @@ def main() -> None:
         for name in args.sets.split(","):
             source = sources.get(name) or four_times_mnist(scratch)
             for runner, beam_args in (("direct_1_worker", []), ("multi_processing_2_workers", MULTI)):
+                if runner not in args.runners.split(","):
+                    continue
                 measured = run(source, beam_args, os.path.join(scratch, f"{name}-{runner}"))
                 print(f"{name:9s} {runner:27s} wall {measured['wall_s']:7.1f} s  data components "
                       f"{measured['data_s']:6.1f} s  peak {measured['peak_rss_gib']:.2f} GiB  "
-                      f"{measured['components_s']}", flush=True)
+                      f"{measured['components_s']}  peak GiB {measured['peak_gib_by_component']}", flush=True)
                 results.setdefault(name, {})[runner] = measured
                 save_results("pipeline_scaling", results)
 

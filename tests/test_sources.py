@@ -143,3 +143,55 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path):
     assert time.time() - start < 20
     message = str(raised.value)
     assert "--manual-dir" in message and "train-images-idx3-ubyte.gz" in message and "idx:" in message
+
+
+# ------------------------------------------------------------------------------ streamed reads
+
+
+def test_idx_images_stream_in_chunks_with_the_whole_files_content(idx_dir):
+    path, (x_train, _, _, _) = idx_dir
+    chunks = list(sources.iter_idx_chunks(str(path / "train-images-idx3-ubyte.gz"), 3, chunk_rows=7))
+    assert [len(c) for c in chunks] == [7] * 8 + [4]
+    np.testing.assert_array_equal(np.concatenate(chunks), x_train)
+
+
+def test_idx_file_longer_than_its_header_names_the_file(idx_dir):
+    path, _ = idx_dir
+    images = path / "train-images-idx3-ubyte.gz"
+    with gzip.open(images) as f:
+        data = f.read()
+    with gzip.open(images, "wb") as f:
+        f.write(data + b"\0" * 64)
+    message = _error(f"idx:{path}")
+    assert str(images) in message and "holds more" in message
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_images_stream_in_chunks_with_the_arrays_content(tmp_path, save):
+    x = random_images(50, (5, 4))
+    save(tmp_path / "d.npz", x_train=x, y_train=np.arange(50) % 3)
+    chunks = list(sources._npz_array_chunks(str(tmp_path / "d.npz"), "x_train", chunk_rows=16))  # pylint: disable=protected-access
+    assert [len(c) for c in chunks] == [16, 16, 16, 2]
+    np.testing.assert_array_equal(np.concatenate(chunks), x)
+    _, splits = _read_all(f"npz:{tmp_path / 'd.npz'}")
+    np.testing.assert_array_equal(np.stack([r[0][..., 0] for r in splits["train"]]), x)
+    assert [r[1] for r in splits["train"]] == (np.arange(50) % 3).tolist()
+
+
+def test_npz_wider_integer_pixels_are_read_as_uint8_and_out_of_range_ones_refused(tmp_path):
+    x = random_images(6, (3, 3)).astype(np.int32)
+    np.savez(tmp_path / "ok.npz", x=x)
+    _, splits = _read_all(f"npz:{tmp_path / 'ok.npz'}")
+    assert splits["train"][0][0].dtype == np.uint8
+    np.testing.assert_array_equal(np.stack([r[0][..., 0] for r in splits["train"]]), x)
+    x[3, 1, 1] = 300
+    np.savez(tmp_path / "bad.npz", x=x)
+    assert "values outside 0..255" in _error(f"npz:{tmp_path / 'bad.npz'}", read=False)
+
+
+def test_npz_truncated_archive_names_the_file(tmp_path):
+    np.savez(tmp_path / "d.npz", x=random_images(40, (8, 8)))
+    data = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "d.npz").write_bytes(data[: len(data) // 2])
+    message = _error(f"npz:{tmp_path / 'd.npz'}")
+    assert "d.npz" in message

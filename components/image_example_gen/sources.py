@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import urllib.parse
+import zipfile
 import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -158,6 +159,38 @@ def read_idx(path: str, expected_ndim: int, header_only: bool = False) -> Tuple[
     return dims, np.frombuffer(payload, np.uint8).reshape(dims)
 
 
+# Images per read when a split is streamed: a split of any size takes ~3 MB of 28x28 images, not the whole file
+# (the MNIST's train images are 47 MB read whole; a 4x set 188 MB, held while Beam wrote every example).
+CHUNK_ROWS = 4096
+
+
+def iter_idx_chunks(path: str, expected_ndim: int, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    """An IDX file's array in chunks of up to `chunk_rows` rows, its header checked as read_idx checks it; a file
+    shorter or longer than its header announces is the same SourceError, raised where the reading finds it."""
+    dims, _ = read_idx(path, expected_ndim, header_only=True)
+    row_shape = tuple(dims[1:])
+    row_bytes = int(np.prod(row_shape, dtype=np.int64))
+    opener = gzip.open if path.endswith(".gz") else open
+    announced = f"the header announces {'x'.join(map(str, dims))} = {dims[0] * row_bytes} bytes"
+    try:
+        with opener(path, "rb") as f:
+            f.read(4 + 4 * len(dims))
+            done = 0
+            while done < dims[0]:
+                rows = min(chunk_rows, dims[0] - done)
+                data = f.read(rows * row_bytes)
+                if len(data) != rows * row_bytes:
+                    raise SourceError(f"{path}: {announced} but the file holds {done * row_bytes + len(data)}: it is "
+                                      "truncated or corrupt. Download it again.")
+                yield np.frombuffer(data, np.uint8).reshape((rows, *row_shape))
+                done += rows
+            if f.read(1):
+                raise SourceError(f"{path}: {announced} but the file holds more: it is corrupt. Download it again.")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise SourceError(f"{path}: cannot decompress it ({e}): the file is truncated or not a gzip file. "
+                          "Download it again.") from e
+
+
 def _idx_files(directory: str, prefix: str) -> Tuple[Optional[str], Optional[str]]:
     """Finds PREFIX-images* and PREFIX-labels* (MNIST and Fashion-MNIST naming, with or without .gz)."""
     def find(kind):
@@ -203,12 +236,15 @@ def _probe_idx(spec: SourceSpec) -> SourceInfo:
 def _read_idx_split(info: SourceInfo, split: str) -> Iterator[Record]:
     prefix = next(s.pattern for s in info.splits if s.name == split).split("-")[0]
     images_path, labels_path = _idx_files(info.input_base, prefix)
-    _, images = read_idx(images_path, 3)
-    labels = read_idx(labels_path, 1)[1] if labels_path else np.full(len(images), UNLABELED)
-    if len(labels) != len(images):
-        raise SourceError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
-    for image, label in zip(images, labels):
-        yield image[:, :, None], int(label)
+    dims, _ = read_idx(images_path, 3, header_only=True)
+    labels = read_idx(labels_path, 1)[1] if labels_path else np.full(dims[0], UNLABELED)  # 1 byte per image
+    if len(labels) != dims[0]:
+        raise SourceError(f"{images_path} has {dims[0]} images but {labels_path} has {len(labels)} labels")
+    start = 0
+    for chunk in iter_idx_chunks(images_path, 3):
+        for image, label in zip(chunk, labels[start:start + len(chunk)]):
+            yield image[:, :, None], int(label)
+        start += len(chunk)
 
 
 # ------------------------------------------------------------------------------------------ folder
@@ -302,12 +338,69 @@ def _load_npz(path: str):
         return np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
         raise SourceError(f"npz:{path}: no such file") from e
-    except (ValueError, OSError, zlib.error, EOFError) as e:
+    except (ValueError, OSError, zlib.error, EOFError, zipfile.BadZipFile) as e:
         raise SourceError(f"npz:{path}: not a readable .npz archive ({e})") from e
 
 
-def _npz_arrays(path: str, split: str):
-    """(x, y) of one npz split, validated: x uint8 (N,H,W,C), y int64 (N,) or all -1."""
+def _npz_array_chunks(path: str, key: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    """One array of the archive in chunks of up to `chunk_rows` rows, read from the member's stream (compressed
+    or not) so that an array of any size takes a chunk's memory; a Fortran-ordered or object array, which
+    cannot be cut by rows from the stream, is read whole."""
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with _load_npz(path) as archive:
+        try:
+            with archive.zip.open(f"{key}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                shape, fortran_order, dtype = (read_header[version](f) if version in read_header
+                                               else ((), True, np.dtype(object)))
+                if fortran_order or dtype.hasobject or not shape:
+                    whole = archive[key]
+                    for start in range(0, len(whole), chunk_rows):
+                        yield whole[start:start + chunk_rows]
+                    return
+                row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+                for start in range(0, shape[0], chunk_rows):
+                    rows = min(chunk_rows, shape[0] - start)
+                    data = f.read(rows * row_bytes)
+                    if len(data) != rows * row_bytes:
+                        raise EOFError(f"{key!r} ends after {start + len(data) // max(row_bytes, 1)} of its "
+                                       f"{shape[0]} rows")
+                    yield np.frombuffer(data, dtype).reshape((rows, *shape[1:]))
+        except (ValueError, OSError, zlib.error, EOFError, KeyError, zipfile.BadZipFile) as e:
+            if isinstance(e, SourceError):
+                raise
+            raise SourceError(f"npz:{path}: array {key!r} cannot be read ({e}); the file is corrupt") from e
+
+
+def _npz_array_header(archive, path: str, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
+    """An array's shape and dtype from its .npy header, without reading the array."""
+    try:
+        with archive.zip.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                array = archive[key]
+                shape, dtype = array.shape, array.dtype
+    except (ValueError, OSError, zlib.error, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise SourceError(f"npz:{path}: array {key!r} cannot be read ({e}); the file is corrupt") from e
+    return tuple(int(d) for d in shape), dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class _NpzSplit:
+    x_key: str
+    image_shape: Tuple[int, ...]  # (H, W, C)
+    dtype: np.dtype
+    labels: np.ndarray  # int64 (N,), all -1 without a y array: 8 bytes per image, read whole
+
+
+def _npz_split(path: str, split: str, check_values: bool = True) -> Optional[_NpzSplit]:
+    """One npz split, validated from the arrays' headers and the labels (the images are read by _read_npz_split
+    in chunks): x uint8 (N,H,W[,C]) or integers in 0..255 (`check_values` reads them through to check that), y
+    integers (N,) or absent. None: no such split."""
     with _load_npz(path) as archive:
         keys = set(archive.files)
         layout = next((l for l in _NPZ_LAYOUTS if l[0][1] in keys), None)
@@ -318,49 +411,57 @@ def _npz_arrays(path: str, split: str):
         if entry is None or entry[1] not in keys:
             return None
         _, x_key, y_key = entry
+        shape, dtype = _npz_array_header(archive, path, x_key)
         try:
-            x = archive[x_key]
             y = archive[y_key] if y_key in keys else None
         except (ValueError, OSError, zlib.error, EOFError) as e:
-            raise SourceError(f"npz:{path}: array {x_key!r} cannot be read ({e}); the file is corrupt") from e
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise SourceError(f"npz:{path}: {x_key!r} has shape {x.shape}; expected (N, H, W) or (N, H, W, C)")
-    if x.dtype != np.uint8:
-        if not np.issubdtype(x.dtype, np.integer) or (x.size and (x.min() < 0 or x.max() > 255)):
-            raise SourceError(f"npz:{path}: {x_key!r} is {x.dtype} with values outside 0..255 or not integers; "
-                              "save the images as uint8 pixels (0..255)")
-        x = x.astype(np.uint8)
+            raise SourceError(f"npz:{path}: array {y_key!r} cannot be read ({e}); the file is corrupt") from e
+    if len(shape) not in (3, 4):
+        raise SourceError(f"npz:{path}: {x_key!r} has shape {shape}; expected (N, H, W) or (N, H, W, C)")
+    if dtype != np.uint8 and check_values:
+        if not np.issubdtype(dtype, np.integer):
+            raise SourceError(f"npz:{path}: {x_key!r} is {dtype}, not integers; save the images as uint8 pixels "
+                              "(0..255)")
+        for chunk in _npz_array_chunks(path, x_key):
+            if chunk.size and (chunk.min() < 0 or chunk.max() > 255):
+                raise SourceError(f"npz:{path}: {x_key!r} is {dtype} with values outside 0..255; save the images "
+                                  "as uint8 pixels (0..255)")
+    count = shape[0]
     if y is None:
-        y = np.full(len(x), UNLABELED, np.int64)
-    elif y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        y = np.full(count, UNLABELED, np.int64)
+    elif y.ndim != 1 or len(y) != count or not np.issubdtype(y.dtype, np.integer):
         raise SourceError(f"npz:{path}: {y_key!r} has shape {y.shape} and dtype {y.dtype} but {x_key!r} holds "
-                          f"{len(x)} images; labels must be integers, one per image")
-    return x, y.astype(np.int64)
+                          f"{count} images; labels must be integers, one per image")
+    image_shape = tuple(shape[1:]) + ((1,) if len(shape) == 3 else ())
+    return _NpzSplit(x_key, image_shape, dtype, y.astype(np.int64))
 
 
 def _probe_npz(spec: SourceSpec) -> SourceInfo:
     path = spec.location
-    train = _npz_arrays(path, "train")
-    test = _npz_arrays(path, "test")
-    if test is not None and test[0].shape[1:] != train[0].shape[1:]:
-        raise SourceError(f"npz:{path}: test images are {test[0].shape[1:]} but train images are "
-                          f"{train[0].shape[1:]}; both must share one shape")
-    labels = np.concatenate([train[1]] + ([test[1]] if test is not None else []))
+    train = _npz_split(path, "train")
+    test = _npz_split(path, "test")
+    if test is not None and test.image_shape != train.image_shape:
+        raise SourceError(f"npz:{path}: test images are {test.image_shape} but train images are "
+                          f"{train.image_shape}; both must share one shape")
+    labels = np.concatenate([train.labels] + ([test.labels] if test is not None else []))
     if labels.size and labels.min() < UNLABELED:
         raise SourceError(f"npz:{path}: labels must be >= 0 (or -1 for unknown); found {labels.min()}")
     name = os.path.basename(path)
     splits = [SourceSplit("train", name)] + ([SourceSplit("test", name)] if test is not None else [])
-    num_classes = int(train[1].max()) + 1 if train[1].size else 0
-    return SourceInfo(spec, os.path.dirname(path), tuple(splits), tuple(int(d) for d in train[0].shape[1:]),
+    num_classes = int(train.labels.max()) + 1 if train.labels.size else 0
+    return SourceInfo(spec, os.path.dirname(path), tuple(splits), train.image_shape,
                       tuple(str(i) for i in range(num_classes)))
 
 
 def _read_npz_split(info: SourceInfo, split: str) -> Iterator[Record]:
-    x, y = _npz_arrays(info.spec.location, split)
-    for image, label in zip(x, y):
-        yield image, int(label)
+    path = info.spec.location
+    npz_split = _npz_split(path, split, check_values=False)  # probe checked them before the pipeline ran
+    start = 0
+    for chunk in _npz_array_chunks(path, npz_split.x_key):
+        chunk = chunk.reshape((len(chunk), *npz_split.image_shape)).astype(np.uint8, copy=False)
+        for image, label in zip(chunk, npz_split.labels[start:start + len(chunk)]):
+            yield image, int(label)
+        start += len(chunk)
 
 
 # -------------------------------------------------------------------------------------------- tfds
