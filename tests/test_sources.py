@@ -195,3 +195,12 @@ def test_npz_truncated_archive_names_the_file(tmp_path):
     (tmp_path / "d.npz").write_bytes(data[: len(data) // 2])
     message = _error(f"npz:{tmp_path / 'd.npz'}")
     assert "d.npz" in message
+
+
+def test_npz_fortran_ordered_images_read_whole_with_the_same_content(tmp_path):
+    x = np.asfortranarray(random_images(20, (5, 4)))
+    np.savez(tmp_path / "f.npz", x=x)
+    chunks = list(sources._npz_array_chunks(str(tmp_path / "f.npz"), "x", chunk_rows=8))  # pylint: disable=protected-access
+    assert [len(c) for c in chunks] == [8, 8, 4]
+    _, splits = _read_all(f"npz:{tmp_path / 'f.npz'}")
+    np.testing.assert_array_equal(np.stack([r[0][..., 0] for r in splits["train"]]), x)

@@ -342,22 +342,36 @@ def _load_npz(path: str):
         raise SourceError(f"npz:{path}: not a readable .npz archive ({e})") from e
 
 
+def _npy_header(f) -> Optional[Tuple[Tuple[int, ...], np.dtype]]:
+    """(shape, dtype) from an .npy stream's header, leaving the stream at the first byte of data; None when the
+    array cannot be cut into rows from the stream (Fortran order, objects, a 0-d array or a header version numpy
+    offers no public reader for)."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    version = np.lib.format.read_magic(f)
+    if version not in readers:
+        return None
+    shape, fortran_order, dtype = readers[version](f)
+    if fortran_order or dtype.hasobject or not shape:
+        return None
+    return tuple(int(d) for d in shape), dtype
+
+
+_NPZ_READ_ERRORS = (ValueError, OSError, zlib.error, EOFError, KeyError, zipfile.BadZipFile)
+
+
 def _npz_array_chunks(path: str, key: str, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
     """One array of the archive in chunks of up to `chunk_rows` rows, read from the member's stream (compressed
-    or not) so that an array of any size takes a chunk's memory; a Fortran-ordered or object array, which
-    cannot be cut by rows from the stream, is read whole."""
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    or not) so that an array of any size takes a chunk's memory; one _npy_header cannot cut is read whole."""
     with _load_npz(path) as archive:
         try:
             with archive.zip.open(f"{key}.npy") as f:
-                version = np.lib.format.read_magic(f)
-                shape, fortran_order, dtype = (read_header[version](f) if version in read_header
-                                               else ((), True, np.dtype(object)))
-                if fortran_order or dtype.hasobject or not shape:
+                header = _npy_header(f)
+                if header is None:
                     whole = archive[key]
                     for start in range(0, len(whole), chunk_rows):
                         yield whole[start:start + chunk_rows]
                     return
+                shape, dtype = header
                 row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
                 for start in range(0, shape[0], chunk_rows):
                     rows = min(chunk_rows, shape[0] - start)
@@ -366,27 +380,23 @@ def _npz_array_chunks(path: str, key: str, chunk_rows: int = CHUNK_ROWS) -> Iter
                         raise EOFError(f"{key!r} ends after {start + len(data) // max(row_bytes, 1)} of its "
                                        f"{shape[0]} rows")
                     yield np.frombuffer(data, dtype).reshape((rows, *shape[1:]))
-        except (ValueError, OSError, zlib.error, EOFError, KeyError, zipfile.BadZipFile) as e:
+        except _NPZ_READ_ERRORS as e:
             if isinstance(e, SourceError):
                 raise
             raise SourceError(f"npz:{path}: array {key!r} cannot be read ({e}); the file is corrupt") from e
 
 
 def _npz_array_header(archive, path: str, key: str) -> Tuple[Tuple[int, ...], np.dtype]:
-    """An array's shape and dtype from its .npy header, without reading the array."""
+    """An array's shape and dtype from its .npy header, without reading the array (unless _npy_header cannot)."""
     try:
         with archive.zip.open(f"{key}.npy") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                array = archive[key]
-                shape, dtype = array.shape, array.dtype
-    except (ValueError, OSError, zlib.error, EOFError, KeyError, zipfile.BadZipFile) as e:
+            header = _npy_header(f)
+        if header is None:
+            array = archive[key]
+            header = tuple(array.shape), array.dtype
+    except _NPZ_READ_ERRORS as e:
         raise SourceError(f"npz:{path}: array {key!r} cannot be read ({e}); the file is corrupt") from e
-    return tuple(int(d) for d in shape), dtype
+    return header
 
 
 @dataclasses.dataclass(frozen=True)
