@@ -424,7 +424,7 @@ def _npz_split(path: str, split: str, check_values: bool = True) -> Optional[_Np
         shape, dtype = _npz_array_header(archive, path, x_key)
         try:
             y = archive[y_key] if y_key in keys else None
-        except (ValueError, OSError, zlib.error, EOFError) as e:
+        except _NPZ_READ_ERRORS as e:
             raise SourceError(f"npz:{path}: array {y_key!r} cannot be read ({e}); the file is corrupt") from e
     if len(shape) not in (3, 4):
         raise SourceError(f"npz:{path}: {x_key!r} has shape {shape}; expected (N, H, W) or (N, H, W, C)")
