@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the models --model takes")
     inspect = commands.add_parser("inspect", help="probe a source: its splits, image shape and classes")
     _add_source_flags(inspect)
+    # -v after the command as well (`latentforge run ... -v`, as the README's table writes it); SUPPRESS keeps the
+    # top-level value when a command's own -v is not given.
+    for command in commands.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show everything (as latentforge -v)")
     return parser
 
 
@@ -304,6 +309,11 @@ def cmd_submit(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:
+        # TFX's Beam executors parse sys.argv with absl's flags (base_beam_executor: FLAGS(sys.argv + beam args,
+        # known_only=True)): our `-v run` read as absl's `-v`/--verbosity=run and failed every run. Our flags are
+        # parsed; absl must see none of them.
+        sys.argv = sys.argv[:1]
     console.configure(args.verbose)
     handlers = {"run": cmd_run, "compile": cmd_compile, "gc": cmd_gc, "submit": cmd_submit,
                 "serve": serving_commands.cmd_serve, "predict": serving_commands.cmd_predict, "models": cmd_models,

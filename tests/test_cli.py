@@ -128,3 +128,25 @@ def test_beam_args_reach_the_pipeline_that_runs_the_beam_components(tmp_path):
             for flags in (tuple(args.beam_args), ())}
     assert made[tuple(args.beam_args)].beam_pipeline_args == args.beam_args
     assert made[()].beam_pipeline_args == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+@pytest.mark.parametrize("argv", [["-v", "run"], ["run", "-v"], ["models", "-v"]])
+def test_verbose_goes_before_or_after_the_command(argv):
+    assert cli.build_parser().parse_args(argv).verbose is True
+    assert cli.build_parser().parse_args(argv[:1] if argv[0] != "-v" else argv[1:]).verbose is False
+
+
+def test_verbose_run_reaches_the_beam_components(tmp_path):
+    """TFX's Beam executors parse sys.argv with absl's flags, whose -v is --verbosity: `latentforge -v run ...`
+    failed in ImageExampleGen ("--verbosity=run: invalid literal for int()"). Here a real command line: the run
+    gets through ExampleGen and StatisticsGen and stops, as it should, at validation (test labels unseen in
+    training), exit code 3."""
+    import numpy as np
+    from tests.conftest import random_images
+    x = random_images(200, (8, 8), seed=5)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(200) % 3, x_test=x[:20], y_test=np.arange(20) % 3 + 4)
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "-v", "run", "--source", f"npz:{tmp_path / 'd.npz'}",
+                             "--run-dir", str(tmp_path / "runs"), "--epochs", "1", "--trainer", "in-process"],
+                            capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == cli.EXIT_DATA_INVALID, result.stderr[-3000:]
+    assert "Out-of-range" in result.stderr and "verbosity" not in result.stderr
