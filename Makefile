@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.latentforge-installed
 
 # The quick start: the chapter's stacked autoencoder on the bundled 2,500 digits, 8 epochs of batch 8 (2,000
-# steps: reconstructions a newcomer can show; 5 epochs of 32 left an 8 as a blob), about 75 s on 2 cores.
+# steps: reconstructions a newcomer can show; 5 epochs of 32 left an 8 as a blob), about 45 s on 2 cores.
 # Another MODEL trains with its own preset's epochs and batch size unless EPOCHS / BATCH_SIZE are given.
 SOURCE ?= idx:data/mnist-sample
 MODEL ?= stacked_ae
