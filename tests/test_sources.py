@@ -187,6 +187,11 @@ def test_npz_wider_integer_pixels_are_read_as_uint8_and_out_of_range_ones_refuse
     x[3, 1, 1] = 300
     np.savez(tmp_path / "bad.npz", x=x)
     assert "values outside 0..255" in _error(f"npz:{tmp_path / 'bad.npz'}", read=False)
+    # Changed after the probe: the read checks again rather than wrapping 300 to 44.
+    info = sources.probe(sources.parse_source(f"npz:{tmp_path / 'ok.npz'}"))
+    np.savez(tmp_path / "ok.npz", x=x)
+    with pytest.raises(sources.SourceError, match="values outside 0..255"):
+        list(sources.read_split(info, "train"))
 
 
 def test_npz_truncated_archive_names_the_file(tmp_path):

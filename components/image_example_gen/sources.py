@@ -465,9 +465,14 @@ def _probe_npz(spec: SourceSpec) -> SourceInfo:
 
 def _read_npz_split(info: SourceInfo, split: str) -> Iterator[Record]:
     path = info.spec.location
-    npz_split = _npz_split(path, split, check_values=False)  # probe checked them before the pipeline ran
+    # The values are checked here, chunk by chunk, rather than by a second pass over the file (the probe made one
+    # before the pipeline ran; the file may have changed since, and a cast would wrap 300 to 44 silently).
+    npz_split = _npz_split(path, split, check_values=False)
     start = 0
     for chunk in _npz_array_chunks(path, npz_split.x_key):
+        if chunk.dtype != np.uint8 and chunk.size and (chunk.min() < 0 or chunk.max() > 255):
+            raise SourceError(f"npz:{path}: {npz_split.x_key!r} is {chunk.dtype} with values outside 0..255; save "
+                              "the images as uint8 pixels (0..255)")
         chunk = chunk.reshape((len(chunk), *npz_split.image_shape)).astype(np.uint8, copy=False)
         for image, label in zip(chunk, npz_split.labels[start:start + len(chunk)]):
             yield image, int(label)
