@@ -12,9 +12,9 @@ and any Beam worker processes, sampled every 0.2 s).
 """
 import argparse
 import os
+import re
 import subprocess
 import sys
-import re
 import tempfile
 import threading
 import time

@@ -129,8 +129,8 @@ def read_idx(path: str, expected_ndim: int, header_only: bool = False) -> Tuple[
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            data = f.read(4) if header_only else f.read()
-            if header_only and len(data) == 4:
+            data = f.read(4)
+            if len(data) == 4:
                 data += f.read(4 * data[3])
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise SourceError(f"{path}: cannot decompress it ({e}): the file is truncated or not a gzip file. "
@@ -151,12 +151,9 @@ def read_idx(path: str, expected_ndim: int, header_only: bool = False) -> Tuple[
     dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
     if header_only:
         return dims, None
-    payload = data[4 + 4 * ndim:]
-    expected = int(np.prod(dims))
-    if len(payload) != expected:
-        raise SourceError(f"{path}: the header announces {'x'.join(map(str, dims))} = {expected} bytes but the "
-                          f"file holds {len(payload)}: it is truncated or corrupt. Download it again.")
-    return dims, np.frombuffer(payload, np.uint8).reshape(dims)
+    # The whole array as one chunk: iter_idx_chunks checks the payload against the header.
+    whole = list(iter_idx_chunks(path, expected_ndim, chunk_rows=max(dims[0], 1)))
+    return dims, whole[0] if whole else np.zeros(dims, np.uint8)
 
 
 # Images per read when a split is streamed: a split of any size takes ~3 MB of 28x28 images, not the whole file
@@ -399,11 +396,17 @@ def _npz_array_header(archive, path: str, key: str) -> Tuple[Tuple[int, ...], np
     return header
 
 
+def _check_pixel_range(path: str, key: str, chunk: np.ndarray) -> None:
+    """Integer pixels other than uint8 must lie in 0..255 (a cast to uint8 would wrap 300 to 44 silently)."""
+    if chunk.dtype != np.uint8 and chunk.size and (chunk.min() < 0 or chunk.max() > 255):
+        raise SourceError(f"npz:{path}: {key!r} is {chunk.dtype} with values outside 0..255; save the images as "
+                          "uint8 pixels (0..255)")
+
+
 @dataclasses.dataclass(frozen=True)
 class _NpzSplit:
     x_key: str
     image_shape: Tuple[int, ...]  # (H, W, C)
-    dtype: np.dtype
     labels: np.ndarray  # int64 (N,), all -1 without a y array: 8 bytes per image, read whole
 
 
@@ -433,9 +436,7 @@ def _npz_split(path: str, split: str, check_values: bool = True) -> Optional[_Np
             raise SourceError(f"npz:{path}: {x_key!r} is {dtype}, not integers; save the images as uint8 pixels "
                               "(0..255)")
         for chunk in _npz_array_chunks(path, x_key):
-            if chunk.size and (chunk.min() < 0 or chunk.max() > 255):
-                raise SourceError(f"npz:{path}: {x_key!r} is {dtype} with values outside 0..255; save the images "
-                                  "as uint8 pixels (0..255)")
+            _check_pixel_range(path, x_key, chunk)
     count = shape[0]
     if y is None:
         y = np.full(count, UNLABELED, np.int64)
@@ -443,7 +444,7 @@ def _npz_split(path: str, split: str, check_values: bool = True) -> Optional[_Np
         raise SourceError(f"npz:{path}: {y_key!r} has shape {y.shape} and dtype {y.dtype} but {x_key!r} holds "
                           f"{count} images; labels must be integers, one per image")
     image_shape = tuple(shape[1:]) + ((1,) if len(shape) == 3 else ())
-    return _NpzSplit(x_key, image_shape, dtype, y.astype(np.int64))
+    return _NpzSplit(x_key, image_shape, y.astype(np.int64))
 
 
 def _probe_npz(spec: SourceSpec) -> SourceInfo:
@@ -470,9 +471,7 @@ def _read_npz_split(info: SourceInfo, split: str) -> Iterator[Record]:
     npz_split = _npz_split(path, split, check_values=False)
     start = 0
     for chunk in _npz_array_chunks(path, npz_split.x_key):
-        if chunk.dtype != np.uint8 and chunk.size and (chunk.min() < 0 or chunk.max() > 255):
-            raise SourceError(f"npz:{path}: {npz_split.x_key!r} is {chunk.dtype} with values outside 0..255; save "
-                              "the images as uint8 pixels (0..255)")
+        _check_pixel_range(path, npz_split.x_key, chunk)
         chunk = chunk.reshape((len(chunk), *npz_split.image_shape)).astype(np.uint8, copy=False)
         for image, label in zip(chunk, npz_split.labels[start:start + len(chunk)]):
             yield image, int(label)
