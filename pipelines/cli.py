@@ -17,6 +17,7 @@ server does not answer; 6 another run holds the same run directory and pipeline 
 1 anything else.
 """
 import argparse
+import gc
 import os
 import sys
 from typing import List, Optional
@@ -315,6 +316,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         # parsed; absl must see none of them.
         sys.argv = sys.argv[:1]
     console.configure(args.verbose)
+    try:
+        return _run_command(args)
+    finally:
+        if argv is None:
+            # The command is done; what is left is the interpreter's shutdown, which clears ~8,000 modules (TF, TFX,
+            # Beam, Ray, MLflow) with cyclic collections over their whole heap: 2 s, a third of a cached `run`.
+            # Frozen objects are skipped by those collections (refcounting, atexit handlers and files' flushes
+            # still run); only cyclic garbage left at exit goes unfinalized, as it may anyway at shutdown.
+            gc.freeze()
+
+
+def _run_command(args) -> int:
     handlers = {"run": cmd_run, "compile": cmd_compile, "gc": cmd_gc, "submit": cmd_submit,
                 "serve": serving_commands.cmd_serve, "predict": serving_commands.cmd_predict, "models": cmd_models,
                 "inspect": cmd_inspect}

@@ -61,6 +61,27 @@ def test_off_a_terminal_each_epoch_is_one_plain_line():
         assert "loss " in line and "val_loss " in line and "\r" not in line
 
 
+def test_short_epochs_keep_a_line_at_most_every_few_seconds_and_always_the_last(monkeypatch):
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 60.0)
+    out = io.StringIO()
+    _fit(out, live=False, epochs=6)
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == ["  epoch 1/6", "  epoch 6/6"]
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    out = io.StringIO()
+    _fit(out, live=False, epochs=6)
+    assert len(out.getvalue().splitlines()) == 6
+
+
+def test_on_a_terminal_short_epochs_bars_are_cleared_but_the_last_stays(monkeypatch):
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 60.0)
+    out = io.StringIO()
+    _fit(out, live=True, epochs=4)
+    # What a terminal ends up showing: each \r redraws the line; a cleared bar leaves an empty one.
+    shown = [line.split("\r")[-1] for line in out.getvalue().split("\n")]
+    kept = [line.split(":")[0].strip() for line in shown if line.strip()]
+    assert kept == ["epoch 1/4", "epoch 4/4"]
+
+
 def test_on_a_terminal_each_epoch_is_a_bar_that_ends_full():
     out = io.StringIO()
     _fit(out, live=True)

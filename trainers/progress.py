@@ -1,5 +1,8 @@
 """Training progress a person can read: on a terminal a live tqdm bar per epoch (steps, the running losses,
 images/s, ETA) that stays as the epoch's line; elsewhere (cron, CI, a Ray job's log) one plain line per epoch.
+Epochs shorter than a glance (the quick start's 30 take 0.25 s each) keep a line at most every `LINE_EVERY_S`: the
+first and the last epoch always, so a 30-epoch run on the sample prints 5 lines, not 30, and an hour-long epoch
+still prints its own.
 
     model.fit(..., verbose=0, callbacks=[EpochProgress(batch_size)])
 
@@ -15,6 +18,8 @@ import tf_keras as keras
 
 # At most this often a bar is redrawn (and a Ray worker sends an update): steps are milliseconds apart.
 UPDATE_EVERY_S = 0.5
+# At most this often an epoch's line is kept (the last epoch's always is).
+LINE_EVERY_S = 2.0
 SHOWN_METRICS = 4
 
 
@@ -40,6 +45,7 @@ class TerminalProgress:
         self.batch_size = 0
         self.started = 0.0
         self.step = 0
+        self.last_line: Optional[float] = None
 
     def begin(self, epoch: int, epochs: int, steps: Optional[int], batch_size: int) -> None:
         self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
@@ -59,14 +65,23 @@ class TerminalProgress:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(f"{_format(metrics)}, {self._rate():,.0f} img/s", refresh=False)
 
+    def _keeps_line(self) -> bool:
+        now = time.time()
+        keep = self.last_line is None or self.epoch >= self.epochs or now - self.last_line >= LINE_EVERY_S
+        if keep:
+            self.last_line = now
+        return keep
+
     def end(self, metrics: Dict[str, float], steps: Optional[int] = None) -> None:
         self.step = steps or self.step
+        keep = self._keeps_line()
         if self.bar is not None:
             self.bar.update(self.step - self.bar.n)
             self.bar.set_postfix_str(f"{_format(metrics)}, {self._rate():,.0f} img/s")
+            self.bar.leave = keep  # tqdm clears a bar that is not left
             self.bar.close()
             self.bar = None
-        else:
+        elif keep:
             print(f"  epoch {self.epoch}/{self.epochs}: {self.step} steps in {time.time() - self.started:.1f} s "
                   f"({self._rate():,.0f} img/s), {_format(metrics)}", file=self.stream, flush=True)
 
