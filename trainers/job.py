@@ -73,19 +73,22 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
              ) -> Tuple[tf.data.Dataset, Optional[tf.data.Dataset]]:
     """(train, eval) batches of `config.batch_size` (the global batch): images, or (images, labels) for a
     supervised family (a classifier), which trains on the examples whose few-label flag is set and is scored on
-    every labelled one, or for a conditional generator (images, labels) of every example, the label -1 (none)
-    where the few-label flag is unset: with K labels per class it sees only those K labels."""
+    every labelled one, or for a conditional generator or a semi-supervised family (images, labels) of every
+    example, the label -1 (none) where the few-label flag is unset: with K labels per class it sees only those K
+    labels."""
     spec = _tf_feature_spec(job.feature_spec)
     labeled = _labeled(job)
     image = _rescaled(job.data_pixel_range, job.family.pixel_range)
-    if job.family.conditional:
+    if job.family.conditional or job.family.semi_supervised:
         train_pairs = lambda batch: (image(batch["image"]), tf.where(labeled(batch), batch["label"], -1))
         if config.labeled_share > 0:
             train = _mixed(job, spec, config, labeled).map(train_pairs)
         else:
             train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed).map(train_pairs)
-        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False).map(
-            lambda batch: (image(batch["image"]), batch["label"]))
+        # A semi-supervised classifier is scored on the labelled held-out examples only.
+        labelled_only = (lambda ex: ex["label"] >= 0) if job.family.semi_supervised else None
+        evaluation = data.image_dataset(job.eval_files, spec, config.batch_size, shuffle=False,
+                                        keep=labelled_only).map(lambda batch: (image(batch["image"]), batch["label"]))
     elif job.family.supervised:
         pairs = lambda batch: (image(batch["image"]), batch["label"])
         train = data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed, keep=labeled)

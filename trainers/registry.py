@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 import numpy as np
 
 from evaluation import figures, scoring
-from trainers import autoencoders, classifier, diffusion, gans, signatures, stylegan, vae
+from trainers import autoencoders, classifier, diffusion, gans, signatures, ssgan, stylegan, vae
 
 PIXEL_RANGES = ("unit", "symmetric")
 
@@ -71,6 +71,9 @@ class Family:
     export_metadata: Callable = _no_metadata  # (model) -> what the SavedModel's metadata adds for this family
     input_example: Callable = first_images  # (test images, config dict, seed) -> what the callable takes
     supervised: bool = False  # trains on the labelled examples' (image, label) pairs, is scored on labelled ones
+    # A supervised family that also learns from the unlabelled examples: trains on every example's (image, label),
+    # label -1 where the few-label flag is unset, as a conditional generator does.
+    semi_supervised: bool = False
     # A class-conditional generator: trains on every example's (image, label), label -1 where the few-label flag
     # is unset (its unconditional path learns those); config num_classes comes from the source.
     conditional: bool = False
@@ -262,6 +265,15 @@ register(Family(
     training_details=lambda config: {"frozen_epochs": config.epochs},
     description="fine-tunes the encoder of --pretrain MODEL (an autoencoder or VAE)"),
     {classifier.NAME: {}})
+
+register(Family(
+    "semi_supervised_gan", ssgan.SemiSupervisedGANConfig, _without_base(ssgan.build_ssgan), ssgan.fit,
+    ssgan.serving_signatures, signatures.output_of("classify", "probabilities"), key_metric=("test_accuracy", True),
+    scorers=(scoring.score_classification,), figures=(figures.samples(64),), pixel_range=ssgan.PIXEL_RANGE,
+    supervised=True, semi_supervised=True,
+    description="semi-supervised GAN classifier: the few labels, the unlabelled images and generated ones as an "
+                "extra class (Salimans et al. 2016); use with --labels-per-class"),
+    {"ssgan": {}})
 
 
 def family(name: str) -> Family:

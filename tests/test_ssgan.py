@@ -1,0 +1,100 @@
+"""The semi-supervised GAN classifier (trainers/ssgan.py): a few labels, the unlabelled images and generated ones
+as the extra class."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainers import registry, ssgan
+
+SMALL = dict(discriminator_units=(32, 16), generator_units=(32,), coding_size=8, num_classes=3, batch_size=32,
+             steps_per_execution=1, jit_compile=False)
+
+
+def _toy(count: int, seed: int):
+    """8x8 images of 3 classes: a bright row at 1, 4 or 7 over uniform noise; labels 0..2."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, count)
+    images = rng.uniform(0, 0.3, (count, 8, 8, 1)).astype(np.float32)
+    images[np.arange(count), 1 + 3 * labels, :, 0] = 0.9
+    return images, labels.astype(np.int64)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(labeled_share=0.0), "labeled_share"),
+    (dict(discriminator_units=()), "discriminator_units"),
+    (dict(num_classes=1), "num_classes"),
+    (dict(decay_share=1.5), "decay_share"),
+])
+def test_bad_settings_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ssgan.SemiSupervisedGANConfig(**overrides)
+
+
+def test_the_rate_is_flat_then_falls_linearly_to_zero():
+    config = ssgan.SemiSupervisedGANConfig(epochs=30, learning_rate=3e-3)
+    rates = [ssgan.learning_rate(config, epoch) for epoch in range(30)]
+    assert rates[:21] == [3e-3] * 21 and rates[-1] == pytest.approx(3e-4)
+    assert all(a > b for a, b in zip(rates[20:], rates[21:]))
+
+
+def test_unlabelled_images_train_only_the_real_vs_fake_part():
+    """A batch with no label: the supervised loss is 0 and the step still trains the discriminator."""
+    model = ssgan.build_ssgan(ssgan.SemiSupervisedGANConfig(**SMALL), (8, 8, 1))
+    images, _ = _toy(32, seed=0)
+    before = [w.numpy().copy() for w in model.discriminator.trainable_weights]
+    logs = model.train_step((tf.constant(images), tf.fill([32], -1)))
+    assert float(logs["d_supervised"]) == 0.0 and float(logs["d_unsupervised"]) > 0
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, model.discriminator.trainable_weights))
+
+
+def test_two_labels_per_class_and_unlabelled_images_train_a_classifier():
+    images, labels = _toy(600, seed=1)
+    few = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(3)])
+    partial = np.full_like(labels, -1)
+    partial[few] = labels[few]
+    # Half of each batch from the 6 labelled images (as trainers/job.py mixes them with labeled_share 0.5).
+    labelled = tf.data.Dataset.from_tensor_slices((images[few], partial[few])).repeat()
+    others = tf.data.Dataset.from_tensor_slices((images, partial)).shuffle(600, seed=0).repeat()
+    train = tf.data.Dataset.sample_from_datasets([others, labelled], [0.5, 0.5], seed=0).batch(32).take(20)
+    test_images, test_labels = _toy(300, seed=2)
+    config = ssgan.SemiSupervisedGANConfig(**SMALL, epochs=6)
+    model, history = ssgan.train(config, (8, 8, 1), train,
+                                 tf.data.Dataset.from_tensor_slices((test_images, test_labels)).batch(100))
+    assert len(history["val_accuracy"]) == 6
+    signatures = ssgan.serving_signatures(model, (8, 8, 1), "unit")
+    classified = signatures["classify"](tf.constant(test_images))
+    np.testing.assert_allclose(classified["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert np.mean(classified["classes"].numpy() == test_labels) > 0.9
+    generated = signatures["generate"](n=tf.constant(5), seed=tf.constant(3))["images"].numpy()
+    assert generated.shape == (5, 8, 8, 1) and 0 <= generated.min() and generated.max() <= 1
+    again = signatures["generate"](n=tf.constant(5), seed=tf.constant(3))["images"].numpy()
+    np.testing.assert_array_equal(generated, again)
+
+
+def test_the_family_trains_on_every_example_and_is_scored_as_a_classifier():
+    entry = registry.get_model("ssgan")
+    assert entry.family.semi_supervised and entry.family.supervised and entry.family.needs_labels
+    assert not entry.family.generative  # its generator makes negatives: no FID to bless on
+    assert entry.family.key_metric == ("test_accuracy", True)
+
+
+def test_with_k_labels_per_class_its_batches_carry_only_those_labels_and_it_is_scored_on_labelled_ones(tmp_path):
+    from tests.test_label_efficiency import _write_ranked
+    from trainers import job as training
+    labels, ranks = np.arange(60) % 3, np.arange(60) // 3
+    images = np.random.default_rng(0).uniform(size=(60, 28, 28, 1)).astype(np.float32)
+    images[:, 0, 0, 0] = np.arange(60) / 100  # which example it is, after the shuffle
+    train_path = _write_ranked(str(tmp_path / "train.gz"), images, labels, ranks)
+    eval_path = _write_ranked(str(tmp_path / "eval.gz"), images[:9], np.array([0, 1, 2, -1, 0, -1, 1, 2, 0]),
+                              np.zeros(9, int))
+    spec = {"image": ([28, 28, 1], "float32"), "label": ([], "int64"), "labeled": ([], "int64"),
+            "label_rank": ([], "int64")}
+    job = training.TrainingJob("ssgan", {"num_classes": 3, "batch_size": 20}, (28, 28, 1), [train_path],
+                               [eval_path], spec, labels_per_class=2, data_pixel_range="unit")
+    train, evaluation = training.datasets(job, job.make_config())
+    seen_images, seen_labels = (np.concatenate(parts) for parts in zip(*((x.numpy(), y.numpy()) for x, y in train)))
+    index = np.round(seen_images[:, 0, 0, 0] * 100).astype(int)
+    assert set(index[seen_labels >= 0]) == set(np.flatnonzero(ranks < 2))  # the 6 labelled, repeated
+    np.testing.assert_array_equal(seen_labels[seen_labels >= 0], labels[index[seen_labels >= 0]])
+    assert set(index[seen_labels < 0]) <= set(np.flatnonzero(ranks >= 2)) and 0.3 < np.mean(seen_labels >= 0) < 0.7
+    assert sorted(np.concatenate([y.numpy() for _, y in evaluation]).tolist()) == [0, 0, 0, 1, 1, 2, 2]
