@@ -252,6 +252,9 @@ class LabelEfficiencyConfig:
     tracking: Optional[Dict[str, Any]] = None  # backends.tracking.TrackingConfig fields (None: not logged)
     pipeline: str = ""
     dataset: str = ""
+    # A semi-supervised model trained per K beside the classifiers: {"model": its name, "config": its full config}.
+    semi_supervised: Optional[Dict[str, Any]] = None
+    data_pixel_range: str = "unit"  # the Transform's images' range
 
 
 @dataclasses.dataclass(frozen=True)

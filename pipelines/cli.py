@@ -104,6 +104,12 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     few.add_argument("--augment-set", dest="augment_settings", action="append", default=[], metavar="FIELD=VALUE",
                      type=_setting, help="--augment-with: a field of the generator's config (repeatable), e.g. "
                      "--augment-set epochs=20")
+    few.add_argument("--semi-supervised", metavar="MODEL",
+                     help="label-efficiency curve: also train this semi-supervised classifier (ssgan) for each K, on "
+                     "the K labels per class and every other training image unlabelled (a GAN per K: minutes each)")
+    few.add_argument("--semi-supervised-set", dest="semi_supervised_settings", action="append", default=[],
+                     metavar="FIELD=VALUE", type=_setting,
+                     help="--semi-supervised: a field of its config (repeatable), e.g. --semi-supervised-set epochs=10")
     few.add_argument("--examples-per-phase", type=positive_int, default=3000,
                      help="label-efficiency curve: each training phase sees at least this many examples (few "
                      "labels get more epochs; default 3000)")
@@ -263,7 +269,8 @@ def cmd_compile(args) -> int:
         beam_pipeline_args=args.beam_args or None,
         evaluation_settings=run_request.evaluation_settings(args, tracking.TrackingConfig(uri=args.mlflow_uri,
                                                                    experiment=args.pipeline_name)),
-        augmentation=request.augmentation, examples_per_phase=args.examples_per_phase)
+        augmentation=request.augmentation, examples_per_phase=args.examples_per_phase,
+        semi_supervised=request.semi_supervised)
     path = kubeflow.compile_v2(tfx_pipeline, args.image, args.out)
     print(f"latentforge: {args.model} {config} -> {path} (Kubeflow Pipelines v2; image {args.image}, "
           f"pipeline root {args.pipeline_root})", flush=True)

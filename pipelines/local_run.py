@@ -65,7 +65,7 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
         schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
         beam_pipeline_args=args.beam_args or None,
         evaluation_settings=evaluation_settings, augmentation=request.augmentation,
-        examples_per_phase=args.examples_per_phase)
+        examples_per_phase=args.examples_per_phase, semi_supervised=request.semi_supervised)
     ray_before = ray_cluster.local_ray_running()
     start = time.time()
     with console.ComponentProgress(len(tfx_pipeline.components)):

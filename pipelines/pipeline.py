@@ -63,7 +63,8 @@ _TRAINER_CODE = ("trainers", "serving", "components/trainer", "evaluation/figure
 _EVALUATION_CODE = ("evaluation", "components/evaluation")
 _REGISTRAR_CODE = ("components/registrar", "backends/tracking.py")
 _SYNTHETIC_CODE = ("components/synthetic_example_gen", "evaluation/scoring.py")
-_CURVE_CODE = ("components/label_efficiency", "trainers", "evaluation/figures.py", "backends/tracking.py")
+_CURVE_CODE = ("components/label_efficiency", "trainers", "evaluation/figures.py", "evaluation/scoring.py",
+               "backends/tracking.py")
 
 
 def code_digest(paths: Sequence[str]) -> str:
@@ -326,8 +327,10 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
 def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_config: Dict[str, Any],
                            labels_per_class: Sequence[int], pretraining: Tuple[str, Dict[str, Any]],
                            ray: Optional[RayTraining], settings: Optional[EvaluationSettings],
-                           augmentation: Optional[Augmentation], examples_per_phase: int) -> List[base_node.BaseNode]:
-    """PretrainingTrainer, [a generator and its synthetic examples per K,] LabelEfficiencyCurve."""
+                           augmentation: Optional[Augmentation], examples_per_phase: int,
+                           semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> List[base_node.BaseNode]:
+    """PretrainingTrainer, [a generator and its synthetic examples per K,] LabelEfficiencyCurve (which also
+    trains the `semi_supervised` model, (name, config overrides), per K when given)."""
     pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
     nodes: List[base_node.BaseNode] = [pretrainer]
     synthetic = None
@@ -350,7 +353,11 @@ def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_confi
             labels_per_class=list(labels_per_class), classifier=classifier_config,
             examples_per_phase=examples_per_phase,
             tracking=dataclasses.asdict(settings.tracking) if settings else None,
-            pipeline=settings.tracking.experiment if settings else "", dataset=source_info.dataset_name),
+            pipeline=settings.tracking.experiment if settings else "", dataset=source_info.dataset_name,
+            semi_supervised=semi_supervised and {
+                "model": semi_supervised[0],
+                "config": dataclasses.asdict(check_model(semi_supervised[0], semi_supervised[1], source_info))},
+            data_pixel_range=pixel_range(CLASSIFIER, pretraining)),
         synthetic_examples=synthetic, code_version=code_digest(_CURVE_CODE))
     return nodes + [curve]
 
@@ -380,10 +387,21 @@ DEFAULT_EXAMPLES_PER_PHASE = 3000
 
 
 def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequence[int]]],
-                     augmentation: Optional[Augmentation], source_info: SourceInfo) -> List[int]:
+                     augmentation: Optional[Augmentation], source_info: SourceInfo,
+                     semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> List[int]:
     """The K values, sorted (one K, or several for the curve); a ValueError for what cannot be run."""
     ks = sorted({int(k) for k in ([labels_per_class] if isinstance(labels_per_class, int)
                                   else labels_per_class or ())})
+    if semi_supervised is not None:
+        if isinstance(labels_per_class, int) or not ks or not family_of(model_name).needs_base_model:
+            raise ValueError(f"--semi-supervised {semi_supervised[0]} is a line of the label-efficiency curve: use "
+                             f"--model {CLASSIFIER} with a list of labels per class (e.g. 1,10,100, or 10, for one "
+                             f"point); to train it alone: --model {semi_supervised[0]} --labels-per-class K")
+        if not family_of(semi_supervised[0]).semi_supervised:
+            names = sorted(n for n, e in registry.MODELS.items() if e.family.semi_supervised)
+            raise ValueError(f"--semi-supervised {semi_supervised[0]}: not a semi-supervised model; choose one of: "
+                             f"{', '.join(names)}")
+        check_model(*semi_supervised, source_info)
     if any(k < 1 for k in ks):
         raise ValueError(f"labels per class {ks}: each must be at least 1")
     classifier_family = family_of(model_name).needs_base_model
@@ -424,19 +442,20 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
                     pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
                     evaluation_settings: Optional[EvaluationSettings] = None,
                     augmentation: Optional[Augmentation] = None,
-                    examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE) -> tfx_pipeline.Pipeline:
+                    examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE,
+                    semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> tfx_pipeline.Pipeline:
     """`ray`: train on Ray Train (None: in this process). `pretraining`: (model, config overrides) whose encoder
     a classifier fine-tunes. `evaluation_settings`: evaluate, bless and register in MLflow (None: train and push).
     `labels_per_class`: K, or several K for the label-efficiency curve (a classifier). `augmentation`: generated
-    training data for the classifier."""
+    training data for the classifier. `semi_supervised`: (model, config overrides) the curve also trains per K."""
     # Fail on a bad model name or config here, before any component runs.
     check_model(model_name, model_config, source_info, pretraining)
-    ks = check_few_labels(model_name, labels_per_class, augmentation, source_info)
+    ks = check_few_labels(model_name, labels_per_class, augmentation, source_info, semi_supervised)
     data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, max(ks) if ks else None, seed,
                       schema_path)
     if not isinstance(labels_per_class, int) and ks:  # a list, even of one K ("10,"): the curve's points
         training = label_efficiency_nodes(data, source_info, model_config, ks, pretraining, ray, evaluation_settings,
-                                          augmentation, examples_per_phase)
+                                          augmentation, examples_per_phase, semi_supervised)
     else:
         training = training_nodes(data, source_info, model_name, model_config, serving_dir, ray, pretraining,
                                   evaluation_settings, ks[0] if ks else None, augmentation)

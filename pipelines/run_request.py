@@ -18,6 +18,7 @@ class PipelineRequest:
     model_config: Dict[str, Any]  # its overrides, as the pipeline takes them
     pretraining: Optional[Tuple[str, Dict[str, Any]]]  # (model, overrides) a base model is trained with
     augmentation: Any = None  # pipelines.pipeline.Augmentation: generated training data for the classifier
+    semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None  # (model, overrides): a curve line of its own
 
 
 def probe(args):
@@ -56,13 +57,22 @@ def checked_request(args) -> PipelineRequest:
         augmentation = pipeline.Augmentation(args.augment_with, generator_config, args.synthetic_per_class)
     elif args.augment_settings:
         raise CliError("--augment-set sets the --augment-with generator's config: name the generator")
+    semi_supervised = None
+    if args.semi_supervised:
+        if args.semi_supervised not in registry.MODELS:
+            raise CliError(f"--semi-supervised {args.semi_supervised!r} is unknown; choose one of: "
+                           f"{', '.join(sorted(n for n, e in registry.MODELS.items() if e.family.semi_supervised))}")
+        semi_supervised = (args.semi_supervised, {"seed": args.seed, "num_classes": info.num_classes,
+                                                  **dict(args.semi_supervised_settings)})
+    elif args.semi_supervised_settings:
+        raise CliError("--semi-supervised-set sets the --semi-supervised model's config: name the model")
     try:
         config = pipeline.check_model(args.model, model_config, info, pretraining)
-        pipeline.check_few_labels(args.model, args.labels_per_class, augmentation, info)
+        pipeline.check_few_labels(args.model, args.labels_per_class, augmentation, info, semi_supervised)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from e
     check_anomaly_class(args, info)
-    return PipelineRequest(info, config, model_config, pretraining, augmentation)
+    return PipelineRequest(info, config, model_config, pretraining, augmentation, semi_supervised)
 
 
 # Flags that set a field of the model's config, which --set can name too.

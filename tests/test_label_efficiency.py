@@ -69,6 +69,17 @@ def test_a_generator_for_k_labels_per_class_sees_only_those_labels(tmp_path):
     (["--model", "dcgan", "--augment-with", "cvae"], "feeds the few-label classifier"),
     (["--model", "classifier", "--augment-with", "cvae", "--augment-set", "beta=-1"], "--augment-with cvae: beta"),
     (["--model", "classifier", "--augment-set", "epochs=3"], "name the generator"),
+    (["--model", "classifier", "--labels-per-class", "10", "--semi-supervised", "ssgan"],
+     "line of the label-efficiency curve"),
+    (["--model", "ssgan", "--labels-per-class", "1,5", "--semi-supervised", "ssgan"],
+     "line of the label-efficiency curve"),
+    (["--model", "classifier", "--labels-per-class", "1,5", "--semi-supervised", "dcgan"],
+     "not a semi-supervised model; choose one of: ssgan"),
+    (["--model", "classifier", "--labels-per-class", "1,5", "--semi-supervised", "ssgn"],
+     "--semi-supervised 'ssgn' is unknown"),
+    (["--model", "classifier", "--labels-per-class", "1,5", "--semi-supervised", "ssgan", "--semi-supervised-set",
+      "decay_share=2"], "decay_share"),
+    (["--model", "classifier", "--semi-supervised-set", "epochs=3"], "name the model"),
 ])
 def test_bad_few_label_requests_exit_2_before_any_work(tmp_path, capsys, flags, message):
     args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--run-dir", str(tmp_path), *flags]
@@ -109,8 +120,11 @@ def test_the_curve_with_generated_data_and_a_classifier_trained_beside_them(tmp_
     common = ["--source", f"idx:{SAMPLE_DIR}", "--pretrain", "stacked_ae", "--pretrain-epochs", "2", "--epochs", "2",
               "--augment-with", "cvae", "--augment-set", "epochs=2", "--synthetic-per-class", "20",
               "--eval-samples", "100", "--metric-network-epochs", "1", "--trainer", "in-process", "--run-dir", run_dir]
+    # The semi-supervised GAN line: a small one, one epoch per K.
+    semi_supervised = ["--semi-supervised", "ssgan", "--semi-supervised-set", "epochs=1", "--semi-supervised-set",
+                       "discriminator_units=[64,32]", "--semi-supervised-set", "generator_units=[64]"]
     assert cli.main(["run", "--model", "classifier", "--labels-per-class", "2,5", "--examples-per-phase", "200",
-                     *common]) == 0
+                     *semi_supervised, *common]) == 0
     store = os.path.join(run_dir, "latentforge", "metadata.sqlite")
     nodes = {n.node: n for n in metadata.latest_run(store, "latentforge")}
     assert "Trainer" not in nodes and "Pusher" not in nodes  # a curve run registers and pushes no classifier
@@ -140,6 +154,9 @@ def test_the_curve_with_generated_data_and_a_classifier_trained_beside_them(tmp_
     assert curve["labels_per_class"] == [2, 5] and list(curve["accuracy"]) == list(label_efficiency.METHODS)
     assert all(len(v) == 2 and all(0.0 <= a <= 1.0 for a in v) for v in curve["accuracy"].values())
     assert [p["labels"] for p in curve["points"]] == [20, 50]
+    assert [p["semi_supervised_epochs"] for p in curve["points"]] == [1, 1]
+    # Every other training image trained it unlabelled: the same train split at each K.
+    assert len({p["unlabelled"] + p["labels"] for p in curve["points"]}) == 1 and curve["points"][0]["unlabelled"] > 1000
     assert [p["generator"] for p in curve["points"]] == [versions[2], versions[5]]
     assert os.path.getsize(os.path.join(curve_dir, "curve.png")) > 5000
     run = next(r for r in client.search_runs([client.get_experiment_by_name("latentforge").experiment_id])

@@ -98,3 +98,17 @@ def test_with_k_labels_per_class_its_batches_carry_only_those_labels_and_it_is_s
     np.testing.assert_array_equal(seen_labels[seen_labels >= 0], labels[index[seen_labels >= 0]])
     assert set(index[seen_labels < 0]) <= set(np.flatnonzero(ranks >= 2)) and 0.3 < np.mean(seen_labels >= 0) < 0.7
     assert sorted(np.concatenate([y.numpy() for _, y in evaluation]).tolist()) == [0, 0, 0, 1, 1, 2, 2]
+
+
+def test_curve_batches_mix_the_labelled_share_and_hide_the_other_labels():
+    from trainers import label_efficiency
+    images, labels = _toy(100, seed=3)
+    labelled = np.zeros(100, bool)
+    labelled[:6] = True
+    batches = list(label_efficiency.semi_supervised_batches(images, labels, labelled, 20, 0.5, seed=0))
+    assert len(batches) == 10  # 94 unlabelled images at half of each batch of 20
+    seen = np.concatenate([y.numpy() for _, y in batches])
+    assert set(seen[seen >= 0]) <= set(labels[:6]) and 0.3 < np.mean(seen >= 0) < 0.7
+    pixels = np.concatenate([x.numpy() for x, _ in batches])
+    firsts = {tuple(np.round(image.ravel()[:8], 5)) for image in images[:6]}
+    assert all(tuple(np.round(p.ravel()[:8], 5)) in firsts for p in pixels[seen >= 0])  # a label stays with its image

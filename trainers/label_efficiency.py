@@ -6,7 +6,10 @@ For each K (labels per class), on the same K real labelled examples per class:
     reused            then everything fine-tuned at a lower rate (phase 2): the chapter's recipe
     generated         from scratch on the real examples plus images a conditional generator drew for each class
     reused_generated  the chapter's recipe on real plus generated examples
-(the last two only where a generator trained with those K labels per class drew them).
+    semi_supervised_gan  a semi-supervised GAN classifier (trainers/ssgan.py) on the K labels per class and every
+                      other training image unlabelled, generated images as its extra class
+(the generated-data methods only where a generator trained with those K labels per class drew them, the last
+only when asked for: it trains a GAN per K).
 Every phase sees at least `examples_per_phase` examples, so a point with ten labels still gets a few hundred
 steps. Plain arrays in, numbers out (no TFX, no MLflow): components/label_efficiency reads them from a pipeline.
 """
@@ -20,7 +23,7 @@ import tf_keras as keras
 
 from trainers import classifier
 
-METHODS = ("scratch", "reused_frozen", "reused", "generated", "reused_generated")
+METHODS = ("scratch", "reused_frozen", "reused", "generated", "reused_generated", "semi_supervised_gan")
 
 
 def phase_epochs(config: classifier.ClassifierConfig, examples: int, examples_per_phase: int) -> int:
@@ -63,3 +66,30 @@ def curve_point(config: classifier.ClassifierConfig, encoder, train: Tuple[np.nd
             classifier.train_unfrozen(phase, model, data)
         accuracy["reused" if not name else "reused_generated"] = _accuracy(model, *test)
     return accuracy, details
+
+
+def semi_supervised_batches(images: np.ndarray, labels: np.ndarray, labelled: np.ndarray, batch_size: int,
+                            labeled_share: float, seed: int) -> tf.data.Dataset:
+    """(images, labels) batches for a semi-supervised family: `labeled_share` of each batch from the labelled
+    examples (repeated), the rest from the others with label -1; an epoch uses up the others once (as
+    trainers/job.py mixes a pipeline's TFRecords)."""
+    others = int(np.sum(~labelled))
+    steps = max(1, math.ceil(others / (1.0 - labeled_share) / batch_size))
+    real = (tf.data.Dataset.from_tensor_slices((images[labelled], labels[labelled].astype(np.int64)))
+            .shuffle(max(int(labelled.sum()), 1), seed=seed).repeat())
+    unlabelled = (tf.data.Dataset.from_tensor_slices((images[~labelled], np.full(others, -1, np.int64)))
+                  .shuffle(others, seed=seed).repeat())
+    return (tf.data.Dataset.sample_from_datasets([unlabelled, real], [1.0 - labeled_share, labeled_share], seed=seed)
+            .batch(batch_size).take(steps).prefetch(tf.data.AUTOTUNE))
+
+
+def semi_supervised_point(model, config, train: Tuple[np.ndarray, np.ndarray], labelled: np.ndarray,
+                          test: Tuple[np.ndarray, np.ndarray]) -> Tuple[float, Dict[str, Any]]:
+    """(test accuracy, how it trained) of a semi-supervised model (a registry.ModelEntry: build, fit) trained on
+    `train`'s images, with the labels of the `labelled` ones only; images in the model's pixel range."""
+    keras.utils.set_random_seed(config.seed)
+    network = model.build(config, train[0].shape[1:])
+    data = semi_supervised_batches(train[0], train[1], labelled, config.batch_size, config.labeled_share, config.seed)
+    model.fit(network, config, data)
+    return _accuracy(network, *test), {"semi_supervised_epochs": int(config.epochs),
+                                       "unlabelled": int(np.sum(~labelled))}

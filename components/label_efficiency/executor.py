@@ -11,7 +11,7 @@ from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
 from components import artifacts
-from evaluation import figures
+from evaluation import figures, scoring
 from trainers import classifier, data, job as training, label_efficiency, registry
 
 
@@ -52,6 +52,14 @@ class Executor(base_executor.BaseExecutor):
             synthetic[k] = (*_read(_split_pattern(artifact, "train"), spec, "image", "label"),
                             artifact.get_string_custom_property(artifacts.MODEL_VERSION_PROPERTY))
         classifier_config = registry.make_config(classifier.NAME, config.classifier)
+        semi_supervised = None
+        if config.semi_supervised:
+            model = registry.get_model(config.semi_supervised["model"])
+            unit = scoring.to_unit(images, config.data_pixel_range)
+            in_range = lambda x: x * 2.0 - 1.0 if model.pixel_range == "symmetric" else x
+            semi_supervised = (model, registry.make_config(config.semi_supervised["model"],
+                                                           config.semi_supervised["config"]),
+                               in_range(unit), (in_range(scoring.to_unit(test[0], config.data_pixel_range)), test[1]))
 
         accuracy: Dict[str, List[float]] = {}
         points = []
@@ -63,6 +71,13 @@ class Executor(base_executor.BaseExecutor):
             scores, details = label_efficiency.curve_point(
                 classifier_config, encoder, (images[chosen], labels[chosen]), test, config.examples_per_phase,
                 drawn[:2] if drawn else None)
+            if semi_supervised is not None:
+                model, model_config, model_images, model_test = semi_supervised
+                logging.info("label-efficiency curve: %s on %d labels per class and %d unlabelled images",
+                             config.semi_supervised["model"], k, int((~chosen).sum()))
+                scores["semi_supervised_gan"], trained = label_efficiency.semi_supervised_point(
+                    model, model_config, (model_images, labels), chosen, model_test)
+                details.update(trained)
             for method in label_efficiency.METHODS:
                 if method in scores:
                     accuracy.setdefault(method, []).append(scores[method])
