@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import scipy.linalg
@@ -281,13 +281,36 @@ def generate(signature: Callable, count: int, seed: int, batch_size: int,
     return np.concatenate(batches)
 
 
-def _batched(function: Callable, images: np.ndarray, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
-    for start in range(0, len(images), batch_size):
-        yield {k: v.numpy() for k, v in function(images=tf.constant(images[start:start + batch_size])).items()}
+class ImageBatches:
+    """The test images a scorer reads, one batch at a time and in the same order on every pass: an array's slices,
+    or (the Evaluator's) batches parsed again from the TFRecords on each pass, so that no scorer holds the whole
+    split and its reconstructions at once (the Evaluator's memory stays flat as the data grows). `read()` returns
+    a fresh iterable of (B, H, W, C) float32 arrays."""
+
+    def __init__(self, read: Callable[[], Iterable[np.ndarray]], count: int):
+        self._read, self.count = read, int(count)
+
+    @classmethod
+    def of(cls, images: Union[np.ndarray, "ImageBatches"], batch_size: int) -> "ImageBatches":
+        if isinstance(images, ImageBatches):
+            return images
+        images = np.asarray(images, np.float32)
+        return cls(lambda: (images[s:s + batch_size] for s in range(0, len(images), batch_size)), len(images))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return self.count
 
 
-def _concatenated(function: Callable, images: np.ndarray, batch_size: int) -> Dict[str, np.ndarray]:
-    parts = list(_batched(function, images, batch_size))
+def _batched(function: Callable, images: ImageBatches) -> Iterator[Dict[str, np.ndarray]]:
+    for batch in images:
+        yield {k: v.numpy() for k, v in function(images=tf.constant(batch)).items()}
+
+
+def _concatenated(function: Callable, images: ImageBatches) -> Dict[str, np.ndarray]:
+    parts = list(_batched(function, images))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -297,7 +320,7 @@ class ScoringRun:
     pictures need: codings, generated samples) they add to."""
     signatures: Dict[str, Callable]
     metadata: Dict[str, Any]  # the exporter's (serving/export.py)
-    images: np.ndarray  # the test split, in the model's pixel range
+    images: ImageBatches  # the test split, in the model's pixel range
     labels: np.ndarray  # -1: none
     pixel_range: str
     config: Dict[str, Any]  # the model's full config
@@ -315,16 +338,22 @@ def score_reconstructions(run: ScoringRun) -> None:
     """test_mse, test_bce per pixel through `reconstruct`; the codings from `encode`; the AUROC of
     `anomaly_score` for the held-out class when there is one; and the exported anomaly threshold's decisions
     (see `anomaly_decision_scores`) when the SavedModel carries one."""
-    options, images = run.options, run.images
-    reconstructed = _concatenated(run.signatures["reconstruct"], images, options.batch_size)["reconstructions"]
-    errors = reconstruction_errors(images, reconstructed, run.pixel_range)
-    run.metrics.update(test_mse=float(errors["mse"].mean()), test_bce=float(errors["bce"].mean()))
-    encoded = _concatenated(run.signatures["encode"], images, options.batch_size)
-    run.arrays.update(encoded)  # codings (and a VAE's log_var)
-    calibration = run.metadata.get("anomaly")
-    if options.anomaly_class is None and not calibration:
+    options, calibration = run.options, run.metadata.get("anomaly")
+    wants_scores = options.anomaly_class is not None or bool(calibration)
+    errors, encoded, scored = [], [], []
+    for batch in run.images:  # one pass: the reconstructions of a batch are dropped once its errors are in
+        x = tf.constant(batch)
+        errors.append(reconstruction_errors(batch, run.signatures["reconstruct"](images=x)["reconstructions"].numpy(),
+                                            run.pixel_range))
+        encoded.append({k: v.numpy() for k, v in run.signatures["encode"](images=x).items()})
+        if wants_scores:
+            scored.append(run.signatures["anomaly_score"](images=x)["scores"].numpy())
+    run.metrics.update(test_mse=float(np.concatenate([e["mse"] for e in errors]).mean()),
+                       test_bce=float(np.concatenate([e["bce"] for e in errors]).mean()))
+    run.arrays.update({k: np.concatenate([e[k] for e in encoded]) for k in encoded[0]})  # codings (a VAE's log_var)
+    if not wants_scores:
         return
-    scores = _concatenated(run.signatures["anomaly_score"], images, options.batch_size)["scores"]
+    scores = np.concatenate(scored)
     anomalous = (run.labels == options.anomaly_class) if options.anomaly_class is not None else np.zeros(
         len(scores), bool)
     if options.anomaly_class is not None:
@@ -357,14 +386,19 @@ def score_elbo(run: ScoringRun) -> None:
     score_reconstructions, whose encodings it reuses), decoded by `decode`."""
     options = run.options
     if "log_var" not in run.arrays:
-        run.arrays.update(_concatenated(run.signatures["encode"], run.images, options.batch_size))
+        run.arrays.update(_concatenated(run.signatures["encode"], run.images))
     mean, log_var = run.arrays["codings"], run.arrays["log_var"]
     rng = np.random.default_rng(options.seed)
     codings = (mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)).astype(np.float32)
-    decoded = np.concatenate([run.signatures["decode"](codings=tf.constant(codings[s:s + options.batch_size]))[
-        "images"].numpy() for s in range(0, len(codings), options.batch_size)])
-    elbo = negative_elbo(run.images, mean, log_var, decoded, run.config.get("reconstruction", "bce"))
-    run.metrics.update(test_neg_elbo=float(elbo["neg_elbo"].mean()), test_kl=float(elbo["kl"].mean()))
+    parts, start = [], 0
+    for batch in run.images:  # the same order as the encodings: batch i's codings are the next len(batch)
+        end = start + len(batch)
+        decoded = run.signatures["decode"](codings=tf.constant(codings[start:end]))["images"].numpy()
+        parts.append(negative_elbo(batch, mean[start:end], log_var[start:end], decoded,
+                                   run.config.get("reconstruction", "bce")))
+        start = end
+    run.metrics.update(test_neg_elbo=float(np.concatenate([p["neg_elbo"] for p in parts]).mean()),
+                       test_kl=float(np.concatenate([p["kl"] for p in parts]).mean()))
 
 
 def score_generation(run: ScoringRun) -> None:
@@ -429,20 +463,22 @@ def conditional_scores(features: np.ndarray, classes: np.ndarray, requested: np.
 
 def score_classification(run: ScoringRun) -> None:
     """test_accuracy, per-class accuracy and the confusion matrix of `classify` on the labelled test images."""
-    predicted = _concatenated(run.signatures["classify"], run.images, run.options.batch_size)["classes"]
+    predicted = _concatenated(run.signatures["classify"], run.images)["classes"]
     scores = classification_scores(predicted, run.labels, run.num_classes)
     run.metrics.update(test_accuracy=scores["accuracy"], per_class_accuracy=scores["per_class_accuracy"],
                        confusion_matrix=scores["confusion_matrix"])
 
 
-def score_model(family, saved_model_dir: str, images: np.ndarray, labels: np.ndarray, pixel_range: str,
-                config: Dict[str, Any], num_classes: int, options: EvaluationOptions = EvaluationOptions(),
+def score_model(family, saved_model_dir: str, images: Union[np.ndarray, ImageBatches], labels: np.ndarray,
+                pixel_range: str, config: Dict[str, Any], num_classes: int,
+                options: EvaluationOptions = EvaluationOptions(),
                 metric_network: Optional[MetricNetwork] = None,
                 reference: Optional[FeatureReference] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
     """(metrics, arrays) for a SavedModel on the test images (in the model's pixel range) and labels (-1: none),
     by the scorers of `family` (its description in trainers/registry.py)."""
     loaded = tf.saved_model.load(saved_model_dir)
     metadata = json.loads(loaded.metadata.numpy().decode()) if hasattr(loaded, "metadata") else {}
+    images = ImageBatches.of(images, options.batch_size)
     run = ScoringRun(dict(loaded.signatures), metadata, images, labels, pixel_range, config, num_classes, options,
                      metric_network, reference, metrics={"test_examples": int(len(images))})
     for scorer in family.scorers:

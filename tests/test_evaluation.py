@@ -186,3 +186,28 @@ def test_blessing_decision(family, metrics, champion, margin, blessed, words):
 def test_metric_network_config_is_checked():
     with pytest.raises(ValueError, match="epochs"):
         scoring.MetricNetworkConfig(epochs=0)
+
+
+def test_scoring_batches_read_again_on_each_pass_gives_the_array_scores(tmp_path):
+    """The Evaluator hands the scorers the test split as batches parsed again from the TFRecords on each pass
+    (scoring.ImageBatches), so it never holds the split and its reconstructions at once: a VAE's scores are the
+    same as from one array, in two passes (reconstructions and codings, then the ELBO's decodings)."""
+    images, labels = sample_digits(300), sample_labels(300)
+    model = registry.get_model("vae").build(registry.make_config("vae", {}), (28, 28, 1))
+    model.fit(images, epochs=1, batch_size=32, verbose=0)
+    export.export_model("vae", model, (28, 28, 1), str(tmp_path), "unit")
+    options = scoring.EvaluationOptions(num_samples=20, batch_size=64)
+    expected, arrays = scoring.score_model(registry.family("vae"), str(tmp_path), images, labels, "unit", {}, 10,
+                                           options)
+    passes = []
+
+    def read():
+        passes.append(1)
+        return (images[start:start + 100] for start in range(0, 300, 100))
+
+    got, got_arrays = scoring.score_model(registry.family("vae"), str(tmp_path), scoring.ImageBatches(read, 300),
+                                          labels, "unit", {}, 10, options)
+    assert len(passes) == 2 and got["test_examples"] == 300
+    for name in ("test_mse", "test_bce", "test_neg_elbo", "test_kl"):
+        assert got[name] == pytest.approx(expected[name], rel=1e-5), name
+    np.testing.assert_allclose(got_arrays["codings"], arrays["codings"], rtol=1e-5, atol=1e-6)

@@ -1,7 +1,7 @@
 """Executors of MetricNetworkTrainer and ModelEvaluator (components/evaluation/component.py)."""
 import dataclasses
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -41,13 +41,21 @@ def read_raw_split(examples: types.Artifact, split: str) -> Tuple[np.ndarray, np
     return np.concatenate(images).astype(np.float32) / 255.0, np.concatenate(labels)
 
 
-def read_transformed_split(examples: types.Artifact, transform_graph: types.Artifact,
-                           split: str) -> Tuple[np.ndarray, np.ndarray]:
-    """The Transform's examples of one split: (images in the model's pixel range, labels)."""
+def read_transformed_split(examples: types.Artifact, transform_graph: types.Artifact, split: str,
+                           convert: Callable[[np.ndarray], np.ndarray] = lambda images: images,
+                           labelled_only: bool = False, batch_size: int = 250
+                           ) -> Tuple[scoring.ImageBatches, np.ndarray]:
+    """The Transform's examples of one split: (their images, `convert`ed, as batches parsed again from the files on
+    each pass, in the same order; their labels). `labelled_only`: the examples with a label (>= 0)."""
     spec = tft.TFTransformOutput(transform_graph.uri).transformed_feature_spec()
-    dataset = data.image_dataset(_split_files(examples, split), spec, 1024, shuffle=False)
-    images, labels = zip(*((batch["image"].numpy(), batch["label"].numpy()) for batch in dataset))
-    return np.concatenate(images), np.concatenate(labels)
+    dataset = data.image_dataset(_split_files(examples, split), spec, batch_size, shuffle=False,
+                                 keep=(lambda ex: ex["label"] >= 0) if labelled_only else None)
+    labels = [batch["label"].numpy() for batch in dataset]
+    if not labels:
+        raise ValueError(f"the {split} split of {examples.uri} has no {'labelled ' if labelled_only else ''}examples "
+                         "to score: check the source's labels and the split sizes")
+    labels = np.concatenate(labels)
+    return scoring.ImageBatches(lambda: (convert(batch["image"].numpy()) for batch in dataset), len(labels)), labels
 
 
 class MetricNetworkExecutor(base_executor.BaseExecutor):
@@ -101,12 +109,15 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
         transform_graph = artifact_utils.get_single_instance(input_dict["transform_graph"])
         options = scoring.EvaluationOptions(**config.options)
         split = evaluation_split(examples)
-        images, labels = read_transformed_split(examples, transform_graph, split)
+        convert = lambda images: images
         if config.data_pixel_range and config.data_pixel_range != config.pixel_range:
-            images = scoring.to_unit(images, config.data_pixel_range)
-            images = images * 2.0 - 1.0 if config.pixel_range == "symmetric" else images
-        if family.supervised or options.anomaly_class is not None:
-            images, labels = images[labels >= 0], labels[labels >= 0]
+            unit = lambda images: scoring.to_unit(images, config.data_pixel_range)
+            convert = (lambda images: unit(images) * 2.0 - 1.0) if config.pixel_range == "symmetric" else unit
+        # Read a batch at a time by the scorers (scoring.ImageBatches): only per-image results stay in memory.
+        images, labels = read_transformed_split(examples, transform_graph, split, convert,
+                                                family.supervised or options.anomaly_class is not None,
+                                                options.batch_size)
+        first_images = next(iter(images))[:2]
 
         network = reference = None
         if input_dict.get("metric_model"):
@@ -126,9 +137,9 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
         evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
         class_names = list(config.class_names)
         artifacts.Evaluation(family.name, metrics, dataclasses.asdict(blessing), class_names).write(
-            evaluation_dir, input_example=family.input_example(images, config.model_config, options.seed),
+            evaluation_dir, input_example=family.input_example(first_images, config.model_config, options.seed),
             # The metric network's input example: real test images in [0, 1].
-            metric_input_example=scoring.to_unit(images[:2], config.pixel_range))
+            metric_input_example=scoring.to_unit(first_images, config.pixel_range))
         for path in self._figures(metrics, arrays, labels, reference, evaluation_dir, class_names):
             logging.info("figure: %s", path)
 
