@@ -401,7 +401,10 @@ def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequ
             names = sorted(n for n, e in registry.MODELS.items() if e.family.semi_supervised)
             raise ValueError(f"--semi-supervised {semi_supervised[0]}: not a semi-supervised model; choose one of: "
                              f"{', '.join(names)}")
-        check_model(*semi_supervised, source_info)
+        try:
+            check_model(*semi_supervised, source_info)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--semi-supervised {semi_supervised[0]}: {e}") from e
     if any(k < 1 for k in ks):
         raise ValueError(f"labels per class {ks}: each must be at least 1")
     classifier_family = family_of(model_name).needs_base_model

@@ -78,7 +78,7 @@ def test_a_generator_for_k_labels_per_class_sees_only_those_labels(tmp_path):
     (["--model", "classifier", "--labels-per-class", "1,5", "--semi-supervised", "ssgn"],
      "--semi-supervised 'ssgn' is unknown"),
     (["--model", "classifier", "--labels-per-class", "1,5", "--semi-supervised", "ssgan", "--semi-supervised-set",
-      "decay_share=2"], "decay_share"),
+      "decay_share=2"], "--semi-supervised ssgan: decay_share=2"),
     (["--model", "classifier", "--semi-supervised-set", "epochs=3"], "name the model"),
 ])
 def test_bad_few_label_requests_exit_2_before_any_work(tmp_path, capsys, flags, message):
