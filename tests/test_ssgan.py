@@ -112,3 +112,17 @@ def test_curve_batches_mix_the_labelled_share_and_hide_the_other_labels():
     pixels = np.concatenate([x.numpy() for x, _ in batches])
     firsts = {tuple(np.round(image.ravel()[:8], 5)) for image in images[:6]}
     assert all(tuple(np.round(p.ravel()[:8], 5)) in firsts for p in pixels[seen >= 0])  # a label stays with its image
+
+
+def test_a_fully_labelled_source_trains_on_every_example_once_an_epoch(tmp_path):
+    """No unlabelled example to mix with: an epoch is each labelled example once (not one batch of repeats)."""
+    from tests.test_label_efficiency import _write_ranked
+    from trainers import job as training
+    labels = np.arange(60) % 3
+    path = _write_ranked(str(tmp_path / "train.gz"), np.zeros((60, 28, 28, 1), np.float32), labels,
+                         np.zeros(60, int))  # rank 0 < 4: every example's few-label flag is set
+    spec = {"image": ([28, 28, 1], "float32"), "label": ([], "int64"), "labeled": ([], "int64"),
+            "label_rank": ([], "int64")}
+    job = training.TrainingJob("ssgan", {"num_classes": 3, "batch_size": 20}, (28, 28, 1), [path], [path], spec)
+    seen = np.concatenate([y.numpy() for _, y in training.datasets(job, job.make_config())[0]])
+    assert sorted(seen.tolist()) == sorted(labels.tolist())

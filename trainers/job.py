@@ -118,6 +118,8 @@ def _mixed(job: TrainingJob, spec, config, labeled) -> tf.data.Dataset:
     # Keras needs an epoch's length (the repeated labelled examples make the mix look endless): about the batches
     # that use up the unlabelled examples.
     unlabelled = int(others.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    if unlabelled == 0:  # every example is labelled: nothing to mix, an epoch is each example once
+        return data.image_dataset(job.train_files, spec, config.batch_size, seed=config.seed)
     steps = max(1, math.ceil(unlabelled / (1.0 - share) / config.batch_size))
     return (tf.data.Dataset.sample_from_datasets([others.repeat(), labelled], [1.0 - share, share], seed=config.seed)
             .batch(config.batch_size).take(steps).prefetch(tf.data.AUTOTUNE))

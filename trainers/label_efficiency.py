@@ -74,6 +74,9 @@ def semi_supervised_batches(images: np.ndarray, labels: np.ndarray, labelled: np
     examples (repeated), the rest from the others with label -1; an epoch uses up the others once (as
     trainers/job.py mixes a pipeline's TFRecords)."""
     others = int(np.sum(~labelled))
+    if others == 0:  # every example is labelled: nothing to mix, an epoch is each example once
+        return (tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64))).shuffle(len(images), seed=seed)
+                .batch(batch_size))
     steps = max(1, math.ceil(others / (1.0 - labeled_share) / batch_size))
     real = (tf.data.Dataset.from_tensor_slices((images[labelled], labels[labelled].astype(np.int64)))
             .shuffle(max(int(labelled.sum()), 1), seed=seed).repeat())

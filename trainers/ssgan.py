@@ -137,6 +137,13 @@ class SemiSupervisedGAN(keras.Model):
         labels = tf.cast(labels, tf.int32)
         labelled = labels >= 0
         batch = tf.shape(images)[0]
+        # The real/fake term and the generator's feature matching read the batch's unlabelled images, as the
+        # paper's separate unlabelled batches do: the labelled ones are a few examples repeated (labeled_share of
+        # every batch), and matching a batch half made of them pulls G toward copying them. A batch with no
+        # unlabelled image (a fully labelled source) uses them all.
+        unlabelled = tf.cast(tf.logical_not(labelled), tf.float32)
+        real_weights = tf.cond(tf.reduce_sum(unlabelled) > 0, lambda: unlabelled, lambda: tf.ones_like(unlabelled))
+        real_weights = real_weights / tf.reduce_sum(real_weights)
         with tf.GradientTape() as tape:
             logits, _ = self.discriminator(images, training=True)
             fake_logits, _ = self.discriminator(self._fake(batch), training=True)
@@ -144,7 +151,7 @@ class SemiSupervisedGAN(keras.Model):
                 tf.maximum(labels, 0), logits), 0.0)) / tf.maximum(tf.reduce_sum(tf.cast(labelled, tf.float32)), 1.0)
             # -log D(x) = -lse + softplus(lse) for a real image; -log(1 - D(G(z))) = softplus(lse) for a fake.
             real_lse, fake_lse = tf.reduce_logsumexp(logits, 1), tf.reduce_logsumexp(fake_logits, 1)
-            unsupervised = (tf.reduce_mean(tf.nn.softplus(real_lse) - real_lse)
+            unsupervised = (tf.reduce_sum(real_weights * (tf.nn.softplus(real_lse) - real_lse))
                             + tf.reduce_mean(tf.nn.softplus(fake_lse)))
             d_loss = supervised + unsupervised
         variables = self.discriminator.trainable_variables
@@ -152,8 +159,8 @@ class SemiSupervisedGAN(keras.Model):
         with tf.GradientTape() as tape:
             _, fake_features = self.discriminator(self._fake(batch), training=True)
             _, real_features = self.discriminator(images, training=True)
-            g_loss = tf.reduce_mean(tf.square(tf.reduce_mean(tf.stop_gradient(real_features), 0)
-                                              - tf.reduce_mean(fake_features, 0)))
+            real_mean = tf.reduce_sum(real_weights[:, None] * tf.stop_gradient(real_features), 0)
+            g_loss = tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(fake_features, 0)))
         variables = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
         self.trackers["d_supervised"].update_state(supervised)
