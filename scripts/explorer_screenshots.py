@@ -4,8 +4,8 @@
         [--class-examples idx:data/mnist-sample] [--out docs]
 
 Starts the model server on 127.0.0.1 (a local Ray), opens /ui/NAME for each model, presses what the page offers
-(a sample grid and an interpolation strip for a generator; latent arithmetic by class and an upload of a test
-digit for an autoencoder) and saves one full-page PNG per model.
+(a sample grid and an interpolation strip for a generator; for an autoencoder, an interpolation between two
+test digits picked in the page's gallery, latent arithmetic by class and an upload of a test digit) and saves one full-page PNG per model.
 """
 import argparse
 import os
@@ -65,7 +65,15 @@ def main():
             wait(driver, lambda d: d.find_element(By.ID, "family").text)
             if driver.find_element(By.ID, "samples").is_displayed():
                 wait(driver, lambda d: loaded(d, "sample-grid"))
-            if driver.find_element(By.ID, "interpolation").is_displayed():  # seeds, or the classes' mean codings
+            if driver.find_element(By.ID, "gallery").is_displayed():  # from a test 4 to a test 9, picked there
+                if driver.find_element(By.ID, "ends-mode").is_displayed():  # a VAE: images, not seeds
+                    from selenium.webdriver.support.ui import Select
+                    Select(driver.find_element(By.ID, "ends")).select_by_value("images")
+                wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#examples figure")) >= 20)
+                figures = driver.find_elements(By.CSS_SELECTOR, "#examples figure")
+                figures[8].click()
+                figures[18].click()
+            if driver.find_element(By.ID, "interpolation").is_displayed():  # seeds, or two test images
                 driver.find_element(By.ID, "interpolate").click()
                 wait(driver, lambda d: loaded(d, "interpolation-strip"))
             if driver.find_element(By.ID, "arithmetic").is_displayed():

@@ -10,13 +10,15 @@
     client.detect("mnist-autoencoder", images)    # {"scores", "anomaly" (above the model's threshold), "threshold"}
     client.interpolate("mnist-gan", seeds=[3, 5]).outputs                    # (8, 28, 28, 1): a strip
     client.arithmetic("mnist-autoencoder", 7, 1, 4).outputs                  # a, b, c, decode(a - b + c)
+    client.examples("mnist-autoencoder")     # the server's test images (--class-examples): index, class, image
+    client.interpolate("mnist-autoencoder", examples=[0, 5]).outputs         # between two of them
 """
 import base64
 import dataclasses
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -86,25 +88,36 @@ class Client:
         return {"scores": _array(content["scores"]), "anomaly": np.asarray(content["anomaly"], bool),
                 "threshold": float(content["threshold"]), "version": headers.get(VERSION_HEADER)}
 
-    def interpolate(self, name: str, seeds=None, images=None, classes=None, frames: int = 8) -> Reply:
-        """A strip of `frames` images (frames, H, W, C) in [0, 1]: a generator's between two `seeds`; an autoencoder's
-        or VAE's between two `images` (in its pixel range) or two `classes` (the server's --class-examples)."""
-        ends = {"seeds": seeds, "images": None if images is None else np.asarray(images).tolist(), "classes": classes}
+    def interpolate(self, name: str, seeds=None, images=None, classes=None, examples=None, frames: int = 8) -> Reply:
+        """A strip of `frames` images (frames, H, W, C) in [0, 1]: a generator's (or VAE's) between two `seeds`; an
+        autoencoder's or VAE's between two `images` (in its pixel range), two `classes` (their mean codings) or two
+        `examples` (indices of the server's test images: see `examples`)."""
+        ends = {"seeds": seeds, "images": None if images is None else np.asarray(images).tolist(), "classes": classes,
+                "examples": examples}
         given = {k: v for k, v in ends.items() if v is not None}
         if len(given) != 1:
-            raise ValueError("give exactly one of seeds, images and classes")
+            raise ValueError("give exactly one of seeds, images, classes and examples")
         _, headers, content = self.request("POST", f"/v1/models/{name}:interpolate",
                                            {**given, "frames": int(frames), "format": "json"})
         return Reply(np.asarray(content["images"], np.float32), headers.get(VERSION_HEADER))
 
     def arithmetic(self, name: str, a, b, c) -> Reply:
         """decode(code(a) - code(b) + code(c)) and a, b, c decoded: (4, H, W, C) in [0, 1]; each operand is a
-        class id or name (str / int) or an image (H, W, C) in the model's pixel range."""
+        class id or name (str / int), an image (H, W, C) in the model's pixel range, or an operand as the API
+        takes it ({"example": index} for one of the server's test images)."""
         def operand(value):
+            if isinstance(value, dict):
+                return value
             return {"class": value} if isinstance(value, (str, int)) else {"image": np.asarray(value).tolist()}
         _, headers, content = self.request("POST", f"/v1/models/{name}:arithmetic", {
             "a": operand(a), "b": operand(b), "c": operand(c), "format": "json"})
         return Reply(np.asarray(content["images"], np.float32), headers.get(VERSION_HEADER))
+
+    def examples(self, name: str, per_class: int = 2) -> List[Dict[str, Any]]:
+        """The server's test images (its --class-examples) that `examples` / {"example": i} name: the first
+        `per_class` of each class, each {"index", "label", "class", "image" (H, W, C) in [0, 1]}."""
+        content = self.request("GET", f"/v1/models/{name}/examples?per_class={int(per_class)}&format=json")[2]
+        return [{**entry, "image": np.asarray(entry["image"], np.float32)} for entry in content["examples"]]
 
     def generate(self, name: str, n: int, seed: int = 0, steps: Optional[int] = None) -> Reply:
         """n generated images (n, H, W, C) in [0, 1]."""

@@ -6,13 +6,18 @@ model server itself and calls the same REST API a program does:
     GET  /                                the models served, each a link to its explorer
     GET  /ui/NAME                         the explorer of one model (whatever version the server serves now)
     GET  /ui/assets/FILE                  the page's own files, from serving/assets/ only
-    POST /v1/models/NAME:interpolate      generators: {"seeds": [A, B], "frames": 8, "steps": T}
-                                          autoencoders, VAEs: {"images": [IMG, IMG]}, {"png_base64": [P, P]}
-                                          or {"classes": [A, B]} (their mean codings)
-                                          -> {"format": "png", "png_base64": the strip} ("format": "json": images)
+    GET  /v1/models/NAME/examples?per_class=K
+                                          the first K test images of each class of the server's --class-examples
+                                          (index, class, PNG): what "examples" and {"example": i} refer to
+    POST /v1/models/NAME:interpolate      generators (and VAEs): {"seeds": [A, B], "frames": 8, "steps": T}
+                                          autoencoders, VAEs: {"images": [IMG, IMG]}, {"png_base64": [P, P]},
+                                          {"examples": [I, J]} (test images), {"classes": [A, B]} (their mean
+                                          codings) or {"ends": [X, Y]} (two operands as :arithmetic's, mixed)
+                                          -> {"format": "png", "png_base64": the strip} ("format": "json")
     POST /v1/models/NAME:arithmetic       {"a": X, "b": X, "c": X} -> decode(code(A) - code(B) + code(C)); X is
                                           {"class": id or name} (the class's mean coding over the server's
-                                          --class-examples), {"png_base64": P} or {"image": IMG}
+                                          --class-examples), {"example": index} (one of its test images),
+                                          {"png_base64": P} or {"image": IMG}
     POST /v1/models/NAME:detect, :predict, ... also take uploads: {"png_base64": [P, ...]} instead of images
 
 An upload is a base64 image file (PNG, JPEG, ...) decoded in memory by Pillow, never written to disk; it must
@@ -26,17 +31,19 @@ import binascii
 import io
 import os
 import urllib.parse
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from serving.images import png_grid
 from serving.model import RequestError, ServedModel
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 MAX_UPLOAD_BYTES = 1024 ** 2  # one uploaded file, before decoding (a 28x28 PNG is under 1 KB)
 MAX_UPLOAD_PIXELS = 4096 * 4096  # Pillow's decompression-bomb guard, tighter than its default
 MAX_FRAMES = 32
+MAX_EXAMPLES_PER_CLASS = 20
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
 
@@ -189,10 +196,15 @@ def interpolate(model: ServedModel, body: Any, classes: Optional["ClassExamples"
     """The strip (frames, H, W, C) in [0, 1] that an :interpolate body asks for."""
     if not isinstance(body, dict):
         raise RequestError('the body must be a JSON object: {"seeds": [A, B]} or {"images": [IMG, IMG]}')
-    unknown = set(body) - {"seeds", "images", "png_base64", "classes", "invert", "frames", "steps", "format"}
+    kinds = ("seeds", "images", "png_base64", "examples", "classes", "ends")
+    unknown = set(body) - {*kinds, "invert", "frames", "steps", "format"}
     if unknown:
         raise RequestError(f"unknown field(s) {sorted(unknown)}: :interpolate takes seeds (generators) or images / "
-                           "png_base64 / classes (autoencoders, VAEs), frames, steps (DDPMs), format")
+                           "png_base64 / examples / classes / ends (autoencoders, VAEs), frames, steps (DDPMs), format")
+    given = [k for k in kinds if k in body]
+    if len(given) > 1:
+        raise RequestError(f"give one kind of ends, not {given}: seeds, images, png_base64, examples, classes or "
+                           "ends")
     frames = _frames(body)
     if "seeds" in body:
         signature = latent_signature(model)
@@ -216,14 +228,15 @@ def interpolate(model: ServedModel, body: Any, classes: Optional["ClassExamples"
     if not {"encode", "decode"} <= set(model.signatures):
         raise RequestError(f"{model.name} is a {model.family}: it does not encode images; interpolate between "
                            'seeds ("seeds": [A, B])')
-    if "classes" in body:  # from one class's mean coding to another's
-        ends = body["classes"]
+    field = next((k for k in ("classes", "examples", "ends") if k in body), None)
+    if field:  # class means, test images, or any two operands (as :arithmetic's)
+        ends = body[field]
         if not isinstance(ends, list) or len(ends) != 2:
-            raise RequestError(f"classes: expected two classes [A, B], got {ends!r}")
-        if classes is None:
-            raise RequestError("classes: class ends need the server started with --class-examples SOURCE")
-        means = classes.mean_codings(model)
-        codings = np.stack([means[classes.class_id(c, f"classes[{i}]")] for i, c in enumerate(ends)])
+            raise RequestError(f"{field}: expected two ends, got {ends!r}"[:300])
+        if field != "ends":
+            ends = [{"class" if field == "classes" else "example": e} for e in ends]
+        codings = np.stack([operand_coding(model, e, f"{field}[{i}]", classes, bool(body.get("invert")))
+                            for i, e in enumerate(ends)])
     else:
         codings = model.run("encode", {"images": _images_field(body, model, "images", 2)})["codings"]
     return _clipped(model.run("decode", {"codings": lerp(codings[0], codings[1], frames)})["images"])
@@ -256,11 +269,32 @@ class ClassExamples:
                                f"({', '.join(self.class_names)})")
         return value
 
+    def for_model(self, model: ServedModel, indices: Optional[Sequence[int]] = None) -> np.ndarray:
+        """The images (or those at `indices`) in the model's pixel range; a 400 when they are not of its size."""
+        shape = model.metadata.get("image_shape")
+        if shape is not None and list(self.images.shape[1:]) != [int(d) for d in shape]:
+            raise RequestError(f"the server's --class-examples are {'x'.join(map(str, self.images.shape[1:]))} "
+                               f"images; {model.name} takes {'x'.join(map(str, shape))}: start the server with "
+                               "--class-examples of the model's data")
+        images = self.images if indices is None else self.images[list(indices)]
+        return images * 2.0 - 1.0 if model.metadata.get("pixel_range") == "symmetric" else images
+
+    def example(self, model: ServedModel, index: Any, where: str) -> np.ndarray:
+        """Test image `index` (H, W, C) in the model's pixel range."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.images):
+            raise RequestError(f"{where}: test image {index!r} is not one of 0..{len(self.images) - 1} (the server's "
+                               "--class-examples; GET /v1/models/NAME/examples lists them)")
+        return self.for_model(model, [index])[0]
+
+    def first_of_each_class(self, per_class: int) -> List[int]:
+        """Indices of the first `per_class` images of each class, class by class."""
+        return [int(i) for k in range(len(self.class_names)) for i in np.flatnonzero(self.labels == k)[:per_class]]
+
     def mean_codings(self, model: ServedModel) -> np.ndarray:
         """(classes, coding size): each class's mean coding under this model version (cached per version)."""
         key = (model.name, model.version)
         if key not in self._means:
-            images = self.images * 2.0 - 1.0 if model.metadata.get("pixel_range") == "symmetric" else self.images
+            images = self.for_model(model)
             codings = np.concatenate([model.run("encode", {"images": images[s:s + 256]})["codings"]
                                       for s in range(0, len(images), 256)])
             self._means = {k: v for k, v in self._means.items() if k[0] != model.name}  # an older version's go
@@ -269,34 +303,67 @@ class ClassExamples:
         return self._means[key]
 
 
+def examples(model: ServedModel, classes: Optional[ClassExamples], query: Dict[str, str]) -> Dict[str, Any]:
+    """GET /v1/models/NAME/examples?per_class=K[&format=json]: the first K test images of each class (default 2,
+    at most 20), each {"index", "label", "class", "png_base64"} ("image": (H, W, C) in [0, 1] with format=json);
+    "total" is how many test images an index can name."""
+    unknown = set(query) - {"per_class", "format"}
+    if unknown:
+        raise RequestError(f"unknown query parameter(s) {sorted(unknown)}: /examples takes per_class and format")
+    as_png = query.get("format", "png") == "png"
+    if query.get("format", "png") not in ("png", "json"):
+        raise RequestError(f"format={query['format']!r}: use json or png")
+    text = query.get("per_class", "2")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_EXAMPLES_PER_CLASS:
+        raise RequestError(f"per_class={text!r}: an integer between 1 and {MAX_EXAMPLES_PER_CLASS}")
+    if classes is None:  # none to list (an answer, not an error: the page asks every server)
+        return {"total": 0, "class_names": [], "examples": [],
+                "note": "this server has no test images: start it with --class-examples SOURCE"}
+    indices = classes.first_of_each_class(int(text))
+    classes.for_model(model, indices[:1])  # the size check
+    def picture(i: int) -> Dict[str, Any]:
+        if as_png:
+            return {"png_base64": base64.b64encode(png_grid(classes.images[i:i + 1], 1)).decode("ascii")}
+        return {"image": classes.images[i].tolist()}
+    return {"total": len(classes.images), "class_names": classes.class_names, "examples": [
+        {"index": i, "label": int(classes.labels[i]), "class": classes.class_names[classes.labels[i]], **picture(i)}
+        for i in indices]}
+
+
+OPERANDS = {"class", "example", "png_base64", "image"}
+OPERAND_FORMS = ('{"class": id or name}, {"example": test image index}, {"png_base64": file} or '
+                 '{"image": array}')
+
+
+def operand_coding(model: ServedModel, operand: Any, where: str, classes: Optional[ClassExamples],
+                   invert: bool = False) -> np.ndarray:
+    """The coding one operand stands for: a class's mean coding, a test image's, an uploaded or sent image's."""
+    if not isinstance(operand, dict) or len(operand) != 1 or not OPERANDS & set(operand):
+        raise RequestError(f"{where}: expected one of {OPERAND_FORMS}; got {operand!r}"[:300])
+    if "class" in operand or "example" in operand:
+        if classes is None:
+            raise RequestError(f"{where}: {'class' if 'class' in operand else 'test-image'} operands need the "
+                               "server started with --class-examples SOURCE (labelled test images)")
+        if "class" in operand:
+            return classes.mean_codings(model)[classes.class_id(operand["class"], f"{where}.class")]
+        images = classes.example(model, operand["example"], f"{where}.example")[None]
+    elif "png_base64" in operand:
+        images = decode_uploads([operand["png_base64"]], model, f"{where}.png_base64", invert)
+    else:
+        images = model._array("encode", "images", [operand["image"]])
+    return model.run("encode", {"images": images})["codings"][0]
+
+
 def arithmetic(model: ServedModel, body: Any, classes: Optional[ClassExamples]) -> np.ndarray:
     """decode(code(A) - code(B) + code(C)) and the three operands' own decodings: (4, H, W, C) in [0, 1]."""
     if not {"encode", "decode"} <= set(model.signatures):
         raise RequestError(f"{model.name} is a {model.family}: latent arithmetic needs an autoencoder or VAE "
                            "(encode and decode)")
     if not isinstance(body, dict) or not {"a", "b", "c"} <= set(body):
-        raise RequestError('the body must be {"a": X, "b": X, "c": X}, each X {"class": id or name}, '
-                           '{"png_base64": file} or {"image": array}')
+        raise RequestError(f'the body must be {{"a": X, "b": X, "c": X}}, each X {OPERAND_FORMS}')
     unknown = set(body) - {"a", "b", "c", "invert", "format"}
     if unknown:
         raise RequestError(f"unknown field(s) {sorted(unknown)}: :arithmetic takes a, b, c, invert, format")
-    codings = []
-    for key in ("a", "b", "c"):
-        operand = body[key]
-        if not isinstance(operand, dict) or len(operand) != 1 or not {"class", "png_base64", "image"} & set(operand):
-            raise RequestError(f'{key}: expected one of {{"class": id or name}}, {{"png_base64": file}}, '
-                               f'{{"image": array}}; got {operand!r}'[:300])
-        if "class" in operand:
-            if classes is None:
-                raise RequestError(f"{key}: class operands need the server started with --class-examples SOURCE "
-                                   "(labelled images whose mean codings stand for each class)")
-            codings.append(classes.mean_codings(model)[classes.class_id(operand["class"], f"{key}.class")])
-            continue
-        if "png_base64" in operand:
-            images = decode_uploads([operand["png_base64"]], model, f"{key}.png_base64", bool(body.get("invert")))
-        else:
-            images = model._array("encode", "images", [operand["image"]])
-        codings.append(model.run("encode", {"images": images})["codings"][0])
-    a, b, c = codings
+    a, b, c = (operand_coding(model, body[key], key, classes, bool(body.get("invert"))) for key in ("a", "b", "c"))
     decoded = model.run("decode", {"codings": np.stack([a, b, c, a - b + c]).astype(np.float32)})["images"]
     return _clipped(decoded)

@@ -242,6 +242,11 @@ class ModelServer:
             name, _, verb = path[len("/v1/models/"):].partition(":")
             if name.endswith("/metadata") and not verb:  # TF Serving's metadata URL: the same answer
                 name = name[:-len("/metadata")]
+            if name.endswith("/examples") and not verb:  # the explorer's test images
+                model = self._model(name[:-len("/examples")])
+                self._require(method, "GET", path)
+                return _json_response(explorer.examples(model, self.class_examples, dict(request.query_params)),
+                                      version=model.version)
             model = self._model(name)
             if not verb:
                 self._require(method, "GET", path)

@@ -305,6 +305,71 @@ def test_interpolation_between_seeds_and_between_images_and_latent_arithmetic(se
     assert status == 400 and "unknown class 'seven'" in refused["error"]
 
 
+def test_test_images_are_listed_and_serve_as_interpolation_ends_and_operands(served):
+    url, client = served["url"], Client(served["url"])
+    test_images, test_labels = _sample_test_split()
+    listed = client.examples("stacked_ae", per_class=1)
+    assert [e["label"] for e in listed] == list(range(10)) and [e["class"] for e in listed] == [str(k) for k in
+                                                                                                range(10)]
+    for entry in listed:  # the first test digit of each class, as the server's --class-examples read them
+        assert entry["index"] == int(np.flatnonzero(test_labels == entry["label"])[0])
+        np.testing.assert_allclose(entry["image"], test_images[entry["index"]], atol=1e-6)
+    status, pngs = _get(f"{url}/v1/models/stacked_ae/examples")
+    assert status == 200 and len(pngs["examples"]) == 20 and pngs["total"] == len(test_images)
+    # Between two test images: the ends are their reconstructions.
+    i, j = listed[3]["index"], listed[8]["index"]
+    strip = client.interpolate("stacked_ae", examples=[i, j], frames=5).outputs
+    ends = client.predict("stacked_ae", test_images[[i, j]], "reconstruct").outputs
+    np.testing.assert_allclose(strip[[0, -1]], ends, atol=1e-4)
+    # Mixed ends: a class's mean coding to a test image.
+    status, _, mixed = _post(f"{url}/v1/models/stacked_ae:interpolate", {
+        "ends": [{"class": 3}, {"example": j}], "frames": 3, "format": "json"})
+    by_class = client.interpolate("stacked_ae", classes=[3, 8], frames=3).outputs
+    assert status == 200
+    np.testing.assert_allclose(np.array(mixed["images"])[0], by_class[0], atol=1e-5)
+    np.testing.assert_allclose(np.array(mixed["images"])[-1], ends[1], atol=1e-4)
+    # Test images as arithmetic operands: a - b + b = a.
+    result = client.arithmetic("stacked_ae", {"example": i}, {"example": j}, {"example": j}).outputs
+    np.testing.assert_allclose(result[3], result[0], atol=1e-5)
+    np.testing.assert_allclose(result[0], ends[0], atol=1e-4)
+    # What is refused, and why.
+    for query, words in (("per_class=0", "per_class='0'"), ("per_class=x", "between 1 and 20"),
+                         ("format=bmp", "format='bmp'"), ("colour=1", "unknown query parameter")):
+        status, refused = _get(f"{url}/v1/models/stacked_ae/examples?{query}")
+        assert status == 400 and words in refused["error"], (query, refused)
+    for body, words in (({"examples": [0, 10 ** 6]}, "test image 1000000 is not one of 0.."),
+                        ({"examples": [0, True]}, "test image True"),
+                        ({"seeds": [0, 1], "examples": [0, 1]}, "one kind of ends"),
+                        ({"ends": [{"example": 0}]}, "expected two ends"),
+                        ({"ends": [{"example": 0}, {"colour": 1}]}, "ends[1]: expected one of")):
+        status, _, refused = _post(f"{url}/v1/models/stacked_ae:interpolate", body)
+        assert status == 400 and words in refused["error"], (body, refused)
+
+
+def test_test_images_need_class_examples_of_the_models_size(served):
+    from serving import explorer
+    from serving.model import RequestError, ServedModel
+    model = ServedModel(str(served["root"] / "stacked_ae"), "stacked_ae", "0")
+    none = explorer.examples(model, None, {})
+    assert none["examples"] == [] and "--class-examples" in none["note"]
+    with pytest.raises(RequestError, match="examples\\[0\\]: test-image operands need the server started with "
+                                           "--class-examples"):
+        explorer.interpolate(model, {"examples": [0, 1]}, None)
+    wrong = explorer.ClassExamples(np.zeros((4, 32, 32, 1), np.float32), np.arange(4) % 2, ["a", "b"])
+    with pytest.raises(RequestError, match="are 32x32x1 images; stacked_ae takes 28x28x1"):
+        explorer.arithmetic(model, {"a": {"example": 0}, "b": {"class": "a"}, "c": {"class": "b"}}, wrong)
+    with pytest.raises(RequestError, match="takes 28x28x1"):
+        explorer.examples(model, wrong, {})
+
+
+def _get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 def _sample_test_split():
     from components.image_example_gen import sources
     info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
@@ -630,6 +695,39 @@ def test_the_explorer_draws_samples_that_follow_the_seed_and_an_interpolation_st
     browser.find_element(By.ID, "interpolate").click()
     _wait(browser, lambda d: _image_size(d, "interpolation-strip")[0] > 0)
     assert _image_size(browser, "interpolation-strip")[:2] == [8 * 30 + 2, 30 + 2]  # 8 frames in a row
+    assert not browser.find_element(By.ID, "errors").is_displayed()
+    errors = _console_errors(browser)
+    assert not errors, errors
+
+
+def test_the_explorer_interpolates_a_vae_between_two_picked_test_images_and_does_arithmetic(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    browser.get(served["url"] + "/ui/conv_vae")
+    _wait(browser, lambda d: _settled(d) and len(d.find_elements(By.CSS_SELECTOR, "#examples figure")) == 20)
+    errors = _console_errors(browser)
+    assert not errors, errors
+    # A VAE interpolates between seeds (points of its prior) or, chosen here, between two images' codings.
+    assert browser.find_element(By.ID, "seed-ends").is_displayed()
+    Select(browser.find_element(By.ID, "ends")).select_by_value("images")
+    assert browser.find_element(By.ID, "image-ends").is_displayed()
+    assert not browser.find_element(By.ID, "seed-ends").is_displayed()
+    figures = browser.find_elements(By.CSS_SELECTOR, "#examples figure")
+    figures[2].click()  # fills "from", then "to" is next
+    figures[17].click()
+    value = lambda element_id: browser.find_element(By.ID, element_id).get_attribute("value")  # noqa: E731
+    assert value("from-example") == figures[2].get_attribute("data-index")
+    assert value("to-example") == figures[17].get_attribute("data-index")
+    browser.find_element(By.ID, "interpolate").click()
+    _wait(browser, lambda d: _settled(d) and _image_size(d, "interpolation-strip")[0] > 0)
+    assert _image_size(browser, "interpolation-strip")[:2] == [8 * 30 + 2, 30 + 2]
+    # Arithmetic with A a picked test image (its field chosen first), B and C classes: A, B, C and the result.
+    browser.find_element(By.ID, "a-example").click()
+    figures[14].click()
+    assert value("a-example") == figures[14].get_attribute("data-index")
+    browser.find_element(By.ID, "compute").click()
+    _wait(browser, lambda d: _settled(d) and _image_size(d, "arithmetic-result")[0] > 0)
+    assert _image_size(browser, "arithmetic-result")[:2] == [4 * 30 + 2, 30 + 2]
     assert not browser.find_element(By.ID, "errors").is_displayed()
     errors = _console_errors(browser)
     assert not errors, errors

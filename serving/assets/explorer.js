@@ -1,5 +1,6 @@
 // The explorer of one served model (/ui/NAME). It calls the server's REST API, as a program would:
 //   GET  /v1/models/NAME             family, signatures, metadata (image shape, classes, defaults)
+//   GET  /v1/models/NAME/examples    the server's test images (its --class-examples), for the gallery
 //   POST /v1/models/NAME:generate    the sample grid (format png)
 //   POST /v1/models/NAME:predict     style mixing (mix_styles), reconstructions of uploads and drawings
 //   POST /v1/models/NAME:interpolate a strip between two seeds or two images
@@ -123,16 +124,83 @@ async function mixStyles() {
   drawStrip($("mixing-strip"), rows, 3);
 }
 
+// ---------------------------------------------------------------------------------------- operands
+// An image end of the interpolation or an operand of the arithmetic: a class (its mean coding), a test image
+// (an index into the server's --class-examples) or an uploaded file. The field last used is the one sent
+// (data-kind, highlighted); the gallery fills the active operand's test image and moves on to the next one.
+const NEXT_OPERAND = {from: "to", to: "from", a: "b", b: "c", c: "a"};
+let activeOperand = "from";
+
+function activate(key) {
+  activeOperand = key;
+  document.querySelectorAll(".operand").forEach((element) => element.classList.toggle("active", element.id === `${key}-operand`));
+  $("gallery-target").textContent = key.length === 1 ? key.toUpperCase() : key;
+}
+
+function setUpOperands() {
+  for (const key of Object.keys(NEXT_OPERAND)) {
+    const slot = $(`${key}-operand`);
+    const choose = (kind) => { slot.dataset.kind = kind; activate(key); };
+    $(`${key}-class`).addEventListener("focus", () => choose("class"));
+    $(`${key}-example`).addEventListener("focus", () => choose("example"));
+    $(`${key}-file`).addEventListener("change", () => choose($(`${key}-file`).files.length ? "file" : "class"));
+  }
+}
+
+// A class as typed: an id (digits) or a class name.
+function classValue(id) {
+  const text = $(id).value.trim();
+  return /^\d+$/.test(text) ? Number(text) : text;
+}
+
+async function operand(key) {
+  const kind = $(`${key}-operand`).dataset.kind;
+  if (kind === "file") return {png_base64: await readFile($(`${key}-file`))};
+  if (kind === "example") {
+    if ($(`${key}-example`).value === "") throw new Error(`${key}: pick a test image (click one above) or type its number`);
+    return {example: number(`${key}-example`)};
+  }
+  return {class: classValue(`${key}-class`)};
+}
+
+async function showExamples() {
+  setPending(+1);
+  try {
+    const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}/examples?per_class=2`);
+    const content = await reply.json();
+    if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
+    $("gallery").hidden = !content.examples.length;  // none without the server's --class-examples
+    for (const example of content.examples) {
+      const figure = document.createElement("figure");
+      figure.dataset.index = example.index;
+      figure.title = `test image ${example.index}: class ${example.class}`;
+      const image = document.createElement("img");
+      image.src = pngSource(example);
+      image.alt = figure.title;
+      const caption = document.createElement("figcaption");
+      caption.textContent = `#${example.index} · ${example.class}`;
+      figure.append(image, caption);
+      figure.addEventListener("click", () => {
+        const key = activeOperand;
+        $(`${key}-example`).value = example.index;
+        $(`${key}-operand`).dataset.kind = "example";
+        activate(NEXT_OPERAND[key]);
+      });
+      $("examples").append(figure);
+    }
+  } finally {
+    setPending(-1);
+  }
+}
+
 // ------------------------------------------------------------------------------------- interpolation
 async function interpolate() {
   const body = {frames: number("frames"), format: "png"};
   if (!$("seed-ends").hidden) {
     body.seeds = [number("from-seed"), number("to-seed")];
     if (!$("steps-control").hidden) body.steps = number("steps");
-  } else if ($("from-file").files.length || $("to-file").files.length) {
-    body.png_base64 = [await readFile($("from-file")), await readFile($("to-file"))];
   } else {
-    body.classes = [classValue("from-class"), classValue("to-class")];
+    body.ends = [await operand("from"), await operand("to")];
   }
   const content = await call("interpolate", body);
   const strip = $("interpolation-strip");
@@ -142,18 +210,6 @@ async function interpolate() {
 }
 
 // ---------------------------------------------------------------------------------------- arithmetic
-// A class as typed: an id (digits) or a class name.
-function classValue(id) {
-  const text = $(id).value.trim();
-  return /^\d+$/.test(text) ? Number(text) : text;
-}
-
-async function operand(key) {
-  const file = $(`${key}-file`);
-  if (file.files.length) return {png_base64: await readFile(file)};
-  return {class: classValue(`${key}-class`)};
-}
-
 async function computeArithmetic() {
   const content = await call("arithmetic", {a: await operand("a"), b: await operand("b"), c: await operand("c"),
                                             format: "png"});
@@ -240,9 +296,22 @@ async function start() {
   if (latent || encodes) {
     $("interpolation").hidden = false;
     (latent ? $("seed-ends") : $("image-ends")).hidden = false;
+    if (latent && encodes) {  // a VAE: between seeds (its prior) or between images (their codings)
+      $("ends-mode").hidden = false;
+      $("ends").addEventListener("change", () => {
+        $("seed-ends").hidden = $("ends").value !== "seeds";
+        $("image-ends").hidden = $("ends").value !== "images";
+      });
+    }
     action("interpolate", interpolate);
   }
-  if (encodes) { $("arithmetic").hidden = false; action("compute", computeArithmetic); }
+  if (encodes) {
+    $("arithmetic").hidden = false;
+    action("compute", computeArithmetic);
+    setUpOperands();
+    activate("from");
+    await showExamples();
+  }
   if (signatures.reconstruct) {
     $("anomaly").hidden = false;
     setUpPad();
