@@ -733,6 +733,27 @@ def test_the_explorer_interpolates_a_vae_between_two_picked_test_images_and_does
     assert not errors, errors
 
 
+def test_the_explorer_page_follows_a_champion_swap(served, browser):
+    import mlflow
+    from selenium.webdriver.common.by import By
+    client, registry = Client(served["url"]), mlflow.MlflowClient(served["config"].uri)
+    browser.get(f"{served['url']}/ui/{REGISTERED}")
+    _wait(browser, lambda d: _settled(d) and d.find_element(By.ID, "version").text)
+    before = browser.find_element(By.ID, "version").text
+    other = "2" if before == "1" else "1"
+    registry.set_registered_model_alias(REGISTERED, "champion", other)
+    try:
+        _wait(browser, lambda d: client.metadata(REGISTERED)["version"] == other)
+        # The next answer comes from the new champion, and the page says so (no reload).
+        browser.find_element(By.ID, "compute").click()
+        _wait(browser, lambda d: _settled(d) and _image_size(d, "arithmetic-result")[0] > 0)
+        assert browser.find_element(By.ID, "version").text == other
+        assert not browser.find_element(By.ID, "errors").is_displayed()
+    finally:
+        registry.set_registered_model_alias(REGISTERED, "champion", before)
+        _wait(browser, lambda d: client.metadata(REGISTERED)["version"] == before)
+
+
 def test_the_explorer_calls_an_uploaded_anomaly_an_anomaly_and_a_digit_normal(served, browser, tmp_path):
     from PIL import Image
     from selenium.webdriver.common.by import By
