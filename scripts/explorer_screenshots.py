@@ -82,6 +82,7 @@ def main():
             if driver.find_element(By.ID, "anomaly").is_displayed():
                 driver.find_element(By.ID, "upload").send_keys(digit)
                 wait(driver, lambda d: d.find_element(By.ID, "verdict").text)
+            driver.execute_script("window.scrollTo(0, 0)")  # the clicks above scrolled the page
             height = driver.execute_script("return document.body.scrollHeight")
             driver.set_window_size(1100, height + 40)
             path = os.path.join(args.out, f"explorer-{source.name}.png")

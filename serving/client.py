@@ -12,6 +12,7 @@
     client.arithmetic("mnist-autoencoder", 7, 1, 4).outputs                  # a, b, c, decode(a - b + c)
     client.examples("mnist-autoencoder")     # the server's test images (--class-examples): index, class, image
     client.interpolate("mnist-autoencoder", examples=[0, 5]).outputs         # between two of them
+    client.projection("mnist-autoencoder")["x"]   # their codings on two principal components (x, y, labels)
 """
 import base64
 import dataclasses
@@ -118,6 +119,12 @@ class Client:
         `per_class` of each class, each {"index", "label", "class", "image" (H, W, C) in [0, 1]}."""
         content = self.request("GET", f"/v1/models/{name}/examples?per_class={int(per_class)}&format=json")[2]
         return [{**entry, "image": np.asarray(entry["image"], np.float32)} for entry in content["examples"]]
+
+    def projection(self, name: str) -> Dict[str, Any]:
+        """The server's test images' codings on their first two principal components: {"x", "y", "labels"
+        (NumPy arrays, one per test image), "class_names", "explained_variance"}."""
+        content = self.request("GET", f"/v1/models/{name}/projection")[2]
+        return {**content, **{k: np.asarray(content[k]) for k in ("x", "y", "labels")}}
 
     def generate(self, name: str, n: int, seed: int = 0, steps: Optional[int] = None) -> Reply:
         """n generated images (n, H, W, C) in [0, 1]."""

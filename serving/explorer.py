@@ -6,9 +6,11 @@ model server itself and calls the same REST API a program does:
     GET  /                                the models served, each a link to its explorer
     GET  /ui/NAME                         the explorer of one model (whatever version the server serves now)
     GET  /ui/assets/FILE                  the page's own files, from serving/assets/ only
-    GET  /v1/models/NAME/examples?per_class=K
+    GET  /v1/models/NAME/examples?per_class=K | ?indices=I,J
                                           the first K test images of each class of the server's --class-examples
-                                          (index, class, PNG): what "examples" and {"example": i} refer to
+                                          (index, class, PNG), or those named: what {"example": i} refers to
+    GET  /v1/models/NAME/projection       every test image's coding on the codings' first two principal
+                                          components (x, y, labels), as TensorBoard's projector opens
     POST /v1/models/NAME:interpolate      generators (and VAEs): {"seeds": [A, B], "frames": 8, "steps": T}
                                           autoencoders, VAEs: {"images": [IMG, IMG]}, {"png_base64": [P, P]},
                                           {"examples": [I, J]} (test images), {"classes": [A, B]} (their mean
@@ -255,7 +257,7 @@ class ClassExamples:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str]):
         self.images, self.labels, self.class_names = images, labels, [str(n) for n in class_names]
-        self._means: Dict[tuple, np.ndarray] = {}
+        self._cache: Dict[tuple, Any] = {}  # (model name, version, what) -> codings, class means, projection
 
     def class_id(self, value: Any, where: str) -> int:
         if isinstance(value, str):
@@ -290,26 +292,49 @@ class ClassExamples:
         """Indices of the first `per_class` images of each class, class by class."""
         return [int(i) for k in range(len(self.class_names)) for i in np.flatnonzero(self.labels == k)[:per_class]]
 
+    def _per_version(self, model: ServedModel, what: str, compute) -> Any:
+        """compute() once per model version (an older version's results go when a new one is asked for)."""
+        key = (model.name, model.version, what)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != model.name or k[1] == model.version}
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def codings(self, model: ServedModel) -> np.ndarray:
+        """(N, ...): every test image's coding under this model version (cached per version)."""
+        def encode_all():
+            images = self.for_model(model)
+            return np.concatenate([model.run("encode", {"images": images[s:s + 256]})["codings"]
+                                   for s in range(0, len(images), 256)])
+        return self._per_version(model, "codings", encode_all)
+
     def mean_codings(self, model: ServedModel) -> np.ndarray:
         """(classes, coding size): each class's mean coding under this model version (cached per version)."""
-        key = (model.name, model.version)
-        if key not in self._means:
-            images = self.for_model(model)
-            codings = np.concatenate([model.run("encode", {"images": images[s:s + 256]})["codings"]
-                                      for s in range(0, len(images), 256)])
-            self._means = {k: v for k, v in self._means.items() if k[0] != model.name}  # an older version's go
-            self._means[key] = np.stack([codings[self.labels == k].mean(axis=0)
-                                         for k in range(len(self.class_names))])
-        return self._means[key]
+        return self._per_version(model, "means", lambda: np.stack(
+            [self.codings(model)[self.labels == k].mean(axis=0) for k in range(len(self.class_names))]))
+
+    def projection(self, model: ServedModel) -> Dict[str, Any]:
+        """The codings' first two principal components (as TensorBoard's projector starts): {"x", "y" (one per
+        test image, its index the position), "explained_variance" (the two components' shares)}."""
+        def pca():
+            flat = self.codings(model).reshape(len(self.images), -1).astype(np.float64)
+            centred = flat - flat.mean(axis=0)
+            _, singular, components = np.linalg.svd(centred, full_matrices=False)
+            points = centred @ components[:2].T
+            total = float(np.sum(singular ** 2)) or 1.0
+            return {"x": points[:, 0].tolist(), "y": points[:, 1].tolist() if points.shape[1] > 1 else
+                    [0.0] * len(points), "explained_variance": [float(v ** 2 / total) for v in singular[:2]]}
+        return self._per_version(model, "pca", pca)
 
 
 def examples(model: ServedModel, classes: Optional[ClassExamples], query: Dict[str, str]) -> Dict[str, Any]:
     """GET /v1/models/NAME/examples?per_class=K[&format=json]: the first K test images of each class (default 2,
     at most 20), each {"index", "label", "class", "png_base64"} ("image": (H, W, C) in [0, 1] with format=json);
     "total" is how many test images an index can name."""
-    unknown = set(query) - {"per_class", "format"}
+    unknown = set(query) - {"per_class", "indices", "format"}
     if unknown:
-        raise RequestError(f"unknown query parameter(s) {sorted(unknown)}: /examples takes per_class and format")
+        raise RequestError(f"unknown query parameter(s) {sorted(unknown)}: /examples takes per_class or indices, "
+                           "and format")
     as_png = query.get("format", "png") == "png"
     if query.get("format", "png") not in ("png", "json"):
         raise RequestError(f"format={query['format']!r}: use json or png")
@@ -319,8 +344,20 @@ def examples(model: ServedModel, classes: Optional[ClassExamples], query: Dict[s
     if classes is None:  # none to list (an answer, not an error: the page asks every server)
         return {"total": 0, "class_names": [], "examples": [],
                 "note": "this server has no test images: start it with --class-examples SOURCE"}
-    indices = classes.first_of_each_class(int(text))
+    if "indices" in query:  # the test images an operand names (the page's previews)
+        if "per_class" in query:
+            raise RequestError("give per_class or indices, not both")
+        words = query["indices"].split(",")
+        if not all(w.isdigit() for w in words) or len(words) > MAX_EXAMPLES_PER_CLASS:
+            raise RequestError(f"indices={query['indices']!r}: up to {MAX_EXAMPLES_PER_CLASS} comma-separated "
+                               "test-image indices")
+        indices = [int(w) for w in words]
+        for i in indices:
+            classes.example(model, i, "indices")  # each in range
+    else:
+        indices = classes.first_of_each_class(int(text))
     classes.for_model(model, indices[:1])  # the size check
+
     def picture(i: int) -> Dict[str, Any]:
         if as_png:
             return {"png_base64": base64.b64encode(png_grid(classes.images[i:i + 1], 1)).decode("ascii")}
@@ -328,6 +365,19 @@ def examples(model: ServedModel, classes: Optional[ClassExamples], query: Dict[s
     return {"total": len(classes.images), "class_names": classes.class_names, "examples": [
         {"index": i, "label": int(classes.labels[i]), "class": classes.class_names[classes.labels[i]], **picture(i)}
         for i in indices]}
+
+
+def projection(model: ServedModel, classes: Optional[ClassExamples]) -> Dict[str, Any]:
+    """GET /v1/models/NAME/projection: the server's test images' codings on their first two principal
+    components, with labels; empty on a server without --class-examples."""
+    if not {"encode", "decode"} <= set(model.signatures):
+        raise RequestError(f"{model.name} is a {model.family}: it has no codings to project (autoencoders and VAEs "
+                           "do)")
+    if classes is None:
+        return {"method": "pca", "x": [], "y": [], "labels": [], "class_names": [], "explained_variance": [],
+                "note": "this server has no test images: start it with --class-examples SOURCE"}
+    return {"method": "pca", **classes.projection(model), "labels": classes.labels.tolist(),
+            "class_names": classes.class_names}
 
 
 OPERANDS = {"class", "example", "png_base64", "image"}

@@ -242,11 +242,16 @@ class ModelServer:
             name, _, verb = path[len("/v1/models/"):].partition(":")
             if name.endswith("/metadata") and not verb:  # TF Serving's metadata URL: the same answer
                 name = name[:-len("/metadata")]
-            if name.endswith("/examples") and not verb:  # the explorer's test images
-                model = self._model(name[:-len("/examples")])
+            resource = name.rpartition("/")[2] if "/" in name and not verb else ""
+            if resource in ("examples", "projection"):  # the explorer's test images and their codings
+                model = self._model(name[:-len(resource) - 1])
                 self._require(method, "GET", path)
-                return _json_response(explorer.examples(model, self.class_examples, dict(request.query_params)),
-                                      version=model.version)
+                if resource == "examples":
+                    content = explorer.examples(model, self.class_examples, dict(request.query_params))
+                else:
+                    content = await asyncio.get_running_loop().run_in_executor(
+                        None, explorer.projection, model, self.class_examples)
+                return _json_response(content, version=model.version)
             model = self._model(name)
             if not verb:
                 self._require(method, "GET", path)

@@ -346,12 +346,39 @@ def test_test_images_are_listed_and_serve_as_interpolation_ends_and_operands(ser
         assert status == 400 and words in refused["error"], (body, refused)
 
 
+def test_the_projection_is_the_test_codings_first_two_principal_components(served):
+    client = Client(served["url"])
+    test_images, test_labels = _sample_test_split()
+    projected = client.projection("stacked_ae")
+    assert projected["method"] == "pca" and projected["x"].shape == projected["y"].shape == (len(test_images),)
+    np.testing.assert_array_equal(projected["labels"], test_labels)
+    loaded = tf.saved_model.load(str(served["root"] / "stacked_ae"))
+    codings = loaded.signatures["encode"](images=tf.constant(test_images))["codings"].numpy().astype(np.float64)
+    centred = codings - codings.mean(axis=0)
+    _, singular, components = np.linalg.svd(centred, full_matrices=False)
+    for axis, component in zip(("x", "y"), components[:2]):  # the same axes (a component's sign is arbitrary)
+        assert abs(np.corrcoef(projected[axis], centred @ component)[0, 1]) > 0.9999
+    np.testing.assert_allclose(projected["explained_variance"], singular[:2] ** 2 / np.sum(singular ** 2),
+                               rtol=1e-3)
+    status, refused = _get(f"{served['url']}/v1/models/dcgan/projection")
+    assert status == 400 and "no codings to project" in refused["error"]
+    # The test images an operand names, by index (the page's previews).
+    status, named = _get(f"{served['url']}/v1/models/stacked_ae/examples?indices=5,3&format=json")
+    assert status == 200 and [e["index"] for e in named["examples"]] == [5, 3]
+    np.testing.assert_allclose(named["examples"][0]["image"], test_images[5], atol=1e-6)
+    for query, words in (("indices=99999", "test image 99999"), ("indices=1,x", "comma-separated"),
+                         ("indices=1&per_class=2", "not both")):
+        status, refused = _get(f"{served['url']}/v1/models/stacked_ae/examples?{query}")
+        assert status == 400 and words in refused["error"], (query, refused)
+
+
 def test_test_images_need_class_examples_of_the_models_size(served):
     from serving import explorer
     from serving.model import RequestError, ServedModel
     model = ServedModel(str(served["root"] / "stacked_ae"), "stacked_ae", "0")
     none = explorer.examples(model, None, {})
     assert none["examples"] == [] and "--class-examples" in none["note"]
+    assert explorer.projection(model, None)["x"] == []
     with pytest.raises(RequestError, match="examples\\[0\\]: test-image operands need the server started with "
                                            "--class-examples"):
         explorer.interpolate(model, {"examples": [0, 1]}, None)
@@ -721,6 +748,24 @@ def test_the_explorer_interpolates_a_vae_between_two_picked_test_images_and_does
     browser.find_element(By.ID, "interpolate").click()
     _wait(browser, lambda d: _settled(d) and _image_size(d, "interpolation-strip")[0] > 0)
     assert _image_size(browser, "interpolation-strip")[:2] == [8 * 30 + 2, 30 + 2]
+    # The scatter plot of the test codings: pointing at a point names it, clicking puts it into the active operand.
+    projected = Client(served["url"]).projection("conv_vae")
+    assert browser.find_element(By.ID, "projection").get_attribute("data-points") == str(len(projected["x"]))
+    rightmost = int(np.argmax(projected["x"]))
+    x_min, x_span = projected["x"].min(), np.ptp(projected["x"])
+    y_min, y_span = projected["y"].min(), np.ptp(projected["y"])
+    px = 10 + (projected["x"][rightmost] - x_min) / x_span * 400  # the page's 420-px canvas, 10-px margins
+    py = 410 - (projected["y"][rightmost] - y_min) / y_span * 400
+    from selenium.webdriver.common.action_chains import ActionChains
+    canvas = browser.find_element(By.ID, "projection")
+    ActionChains(browser).move_to_element_with_offset(canvas, int(px) - 210, int(py) - 210).perform()
+    hover = browser.find_element(By.ID, "projection-hover").text
+    assert hover.startswith("test image #"), hover
+    hovered = int(hover.split("#")[1].split(" ")[0])
+    assert abs(projected["x"][hovered] - projected["x"][rightmost]) <= 4 * x_span / 400  # the one pointed at
+    ActionChains(browser).click().perform()
+    assert value("from-example") == str(hovered)  # "from" was active again after "to" was filled
+    _wait(browser, lambda d: _settled(d) and d.find_element(By.ID, "from-preview").is_displayed())
     # Arithmetic with A a picked test image (its field chosen first), B and C classes: A, B, C and the result.
     browser.find_element(By.ID, "a-example").click()
     figures[14].click()

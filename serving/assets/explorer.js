@@ -1,6 +1,7 @@
 // The explorer of one served model (/ui/NAME). It calls the server's REST API, as a program would:
 //   GET  /v1/models/NAME             family, signatures, metadata (image shape, classes, defaults)
 //   GET  /v1/models/NAME/examples    the server's test images (its --class-examples), for the gallery
+//   GET  /v1/models/NAME/projection  their codings on two principal components, for the scatter plot
 //   POST /v1/models/NAME:generate    the sample grid (format png)
 //   POST /v1/models/NAME:predict     style mixing (mix_styles), reconstructions of uploads and drawings
 //   POST /v1/models/NAME:interpolate a strip between two seeds or two images
@@ -134,7 +135,39 @@ let activeOperand = "from";
 function activate(key) {
   activeOperand = key;
   document.querySelectorAll(".operand").forEach((element) => element.classList.toggle("active", element.id === `${key}-operand`));
-  $("gallery-target").textContent = key.length === 1 ? key.toUpperCase() : key;
+  document.querySelectorAll(".target-name").forEach((element) => { element.textContent = key.length === 1 ? key.toUpperCase() : key; });
+}
+
+async function fetchJson(url) {
+  setPending(+1);
+  try {
+    const reply = await fetch(url);
+    const content = await reply.json();
+    if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
+    return content;
+  } finally {
+    setPending(-1);
+  }
+}
+
+// The test image an operand names, shown beside its field.
+async function preview(key) {
+  const image = $(`${key}-preview`), text = $(`${key}-example`).value;
+  image.hidden = true;
+  if (!/^\d+$/.test(text)) return;
+  const content = await fetchJson(`/v1/models/${encodeURIComponent(NAME)}/examples?indices=${text}`);
+  image.src = pngSource(content.examples[0]);
+  image.title = `test image ${text}: class ${content.examples[0].class}`;
+  image.hidden = false;
+}
+
+// A test image picked in the gallery or the scatter plot goes to the active operand; the next one is active then.
+function pick(index) {
+  const key = activeOperand;
+  $(`${key}-example`).value = index;
+  $(`${key}-operand`).dataset.kind = "example";
+  preview(key).catch((error) => showError(error.message));
+  activate(NEXT_OPERAND[key]);
 }
 
 function setUpOperands() {
@@ -143,6 +176,7 @@ function setUpOperands() {
     const choose = (kind) => { slot.dataset.kind = kind; activate(key); };
     $(`${key}-class`).addEventListener("focus", () => choose("class"));
     $(`${key}-example`).addEventListener("focus", () => choose("example"));
+    $(`${key}-example`).addEventListener("change", () => preview(key).catch((error) => showError(error.message)));
     $(`${key}-file`).addEventListener("change", () => choose($(`${key}-file`).files.length ? "file" : "class"));
   }
 }
@@ -164,33 +198,83 @@ async function operand(key) {
 }
 
 async function showExamples() {
-  setPending(+1);
-  try {
-    const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}/examples?per_class=2`);
-    const content = await reply.json();
-    if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
-    $("gallery").hidden = !content.examples.length;  // none without the server's --class-examples
-    for (const example of content.examples) {
-      const figure = document.createElement("figure");
-      figure.dataset.index = example.index;
-      figure.title = `test image ${example.index}: class ${example.class}`;
-      const image = document.createElement("img");
-      image.src = pngSource(example);
-      image.alt = figure.title;
-      const caption = document.createElement("figcaption");
-      caption.textContent = `#${example.index} · ${example.class}`;
-      figure.append(image, caption);
-      figure.addEventListener("click", () => {
-        const key = activeOperand;
-        $(`${key}-example`).value = example.index;
-        $(`${key}-operand`).dataset.kind = "example";
-        activate(NEXT_OPERAND[key]);
-      });
-      $("examples").append(figure);
-    }
-  } finally {
-    setPending(-1);
+  const content = await fetchJson(`/v1/models/${encodeURIComponent(NAME)}/examples?per_class=2`);
+  $("gallery").hidden = !content.examples.length;  // none without the server's --class-examples
+  for (const example of content.examples) {
+    const figure = document.createElement("figure");
+    figure.dataset.index = example.index;
+    figure.title = `test image ${example.index}: class ${example.class}`;
+    const image = document.createElement("img");
+    image.src = pngSource(example);
+    image.alt = figure.title;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `#${example.index} · ${example.class}`;
+    figure.append(image, caption);
+    figure.addEventListener("click", () => pick(example.index));
+    $("examples").append(figure);
   }
+}
+
+// ---------------------------------------------------------------------------------------- projector
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf"];
+const colour = (label) => PALETTE[label % PALETTE.length];
+
+async function showProjection() {
+  const content = await fetchJson(`/v1/models/${encodeURIComponent(NAME)}/projection`);
+  if (!content.x.length) return;  // a server without --class-examples
+  $("projector").hidden = false;
+  $("variance").textContent = `${Math.round(100 * (content.explained_variance[0] + (content.explained_variance[1] || 0)))}%`;
+  content.class_names.forEach((name, label) => {
+    const entry = document.createElement("span");
+    const swatch = document.createElement("i");
+    swatch.style.background = colour(label);
+    entry.append(swatch, name);
+    $("legend").append(entry);
+  });
+  const canvas = $("projection"), context = canvas.getContext("2d"), margin = 10;
+  const span = (values) => [Math.min(...values), Math.max(...values) - Math.min(...values) || 1];
+  const [xMin, xSpan] = span(content.x), [yMin, ySpan] = span(content.y);
+  const points = content.x.map((x, index) => ({index, label: content.labels[index],
+    px: margin + (x - xMin) / xSpan * (canvas.width - 2 * margin),
+    py: canvas.height - margin - (content.y[index] - yMin) / ySpan * (canvas.height - 2 * margin)}));
+  canvas.dataset.points = points.length;
+  const draw = (highlight) => {
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    context.globalAlpha = 0.6;
+    for (const point of points) {
+      context.fillStyle = colour(point.label);
+      context.fillRect(point.px - 2, point.py - 2, 4, 4);
+    }
+    context.globalAlpha = 1;
+    if (highlight) {
+      context.strokeStyle = "#000";
+      context.lineWidth = 2;
+      context.beginPath();
+      context.arc(highlight.px, highlight.py, 6, 0, 2 * Math.PI);
+      context.stroke();
+    }
+  };
+  draw(null);
+  const nearest = (event) => {
+    const r = canvas.getBoundingClientRect();
+    const [x, y] = [(event.clientX - r.left) * canvas.width / r.width, (event.clientY - r.top) * canvas.height / r.height];
+    let best = null, bestDistance = 64;  // within 8 px
+    for (const point of points) {
+      const distance = (point.px - x) ** 2 + (point.py - y) ** 2;
+      if (distance < bestDistance) { best = point; bestDistance = distance; }
+    }
+    return best;
+  };
+  canvas.addEventListener("mousemove", (event) => {
+    const point = nearest(event);
+    draw(point);
+    $("projection-hover").textContent = point ? `test image #${point.index} · class ${content.class_names[point.label]}` : "";
+  });
+  canvas.addEventListener("click", (event) => {
+    const point = nearest(event);
+    if (point) pick(point.index);
+  });
 }
 
 // ------------------------------------------------------------------------------------- interpolation
@@ -311,6 +395,7 @@ async function start() {
     setUpOperands();
     activate("from");
     await showExamples();
+    await showProjection();
   }
   if (signatures.reconstruct) {
     $("anomaly").hidden = false;
