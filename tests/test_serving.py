@@ -22,13 +22,17 @@ from pipelines import cli
 from serving import commands, export
 from serving.client import Client, ServingError
 from serving.model import Limits
-from trainers import autoencoders
+from trainers import autoencoders, registry
 from tests.conftest import SAMPLE_DIR, free_port, sample_digits
-from tests.test_export import SHAPE, build, unit_or_symmetric
+from tests.test_export import SHAPE, TINY, build, unit_or_symmetric
 
 pytestmark = pytest.mark.slow  # a local Ray for the module
 
 MODELS = ("stacked_ae", "conv_vae", "dcgan", "ddpm")  # served under these names from SavedModel directories
+# Also served, for the explorer's controls (class, guidance, truncation, style mixing): untrained, tiny.
+EXPLORED = {"ddpm_cond": {"timesteps": 20, "sample_steps": 4, "base_channels": 8, "channel_multipliers": (1, 2),
+                          "num_classes": 3, "precision": "float32", "guidance": 2.0},
+            "stylegan": TINY["stylegan"]}
 REGISTERED = "mnist-autoencoder"  # served from the registry, @champion
 POLL_S = 0.5
 TRAIN_END, CALIBRATION_END = 600, 1000  # the served stacked_ae: trained on digits [0, 600), calibrated on the rest
@@ -56,6 +60,15 @@ def served(tmp_path_factory):
     entries, sources = {}, []
     for name in MODELS:
         entries[name] = _export(name, str(root / name), train=name == "stacked_ae")
+        sources.append(server.ModelSource(name=name, saved_model_dir=str(root / name)))
+    for name, config in EXPLORED.items():
+        entry = registry.get_model(name)
+        model = entry.build(registry.make_config(name, config), SHAPE)
+        for variable in model.trainable_variables:  # a DDPM's last layer starts at zero: let inputs reach outputs
+            variable.assign_add(tf.random.stateless_normal(variable.shape, [1, 2], stddev=0.05))
+        for average, network in model.weight_averages():  # what samples: the (weight-averaged) network's copy
+            average.reset(network)
+        export.export_model(entry.family, model, SHAPE, str(root / name), entry.pixel_range)
         sources.append(server.ModelSource(name=name, saved_model_dir=str(root / name)))
     # Two versions of an autoencoder in the registry (different random weights); @champion on version 1.
     config = tracking.TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment="serving-test",
@@ -107,7 +120,7 @@ def test_every_signature_answers_what_the_saved_model_computes(served):
     rng = np.random.default_rng(0)
     client = Client(served["url"])
     assert client.healthy()
-    assert {m["name"] for m in client.models()} == {*MODELS, REGISTERED}
+    assert {m["name"] for m in client.models()} == {*MODELS, *EXPLORED, REGISTERED}
     for name in MODELS:
         entry = served["entries"][name]
         loaded = tf.saved_model.load(str(served["root"] / name))
@@ -704,7 +717,7 @@ def test_the_explorer_draws_samples_that_follow_the_seed_and_an_interpolation_st
     from selenium.webdriver.common.by import By
     browser.get(served["url"] + "/")
     links = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#models a"))
-    assert {link.text for link in links} == {*MODELS, REGISTERED}
+    assert {link.text for link in links} == {*MODELS, *EXPLORED, REGISTERED}
     browser.get(served["url"] + "/ui/dcgan")
     # The page opens on a grid of 16 samples: 4 x 4 digits of 28 px with 2 px gaps.
     _wait(browser, lambda d: _image_size(d, "sample-grid")[0] > 0)
@@ -723,6 +736,45 @@ def test_the_explorer_draws_samples_that_follow_the_seed_and_an_interpolation_st
     _wait(browser, lambda d: _image_size(d, "interpolation-strip")[0] > 0)
     assert _image_size(browser, "interpolation-strip")[:2] == [8 * 30 + 2, 30 + 2]  # 8 frames in a row
     assert not browser.find_element(By.ID, "errors").is_displayed()
+    errors = _console_errors(browser)
+    assert not errors, errors
+
+
+def test_the_explorer_offers_class_guidance_truncation_and_style_mixing_where_the_model_has_them(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    shown = lambda element_id: browser.find_element(By.ID, element_id).is_displayed()  # noqa: E731
+    grid = lambda: browser.find_element(By.ID, "sample-grid").get_attribute("src")  # noqa: E731
+    # A class-conditional DDPM: DDIM steps, a class (or every class in turn) and the guidance weight.
+    browser.get(served["url"] + "/ui/ddpm_cond")
+    _wait(browser, lambda d: _settled(d) and _image_size(d, "sample-grid")[0] > 0)
+    assert shown("steps-control") and shown("label-control") and shown("guidance-control")
+    assert not shown("truncation-control") and not shown("mixing") and not shown("arithmetic")
+    label = Select(browser.find_element(By.ID, "label"))
+    assert [o.get_attribute("value") for o in label.options] == ["all", "0", "1", "2"]
+    assert browser.find_element(By.ID, "guidance").get_attribute("value") == "2"
+    first = grid()
+    label.select_by_value("1")
+    browser.find_element(By.ID, "draw").click()
+    _wait(browser, lambda d: _settled(d) and grid() != first)
+    errors = _console_errors(browser)
+    assert not errors, errors
+    # A StyleGAN: truncation psi (its exported default) and a style-mixing strip, one image per crossover.
+    browser.get(served["url"] + "/ui/stylegan")
+    _wait(browser, lambda d: _settled(d) and _image_size(d, "sample-grid")[0] > 0)
+    assert shown("truncation-control") and shown("mixing") and not shown("label-control")
+    assert browser.find_element(By.ID, "truncation").get_attribute("value") == "0.7"
+    first = grid()
+    truncation = browser.find_element(By.ID, "truncation")
+    truncation.clear()
+    truncation.send_keys("0")  # every sample is the average style: one image, 16 times
+    browser.find_element(By.ID, "draw").click()
+    _wait(browser, lambda d: _settled(d) and grid() != first)
+    browser.find_element(By.ID, "mix").click()
+    _wait(browser, lambda d: _settled(d) and d.execute_script("return document.getElementById('mixing-strip').width") > 0)
+    layers = Client(served["url"]).metadata("stylegan")["metadata"]["style_layers"]
+    assert browser.execute_script("return document.getElementById('mixing-strip').width") == (layers + 1) * 30 + 2
+    assert not shown("errors")
     errors = _console_errors(browser)
     assert not errors, errors
 
