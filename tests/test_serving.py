@@ -786,13 +786,14 @@ def test_the_explorer_interpolates_a_vae_between_two_picked_test_images_and_does
     _wait(browser, lambda d: _settled(d) and len(d.find_elements(By.CSS_SELECTOR, "#examples figure")) == 20)
     errors = _console_errors(browser)
     assert not errors, errors
-    # A VAE interpolates between seeds (points of its prior) or, chosen here, between two images' codings.
+    # A VAE interpolates between seeds (points of its prior) or between two images' codings: picking a test image
+    # switches to images.
     assert browser.find_element(By.ID, "seed-ends").is_displayed()
-    Select(browser.find_element(By.ID, "ends")).select_by_value("images")
-    assert browser.find_element(By.ID, "image-ends").is_displayed()
-    assert not browser.find_element(By.ID, "seed-ends").is_displayed()
+    assert Select(browser.find_element(By.ID, "ends")).first_selected_option.get_attribute("value") == "seeds"
     figures = browser.find_elements(By.CSS_SELECTOR, "#examples figure")
     figures[2].click()  # fills "from", then "to" is next
+    assert browser.find_element(By.ID, "image-ends").is_displayed()
+    assert not browser.find_element(By.ID, "seed-ends").is_displayed()
     figures[17].click()
     value = lambda element_id: browser.find_element(By.ID, element_id).get_attribute("value")  # noqa: E731
     assert value("from-example") == figures[2].get_attribute("data-index")

@@ -164,6 +164,10 @@ async function preview(key) {
 // A test image picked in the gallery or the scatter plot goes to the active operand; the next one is active then.
 function pick(index) {
   const key = activeOperand;
+  if ((key === "from" || key === "to") && !$("ends-mode").hidden && $("ends").value !== "images") {
+    $("ends").value = "images";  // a VAE shown between seeds: a picked image means "between images"
+    $("ends").dispatchEvent(new Event("change"));
+  }
   $(`${key}-example`).value = index;
   $(`${key}-operand`).dataset.kind = "example";
   preview(key).catch((error) => showError(error.message));
