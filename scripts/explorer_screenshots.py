@@ -81,7 +81,7 @@ def main():
                 wait(driver, lambda d: loaded(d, "arithmetic-result"))
             if driver.find_element(By.ID, "anomaly").is_displayed():
                 driver.find_element(By.ID, "upload").send_keys(digit)
-                wait(driver, lambda d: d.find_element(By.ID, "verdict").text)
+                wait(driver, lambda d: d.find_element(By.ID, "score").text not in ("", "checking..."))
             driver.execute_script("window.scrollTo(0, 0)")  # the clicks above scrolled the page
             height = driver.execute_script("return document.body.scrollHeight")
             driver.set_window_size(1100, height + 40)
