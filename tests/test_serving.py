@@ -732,6 +732,11 @@ def test_the_explorer_draws_samples_that_follow_the_seed_and_an_interpolation_st
     browser.find_element(By.ID, "draw").click()
     _wait(browser, lambda d: d.find_element(By.ID, "sample-grid").get_attribute("data-seed") == "7"
           and d.find_element(By.ID, "sample-grid").get_attribute("src") != first)
+    # "Use via API": the request the page just sent, as a curl command a program can repeat.
+    api_call = browser.find_element(By.ID, "api-call").get_attribute("textContent")
+    assert f"{served['url']}/v1/models/dcgan:generate" in api_call and '"seed":7' in api_call, api_call
+    status, _, answer = _post(f"{served['url']}/v1/models/dcgan:generate", json.loads(api_call.split("-d '")[1][:-1]))
+    assert status == 200 and answer["n"] == 16  # the same request, sent by a program
     browser.find_element(By.ID, "interpolate").click()
     _wait(browser, lambda d: _image_size(d, "interpolation-strip")[0] > 0)
     assert _image_size(browser, "interpolation-strip")[:2] == [8 * 30 + 2, 30 + 2]  # 8 frames in a row

@@ -27,7 +27,16 @@ function setPending(change) {
   document.body.dataset.pending = String(pending);
 }
 
+// The last request as a curl command (long base64 files shortened), for the "Use via API" box.
+function showApiCall(verb, body) {
+  const shortened = JSON.stringify(body, (key, value) =>
+    typeof value === "string" && value.length > 64 ? `${value.slice(0, 40)}...(${value.length} characters)` : value);
+  const quoted = shortened.replace(/'/g, "'\\''");  // inside the shell's single quotes
+  $("api-call").textContent = `curl -s ${location.origin}/v1/models/${encodeURIComponent(NAME)}:${verb} \\\n  -d '${quoted}'`;
+}
+
 async function call(verb, body) {
+  showApiCall(verb, body);
   setPending(+1);
   try {
     const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}:${verb}`, {
