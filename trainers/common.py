@@ -231,6 +231,20 @@ def history_floats(history: Dict[str, Iterable]) -> Dict[str, List[float]]:
     return {k: [float(v) for v in values] for k, values in history.items()}
 
 
+class AdversarialModel(keras.Model):
+    """A model that trains a generator and a discriminator in its own train_step, each with its optimizer (given
+    at compile), and reports the metrics in `trackers` (name -> keras metric; Keras resets them each epoch)."""
+    trackers: Dict[str, keras.metrics.Metric]
+
+    def compile(self, d_optimizer, g_optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+
 class TrainingDiverged(RuntimeError):
     """Training stopped because it diverged; `step` is the global train step (1-based) where it was seen."""
 

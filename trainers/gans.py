@@ -33,8 +33,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers import progressive, signatures
-from trainers.common import (DivergenceMonitor, TrainingConfig, apply_gradients, average_loss, fit_epochs,
-                             make_optimizer, per_example_sum, precision_policy, require, require_choice,
+from trainers.common import (AdversarialModel, DivergenceMonitor, TrainingConfig, apply_gradients, average_loss,
+                             fit_epochs, make_optimizer, per_example_sum, precision_policy, require, require_choice,
                              require_ema_decay, require_layer_sizes, scaled_loss, start_build, upsampling_plan,
                              use_xla)
 from trainers.ema import ExponentialMovingAverage
@@ -231,7 +231,7 @@ class ReplayBuffer(tf.Module):
         self.seen.assign_add(tf.cast(batch, tf.int64))
 
 
-class GAN(keras.Model):
+class GAN(AdversarialModel):
     """generator: codings (B, K) -> images (B, H, W, C) in [-1, 1]; discriminator: images -> (B, 1) logit/score.
     A conditional GAN's (num_classes > 0) take [codings, labels] and [images, labels] (labels (B,) int32, -1 for
     an unlabeled real image). With `ema_decay` > 0 an exponential moving average of the generator's weights
@@ -259,14 +259,6 @@ class GAN(keras.Model):
         if growth is not None:  # a network's level of detail: its resolution, fractional during a fade
             names += ("level_of_detail",)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-
-    def compile(self, d_optimizer, g_optimizer, **kwargs):
-        super().compile(**kwargs)
-        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def call(self, inputs, training=False):
         """codings (B, K) -> images; a conditional GAN takes [codings, labels]."""

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainers import signatures
-from trainers.common import TrainingConfig, fit_epochs, make_optimizer, require, use_xla
+from trainers.common import AdversarialModel, TrainingConfig, fit_epochs, make_optimizer, require, use_xla
 
 PIXEL_RANGE = "unit"
 
@@ -110,7 +110,7 @@ def build_generator(config: SemiSupervisedGANConfig, input_shape: Sequence[int])
     return keras.Model(codings, keras.layers.Reshape(tuple(input_shape))(pixels), name="generator")
 
 
-class SemiSupervisedGAN(keras.Model):
+class SemiSupervisedGAN(AdversarialModel):
     """call(images) -> class probabilities (B, K): the discriminator is the classifier."""
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, **kwargs):
@@ -120,14 +120,6 @@ class SemiSupervisedGAN(keras.Model):
         self.num_classes = int(discriminator.outputs[0].shape[-1])
         self.trackers = {name: keras.metrics.Mean(name=name) for name in ("d_supervised", "d_unsupervised", "g_loss")}
         self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-
-    def compile(self, d_optimizer, g_optimizer, **kwargs):
-        super().compile(**kwargs)
-        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def call(self, images, training=False):
         return tf.nn.softmax(self.discriminator(images, training=training)[0])
