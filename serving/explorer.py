@@ -281,12 +281,12 @@ class ClassExamples:
         images = self.images if indices is None else self.images[list(indices)]
         return images * 2.0 - 1.0 if model.metadata.get("pixel_range") == "symmetric" else images
 
-    def example(self, model: ServedModel, index: Any, where: str) -> np.ndarray:
-        """Test image `index` (H, W, C) in the model's pixel range."""
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.images):
-            raise RequestError(f"{where}: test image {index!r} is not one of 0..{len(self.images) - 1} (the server's "
+    def index(self, value: Any, where: str) -> int:
+        """`value` checked as a test image's index."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(self.images):
+            raise RequestError(f"{where}: test image {value!r} is not one of 0..{len(self.images) - 1} (the server's "
                                "--class-examples; GET /v1/models/NAME/examples lists them)")
-        return self.for_model(model, [index])[0]
+        return value
 
     def first_of_each_class(self, per_class: int) -> List[int]:
         """Indices of the first `per_class` images of each class, class by class."""
@@ -351,9 +351,7 @@ def examples(model: ServedModel, classes: Optional[ClassExamples], query: Dict[s
         if not all(w.isdigit() for w in words) or len(words) > MAX_EXAMPLES_PER_CLASS:
             raise RequestError(f"indices={query['indices']!r}: up to {MAX_EXAMPLES_PER_CLASS} comma-separated "
                                "test-image indices")
-        indices = [int(w) for w in words]
-        for i in indices:
-            classes.example(model, i, "indices")  # each in range
+        indices = [classes.index(int(w), "indices") for w in words]
     else:
         indices = classes.first_of_each_class(int(text))
     classes.for_model(model, indices[:1])  # the size check
@@ -396,8 +394,9 @@ def operand_coding(model: ServedModel, operand: Any, where: str, classes: Option
                                "server started with --class-examples SOURCE (labelled test images)")
         if "class" in operand:
             return classes.mean_codings(model)[classes.class_id(operand["class"], f"{where}.class")]
-        images = classes.example(model, operand["example"], f"{where}.example")[None]
-    elif "png_base64" in operand:
+        index = classes.index(operand["example"], f"{where}.example")
+        return classes.codings(model)[index]  # every test image encoded once per model version
+    if "png_base64" in operand:
         images = decode_uploads([operand["png_base64"]], model, f"{where}.png_base64", invert)
     else:
         images = model._array("encode", "images", [operand["image"]])
