@@ -35,20 +35,28 @@ function showApiCall(verb, body) {
   $("api-call").textContent = `curl -s ${location.origin}/v1/models/${encodeURIComponent(NAME)}:${verb} \\\n  -d '${quoted}'`;
 }
 
-async function call(verb, body) {
-  showApiCall(verb, body);
+// Every request of the page: counted in flight, and a refusal's message (the server's "error") thrown.
+async function request(url, options = {}) {
   setPending(+1);
   try {
-    const reply = await fetch(`/v1/models/${encodeURIComponent(NAME)}:${verb}`, {
-      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    const reply = await fetch(url, options);
     const content = await reply.json();
     if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
-    showError("");
-    if (reply.headers.get("X-Model-Version")) $("version").textContent = reply.headers.get("X-Model-Version");
-    return content;
+    return {reply, content};
   } finally {
     setPending(-1);
   }
+}
+
+const fetchJson = async (url) => (await request(url)).content;
+
+async function call(verb, body) {
+  showApiCall(verb, body);
+  const {reply, content} = await request(`/v1/models/${encodeURIComponent(NAME)}:${verb}`, {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  showError("");
+  if (reply.headers.get("X-Model-Version")) $("version").textContent = reply.headers.get("X-Model-Version");
+  return content;
 }
 
 // Runs a button's work, showing what went wrong instead of failing silently.
@@ -145,18 +153,6 @@ function activate(key) {
   activeOperand = key;
   document.querySelectorAll(".operand").forEach((element) => element.classList.toggle("active", element.id === `${key}-operand`));
   document.querySelectorAll(".target-name").forEach((element) => { element.textContent = key.length === 1 ? key.toUpperCase() : key; });
-}
-
-async function fetchJson(url) {
-  setPending(+1);
-  try {
-    const reply = await fetch(url);
-    const content = await reply.json();
-    if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
-    return content;
-  } finally {
-    setPending(-1);
-  }
 }
 
 // The test image an operand names, shown beside its field.
