@@ -3,7 +3,7 @@ server's :detect applies) against the Mahalanobis distance of the image's coding
 codings of normal training images, and the two combined (each log-scaled and standardised on those training
 images, then summed).
 
-    python benchmarks/anomaly_scores.py 0=DIR 1=DIR ... [--fit-images 20000]
+    python benchmarks/anomaly_scores.py 0=DIR 1=DIR ... [--fit-images 20000] [--name anomaly_scores] [--note TEXT]
 
 Each K=DIR is a SavedModel of an autoencoder trained without class K (`latentforge run --source idx:... --model
 conv_ae --anomaly-class K` keeps it in RUN_DIR/PIPELINE/tfx/Trainer/model/N/Format-Serving). Reported per held-out
@@ -72,6 +72,9 @@ def main():
     parser.add_argument("models", nargs="+", metavar="K=DIR", help="an autoencoder trained without class K")
     parser.add_argument("--fit-images", type=int, default=20000,
                         help="normal training images the codings' Gaussian is fitted on (default 20000)")
+    parser.add_argument("--name", default="anomaly_scores",
+                        help="results file, benchmarks/results/NAME.json (default anomaly_scores)")
+    parser.add_argument("--note", default="", help="what the models are, kept in the results file")
     args = parser.parse_args()
     data = load_mnist()
     results = {}
@@ -84,7 +87,8 @@ def main():
     print("held out | " + " | ".join(f"{n} AUROC / recall@1%" for n in next(iter(results.values()))))
     for held_out, by_score in results.items():
         print(f"{held_out} | " + " | ".join(f"{v['auroc']:.3f} / {v['recall_at_1pct']:.3f}" for v in by_score.values()))
-    print("saved", save_results("anomaly_scores", {"fit_images": args.fit_images, "held_out": results}))
+    print("saved", save_results(args.name, {"models": args.note, "fit_images": args.fit_images,
+                                             "held_out": results}))
 
 
 if __name__ == "__main__":
