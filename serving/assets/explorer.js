@@ -40,7 +40,12 @@ async function request(url, options = {}) {
   setPending(+1);
   try {
     const reply = await fetch(url, options);
-    const content = await reply.json();
+    let content;
+    try {
+      content = await reply.json();
+    } catch {  // a proxy's HTML error page, say: say what came back rather than a JSON parser's complaint
+      throw new Error(`HTTP ${reply.status} from ${url}: the reply is not JSON`);
+    }
     if (!reply.ok) throw new Error(content.error || `HTTP ${reply.status}`);
     return {reply, content};
   } finally {
