@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -190,6 +191,8 @@ def _log_child(client, experiment_id: str, parent_id: str, child: ChildRun) -> s
                 for epoch, v in enumerate(values, start=1)]
     metrics += [Metric(k, float(v), now, int(step)) for k, values in child.points.items()
                 for step, v in values.items()]
+    # A value that could not be computed is absent, never NaN or infinite (MLflow would store and plot it).
+    metrics = [m for m in metrics if math.isfinite(m.value)]
     params = [Param(k, v[:6000]) for k, v in _flat_params(child.params).items()]
     for start in range(0, max(len(metrics), len(params), 1), 100):  # MLflow's batch limits
         client.log_batch(run.info.run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
@@ -312,7 +315,8 @@ def log_pipeline_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: 
         info = _log_model(config, trainer_id, saved_model_dir, input_example, registered_name)
         version = str(info.registered_model_version)
         tags = {**version_tags, "evaluator_run_id": evaluator_id, "trainer_run_id": trainer_id,
-                "key_metric": key_metric, "key_metric_value": str(key_metric_value), "blessed": str(blessed)}
+                "key_metric": key_metric, "blessed": str(blessed),
+                **({"key_metric_value": str(key_metric_value)} if key_metric_value is not None else {})}
         for key, value in tags.items():
             client.set_model_version_tag(registered_name, version, key, value)
         champion = False

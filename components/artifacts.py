@@ -80,6 +80,29 @@ def synthetic_labels_per_class(examples) -> Optional[int]:
 
 # ------------------------------------------------------------------------------------------ files, configs
 
+def non_finite_entries(values: Any, where: str = "") -> List[str]:
+    """The paths ('metrics.fid', 'per_class_fid[3]') of every NaN or infinite number in a JSON-like value."""
+    if isinstance(values, bool):
+        return []
+    if isinstance(values, (int, float, np.floating, np.integer)):
+        return [] if np.isfinite(float(values)) else [where or "value"]
+    if isinstance(values, dict):
+        return [p for k, v in values.items() for p in non_finite_entries(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(values, (list, tuple)):
+        return [p for i, v in enumerate(values) for p in non_finite_entries(v, f"{where}[{i}]")]
+    return []
+
+
+def check_finite(values: Any, what: str) -> None:
+    """Refuses NaN and infinities at the artifact boundary: ML Metadata cannot store them (SQLite reads a NaN
+    property as a column name) and JSON has no spelling for them. A value that could not be computed is left
+    out (or None in a list) by whoever measured it."""
+    bad = non_finite_entries(values)
+    if bad:
+        raise ValueError(f"{what}: non-finite values at {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; a "
+                         "metric that cannot be computed must be absent (None in a list), not NaN")
+
+
 def write_json(directory: str, name: str, value: Any) -> str:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
@@ -147,16 +170,22 @@ EVALUATION_FILE = "evaluation.json"
 
 @dataclasses.dataclass(frozen=True)
 class MetricNetworkEvaluation:
-    """The metric network's evaluation.json: its test accuracy and the FID/KID floor (real test vs train)."""
-    test_accuracy: float
+    """The metric network's evaluation.json: how it was trained (`method`: classifier or self_supervised), its
+    test accuracy (a classifier's; a self-supervised one's nearest-neighbour accuracy when the test images have
+    labels, else None) and the floor of the scores (real test images against the train split)."""
+    test_accuracy: Optional[float]
     split: str
     train_examples: int
     test_examples: int
     fid_floor: float
     kid_floor_x1e3: float
     config: Dict[str, Any]
+    method: str = "classifier"
+    precision_floor: Optional[float] = None
+    recall_floor: Optional[float] = None
 
     def write(self, directory: str) -> str:
+        check_finite(dataclasses.asdict(self), "the metric network's evaluation")
         return write_json(directory, EVALUATION_FILE, dataclasses.asdict(self))
 
     @classmethod
@@ -195,6 +224,7 @@ class Evaluation:
     class_names: List[str] = dataclasses.field(default_factory=list)  # the source's, in class-id order
 
     def write(self, directory: str, input_example: np.ndarray, metric_input_example: np.ndarray) -> str:
+        check_finite({"metrics": self.metrics, "blessing": self.blessing}, "the evaluation")
         np.save(os.path.join(directory, INPUT_EXAMPLE_FILE), input_example)
         np.save(os.path.join(directory, METRIC_INPUT_EXAMPLE_FILE), metric_input_example)
         return write_json(directory, EVALUATION_FILE, dataclasses.asdict(self))
@@ -206,6 +236,15 @@ class Evaluation:
     @property
     def scalars(self) -> Dict[str, float]:
         return {k: v for k, v in self.metrics.items() if isinstance(v, float)}
+
+
+def set_key_metric(evaluation, metric: str, value: Optional[float]) -> None:
+    """The evaluation's key metric as ML Metadata properties: its name always, its value only when it was
+    measured (a finite number; NaN is refused, see check_finite)."""
+    evaluation.set_string_custom_property(KEY_METRIC_PROPERTY, metric)
+    if value is not None:
+        check_finite(value, f"key metric {metric}")
+        evaluation.set_float_custom_property(KEY_METRIC_VALUE_PROPERTY, float(value))
 
 
 def input_example(evaluation_dir: str) -> np.ndarray:

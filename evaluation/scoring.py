@@ -4,12 +4,15 @@ A family's description (trainers/registry.py) lists the scorers that apply to it
     score_reconstructions  test_mse, test_bce per pixel; anomaly_auroc when a class was held out of training; the
                            exported anomaly threshold's test_false_positive_rate (and anomaly_precision/_recall)
     score_elbo             test_neg_elbo (reconstruction + KL per example, one sampled coding): VAEs
-    score_generation       fid, kid (x 1e3), mode_entropy, mode_kl (see below) of generated images
+    score_generation       fid, kid (x 1e3), precision, recall, mode_entropy, mode_kl (see below) of generated images
     score_classification   test_accuracy, per-class accuracy, confusion matrix
 
 FID/KID here are *domain* scores: the features are the penultimate layer of a small CNN trained on the dataset's
-own labels (the metric network), not Inception's (which knows nothing of 28x28 digits), so the numbers compare
-models on one dataset, not across papers. Mode coverage: the metric network's predicted-class histogram over the
+own labels (the metric network), or, for a source without labels, of a self-supervised encoder trained on its
+images (evaluation/self_supervised.py); not Inception's (which knows nothing of 28x28 digits), so the numbers
+compare models on one dataset in one feature space, not across papers. Precision and recall (Kynkaanniemi et
+al. 2019) say which a model lacks: fidelity (its samples look real) or coverage (it draws all the data's kinds).
+Mode coverage (a labelled metric network only): the metric network's predicted-class histogram over the
 generated images; its entropy (log K when every class is equally common) and its KL divergence to the real
 train histogram (0 when the proportions match).
 """
@@ -17,7 +20,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import scipy.linalg
@@ -125,18 +128,45 @@ def mode_coverage(predicted_classes: np.ndarray, real_histogram: np.ndarray) -> 
 
 # ------------------------------------------------------------------------------------------- metric network
 
+# How the feature network is trained: on the labels (a classifier), or without them (evaluation.self_supervised).
+FEATURE_METHODS = ("auto", "classifier", "self_supervised")
+
+
 @dataclasses.dataclass(frozen=True)
 class MetricNetworkConfig:
-    epochs: int = 3
+    epochs: Optional[int] = None  # None: 3 for the classifier, 10 for the self-supervised encoder
     batch_size: int = 128
     learning_rate: float = 1e-3
     feature_units: int = 128
     seed: int = 0
+    method: str = "auto"  # auto: the classifier on a labelled source (2+ classes), self-supervised otherwise
+    # The self-supervised encoder's (evaluation/self_supervised.py): its batch is 2x this many views.
+    temperature: float = 0.2
+    projection_units: int = 64
+    min_crop_area: float = 0.5
+    jitter: float = 0.2
+    flip: bool = False
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.feature_units < 2 or self.learning_rate <= 0:
+        if ((self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.feature_units < 2
+                or self.learning_rate <= 0):
             raise ValueError(f"metric network config {self}: epochs, batch_size >= 1, feature_units >= 2 and "
                              "learning_rate > 0 required")
+        if self.method not in FEATURE_METHODS:
+            raise ValueError(f"metric network method {self.method!r}: choose one of {', '.join(FEATURE_METHODS)}")
+        if not (self.temperature > 0 and self.projection_units >= 2 and 0 < self.min_crop_area <= 1
+                and 0 <= self.jitter < 0.5):
+            raise ValueError(f"metric network config {self}: temperature > 0, projection_units >= 2, "
+                             "0 < min_crop_area <= 1 and 0 <= jitter < 0.5 required")
+
+    def resolved_method(self, num_classes: int) -> str:
+        """'classifier' or 'self_supervised': what `auto` means for a source with `num_classes` classes."""
+        if self.method == "auto":
+            return "classifier" if num_classes >= 2 else "self_supervised"
+        return self.method
+
+    def resolved_epochs(self, num_classes: int) -> int:
+        return self.epochs or (3 if self.resolved_method(num_classes) == "classifier" else 10)
 
 
 def build_metric_network(image_shape: Sequence[int], num_classes: int, config: MetricNetworkConfig) -> keras.Model:
@@ -158,36 +188,45 @@ def build_metric_network(image_shape: Sequence[int], num_classes: int, config: M
 
 
 def export_metric_network(model: keras.Model, export_dir: str) -> None:
-    """SavedModel with one signature, `features`: images (B, H, W, C) in [0, 1] -> features, probabilities."""
-    features_model = keras.Model(model.inputs, [model.get_layer(METRIC_NETWORK_FEATURES).output, model.outputs[0]])
+    """SavedModel with one signature, `features`: images (B, H, W, C) in [0, 1] -> features, and probabilities
+    when the network is a classifier (its `features` layer is not its output); a self-supervised encoder (whose
+    output is the `features` layer) exports features only."""
+    feature_layer = model.get_layer(METRIC_NETWORK_FEATURES).output
+    classifies = feature_layer is not model.outputs[0]
+    features_model = keras.Model(model.inputs, [feature_layer, model.outputs[0]] if classifies else feature_layer)
 
     @tf.function(input_signature=[tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name="images")])
     def features(images):
+        if not classifies:
+            return {"features": features_model(images, training=False)}
         values, probabilities = features_model(images, training=False)
         return {"features": values, "probabilities": probabilities}
 
     root = tf.Module()
     root.model_variables = list(model.variables)
     root.features = features
-    root.__call__ = tf.function(lambda images: features(images)["probabilities"],
+    root.__call__ = tf.function(lambda images: features(images)["probabilities" if classifies else "features"],
                                 input_signature=features.input_signature)
     tf.saved_model.save(root, export_dir, signatures={METRIC_NETWORK_FEATURES: features})
 
 
 class MetricNetwork:
-    """A loaded metric network: features and class predictions for images in [0, 1], in batches."""
+    """A loaded metric network: features, and class predictions when it classifies, for images in [0, 1]."""
 
     def __init__(self, export_dir: str):
         self._loaded = tf.saved_model.load(export_dir)
         self._features = self._loaded.signatures[METRIC_NETWORK_FEATURES]
+        self.classifies = "probabilities" in self._features.structured_outputs
 
-    def __call__(self, images: np.ndarray, batch_size: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray, batch_size: int = 500) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(features, predicted classes); classes None for a network without class predictions."""
         features, classes = [], []
         for start in range(0, len(images), batch_size):
             out = self._features(images=tf.constant(images[start:start + batch_size], tf.float32))
             features.append(out["features"].numpy())
-            classes.append(np.argmax(out["probabilities"].numpy(), axis=1))
-        return np.concatenate(features), np.concatenate(classes)
+            if self.classifies:
+                classes.append(np.argmax(out["probabilities"].numpy(), axis=1))
+        return np.concatenate(features), np.concatenate(classes) if self.classifies else None
 
 
 @dataclasses.dataclass
@@ -210,6 +249,8 @@ class FeatureReference:
         mean, covariance = feature_statistics(features)
         rng = np.random.default_rng(seed)
         sample = features[rng.choice(len(features), min(sample_size, len(features)), replace=False)]
+        if num_classes < 1:  # unlabelled: no class histogram, no per-class statistics
+            return cls(mean, covariance, sample, np.zeros((0,)))
         labels = np.asarray(labels)
         # A class with fewer than 2 examples has no covariance: NaN statistics, so its FID reads NaN, not 0.
         per_class = [feature_statistics(features[labels == k]) if np.sum(labels == k) >= 2
@@ -242,17 +283,48 @@ class FeatureReference:
 
 def generative_scores(images_unit: np.ndarray, network: MetricNetwork, reference: FeatureReference,
                       seed: int = 0) -> Dict[str, float]:
-    """FID, KID (x 1e3, with its spread over subsets) and mode coverage of images in [0, 1] against the reference."""
+    """FID, KID (x 1e3, with its spread over subsets), precision and recall, and mode coverage (a classifying
+    network only) of images in [0, 1] against the reference."""
     return feature_scores(*network(images_unit), reference, seed)
 
 
-def feature_scores(features: np.ndarray, classes: np.ndarray, reference: FeatureReference,
+def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    squared = np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :] - 2.0 * (a @ b.T)
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3, seed: int = 0) -> Dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): each set's manifold is the union of balls around
+    its points reaching their k-th nearest neighbour. precision: the share of generated points inside the real
+    manifold (fidelity); recall: the share of real points inside the generated one (coverage). Both sets are
+    cut to the smaller one's size first (the estimate depends on the counts; the paper uses equal ones)."""
+    rng = np.random.default_rng(seed)
+    count = min(len(real), len(generated))
+    if count <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} feature vectors on each side; got "
+                         f"{len(real)} real and {len(generated)} generated")
+    real = np.asarray(real, np.float64)[rng.choice(len(real), count, replace=False)]
+    generated = np.asarray(generated, np.float64)[rng.choice(len(generated), count, replace=False)]
+
+    def radii(points):  # distance to the k-th nearest other point (column 0 of the sort is the point itself)
+        return np.sort(_pairwise_distances(points, points), axis=1)[:, k]
+
+    across = _pairwise_distances(generated, real)  # (generated, real)
+    precision = np.mean(np.any(across <= radii(real)[None, :], axis=1))
+    recall = np.mean(np.any(across.T <= radii(generated)[None, :], axis=1))
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def feature_scores(features: np.ndarray, classes: Optional[np.ndarray], reference: FeatureReference,
                    seed: int = 0) -> Dict[str, float]:
-    """generative_scores from the metric network's outputs (features, predicted classes) for the images."""
+    """generative_scores from the metric network's outputs (features, predicted classes or None) for the images."""
     kid, kid_std = kernel_inception_distance(features, reference.sample, seed=seed)
-    return {"fid": frechet_distance(*feature_statistics(features), reference.mean, reference.covariance),
-            "kid_x1e3": kid * 1e3, "kid_std_x1e3": kid_std * 1e3, "samples": int(len(features)),
-            **mode_coverage(classes, reference.class_histogram)}
+    scores = {"fid": frechet_distance(*feature_statistics(features), reference.mean, reference.covariance),
+              "kid_x1e3": kid * 1e3, "kid_std_x1e3": kid_std * 1e3, "samples": int(len(features)),
+              **precision_recall(reference.sample, features, seed=seed)}
+    if classes is not None and len(reference.class_histogram):
+        scores.update(mode_coverage(classes, reference.class_histogram))
+    return scores
 
 
 # ------------------------------------------------------------------------------------ scoring a SavedModel
@@ -416,9 +488,11 @@ def score_generation(run: ScoringRun) -> None:
                        {k: v for k, v in inputs.items() if k in takes})
     run.arrays["samples"] = samples
     if run.metric_network is not None and run.reference is not None:
-        features, run.arrays["sample_classes"] = run.metric_network(samples)
+        features, classes = run.metric_network(samples)
+        if classes is not None:
+            run.arrays["sample_classes"] = classes
         run.arrays["sample_features"] = features  # per-class FID's (score_model drops them before returning)
-        run.metrics.update(feature_scores(features, run.arrays["sample_classes"], run.reference, options.seed))
+        run.metrics.update(feature_scores(features, classes, run.reference, options.seed))
 
 
 def requested_labels(count: int, batch_size: int, labels) -> np.ndarray:
@@ -505,17 +579,48 @@ class Blessing:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
 
+def finite_metrics(metrics: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """(metrics without the values that could not be computed, their names): a NaN or infinite scalar is dropped,
+    a NaN or infinite entry of a list (a class with too few images for its FID) becomes None. Nothing non-finite
+    goes on to ML Metadata, MLflow or the blessing."""
+    def clean(value):
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+    kept, dropped = {}, []
+    for name, value in metrics.items():
+        if isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+            dropped.append(name)
+        else:
+            kept[name] = clean(value)
+    return kept, dropped
+
+
 def decide_blessing(key_metric: Tuple[str, bool], metrics: Dict[str, Any],
-                    champion: Optional[Tuple[str, Dict[str, float]]], margin: float) -> Blessing:
+                    champion: Optional[Tuple[str, Dict[str, float]]], margin: float,
+                    unmeasured_because: str = "") -> Blessing:
     """Blessed when the key metric (name, True when higher is better: the family's) beats the champion's by
     `margin` (relative: 0.01 = 1 % better), or when there is no champion. `champion`: (version, its metrics) or
-    None."""
+    None.
+
+    A key metric that could not be measured (absent or non-finite; `unmeasured_because` says why) is no evidence
+    either way: such a model is blessed only when there is no champion (the first model of its name, so nothing
+    is replaced and the pipeline still pushes and registers it), never in place of a champion."""
     metric, higher = key_metric
     candidate = metrics.get(metric)
+    if candidate is not None and not math.isfinite(candidate):
+        candidate, unmeasured_because = None, unmeasured_because or f"it came out {candidate}"
     common = dict(metric=metric, higher_is_better=higher, candidate=candidate, margin=margin)
-    if candidate is None or not math.isfinite(candidate):
-        return Blessing(False, champion=None, champion_version=champion and champion[0],
-                        reason=f"no finite {metric} was measured ({candidate}); not blessed", **common)
+    if candidate is None:
+        why = f"{metric} could not be measured" + (f" ({unmeasured_because})" if unmeasured_because else "")
+        if champion is None:
+            return Blessing(True, champion=None, champion_version=None,
+                            reason=f"{why}; no champion yet, so blessed unscored (nothing is replaced)", **common)
+        return Blessing(False, champion=None, champion_version=champion[0],
+                        reason=f"{why}; not blessed: an unscored model never replaces champion version "
+                               f"{champion[0]}", **common)
     if champion is None:
         return Blessing(True, champion=None, champion_version=None,
                         reason=f"no champion yet: blessed with {metric} {candidate:.6g}", **common)

@@ -75,6 +75,10 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
                         help="tfds:NAME | idx:DIR | folder:DIR | npz:FILE (default: the bundled MNIST sample)")
     parser.add_argument("--data-dir", help="TFDS data directory (tfds: sources)")
     parser.add_argument("--manual-dir", help="folder with a TFDS dataset's downloaded files, for offline use")
+    parser.add_argument("--ignore-labels", action="store_true",
+                        help="read the source as unlabelled images: no classes (a folder's sub-folders are then not "
+                        "classes and its images are read from every depth); a folder with its images directly in it "
+                        "is unlabelled without this flag")
 
 
 def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
@@ -135,8 +139,13 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--anomaly-fpr", type=open_unit_float,
                          help="autoencoders: the share of normal (eval) images the exported anomaly threshold calls "
                          "anomalous (default 0.01); the server's :detect applies it")
-    scoring.add_argument("--metric-network-epochs", type=positive_int, default=3,
-                         help="epochs of the metric network (trained once per dataset; default 3)")
+    scoring.add_argument("--metric-network-epochs", type=positive_int,
+                         help="epochs of the metric network (trained once per dataset; default 3 for the classifier, "
+                         "10 for the self-supervised encoder)")
+    scoring.add_argument("--fid-features", choices=("auto", "classifier", "self-supervised"), default="auto",
+                         help="the feature space of FID, KID and precision/recall: a classifier trained on the "
+                         "source's labels, or a self-supervised (contrastive) encoder trained on its images alone; "
+                         "auto (default): the classifier when the source has labels")
     ray = parser.add_argument_group("training on Ray Train")
     ray.add_argument("--trainer", choices=("ray", "in-process"), default="ray",
                      help="ray (default): Ray Train workers; in-process: TFX's own Trainer in this process")
@@ -215,7 +224,8 @@ def cmd_inspect(args) -> int:
     info = run_request.probe(args)
     print(f"source       {info.spec.uri}")
     print(f"image shape  {'x'.join(map(str, info.image_shape))}")
-    print(f"classes      {info.num_classes}: {', '.join(info.class_names) or '(no labels)'}")
+    unlabelled = "(labels ignored)" if info.spec.ignore_labels else "(no labels)"
+    print(f"classes      {info.num_classes}: {', '.join(info.class_names) or unlabelled}")
     print(f"splits       {', '.join(s.name for s in info.splits)}"
           f"{'' if any(s.name == 'eval' for s in info.splits) else ' (eval will be carved from train)'}")
     return EXIT_OK

@@ -54,7 +54,9 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
     evaluation_settings = _evaluation_settings(args, paths)
     ray = _ray_training(args, paths)
     where = f"on Ray: {args.workers} worker(s) x {ray.resources}" if ray else "in process"
-    print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {info.num_classes} classes) "
+    classes = (f"{info.num_classes} classes" if info.num_classes else
+               "labels ignored" if info.spec.ignore_labels else "unlabelled")
+    print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {classes}) "
           f"-> {args.model} {config}, training {where}", flush=True)
     if backends.verbose():  # by default the run ends with where to look
         print(f"latentforge: outputs under {paths.root}", flush=True)

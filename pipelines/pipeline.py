@@ -4,7 +4,7 @@
                                                  (or ImportSchemaGen)          |
                                           Transform (preprocessing_fn) <-------'
                                               -> Trainer (Ray Train, or run_fn in process)
-    [MetricNetworkTrainer (generative models on labelled data)] -> ModelEvaluator -> Pusher (blessed only)
+    [MetricNetworkTrainer (generative models: labelled or self-supervised)] -> ModelEvaluator -> Pusher (blessed only)
                                                                                 -> MlflowRegistrar
 
 A family that needs a base model (the classifier fine-tunes a pretrained encoder) gets a pipeline that trains the
@@ -186,7 +186,10 @@ class EvaluationSettings:
     num_samples: int = 1000  # generated images for FID, KID and mode coverage
     anomaly_class: Optional[int] = None  # autoencoders: the class held out of training, anomalous in the AUROC
     anomaly_fpr: float = 0.01  # autoencoders: the eval split's share above the exported anomaly threshold
-    metric_network_epochs: int = 3
+    metric_network_epochs: Optional[int] = None  # None: the feature network's own default (3 / 10 epochs)
+    # The feature space of FID, KID and precision/recall: "auto" (a classifier on the labels, self-supervised
+    # without), "classifier" or "self_supervised".
+    fid_features: str = "auto"
     seed: int = 0
 
 
@@ -248,11 +251,13 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
 
 def metric_network_node(data: DataNodes, source_info: SourceInfo,
                         settings: Optional[EvaluationSettings]) -> Optional[MetricNetworkTrainer]:
-    """The metric network generative models are scored with (None without evaluation or labels)."""
-    if settings is None or source_info.num_classes < 2:
+    """The metric network generative models are scored with (None without evaluation): a classifier trained on
+    the labels, or a self-supervised encoder on an unlabelled source (settings.fid_features)."""
+    if settings is None:
         return None
     metric_config = dataclasses.asdict(scoring.MetricNetworkConfig(epochs=settings.metric_network_epochs,
-                                                                      seed=settings.seed))
+                                                                      seed=settings.seed,
+                                                                      method=settings.fid_features))
     # Its only input is the ingested data: TFX's cache trains it once per dataset, whatever the model.
     return MetricNetworkTrainer(data.example_gen.outputs["examples"], metric_config,
                                 code_version=code_digest(_EVALUATION_CODE))
@@ -368,8 +373,15 @@ def check_model(model_name: str, model_config: Dict[str, Any], source_info: Sour
     pretraining's too."""
     family = family_of(model_name)
     if family.needs_labels and source_info.num_classes < 2:
-        raise ValueError(f"the {model_name} needs a labelled source with at least 2 classes; "
-                         f"{source_info.spec.uri} has {source_info.num_classes}")
+        why = ("is class-conditional (it is trained and sampled per class)" if family.conditional
+               else "learns to predict labels")
+        has = ("is read without its labels (--ignore-labels)" if source_info.spec.ignore_labels
+               else "has no labels" if not source_info.num_classes else f"has {source_info.num_classes} class")
+        unconditional = sorted(n for n, e in registry.MODELS.items()
+                               if e.family.generative and not e.family.needs_labels)
+        raise ValueError(f"--model {model_name} {why}, so it needs a labelled source with at least 2 classes; "
+                         f"{source_info.spec.uri} {has}. On unlabelled images train an autoencoder or an "
+                         f"unconditional generative model ({', '.join(unconditional)})")
     if family.needs_base_model:
         if pretraining is None:
             raise ValueError(f"the {model_name} fine-tunes a pretrained encoder: name the model to pretrain")
@@ -407,6 +419,10 @@ def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequ
             raise ValueError(f"--semi-supervised {semi_supervised[0]}: {e}") from e
     if any(k < 1 for k in ks):
         raise ValueError(f"labels per class {ks}: each must be at least 1")
+    if ks and source_info.num_classes < 2:
+        raise ValueError(f"--labels-per-class {','.join(map(str, ks))} keeps the labels of K examples per class, but "
+                         f"{source_info.spec.uri} has no classes (unlabelled{', --ignore-labels' if source_info.spec.ignore_labels else ''}): "
+                         "drop --labels-per-class")
     classifier_family = family_of(model_name).needs_base_model
     if not isinstance(labels_per_class, int) and ks and not classifier_family:
         raise ValueError(f"a list of labels-per-class values ({','.join(map(str, ks))},) draws a label-efficiency curve "

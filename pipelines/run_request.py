@@ -23,7 +23,8 @@ class PipelineRequest:
 
 def probe(args):
     from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
-    return sources.probe(sources.parse_source(args.source, args.data_dir, args.manual_dir))
+    return sources.probe(sources.parse_source(args.source, args.data_dir, args.manual_dir,
+                                              getattr(args, "ignore_labels", False)))
 
 
 def checked_request(args) -> PipelineRequest:
@@ -72,6 +73,9 @@ def checked_request(args) -> PipelineRequest:
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from e
     check_anomaly_class(args, info)
+    if getattr(args, "fid_features", "auto") == "classifier" and info.num_classes < 2:
+        raise CliError(f"--fid-features classifier trains the feature network on the source's labels; "
+                       f"{info.spec.uri} has none: use --fid-features self-supervised (or leave it at auto)")
     return PipelineRequest(info, config, model_config, pretraining, augmentation, semi_supervised)
 
 
@@ -118,7 +122,8 @@ def evaluation_settings(args, tracking_config):
                                        num_samples=args.eval_samples, anomaly_class=args.anomaly_class,
                                        anomaly_fpr=(getattr(args, "anomaly_fpr", None)
                                                     or pipeline.EvaluationSettings.anomaly_fpr),
-                                       metric_network_epochs=args.metric_network_epochs, seed=args.seed)
+                                       metric_network_epochs=args.metric_network_epochs, seed=args.seed,
+                                       fid_features=args.fid_features.replace("-", "_"))
 
 
 def ray_settings(args):

@@ -62,3 +62,23 @@ def test_configs_round_trip_and_a_stray_field_is_named(tmp_path):
         artifacts.load_config(artifacts.RegistrarConfig, json.dumps({"colour": 1}))
     with pytest.raises(FileNotFoundError, match="no evaluation.json"):
         artifacts.Evaluation.read(str(tmp_path))
+
+
+def test_nan_and_infinities_are_refused_at_the_artifact_boundary(tmp_path):
+    """ML Metadata's SQLite store read a NaN property as a column name and the run died after training: a metric
+    that cannot be computed must be left out, and writing one that is NaN is an error naming it."""
+    evaluation = artifacts.Evaluation("gan", {"fid": float("nan"), "per_class_fid": [1.0, float("inf")]},
+                                      {"blessed": True, "candidate": None})
+    with pytest.raises(ValueError, match=r"non-finite values at metrics\.fid, metrics\.per_class_fid\[1\]"):
+        evaluation.write(str(tmp_path), np.zeros(2), np.zeros(2))
+    assert not (tmp_path / artifacts.EVALUATION_FILE).exists()
+    artifact = FakeArtifact()
+    artifact.set_float_custom_property = artifact.set_json_value_custom_property
+    with pytest.raises(ValueError, match="key metric fid: non-finite"):
+        artifacts.set_key_metric(artifact, "fid", float("nan"))
+    artifacts.set_key_metric(artifact, "fid", None)  # not measured: the name only, no value
+    assert artifact.properties == {artifacts.KEY_METRIC_PROPERTY: "fid"}
+    artifacts.set_key_metric(artifact, "fid", 12.5)
+    assert artifact.properties[artifacts.KEY_METRIC_VALUE_PROPERTY] == 12.5
+    with pytest.raises(ValueError, match="fid_floor"):
+        artifacts.MetricNetworkEvaluation(None, "test", 10, 10, float("inf"), 1.0, {}).write(str(tmp_path))

@@ -150,3 +150,28 @@ def test_verbose_run_reaches_the_beam_components(tmp_path):
                             capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == cli.EXIT_DATA_INVALID, result.stderr[-3000:]
     assert "Out-of-range" in result.stderr and "verbosity" not in result.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--model", "dcgan_cond"], "--model dcgan_cond is class-conditional"),
+    (["--model", "ddpm_cond"], "so it needs a labelled source with at least 2 classes; npz:"),
+    (["--model", "classifier"], "--model classifier learns to predict labels"),
+    (["--model", "dcgan", "--labels-per-class", "10"], "--labels-per-class 10 keeps the labels of K examples"),
+    (["--model", "ddpm", "--fid-features", "classifier"], "--fid-features classifier trains the feature network"),
+    (["--model", "conv_ae", "--anomaly-class", "1"], "--anomaly-class needs labelled data"),
+])
+def test_an_unlabelled_source_refuses_what_needs_labels_before_any_work(flags, expected, capsys, tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "faces.npz", x=np.zeros((20, 8, 8, 3), np.uint8))
+    argv = ["run", "--source", f"npz:{tmp_path / 'faces.npz'}", *flags, "--run-dir", str(tmp_path / "runs")]
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "latentforge" / "tfx").exists()
+
+
+def test_ignore_labels_makes_a_labelled_source_unlabelled_for_the_whole_request(capsys):
+    assert cli.main(["inspect", "--source", f"idx:{SAMPLE_DIR}", "--ignore-labels"]) == cli.EXIT_OK
+    assert "classes      0: (labels ignored)" in capsys.readouterr().out
+    assert cli.main(["run", "--source", f"idx:{SAMPLE_DIR}", "--ignore-labels", "--model", "cvae"]) == cli.EXIT_BAD_INPUT
+    assert "is read without its labels (--ignore-labels)" in capsys.readouterr().err

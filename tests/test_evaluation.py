@@ -174,7 +174,11 @@ def test_scoring_a_gan_savedmodel_with_the_metric_network(metric_network, tmp_pa
     ("autoencoder", {"test_mse": 0.0299}, ("3", {"test_mse": 0.03}), 0.01, False, "does not beat"),
     ("classifier", {"test_accuracy": 0.9}, ("1", {"test_accuracy": 0.8}), 0.0, True, "beats"),
     ("classifier", {"test_accuracy": 0.7}, ("1", {"test_accuracy": 0.8}), 0.0, False, "does not beat"),
-    ("gan", {"fid": float("nan")}, None, 0.0, False, "no finite fid"),
+    # A key metric that could not be measured: blessed only where there is no champion to replace.
+    ("gan", {"fid": float("nan")}, None, 0.0, True, "fid could not be measured (it came out nan); no champion yet"),
+    ("gan", {}, None, 0.0, True, "blessed unscored"),
+    ("gan", {"fid": float("inf")}, ("4", {"fid": 30.0}), 0.0, False, "never replaces champion version 4"),
+    ("gan", {}, ("4", {"fid": 30.0}), 0.0, False, "fid could not be measured; not blessed"),
     ("diffusion", {"fid": 3.0}, ("2", {}), 0.0, True, "has no fid"),
 ])
 def test_blessing_decision(family, metrics, champion, margin, blessed, words):
@@ -211,3 +215,64 @@ def test_scoring_batches_read_again_on_each_pass_gives_the_array_scores(tmp_path
     for name in ("test_mse", "test_bce", "test_neg_elbo", "test_kl"):
         assert got[name] == pytest.approx(expected[name], rel=1e-5), name
     np.testing.assert_allclose(got_arrays["codings"], arrays["codings"], rtol=1e-5, atol=1e-6)
+
+
+def test_finite_metrics_leaves_out_what_could_not_be_computed():
+    kept, dropped = scoring.finite_metrics({"fid": float("nan"), "kid_x1e3": 3.0, "per_class_fid": [1.0, float("nan")],
+                                            "split": "test", "samples": 10})
+    assert dropped == ["fid"] and kept == {"kid_x1e3": 3.0, "per_class_fid": [1.0, None], "split": "test",
+                                           "samples": 10}
+
+
+def test_precision_is_fidelity_and_recall_is_coverage():
+    """Kynkaanniemi et al.'s two numbers: samples of one real mode only are faithful (precision ~1) but cover
+    half the data (recall ~0.5); samples off the data have neither; the real data against itself has both."""
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.normal(-5, 1, (500, 4)), rng.normal(5, 1, (500, 4))])
+    same = scoring.precision_recall(real, np.concatenate([rng.normal(-5, 1, (500, 4)), rng.normal(5, 1, (500, 4))]))
+    assert same["precision"] > 0.9 and same["recall"] > 0.9
+    one_mode = scoring.precision_recall(real, rng.normal(-5, 1, (1000, 4)))
+    assert one_mode["precision"] > 0.9 and 0.4 < one_mode["recall"] < 0.6
+    off = scoring.precision_recall(real, rng.normal(20, 1, (1000, 4)))
+    assert off["precision"] == 0 and off["recall"] == 0
+    with pytest.raises(ValueError, match="needs more than 3"):
+        scoring.precision_recall(real, real[:3])
+
+
+def test_nt_xent_is_low_when_each_view_finds_its_partner_and_augment_keeps_shape_and_range():
+    from evaluation import self_supervised
+    z = tf.random.stateless_normal([16, 8], seed=[0, 1])
+    matched = self_supervised.nt_xent(z, z, 0.1)
+    shuffled = self_supervised.nt_xent(z, tf.roll(z, 1, axis=0), 0.1)
+    assert matched.shape == (16,) and float(tf.reduce_mean(matched)) < float(tf.reduce_mean(shuffled))
+    images = tf.constant(sample_digits(8))
+    views = self_supervised.augment(images, 0.5, 0.2, flip=False)
+    assert views.shape == images.shape and float(tf.reduce_min(views)) >= 0 and float(tf.reduce_max(views)) <= 1
+    assert not np.allclose(views.numpy(), images.numpy())  # a view differs from the image
+    colour = self_supervised.augment(tf.random.stateless_uniform([4, 12, 12, 3], seed=[1, 2]), 0.5, 0.2, flip=True)
+    assert colour.shape == (4, 12, 12, 3)
+
+
+def test_a_self_supervised_feature_network_learns_digits_without_labels(tmp_path):
+    """Trained on 1,500 digits without their labels for 4 epochs, its features put a held-out digit next to train
+    digits of its own class far above chance (0.1), and FID/KID/precision rank real digits above a single class
+    above noise; exported, it gives features and no class predictions."""
+    from evaluation import self_supervised
+    images, labels = sample_digits(2000), sample_labels(2000)
+    config = scoring.MetricNetworkConfig(method="self_supervised", seed=1)
+    model = self_supervised.train_contrastive(images[:1500], config, epochs=4)
+    scoring.export_metric_network(model.encoder, str(tmp_path))
+    network = scoring.MetricNetwork(str(tmp_path))
+    train_features, classes = network(images[:1500])
+    assert classes is None and not network.classifies and train_features.shape == (1500, config.feature_units)
+    test_features, _ = network(images[1500:])
+    accuracy = self_supervised.nearest_neighbour_accuracy(train_features, labels[:1500], test_features, labels[1500:])
+    assert accuracy > 0.6
+    reference = scoring.FeatureReference.from_features(train_features, None, 0)
+    real = scoring.feature_scores(test_features, None, reference)
+    ones = scoring.feature_scores(test_features[labels[1500:] == 1], None, reference)
+    noise = scoring.generative_scores(np.random.default_rng(0).random((500, 28, 28, 1), np.float32), network,
+                                      reference)
+    assert real["fid"] < ones["fid"] < noise["fid"] and real["kid_x1e3"] < ones["kid_x1e3"] < noise["kid_x1e3"]
+    assert ones["recall"] < 0.5 * real["recall"] and noise["precision"] < 0.05 < real["precision"]
+    assert "mode_entropy" not in real  # no classes, no mode coverage

@@ -209,3 +209,69 @@ def test_npz_fortran_ordered_images_read_whole_with_the_same_content(tmp_path):
     assert [len(c) for c in chunks] == [8, 8, 4]
     _, splits = _read_all(f"npz:{tmp_path / 'f.npz'}")
     np.testing.assert_array_equal(np.stack([r[0][..., 0] for r in splits["train"]]), x)
+
+
+# ------------------------------------------------------------------------------ unlabelled sources
+
+def _pngs(directory, count, shape=(6, 6, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+    for i, image in enumerate(images):
+        write_png(str(directory / f"{i:03d}.png"), image)
+    return images
+
+
+def test_a_folder_with_its_images_directly_in_it_is_unlabelled(tmp_path):
+    images = _pngs(tmp_path, 5)
+    info, splits = _read_all(f"folder:{tmp_path}")
+    assert info.class_names == () and info.image_shape == (6, 6, 3) and [s.name for s in info.splits] == ["train"]
+    assert [r[1] for r in splits["train"]] == [-1] * 5
+    np.testing.assert_array_equal(np.stack([r[0] for r in splits["train"]]), images)
+
+
+def test_unlabelled_train_and_test_folders(tmp_path):
+    _pngs(tmp_path / "train", 4)
+    _pngs(tmp_path / "test", 2, seed=1)
+    info, splits = _read_all(f"folder:{tmp_path}")
+    assert info.class_names == () and {len(splits["train"]), len(splits["test"])} == {4, 2}
+    assert {r[1] for r in splits["train"] + splits["test"]} == {-1}
+
+
+def test_loose_images_beside_sub_folders_are_ambiguous_and_the_error_names_both_ways_out(tmp_path):
+    _pngs(tmp_path, 2)
+    _pngs(tmp_path / "batch1", 2)
+    with pytest.raises(sources.SourceError, match="holds both images .* sub-folders .* pass --ignore-labels"):
+        sources.probe(sources.parse_source(f"folder:{tmp_path}"))
+
+
+def test_ignore_labels_reads_nested_folders_that_are_not_classes_at_every_depth(tmp_path):
+    _pngs(tmp_path / "2019" / "march", 3)
+    _pngs(tmp_path / "2020", 2, seed=1)
+    _pngs(tmp_path, 1, seed=2)
+    # Without the flag the sub-folders would be classes (and the loose image beside them ambiguous).
+    with pytest.raises(sources.SourceError, match="--ignore-labels"):
+        sources.probe(sources.parse_source(f"folder:{tmp_path}"))
+    info = sources.probe(sources.parse_source(f"folder:{tmp_path}", ignore_labels=True))
+    records = list(sources.read_split(info, "train"))
+    assert info.class_names == () and len(records) == 6 and {r[1] for r in records} == {-1}
+
+
+def test_class_folders_without_images_of_their_own_point_at_ignore_labels(tmp_path):
+    _pngs(tmp_path / "a" / "deeper", 2)
+    with pytest.raises(sources.SourceError, match="pass --ignore-labels"):
+        sources.probe(sources.parse_source(f"folder:{tmp_path}"))
+
+
+def test_ignore_labels_drops_the_labels_of_every_kind(tmp_path, idx_dir):
+    path, (x_train, _, _, _) = idx_dir
+    info = sources.probe(sources.parse_source(f"idx:{path}", ignore_labels=True))
+    records = list(sources.read_split(info, "train"))
+    assert info.class_names == () and {r[1] for r in records} == {-1}
+    np.testing.assert_array_equal(np.stack([r[0][..., 0] for r in records]), x_train)
+    np.savez(tmp_path / "labelled.npz", x=random_images(6, (4, 4)), y=np.arange(6) % 3)
+    info = sources.probe(sources.parse_source(f"npz:{tmp_path / 'labelled.npz'}", ignore_labels=True))
+    assert info.num_classes == 0 and {r[1] for r in sources.read_split(info, "train")} == {-1}
+    for cls in ("cat", "dog"):
+        _pngs(tmp_path / "pets" / cls, 2)
+    info = sources.probe(sources.parse_source(f"folder:{tmp_path / 'pets'}", ignore_labels=True))
+    assert info.class_names == () and len(sources.list_folder_split(info, "train")) == 4

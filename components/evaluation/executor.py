@@ -14,8 +14,8 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from components import artifacts
-from evaluation import figures, scoring
-from trainers import data, registry
+from evaluation import figures, scoring, self_supervised
+from trainers import data, progress, registry
 
 def evaluation_split(examples: types.Artifact) -> str:
     """The split models are scored on: test when the data has one, else eval."""
@@ -59,42 +59,61 @@ def read_transformed_split(examples: types.Artifact, transform_graph: types.Arti
 
 
 class MetricNetworkExecutor(base_executor.BaseExecutor):
+    """Trains the feature network FID, KID and precision/recall are measured in: a classifier on the labels, or
+    (an unlabelled source, or config method self_supervised) a contrastive encoder on the images alone."""
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         config = artifacts.load_config(scoring.MetricNetworkConfig, exec_properties["config"])
         num_classes = len(artifacts.class_names(examples))
-        if num_classes < 2:
-            raise ValueError(f"the metric network needs labelled data with at least 2 classes; {examples.uri} has "
-                             f"{num_classes}")
+        method, epochs = config.resolved_method(num_classes), config.resolved_epochs(num_classes)
+        if method == "classifier" and num_classes < 2:
+            raise ValueError(f"the classifier metric network needs labelled data with at least 2 classes; "
+                             f"{examples.uri} has {num_classes}: use the self-supervised one")
         images, labels = read_raw_split(examples, "train")
-        labelled = labels >= 0
-        images, labels = images[labelled], labels[labelled]
-        logging.info("training the metric network on %d labelled images for %d epochs", len(images), config.epochs)
-        network = scoring.build_metric_network(images.shape[1:], num_classes, config)
-        network.fit(images, labels, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=2)
-
-        model_dir = artifact_utils.get_single_uri(output_dict["model"])
-        scoring.export_metric_network(network, os.path.join(model_dir, artifacts.METRIC_NETWORK_DIR))
-        loaded = scoring.MetricNetwork(os.path.join(model_dir, artifacts.METRIC_NETWORK_DIR))
-        train_features, _ = loaded(images)
-        reference = scoring.FeatureReference.from_features(train_features, labels, num_classes, seed=config.seed)
-        reference.save(model_dir)
-
         split = evaluation_split(examples)
         test_images, test_labels = read_raw_split(examples, split)
-        test_images, test_labels = test_images[test_labels >= 0], test_labels[test_labels >= 0]
+        model_dir = artifact_utils.get_single_uri(output_dict["model"])
+        export_dir = os.path.join(model_dir, artifacts.METRIC_NETWORK_DIR)
+        if method == "classifier":
+            labelled = labels >= 0
+            images, labels = images[labelled], labels[labelled]
+            test_images, test_labels = test_images[test_labels >= 0], test_labels[test_labels >= 0]
+            logging.info("training the metric network on %d labelled images for %d epochs", len(images), epochs)
+            network = scoring.build_metric_network(images.shape[1:], num_classes, config)
+            network.fit(images, labels, batch_size=config.batch_size, epochs=epochs, shuffle=True, verbose=0,
+                        callbacks=[progress.EpochProgress(config.batch_size)])
+            scoring.export_metric_network(network, export_dir)
+        else:
+            logging.info("training the self-supervised feature network on %d images for %d epochs", len(images),
+                         epochs)
+            encoder = self_supervised.train_contrastive(
+                images, config, epochs, [progress.EpochProgress(config.batch_size)]).encoder
+            scoring.export_metric_network(encoder, export_dir)
+        loaded = scoring.MetricNetwork(export_dir)
+        train_features, _ = loaded(images)
+        reference = scoring.FeatureReference.from_features(
+            train_features, labels, num_classes if loaded.classifies else 0, seed=config.seed)
+        reference.save(model_dir)
+
         test_features, predicted = loaded(test_images)
-        # The floor: real held-out digits score this against the train split; no generator can expect less.
+        # The floor: real held-out images score this against the train split; no generator can expect less.
         floor = scoring.feature_scores(test_features, predicted, reference, seed=config.seed)
+        if predicted is not None:
+            accuracy = float(np.mean(predicted == test_labels))
+        elif np.all(test_labels >= 0) and np.all(labels >= 0) and len(test_labels):
+            accuracy = self_supervised.nearest_neighbour_accuracy(train_features, labels, test_features, test_labels)
+        else:
+            accuracy = None
         evaluated = artifacts.MetricNetworkEvaluation(
-            test_accuracy=float(np.mean(predicted == test_labels)), split=split, train_examples=int(len(images)),
+            test_accuracy=accuracy, split=split, train_examples=int(len(images)),
             test_examples=int(len(test_images)), fid_floor=floor["fid"], kid_floor_x1e3=floor["kid_x1e3"],
-            config=dataclasses.asdict(config))
+            config=dataclasses.asdict(config), method=method, precision_floor=floor["precision"],
+            recall_floor=floor["recall"])
         evaluated.write(artifact_utils.get_single_uri(output_dict["evaluation"]))
-        logging.info("metric network: test accuracy %.4f, FID floor (test vs train) %.3f", evaluated.test_accuracy,
-                     evaluated.fid_floor)
+        logging.info("metric network (%s): test accuracy %s, FID floor (test vs train) %.3f", method,
+                     "n/a" if accuracy is None else f"{accuracy:.4f}", evaluated.fid_floor)
 
 
 class ModelEvaluatorExecutor(base_executor.BaseExecutor):
@@ -129,9 +148,15 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
         metrics, arrays = scoring.score_model(family, saved_model, images, labels, config.pixel_range,
                                               config.model_config, config.num_classes, options, network, reference)
         metrics["split"] = split
+        metrics, dropped = scoring.finite_metrics(metrics)
+        if dropped:
+            logging.warning("evaluation: %s could not be computed (non-finite) and are left out", ", ".join(dropped))
 
+        key = family.key_metric[0]
+        unmeasured = ("it came out non-finite" if key in dropped else
+                      "no feature network to score samples with" if family.generative and network is None else "")
         champion = tracking.champion_metrics(tracking.TrackingConfig(**config.tracking), config.registered_model)
-        blessing = scoring.decide_blessing(family.key_metric, metrics, champion, float(config.margin))
+        blessing = scoring.decide_blessing(family.key_metric, metrics, champion, float(config.margin), unmeasured)
         logging.info("evaluation: %s", blessing.reason)
 
         evaluation_dir = artifact_utils.get_single_uri(output_dict["evaluation"])
@@ -144,9 +169,7 @@ class ModelEvaluatorExecutor(base_executor.BaseExecutor):
             logging.info("figure: %s", path)
 
         evaluation_artifact = artifact_utils.get_single_instance(output_dict["evaluation"])
-        evaluation_artifact.set_string_custom_property(artifacts.KEY_METRIC_PROPERTY, blessing.metric)
-        evaluation_artifact.set_float_custom_property(artifacts.KEY_METRIC_VALUE_PROPERTY,
-                                                      float(blessing.candidate or float("nan")))
+        artifacts.set_key_metric(evaluation_artifact, blessing.metric, blessing.candidate)
         blessing_artifact = artifact_utils.get_single_instance(output_dict["blessing"])
         # As TFX's Evaluator writes it: the Pusher reads the `blessed` property; the file is for people.
         blessing_artifact.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,

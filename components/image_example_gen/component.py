@@ -46,6 +46,7 @@ class ImageExampleGen(FileBasedExampleGen):
             "source": source_info.spec.uri,
             "data_dir": source_info.spec.data_dir or "",
             "manual_dir": source_info.spec.manual_dir or "",
+            "ignore_labels": source_info.spec.ignore_labels,
             "eval_percent": eval_percent,
             "image_shape": list(source_info.image_shape),
             "class_names": list(source_info.class_names),

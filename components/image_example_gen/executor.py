@@ -64,6 +64,7 @@ def _ReadSourceSplit(pipeline: beam.Pipeline, info: sources.SourceInfo, split: s
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
         builder = sources.ensure_tfds_prepared(info.spec)
         image_key, label_key = sources.tfds_keys(builder)
+        label_key = None if info.spec.ignore_labels else label_key
         records = (pipeline
                    | "ReadFromTFDS" >> tfds.beam.ReadFromTFDS(builder, split=sources.tfds_split_name(split))
                    | "ToRecord" >> beam.Map(_tfds_records, image_key, label_key))
@@ -81,7 +82,8 @@ class Executor(BaseExampleGenExecutor):
         return _ReadSourceSplit
 
     def _source_info(self, config: Dict[str, Any]) -> sources.SourceInfo:
-        spec = sources.parse_source(config["source"], config["data_dir"] or None, config["manual_dir"] or None)
+        spec = sources.parse_source(config["source"], config["data_dir"] or None, config["manual_dir"] or None,
+                                    bool(config.get("ignore_labels", False)))
         info = sources.probe(spec)
         expected = tuple(int(d) for d in config["image_shape"])
         if info.image_shape != expected:

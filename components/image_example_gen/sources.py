@@ -2,8 +2,13 @@
 
     tfds:NAME      a TensorFlow Datasets builder (tfds:mnist, tfds:fashion_mnist, tfds:cifar10, ...)
     idx:DIR        the four IDX files as MNIST / Fashion-MNIST ship them (gzipped or not)
-    folder:DIR     one sub-folder per class (PNG/JPEG), optionally under DIR/train and DIR/test
+    folder:DIR     one sub-folder per class (PNG/JPEG), or the images directly in DIR (unlabelled); either
+                   optionally under DIR/train and DIR/test
     npz:FILE       arrays `x` (N,H,W[,C]) uint8 and optional `y`; or x_train/y_train[/x_test/y_test]
+
+Any source can be read without its labels (`ignore_labels`, the CLI's --ignore-labels): every record's label is
+-1 and the source reports no classes; a folder's sub-folders are then not classes and its images are read from
+every depth.
 
 This module is plain Python + numpy (no Beam, no TFX): the ExampleGen executor wraps the readers in
 Beam, the CLI probes a source before it builds the pipeline, and the tests call both directly.
@@ -41,6 +46,7 @@ class SourceSpec:
     location: str  # dataset name for tfds, else a path
     data_dir: Optional[str] = None  # tfds only
     manual_dir: Optional[str] = None  # tfds only
+    ignore_labels: bool = False  # read every image as unlabelled (a folder's sub-folders are not classes)
 
     @property
     def uri(self) -> str:
@@ -79,7 +85,8 @@ class SourceInfo:
         return os.path.splitext(base)[0] if self.spec.kind == "npz" else base
 
 
-def parse_source(uri: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None) -> SourceSpec:
+def parse_source(uri: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+                 ignore_labels: bool = False) -> SourceSpec:
     """Parses 'KIND:LOCATION'. Paths are made absolute so a pipeline run elsewhere reads the same files."""
     kind, sep, location = uri.partition(":")
     if not sep or kind not in KINDS or not location:
@@ -92,7 +99,7 @@ def parse_source(uri: str, data_dir: Optional[str] = None, manual_dir: Optional[
             raise SourceError("--data-dir and --manual-dir are TFDS options; they do nothing for "
                               f"{kind}: sources (drop them, or use a tfds: source)")
     expand = lambda p: os.path.abspath(os.path.expanduser(p)) if p else None
-    return SourceSpec(kind, location, expand(data_dir), expand(manual_dir))
+    return SourceSpec(kind, location, expand(data_dir), expand(manual_dir), bool(ignore_labels))
 
 
 def probe(spec: SourceSpec) -> SourceInfo:
@@ -101,20 +108,21 @@ def probe(spec: SourceSpec) -> SourceInfo:
     Cheap: reads headers and label files, never all the images (a tfds source is prepared first,
     which downloads it once). Raises SourceError.
     """
-    return {"tfds": _probe_tfds, "idx": _probe_idx, "folder": _probe_folder, "npz": _probe_npz}[spec.kind](spec)
+    info = {"tfds": _probe_tfds, "idx": _probe_idx, "folder": _probe_folder, "npz": _probe_npz}[spec.kind](spec)
+    return dataclasses.replace(info, class_names=()) if spec.ignore_labels else info
 
 
 def read_split(info: SourceInfo, split: str) -> Iterator[Record]:
     """Yields every record of one source split ('train', 'eval' or 'test'), fully validated."""
-    if info.spec.kind == "idx":
-        yield from _read_idx_split(info, split)
-    elif info.spec.kind == "npz":
-        yield from _read_npz_split(info, split)
-    elif info.spec.kind == "folder":
+    if info.spec.kind == "folder":
         for path, label in list_folder_split(info, split):
             yield read_image_file(path, info.image_shape), label
-    else:
+        return
+    if info.spec.kind == "tfds":
         raise NotImplementedError("tfds sources are read with tfds.beam.ReadFromTFDS in the executor")
+    records = _read_idx_split(info, split) if info.spec.kind == "idx" else _read_npz_split(info, split)
+    for image, label in records:
+        yield image, UNLABELED if info.spec.ignore_labels else label
 
 
 # --------------------------------------------------------------------------------------------- IDX
@@ -256,34 +264,77 @@ def _image_files(directory: str) -> List[str]:
                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
 
 
+def _all_image_files(directory: str) -> List[str]:
+    """Every image under `directory` at any depth (hidden files and folders skipped), in a stable order."""
+    found = []
+    for parent, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(parent, f) for f in sorted(files)
+                     if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    return found
+
+
+# How a folder's split is laid out: class sub-folders (labelled), or images with no classes (unlabelled): directly
+# in the folder, or at any depth with --ignore-labels. The SourceSplit pattern's last part tells them apart.
+_CLASS_PATTERN, _FLAT_PATTERN = os.path.join("*", "*"), "*"
+
+
+def _folder_split_is_flat(split_root: str, ignore_labels: bool) -> bool:
+    """True: the split's images are unlabelled (loose in split_root, or anywhere below it with ignore_labels);
+    False: split_root holds one sub-folder per class. Both loose images and sub-folders is ambiguous: an error."""
+    if ignore_labels:
+        return True
+    loose, folders = _image_files(split_root), _class_dirs(split_root)
+    if loose and folders:
+        raise SourceError(
+            f"{split_root} holds both images ({loose[0]}, ...) and sub-folders ({', '.join(folders[:3])}): with class "
+            "folders every image must be in one (move the loose images into a class folder); to read every image "
+            "at any depth as unlabelled, pass --ignore-labels")
+    return bool(loose)
+
+
 def _probe_folder(spec: SourceSpec) -> SourceInfo:
     root = spec.location
     if not os.path.isdir(root):
-        raise SourceError(f"folder:{root}: no such directory. Expected ROOT/CLASS/*.png (or .jpg), "
-                          "optionally as ROOT/train/CLASS/... and ROOT/test/CLASS/...")
+        raise SourceError(f"folder:{root}: no such directory. Expected ROOT/CLASS/*.png (or .jpg), or the images "
+                          "directly in ROOT (unlabelled), optionally as ROOT/train/... and ROOT/test/...")
     top = _class_dirs(root)
     split_dirs = [s for s in ("train", "test") if s in top]
     if split_dirs and "train" not in split_dirs:
         raise SourceError(f"folder:{root} has a test/ folder but no train/ folder")
     layout = [("train", "train"), ("test", "test")] if split_dirs else [("train", "")]
-    splits, class_names = [], None
+    splits, class_names, flat_layout = [], None, None
     for split, sub in layout:
         split_root = os.path.join(root, sub) if sub else root
         if not os.path.isdir(split_root):
             continue
-        classes = _class_dirs(split_root)
-        if not classes:
-            raise SourceError(f"{split_root}: no class sub-folders; put each class's images in "
-                              f"{split_root}/CLASS_NAME/")
-        if class_names is None:
-            class_names = tuple(classes)
-        elif not set(classes) <= set(class_names):
-            extra = sorted(set(classes) - set(class_names))
-            raise SourceError(f"{split_root}: classes {extra} are not in the train split's classes "
-                              f"{list(class_names)}; both splits must use the same class folders")
-        if not any(_image_files(os.path.join(split_root, c)) for c in classes):
-            raise SourceError(f"{split_root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-        splits.append(SourceSplit(split, os.path.join(sub, "*", "*") if sub else os.path.join("*", "*")))
+        flat = _folder_split_is_flat(split_root, spec.ignore_labels)
+        if flat_layout is not None and flat != flat_layout:
+            raise SourceError(f"{split_root}: {'loose images' if flat else 'class folders'} but the train split has "
+                              f"{'loose images' if flat_layout else 'class folders'}; lay both splits out alike (or "
+                              "pass --ignore-labels to read both as unlabelled images)")
+        flat_layout = flat
+        if flat:
+            if not _all_image_files(split_root):
+                raise SourceError(f"{split_root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
+            class_names = ()
+        else:
+            classes = _class_dirs(split_root)
+            if not classes:
+                raise SourceError(f"{split_root}: no images and no class sub-folders; put the images there "
+                                  f"(unlabelled) or each class's images in {split_root}/CLASS_NAME/")
+            if class_names is None:
+                class_names = tuple(classes)
+            elif not set(classes) <= set(class_names):
+                extra = sorted(set(classes) - set(class_names))
+                raise SourceError(f"{split_root}: classes {extra} are not in the train split's classes "
+                                  f"{list(class_names)}; both splits must use the same class folders")
+            if not any(_image_files(os.path.join(split_root, c)) for c in classes):
+                raise SourceError(f"{split_root}: no images ({', '.join(IMAGE_EXTENSIONS)}) directly in its class "
+                                  "folders; if the sub-folders are not classes, pass --ignore-labels to read every "
+                                  "image below it as unlabelled")
+        pattern = _FLAT_PATTERN if flat else _CLASS_PATTERN
+        splits.append(SourceSplit(split, os.path.join(sub, pattern) if sub else pattern))
     info = SourceInfo(spec, root, tuple(splits), (0, 0, 0), class_names)
     first_path = next(iter(list_folder_split(info, "train")))[0]
     shape = _decode_image(first_path).shape
@@ -291,9 +342,12 @@ def _probe_folder(spec: SourceSpec) -> SourceInfo:
 
 
 def list_folder_split(info: SourceInfo, split: str) -> List[Tuple[str, int]]:
-    """(path, label) for every image file of a folder split, in a stable order."""
+    """(path, label) for every image file of a folder split, in a stable order (label -1: unlabelled)."""
     pattern = next(s.pattern for s in info.splits if s.name == split)
-    split_root = os.path.join(info.input_base, os.path.dirname(os.path.dirname(pattern)))
+    sub = pattern.split(os.sep)[0] if pattern.split(os.sep)[0] in ("train", "test") else ""
+    split_root = os.path.join(info.input_base, sub)
+    if not info.class_names:
+        return [(path, UNLABELED) for path in _all_image_files(split_root)]
     files = []
     for label, name in enumerate(info.class_names):
         class_dir = os.path.join(split_root, name)
