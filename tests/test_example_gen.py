@@ -98,6 +98,19 @@ def test_tfds_source_to_examples(tmp_path):
     splits, _ = run_example_gen("tfds:latentforge_tiny_digits", str(tmp_path / "out"), data_dir=data_dir)
     assert len(splits["test"]) == 9 and len(splits["train"]) + len(splits["eval"]) == 30
     assert splits["test"][0][0].shape == (6, 6, 1) and {r[1] for r in splits["test"]} == {0, 1, 2}
+    # Read without its labels: the same images, every label -1, and no classes on the artifact.
+    unlabelled, artifact = run_example_gen("tfds:latentforge_tiny_digits", str(tmp_path / "unlabelled"),
+                                           data_dir=data_dir, ignore_labels=True)
+    assert {r[1] for split in unlabelled.values() for r in split} == {-1}
+    assert sorted(r[0].tobytes() for r in unlabelled["test"]) == sorted(r[0].tobytes() for r in splits["test"])
+    assert artifact.get_json_value_custom_property("class_names") == []
+
+
+def test_a_flat_folder_to_unlabelled_examples(tmp_path):
+    for i in range(20):
+        write_png(str(tmp_path / "src" / f"{i}.png"), random_images(1, (5, 5), seed=i)[0][..., None])
+    splits, _ = run_example_gen(f"folder:{tmp_path / 'src'}", str(tmp_path / "out"), eval_percent=20)
+    assert len(splits["train"]) + len(splits["eval"]) == 20 and {r[1] for r in splits["train"]} == {-1}
 
 
 def test_corrupt_file_inside_beam_keeps_the_clear_error(idx_dir, tmp_path):

@@ -1,6 +1,6 @@
 """Beam executor of ImageExampleGen: reads each source split once and writes tf.Examples."""
 import hashlib
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -45,7 +45,7 @@ def read_custom_config(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
     return json_format.MessageToDict(struct)
 
 
-def _tfds_records(element: Dict[str, Any], image_key: str, label_key: str):
+def _tfds_records(element: Dict[str, Any], image_key: str, label_key: Optional[str]):
     image = element[image_key]
     return image if image.ndim == 3 else image[:, :, None], int(element[label_key]) if label_key else -1
 
