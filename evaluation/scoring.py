@@ -86,8 +86,11 @@ def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def frechet_distance(mean_a, cov_a, mean_b, cov_b) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between two Gaussians (Heusel et al. 2017)."""
     covmean, _ = scipy.linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise, as the reference implementation does
-        offset = np.eye(len(cov_a)) * 1e-6
+    # A near-singular product (fewer samples than feature dimensions: 1,000 images in Inception's 2,048) gives a
+    # square root that is not finite or far from real: regularise, as the reference implementations do.
+    scale = max(float(np.abs(np.diag(cov_a)).max(initial=0.0)), float(np.abs(np.diag(cov_b)).max(initial=0.0)), 1e-12)
+    if not np.isfinite(covmean).all() or np.abs(np.imag(covmean)).max(initial=0.0) > 1e-3 * scale:
+        offset = np.eye(len(cov_a)) * 1e-6 * scale
         covmean = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
     diff = mean_a - mean_b
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean.real))
@@ -129,7 +132,7 @@ def mode_coverage(predicted_classes: np.ndarray, real_histogram: np.ndarray) -> 
 # ------------------------------------------------------------------------------------------- metric network
 
 # How the feature network is trained: on the labels (a classifier), or without them (evaluation.self_supervised).
-FEATURE_METHODS = ("auto", "classifier", "self_supervised")
+FEATURE_METHODS = ("auto", "classifier", "self_supervised", "inception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +149,10 @@ class MetricNetworkConfig:
     min_crop_area: float = 0.5
     jitter: float = 0.2
     flip: bool = False
+    # method "inception": TTUR's frozen Inception graph (evaluation/inception.py), nothing trained; its reference
+    # is the features of at most `reference_images` train images (Inception at 299x299 is slow on a CPU).
+    inception_path: str = ""
+    reference_images: int = 10_000
 
     def __post_init__(self):
         if ((self.epochs is not None and self.epochs < 1) or self.batch_size < 1 or self.feature_units < 2
@@ -154,6 +161,8 @@ class MetricNetworkConfig:
                              "learning_rate > 0 required")
         if self.method not in FEATURE_METHODS:
             raise ValueError(f"metric network method {self.method!r}: choose one of {', '.join(FEATURE_METHODS)}")
+        if (self.method == "inception") != bool(self.inception_path):
+            raise ValueError("the inception method needs inception_path (the FID Inception graph file), and only it")
         if not (self.temperature > 0 and self.projection_units >= 2 and 0 < self.min_crop_area <= 1
                 and 0 <= self.jitter < 0.5):
             raise ValueError(f"metric network config {self}: temperature > 0, projection_units >= 2, "
@@ -166,7 +175,9 @@ class MetricNetworkConfig:
         return self.method
 
     def resolved_epochs(self, num_classes: int) -> int:
-        return self.epochs or (3 if self.resolved_method(num_classes) == "classifier" else 10)
+        """Training epochs (0 for the Inception graph, which is used as it is)."""
+        method = self.resolved_method(num_classes)
+        return 0 if method == "inception" else self.epochs or (3 if method == "classifier" else 10)
 
 
 def build_metric_network(image_shape: Sequence[int], num_classes: int, config: MetricNetworkConfig) -> keras.Model:
@@ -344,7 +355,9 @@ def generate(signature: Callable, count: int, seed: int, batch_size: int,
     other inputs, as the signature types them (a DDPM's steps; a conditional one's labels, repeated cyclically
     within each batch, and guidance: see `requested_labels`)."""
     batches = []
-    specs = signature.structured_input_signature[1]
+    # A loaded SavedModel's signature takes keywords; a live model's (trainers/best_epoch.py) its positional specs.
+    positional, keywords = signature.structured_input_signature
+    specs = keywords or {spec.name: spec for spec in positional}
     extra = {k: tf.constant(v, specs[k].dtype) for k, v in (inputs or {}).items()}
     for index, start in enumerate(range(0, count, batch_size)):
         n = tf.constant(min(batch_size, count - start), tf.int32)

@@ -12,8 +12,8 @@ the views differ by. So the views differ by crops (position and scale) and a mil
 colour images, saturation) jitter, never by noise or blur: a generator's noisy or blurry samples must stay far
 from the real images in this space. No flips by default (a mirrored digit is not a digit).
 
-The trained network is exported like the labelled one (scoring.export_metric_network's `features` signature), with
-features only: no class predictions, so no mode coverage.
+The trained encoder is exported like the labelled network (scoring.export_metric_network's `features` signature),
+its embedding normalised (`feature_model`), with features only: no class predictions, so no mode coverage.
 """
 import math
 from typing import Sequence
@@ -106,7 +106,7 @@ class ContrastiveModel(keras.Model):
 
 def build_encoder(image_shape: Sequence[int], config: scoring.MetricNetworkConfig) -> keras.Model:
     """The labelled metric network's convolutional body with batch normalisation (contrastive training without it
-    is slow to start), ending in the same `features` layer."""
+    is slow to start), ending in an embedding of `feature_units` (feature_model puts it on a sphere)."""
     inputs = keras.Input(tuple(image_shape))
     x = inputs
     for filters in (32, 64):
@@ -115,8 +115,19 @@ def build_encoder(image_shape: Sequence[int], config: scoring.MetricNetworkConfi
         x = keras.layers.ReLU()(x)
         x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Flatten()(x)
-    features = keras.layers.Dense(config.feature_units, activation="relu", name=scoring.METRIC_NETWORK_FEATURES)(x)
-    return keras.Model(inputs, features, name="contrastive_encoder")
+    embedding = keras.layers.Dense(config.feature_units, activation="relu", name="embedding")(x)
+    return keras.Model(inputs, embedding, name="contrastive_encoder")
+
+
+def feature_model(encoder: keras.Model) -> keras.Model:
+    """What FID, KID and precision/recall read: the encoder's embedding on the sphere of radius sqrt(d). The loss
+    compares directions only, so the embedding's length is free and drifts (on the full MNIST the held-out digits'
+    FID read 60 and KID's cubic kernel overflowed to 2e5); on that sphere x.y / d is a cosine, the scale KID's
+    kernel (x.y / d + 1)^3 expects, and the distances are the ones training shaped."""
+    units = encoder.outputs[0].shape[-1]
+    x = keras.layers.UnitNormalization(axis=-1)(encoder.outputs[0])
+    features = keras.layers.Rescaling(math.sqrt(units), name=scoring.METRIC_NETWORK_FEATURES)(x)
+    return keras.Model(encoder.inputs, features, name="self_supervised_features")
 
 
 def build_contrastive_model(image_shape: Sequence[int], config: scoring.MetricNetworkConfig) -> ContrastiveModel:

@@ -56,6 +56,17 @@ def _labels_per_class(text: str):
     return numbers[0] if len(numbers) == 1 and "," not in text else numbers
 
 
+def _fid_features(text: str) -> str:
+    """auto | classifier | self-supervised | inception:PATH (PATH made absolute; the file is checked with the request)."""
+    if text in ("auto", "classifier", "self-supervised"):
+        return text
+    kind, sep, path = text.partition(":")
+    if kind == "inception" and sep and path:
+        return "inception:" + os.path.abspath(os.path.expanduser(path))
+    raise argparse.ArgumentTypeError(f"{text!r}: expected auto, classifier, self-supervised or inception:PATH (the FID "
+                                     "Inception graph file, classify_image_graph_def.pb)")
+
+
 def _beam_arg(text: str) -> str:
     """One Beam pipeline option as Beam's own parser takes it (--name=value or --flag); unknown names are refused
     here, where Beam would only log "Discarding unparseable args" and run without them."""
@@ -142,10 +153,15 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--metric-network-epochs", type=positive_int,
                          help="epochs of the metric network (trained once per dataset; default 3 for the classifier, "
                          "10 for the self-supervised encoder)")
-    scoring.add_argument("--fid-features", choices=("auto", "classifier", "self-supervised"), default="auto",
+    scoring.add_argument("--keep-last-epoch", action="store_true",
+                         help="generative models: export the last epoch (default: the epoch whose samples score best "
+                         "by KID on a few hundred samples, measured after every epoch)")
+    scoring.add_argument("--fid-features", type=_fid_features, default="auto",
+                         metavar="auto|classifier|self-supervised|inception:PATH",
                          help="the feature space of FID, KID and precision/recall: a classifier trained on the "
-                         "source's labels, or a self-supervised (contrastive) encoder trained on its images alone; "
-                         "auto (default): the classifier when the source has labels")
+                         "source's labels, a self-supervised (contrastive) encoder trained on its images alone, or "
+                         "the standard FID Inception-v3 from its frozen graph file (TTUR's "
+                         "classify_image_graph_def.pb); auto (default): the classifier when the source has labels")
     ray = parser.add_argument_group("training on Ray Train")
     ray.add_argument("--trainer", choices=("ray", "in-process"), default="ray",
                      help="ray (default): Ray Train workers; in-process: TFX's own Trainer in this process")

@@ -43,6 +43,7 @@ from components.label_efficiency.component import LabelEfficiencyCurve
 from components.synthetic_example_gen.component import SyntheticExampleGen
 from components.strict_example_validator.component import StrictExampleValidator
 from components.registrar.component import MlflowRegistrar
+from components.trainer.component import Trainer
 from components.trainer.executor import RayTrainerExecutor
 from backends import tracking
 from evaluation import scoring
@@ -142,12 +143,13 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
             ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer",
             holdout_class: Optional[int] = None, labels_per_class: Optional[int] = None,
             data_pixel_range: Optional[str] = None, extra_examples=None,
-            anomaly_fpr: Optional[float] = None) -> tfx_components.Trainer:
+            anomaly_fpr: Optional[float] = None, metric_network: Optional[MetricNetworkTrainer] = None) -> Trainer:
     """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers. `holdout_class`: a class
     kept out of an autoencoder's training data (the anomaly its Evaluator detects). `labels_per_class`: only the
     examples ranked below it keep their labels. `data_pixel_range`: the Transform's, when not the model's.
     `extra_examples`: more Examples (synthetic ones) read beside the Transform's. `anomaly_fpr`: an autoencoder's
-    target false-positive rate for the anomaly threshold its SavedModel carries (default 1 %)."""
+    target false-positive rate for the anomaly threshold its SavedModel carries (default 1 %). `metric_network`: a
+    generative model's epochs are scored in its features and the best one is kept (trainers/best_epoch.py)."""
     custom_config = {"model": model_name, "config": model_config, "image_shape": list(source_info.image_shape),
                      "code": code_digest(_TRAINER_CODE)}
     if holdout_class is not None:
@@ -166,10 +168,12 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
         extra["custom_executor_spec"] = executor_spec.ExecutorClassSpec(RayTrainerExecutor)
     if base_model is not None:
         extra["base_model"] = base_model
+    if metric_network is not None and registry.get_model(model_name).family.generative:
+        extra["metric_model"] = metric_network.outputs["model"]
     examples = data.transform.outputs["transformed_examples"]
     if extra_examples is not None:
         examples = channel_utils.union([examples, extra_examples])
-    return tfx_components.Trainer(
+    return Trainer(
         run_fn=RUN_FN,
         examples=examples,
         transform_graph=data.transform.outputs["transform_graph"],
@@ -188,8 +192,12 @@ class EvaluationSettings:
     anomaly_fpr: float = 0.01  # autoencoders: the eval split's share above the exported anomaly threshold
     metric_network_epochs: Optional[int] = None  # None: the feature network's own default (3 / 10 epochs)
     # The feature space of FID, KID and precision/recall: "auto" (a classifier on the labels, self-supervised
-    # without), "classifier" or "self_supervised".
+    # without), "classifier", "self_supervised" or "inception" (with inception_path: the FID Inception graph).
     fid_features: str = "auto"
+    inception_path: str = ""
+    # Generative models: export the epoch with the best sample-quality proxy (KID of a few hundred samples in the
+    # feature network's space), not the last (trainers/best_epoch.py).
+    keep_best_epoch: bool = True
     seed: int = 0
 
 
@@ -228,16 +236,17 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
         generator, synthetic = generator_nodes(data, source_info, augmentation, labels_per_class, ray,
                                                pixel_range(model_name, pretraining), settings, metric_network)
         nodes += generator
+    if settings is not None and metric_network is None and family_of(model_name).generative:
+        metric_network = metric_network_node(data, source_info, settings)
+        nodes += [metric_network] if metric_network else []
     model_trainer = trainer(data, source_info, model_name, model_config, ray, base_model,
                             holdout_class=settings and settings.anomaly_class,
                             anomaly_fpr=settings and settings.anomaly_fpr,
-                            extra_examples=synthetic.outputs["examples"] if synthetic else None)
+                            extra_examples=synthetic.outputs["examples"] if synthetic else None,
+                            metric_network=metric_network if settings and settings.keep_best_epoch else None)
     nodes.append(model_trainer)
     blessing = None
     if settings is not None:
-        if metric_network is None and family_of(model_name).generative:
-            metric_network = metric_network_node(data, source_info, settings)
-            nodes += [metric_network] if metric_network else []
         evaluator, registrar = evaluation_nodes(data, source_info, model_name, model_config, model_trainer,
                                                 pretraining, settings, metric_network)
         nodes += [evaluator, registrar]
@@ -257,7 +266,8 @@ def metric_network_node(data: DataNodes, source_info: SourceInfo,
         return None
     metric_config = dataclasses.asdict(scoring.MetricNetworkConfig(epochs=settings.metric_network_epochs,
                                                                       seed=settings.seed,
-                                                                      method=settings.fid_features))
+                                                                      method=settings.fid_features,
+                                                                      inception_path=settings.inception_path))
     # Its only input is the ingested data: TFX's cache trains it once per dataset, whatever the model.
     return MetricNetworkTrainer(data.example_gen.outputs["examples"], metric_config,
                                 code_version=code_digest(_EVALUATION_CODE))

@@ -26,9 +26,16 @@ def print_results(nodes) -> Dict[str, Any]:
     verdict = None  # the blessing, printed with the registered version (or alone when nothing was registered)
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
     if model_run and os.path.exists(os.path.join(model_run, artifacts.METRICS_FILE)):
-        history = artifacts.TrainerMetrics.read(model_run).history
+        trained = artifacts.TrainerMetrics.read(model_run)
+        history = trained.history
         print("latentforge: last epoch " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in sorted(history.items())))
         results["last_epoch"] = {k: round(v[-1], 6) for k, v in sorted(history.items())}
+        if "kept_epoch" in trained.details:  # a generative model's best epoch by the sample-quality proxy
+            details = trained.details
+            epochs = len(history.get(details["kept_by"], []))
+            print(f"latentforge: exported epoch {details['kept_epoch']} of {epochs}, the lowest {details['kept_by']} "
+                  f"({details['kept_proxy_kid_x1e3']:.4g}; the last epoch's {details['last_proxy_kid_x1e3']:.4g})")
+            results["kept_epoch"] = details["kept_epoch"]
     evaluator = by_name.get("ModelEvaluator")
     if evaluator and os.path.exists(os.path.join(evaluator.outputs.get("evaluation", ""), artifacts.EVALUATION_FILE)):
         evaluated = artifacts.Evaluation.read(evaluator.outputs["evaluation"])

@@ -73,9 +73,19 @@ def checked_request(args) -> PipelineRequest:
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from e
     check_anomaly_class(args, info)
-    if getattr(args, "fid_features", "auto") == "classifier" and info.num_classes < 2:
+    fid_features = getattr(args, "fid_features", "auto")
+    if fid_features == "classifier" and info.num_classes < 2:
         raise CliError(f"--fid-features classifier trains the feature network on the source's labels; "
                        f"{info.spec.uri} has none: use --fid-features self-supervised (or leave it at auto)")
+    if fid_features.startswith("inception:"):
+        from evaluation import inception  # pylint: disable=import-outside-toplevel
+        try:
+            inception.read_graph(fid_features.partition(":")[2])
+        except inception.InceptionFileError as e:
+            raise CliError(str(e)) from e
+        if info.image_shape[-1] not in (1, 3):
+            raise CliError(f"--fid-features inception reads grey or RGB images; {info.spec.uri} has "
+                           f"{info.image_shape[-1]} channels")
     return PipelineRequest(info, config, model_config, pretraining, augmentation, semi_supervised)
 
 
@@ -123,7 +133,9 @@ def evaluation_settings(args, tracking_config):
                                        anomaly_fpr=(getattr(args, "anomaly_fpr", None)
                                                     or pipeline.EvaluationSettings.anomaly_fpr),
                                        metric_network_epochs=args.metric_network_epochs, seed=args.seed,
-                                       fid_features=args.fid_features.replace("-", "_"))
+                                       fid_features=args.fid_features.partition(":")[0].replace("-", "_"),
+                                       inception_path=args.fid_features.partition(":")[2],
+                                       keep_best_epoch=not getattr(args, "keep_last_epoch", False))
 
 
 def ray_settings(args):

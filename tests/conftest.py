@@ -99,3 +99,19 @@ def pytest_collection_modifyitems(items):
     order (pytest-xdist's --dist loadfile), and starting the longest first lets both finish together."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+
+def write_feature_network(directory: str, images=None, epochs: int = 1) -> str:
+    """A metric network laid out as the MetricNetworkTrainer leaves it (DIR/saved_model, DIR/reference.npz),
+    trained for `epochs` on the sample's first 640 digits (or `images` with their labels), as a Trainer's
+    `metric_model` input: where its epochs are scored."""
+    from evaluation import scoring
+    images = sample_digits(640) if images is None else images
+    labels = sample_labels(len(images))
+    config = scoring.MetricNetworkConfig(epochs=epochs)
+    model = scoring.build_metric_network(images.shape[1:], 10, config)
+    model.fit(images, labels, batch_size=128, epochs=epochs, verbose=0)
+    scoring.export_metric_network(model, os.path.join(directory, "saved_model"))
+    features, _ = scoring.MetricNetwork(os.path.join(directory, "saved_model"))(images)
+    scoring.FeatureReference.from_features(features, labels, 10).save(directory)
+    return directory

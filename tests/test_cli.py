@@ -175,3 +175,20 @@ def test_ignore_labels_makes_a_labelled_source_unlabelled_for_the_whole_request(
     assert "classes      0: (labels ignored)" in capsys.readouterr().out
     assert cli.main(["run", "--source", f"idx:{SAMPLE_DIR}", "--ignore-labels", "--model", "cvae"]) == cli.EXIT_BAD_INPUT
     assert "is read without its labels (--ignore-labels)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("inception:/nonexistent/classify_image_graph_def.pb", "no such file; download it with: curl -L"),
+    ("inception:{tmp}/README", "not a TensorFlow GraphDef"),
+    ("inceptionv3", "expected auto, classifier, self-supervised or inception:PATH"),
+])
+def test_fid_features_pointing_at_a_missing_or_wrong_file_exits_2_naming_the_flag(flag, expected, capsys, tmp_path):
+    (tmp_path / "README").write_bytes(b"\x00\xffnot protobuf\x12\x99")
+    argv = ["run", "--model", "dcgan", "--fid-features", flag.format(tmp=tmp_path), "--run-dir", str(tmp_path)]
+    try:
+        code = cli.main(argv)
+    except SystemExit as exited:  # argparse's own refusal of the flag's form
+        code = exited.code
+    assert code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert expected in err and "--fid-features" in err and "Traceback" not in err

@@ -164,17 +164,6 @@ def test_an_unconditional_ddpm_refuses_labels():
         model.generate(2, labels=[1])
 
 
-def test_a_conditional_model_on_an_unlabeled_source_exits_2_before_any_work(tmp_path, capsys):
-    from pipelines import cli
-    path = tmp_path / "unlabeled.npz"
-    np.savez(path, x=np.zeros((20, 8, 8), np.uint8))  # images only: no 'y'
-    assert cli.main(["run", "--model", "ddpm_cond", "--source", f"npz:{path}", "--run-dir",
-                     str(tmp_path / "run")]) == cli.EXIT_BAD_INPUT
-    err = capsys.readouterr().err
-    assert "the ddpm_cond needs a labelled source with at least 2 classes" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
-
-
 def test_the_trainer_pictures_show_a_row_per_class_and_a_guidance_strip(zeros_and_ones, tmp_path):
     from evaluation import figures
     entry, model, _ = zeros_and_ones

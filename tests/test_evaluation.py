@@ -261,7 +261,7 @@ def test_a_self_supervised_feature_network_learns_digits_without_labels(tmp_path
     images, labels = sample_digits(2000), sample_labels(2000)
     config = scoring.MetricNetworkConfig(method="self_supervised", seed=1)
     model = self_supervised.train_contrastive(images[:1500], config, epochs=4)
-    scoring.export_metric_network(model.encoder, str(tmp_path))
+    scoring.export_metric_network(self_supervised.feature_model(model.encoder), str(tmp_path))
     network = scoring.MetricNetwork(str(tmp_path))
     train_features, classes = network(images[:1500])
     assert classes is None and not network.classifies and train_features.shape == (1500, config.feature_units)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write_transformed
+from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write_feature_network, write_transformed
 from backends import ray_cluster
 from components.trainer import ray_train
 from trainers import job as training, registry
@@ -77,8 +77,12 @@ def test_two_workers_train_an_autoencoder_like_one_worker_with_the_same_global_b
 
 def test_two_workers_train_a_conditional_dcgan_to_completion(local_ray, digits, tmp_path):
     # The class-conditional DCGAN: (image, label) batches split across the replicas, the projection critic.
+    # With a feature network, every worker scores each epoch's samples (the same seeds: the same value) and Ray
+    # keeps the best checkpoint by that score, which is what comes back.
+    features = write_feature_network(str(tmp_path / "features"))
     gan = job("dcgan_cond", {"epochs": 2, "batch_size": 64, "coding_size": 32, "num_classes": 10},
-              digits["one_batch"], digits["eval"])
+              digits["one_batch"], digits["eval"], feature_network=os.path.join(features, "saved_model"),
+              feature_reference=features)
     # Asked for TensorBoard events, a two-worker run still finishes (the chief alone running the callbacks hung
     # it): they are written from the history afterwards, as the executor does.
     events = str(tmp_path / "tensorboard")
@@ -92,6 +96,10 @@ def test_two_workers_train_a_conditional_dcgan_to_completion(local_ray, digits, 
                for event in tf.compat.v1.train.summary_iterator(path) for v in event.summary.value}
     assert {"epoch_d_loss", "epoch_g_loss"} <= written
     assert len(outcome.history["d_loss"]) == 2 and np.all(np.isfinite(outcome.history["g_loss"]))
+    proxy = outcome.history["proxy_kid_x1e3"]
+    assert len(proxy) == 2 and np.all(np.isfinite(proxy))
+    assert outcome.kept_epoch == int(np.argmin(proxy)) + 1
+    assert training.read_state(outcome.checkpoint_dir)["epoch"] == outcome.kept_epoch
     model, _ = training.restore(outcome.checkpoint_dir)
     samples = model.generate(4, seed=0, labels=[3]).numpy()
     assert samples.shape == (4, 28, 28, 1) and np.all(np.abs(samples) <= 1)

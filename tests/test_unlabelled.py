@@ -84,6 +84,10 @@ def test_every_family_without_labels_trains_evaluates_registers_pushes_and_serve
             feature_evaluation = json.load(f)
         assert feature_evaluation["method"] == "self_supervised" and feature_evaluation["test_accuracy"] is None
         assert 0 <= feature_evaluation["precision_floor"] <= 1
+        # The exported epoch is the best by the sample-quality proxy, scored in that space after every epoch.
+        with open(os.path.join(nodes["Trainer"].outputs["model_run"], "metrics.json")) as f:
+            trained = json.load(f)
+        assert trained["kept_epoch"] == 1 and len(trained["history"]["proxy_kid_x1e3"]) == 1
     else:
         reconstructions = servable.run("reconstruct", {"images": colour_blobs(2, seed=9).astype(np.float32) / 255})
         assert reconstructions["reconstructions"].shape == (2, 32, 32, 3)
@@ -93,8 +97,11 @@ def test_a_flat_folder_of_grey_digits_trains_a_generator_scored_without_labels(r
     folder = run_dir / "digits"
     for i, digit in enumerate(sample_digits(300)):
         write_png(str(folder / f"{i:04d}.png"), (digit * 255).astype(np.uint8))
-    result = _run(f"folder:{folder}", "dcgan", run_dir)
+    result = _run(f"folder:{folder}", "dcgan", run_dir, ["--keep-last-epoch"])
     out = capsys.readouterr().out
     assert "(28x28x1, unlabelled)" in out and "blessed: no champion yet" in out
     assert result["evaluation"]["metrics"]["samples"] == 64
+    with open(os.path.join(result["nodes"]["Trainer"].outputs["model_run"], "metrics.json")) as f:
+        trained = json.load(f)
+    assert "kept_epoch" not in trained and "proxy_kid_x1e3" not in trained["history"]  # the last, unscored
     assert result["nodes"]["MetricNetworkTrainer"].state == "COMPLETE"  # a new source: its own feature network

@@ -45,6 +45,10 @@ class TrainingJob:
     data_pixel_range: Optional[str] = None
     # Where the Ray chief writes TensorBoard event files (the in-process Trainer writes into its model_run).
     tensorboard_dir: Optional[str] = None
+    # A generative model's best epoch (trainers/best_epoch.py): the feature network's SavedModel and the directory
+    # of its train-split reference. None: the last epoch is kept.
+    feature_network: Optional[str] = None
+    feature_reference: Optional[str] = None
 
     def __post_init__(self):
         if self.family.needs_base_model and not self.encoder_from:
@@ -154,6 +158,16 @@ def build_model(job: TrainingJob, config):
     """The untrained model (a family that needs a base model gets the pretrained one, restored)."""
     base_model = restore(job.encoder_from)[0] if job.family.needs_base_model else None
     return job.family.build(config, job.image_shape, base_model)
+
+
+def sample_quality_proxy(job: TrainingJob, config):
+    """The callback that scores every epoch's samples and keeps the best (trainers/best_epoch.py), or None: not a
+    generative family, or no feature network given (the last epoch is kept)."""
+    if not job.feature_network or not job.family.generative:
+        return None
+    from trainers import best_epoch  # pylint: disable=import-outside-toplevel
+    return best_epoch.SampleQualityProxy(job.family, job.image_shape, pixel_range(job), job.feature_network,
+                                         job.feature_reference, seed=config.seed)
 
 
 def train(job: TrainingJob, model, config, train_data, eval_data, callbacks=None,

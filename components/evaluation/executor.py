@@ -14,7 +14,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
 from components import artifacts
-from evaluation import figures, scoring, self_supervised
+from evaluation import figures, inception, scoring, self_supervised
 from trainers import data, progress, registry
 
 def evaluation_split(examples: types.Artifact) -> str:
@@ -85,12 +85,19 @@ class MetricNetworkExecutor(base_executor.BaseExecutor):
             network.fit(images, labels, batch_size=config.batch_size, epochs=epochs, shuffle=True, verbose=0,
                         callbacks=[progress.EpochProgress(config.batch_size)])
             scoring.export_metric_network(network, export_dir)
+        elif method == "inception":
+            logging.info("the feature network is the Inception graph %s", config.inception_path)
+            inception.export_feature_network(config.inception_path, images.shape[1:], export_dir)
+            # Its reference: at most config.reference_images train images (each costs an Inception pass at 299x299).
+            kept = np.random.default_rng(config.seed).permutation(len(images))[:config.reference_images]
+            images, labels = images[np.sort(kept)], labels[np.sort(kept)]
+            test_images, test_labels = test_images[:config.reference_images], test_labels[:config.reference_images]
         else:
             logging.info("training the self-supervised feature network on %d images for %d epochs", len(images),
                          epochs)
             encoder = self_supervised.train_contrastive(
                 images, config, epochs, [progress.EpochProgress(config.batch_size)]).encoder
-            scoring.export_metric_network(encoder, export_dir)
+            scoring.export_metric_network(self_supervised.feature_model(encoder), export_dir)
         loaded = scoring.MetricNetwork(export_dir)
         train_features, _ = loaded(images)
         reference = scoring.FeatureReference.from_features(

@@ -62,10 +62,12 @@ class Executor(base_executor.BaseExecutor):
                "tfx.pipeline_run_id": pipeline_run_id, "tfx.model_uri": model.uri}
         ids = {k: str(v) for k, v in ids.items() if v is not None}
 
+        # Which epoch was exported (a generative model's best by the sample-quality proxy, trainers/best_epoch.py).
+        kept = {k: v for k, v in trained.details.items() if k.startswith(("kept_", "last_proxy", "proxy_seconds"))}
         trainer = tracking.ChildRun(
             name="Trainer", params={"model": trained.model, **(trained.full_config or trained.config)},
-            history={k: v for k, v in trained.history.items() if isinstance(v, list)},
-            tags={"family": trained.family or "", **ids},
+            history={k: v for k, v in trained.history.items() if isinstance(v, list)}, metrics=_scalars(kept),
+            tags={"family": trained.family or "", **ids, **({"kept_by": kept["kept_by"]} if "kept_by" in kept else {})},
             artifacts=sorted(glob.glob(os.path.join(model_run.uri, "*.png"))) + [
                 os.path.join(model_run.uri, artifacts.METRICS_FILE)])
         evaluator = tracking.ChildRun(

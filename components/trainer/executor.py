@@ -19,13 +19,27 @@ from typing import Any, Dict, List
 from absl import logging
 from tfx import types
 from tfx.components.trainer.executor import GenericExecutor
+from tfx.types import artifact_utils
 
 from components.trainer import run_fn, tensorboard
 from components.trainer import ray_train
-from trainers import job as training
+from trainers import best_epoch, job as training
 
 
-class RayTrainerExecutor(GenericExecutor):
+class TrainerExecutor(GenericExecutor):
+    """TFX's GenericExecutor (run_fn in this process); the feature network's artifact directory, when the Trainer
+    has one, reaches run_fn as custom_config["feature_network_dir"]."""
+
+    def _GetFnArgs(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
+                   exec_properties: Dict[str, Any]):
+        fn_args = super()._GetFnArgs(input_dict, output_dict, exec_properties)
+        if input_dict.get("metric_model"):
+            fn_args.custom_config = {**(fn_args.custom_config or {}),
+                                     "feature_network_dir": artifact_utils.get_single_uri(input_dict["metric_model"])}
+        return fn_args
+
+
+class RayTrainerExecutor(TrainerExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
@@ -35,7 +49,7 @@ class RayTrainerExecutor(GenericExecutor):
         settings = ray_train.RaySettings(**ray_config["settings"])
         identity = json.dumps({"train": job.train_files, "eval": job.eval_files, "base": job.encoder_from,
                                "model": job.model, "config": job.config, "workers": settings.workers,
-                               "holdout": job.holdout_class},
+                               "holdout": job.holdout_class, "features": job.feature_network},
                               sort_keys=True)
         name = ray_train.run_name(ray_config["storage_path"],
                                   f"{job.model}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}")
@@ -49,6 +63,9 @@ class RayTrainerExecutor(GenericExecutor):
             shutil.copytree(events, fn_args.model_run_dir, dirs_exist_ok=True)
         else:  # a multi-worker run: its chief wrote none (ray_train._train_loop)
             tensorboard.write_history(fn_args.model_run_dir, outcome.history)
-        model, _ = training.restore(outcome.checkpoint_dir)
+        model, _ = training.restore(outcome.checkpoint_dir)  # the best epoch's, when a proxy chose one
+        if outcome.kept_epoch is not None:
+            logging.info("keeping epoch %d's checkpoint (the lowest %s)", outcome.kept_epoch, best_epoch.PROXY_METRIC)
         run_fn.finish(fn_args, job, model, outcome.history, checkpoint_dir=outcome.checkpoint_dir,
-                      workers=outcome.workers, ray_run=outcome.run_path)
+                      workers=outcome.workers, ray_run=outcome.run_path,
+                      **best_epoch.kept_epoch_details(outcome.history, outcome.kept_epoch))

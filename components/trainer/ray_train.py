@@ -72,6 +72,7 @@ class TrainingOutcome:
     run_path: str  # Ray's directory of this run (checkpoints, its state)
     epoch_started_at: List[float]  # wall-clock time each epoch began on the chief (time.time())
     finished_at: float  # when the run's result reached this driver
+    kept_epoch: Optional[int] = None  # the best epoch by the sample-quality proxy, whose checkpoint checkpoint_dir is
 
 
 def _describe(resources: Dict[str, float]) -> str:
@@ -116,6 +117,7 @@ def run_name(storage_path: str, base: str) -> str:
 
 
 REPORT_POLL_S = 0.25  # seconds between the Ray Train controller's polls of its workers (see train)
+_PROXY_METRIC = "proxy_kid_x1e3"  # trainers.best_epoch.PROXY_METRIC (not imported: it would import TensorFlow)
 
 
 def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: str) -> TrainingOutcome:
@@ -135,6 +137,12 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     _log.info("Ray Train: %d worker(s) with %s each; checkpoints in %s", settings.workers, resources,
               os.path.join(storage_path, name))
     progress = _DriverProgress()
+    # A generative model with a feature network keeps its best epochs by the sample-quality proxy every worker
+    # reports (trainers/best_epoch.py); Ray always keeps the latest too, which a restart resumes from.
+    best_by = _PROXY_METRIC if job.feature_network and job.family.generative else None
+    checkpoint_config = ray.train.CheckpointConfig(
+        num_to_keep=settings.checkpoints_to_keep,
+        **({"checkpoint_score_attribute": best_by, "checkpoint_score_order": "min"} if best_by else {}))
     trainer = TensorflowTrainer(
         train_loop_per_worker=_train_loop,
         train_loop_config={"job": dataclasses.asdict(job), "threads": max(1, int(resources["CPU"])),
@@ -144,7 +152,7 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=settings.checkpoints_to_keep),
+            checkpoint_config=checkpoint_config,
             worker_runtime_env={"env_vars": ray_cluster.worker_env()}))
     try:
         with progress:
@@ -155,8 +163,14 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
         raise RuntimeError(f"the Ray run {name} finished without a checkpoint: no epoch was trained")
     checkpoint_dir = result.checkpoint.path
     finished_at = time.time()
-    with open(os.path.join(checkpoint_dir, "state.json")) as f:  # trainers.job.STATE_FILE
+    with open(os.path.join(checkpoint_dir, "state.json")) as f:  # trainers.job.STATE_FILE: the whole history
         state = json.load(f)
+    kept_epoch = None
+    scored = [(metrics[best_by], metrics["epoch"], checkpoint) for checkpoint, metrics in (result.best_checkpoints or [])
+              if best_by and best_by in metrics]
+    if scored:
+        _, kept_epoch, best = min(scored, key=lambda item: (item[0], -item[1]))
+        checkpoint_dir = best.path
     workers = []
     for path in sorted(glob.glob(os.path.join(checkpoint_dir, "worker-*.json"))):
         with open(path) as f:
@@ -165,7 +179,7 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     with open(os.path.join(run_path, COMPLETE_MARKER), "w") as f:
         json.dump({"checkpoint": checkpoint_dir, "workers": workers}, f)
     return TrainingOutcome(checkpoint_dir, state["history"], workers, run_path, state.get("epoch_started_at", []),
-                           finished_at)
+                           finished_at, kept_epoch)
 
 
 class _QueueSink:
@@ -298,8 +312,10 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
                     identity["resumed_from_epoch"] = initial_epoch
                     note(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch "
                          f"{initial_epoch}")
-        callbacks = [_report_each_epoch(job, identity, history, started_at),
-                     progress.EpochProgress(config.batch_size, sink)]
+        # The sample-quality proxy first: it adds its score to the logs the report and the progress read.
+        proxy = training.sample_quality_proxy(job, config)
+        callbacks = ([proxy] if proxy else []) + [_report_each_epoch(job, identity, history, started_at),
+                                                  progress.EpochProgress(config.batch_size, sink)]
         # Single-worker runs only: with 2+ workers under MultiWorkerMirroredStrategy, the chief alone calling
         # these callbacks hung the run (a collective the other worker never joined); the executor then writes the
         # per-epoch scalars from the history after training (components/trainer/tensorboard.write_history).

@@ -14,6 +14,7 @@ What a trained model leaves (components/artifacts.py is the contract):
     model_run/*.png          loss curves, reconstructions, samples...
 """
 import dataclasses
+import os
 import shutil
 from typing import Any, Dict, List, Optional
 
@@ -25,7 +26,7 @@ from components import artifacts
 from components.trainer import tensorboard
 from evaluation import figures
 from serving import export
-from trainers import autoencoders, job as training, registry
+from trainers import autoencoders, best_epoch, job as training, registry
 from trainers.common import resolve_precision
 
 def training_job(fn_args: FnArgs) -> training.TrainingJob:
@@ -44,7 +45,11 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
         encoder_from=encoder_from, holdout_class=custom.get("holdout_class"),
         anomaly_fpr=float(custom.get("anomaly_fpr", training.TrainingJob.anomaly_fpr)),
         class_names=tuple(custom.get("class_names", ())), labels_per_class=custom.get("labels_per_class"),
-        data_pixel_range=custom.get("data_pixel_range"))
+        data_pixel_range=custom.get("data_pixel_range"),
+        # The Trainer's metric_model input (components/trainer/executor.py): its epochs are scored there.
+        feature_network=(os.path.join(custom["feature_network_dir"], artifacts.METRIC_NETWORK_DIR)
+                         if custom.get("feature_network_dir") else None),
+        feature_reference=custom.get("feature_network_dir"))
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -53,11 +58,16 @@ def run_fn(fn_args: FnArgs) -> None:
     train_data, eval_data = training.datasets(job, config)
     logging.info("training %s in process for %d epochs", job.model, training.total_epochs(job, config))
     model = training.build_model(job, config)
+    proxy = training.sample_quality_proxy(job, config)  # first: the callbacks after it read its logs
     history = training.train(job, model, config, train_data, eval_data,
-                             tensorboard.callbacks(job.family, fn_args.model_run_dir, eval_data,
-                                                   training.pixel_range(job), config.seed))
+                             ([proxy] if proxy else []) + tensorboard.callbacks(
+                                 job.family, fn_args.model_run_dir, eval_data, training.pixel_range(job), config.seed))
     history.pop("frozen_epochs", None)  # finish() records it (the family's training_details), however it trained
-    finish(fn_args, job, model, history)
+    kept = proxy.restore_best(model) if proxy else None
+    if kept is not None:
+        logging.info("keeping epoch %d of %d (%s %.4g; the last epoch's %.4g)", kept, len(proxy.values),
+                     best_epoch.PROXY_METRIC, proxy.best_value, proxy.values[max(proxy.values)])
+    finish(fn_args, job, model, history, **best_epoch.kept_epoch_details(history, kept))
 
 
 def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str, List[float]],
