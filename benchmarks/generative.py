@@ -95,11 +95,13 @@ def train_for(name, seconds, x_train, y_train, overrides, max_steps=0):
                                            "images_per_s": budget.steps * config.batch_size / elapsed}
 
 
-def score(entry, model, directory, count, network, reference, inputs=None, seed=0, export_first=True):
-    """Exports `model` as the pipeline does and scores `count` images from its SavedModel as the Evaluator does
-    (a conditional model's images are asked for classes 0-9 in turn: conditional accuracy and per-class FID)."""
+def score(entry, model, directory, count, network, reference, inputs=None, seed=0, export_first=True,
+          shape=(28, 28, 1)):
+    """Exports `model` (for images of `shape`) as the pipeline does and scores `count` images from its SavedModel
+    as the Evaluator does (a conditional model's images are asked for classes 0-9 in turn: conditional accuracy and
+    per-class FID)."""
     if export_first:
-        export.export_model(entry.family, model, (28, 28, 1), directory, entry.pixel_range)
+        export.export_model(entry.family, model, shape, directory, entry.pixel_range)
     loaded = tf.saved_model.load(directory)
     signature = loaded.signatures[entry.family.generate_signature]
     # The exporter's defaults for the signature's other inputs (StyleGAN's truncation), as the Evaluator uses them.

@@ -58,6 +58,10 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
                "labels ignored" if info.spec.ignore_labels else "unlabelled")
     print(f"latentforge: {info.spec.uri} ({'x'.join(map(str, info.image_shape))}, {classes}) "
           f"-> {args.model} {config}, training {where}", flush=True)
+    if request.sized:
+        print(f"latentforge: sized for {'x'.join(map(str, info.image_shape))} images (--set overrides): "
+              + ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in request.sized.items()),
+              flush=True)
     if backends.verbose():  # by default the run ends with where to look
         print(f"latentforge: outputs under {paths.root}", flush=True)
     tfx_pipeline = pipeline.create_pipeline(

@@ -19,6 +19,7 @@ class PipelineRequest:
     pretraining: Optional[Tuple[str, Dict[str, Any]]]  # (model, overrides) a base model is trained with
     augmentation: Any = None  # pipelines.pipeline.Augmentation: generated training data for the classifier
     semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None  # (model, overrides): a curve line of its own
+    sized: Optional[Dict[str, Any]] = None  # the fields the family's size rule set for the source's image size
 
 
 def probe(args):
@@ -47,6 +48,11 @@ def checked_request(args) -> PipelineRequest:
         pretrain_config = {"epochs": args.pretrain_epochs, "seed": args.seed}
         pretraining = (args.pretrain, {k: v for k, v in pretrain_config.items() if v is not None})
     model_config = {k: v for k, v in overrides.items() if v is not None}
+    try:  # networks sized for images larger than the presets' (the family's size rule); --set wins
+        sized = registry.sized_for(args.model, info.image_shape, model_config)
+    except (ValueError, TypeError) as e:
+        raise CliError(str(e)) from e
+    model_config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in sized.items()}, **model_config}
     augmentation = None
     if args.augment_with:
         if args.augment_with not in registry.MODELS:
@@ -86,7 +92,7 @@ def checked_request(args) -> PipelineRequest:
         if info.image_shape[-1] not in (1, 3):
             raise CliError(f"--fid-features inception reads grey or RGB images; {info.spec.uri} has "
                            f"{info.image_shape[-1]} channels")
-    return PipelineRequest(info, config, model_config, pretraining, augmentation, semi_supervised)
+    return PipelineRequest(info, config, model_config, pretraining, augmentation, semi_supervised, sized)
 
 
 # Flags that set a field of the model's config, which --set can name too.

@@ -7,9 +7,11 @@ Each digit is padded to 32x32, its strokes tinted with one random colour and its
 shape and the colours are independent of the class.
 
     python scripts/make_colour_mnist.py --source data/mnist-sample --out /tmp/colour-mnist [--train 2000 --test 500]
+                                        [--size 64] [--unlabelled]
 
 then `latentforge run --source folder:/tmp/colour-mnist --model stylegan ...`. Layout: OUT/train/<digit>/N.png and
-OUT/test/<digit>/N.png, the folders named zero..nine (the class names the source reports).
+OUT/test/<digit>/N.png, the folders named zero..nine (the class names the source reports); with --unlabelled,
+OUT/train/N.png and OUT/test/N.png (an unlabelled source). --size 64 resizes each 32x32 image up (bicubic).
 """
 import argparse
 import gzip
@@ -49,11 +51,20 @@ def colour(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.round(images * 255).astype(np.uint8)
 
 
-def write(out: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    for name in NAMES:
+def resized(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, 32, 32, 3) -> (N, size, size, 3) by PIL's bicubic filter (smooth strokes at 64 pixels, not blocks)."""
+    if size == images.shape[1]:
+        return images
+    return np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC)) for image in images])
+
+
+def write(out: str, split: str, images: np.ndarray, labels: np.ndarray, unlabelled: bool = False) -> None:
+    """OUT/split/<digit>/N.png, or OUT/split/N.png without the class folders (`unlabelled`)."""
+    folders = [""] if unlabelled else NAMES
+    for name in folders:
         os.makedirs(os.path.join(out, split, name), exist_ok=True)
     for i, (image, label) in enumerate(zip(images, labels)):
-        Image.fromarray(image).save(os.path.join(out, split, NAMES[label], f"{i}.png"))
+        Image.fromarray(image).save(os.path.join(out, split, "" if unlabelled else NAMES[label], f"{i}.png"))
 
 
 def main():
@@ -63,12 +74,17 @@ def main():
     parser.add_argument("--train", type=int, default=2000, help="training images (at most the source's)")
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels (32, or e.g. 64: resized up)")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="write the images directly in OUT/train and OUT/test, without class folders")
     args = parser.parse_args()
+    if args.size < 32:
+        parser.error(f"--size {args.size}: at least 32 (the padded digit's size)")
     rng = np.random.default_rng(args.seed)
     for split, stem, count in (("train", "train", args.train), ("test", "t10k", args.test)):
         digits = read_idx(find(args.source, f"{stem}-images-idx3-ubyte"))[:count]
         labels = read_idx(find(args.source, f"{stem}-labels-idx1-ubyte"))[:count]
-        write(args.out, split, colour(digits, rng), labels)
+        write(args.out, split, resized(colour(digits, rng), args.size), labels, args.unlabelled)
         print(f"{split}: {len(digits)} images -> {os.path.join(args.out, split)}")
 
 

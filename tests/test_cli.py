@@ -192,3 +192,14 @@ def test_fid_features_pointing_at_a_missing_or_wrong_file_exits_2_naming_the_fla
     assert code == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert expected in err and "--fid-features" in err and "Traceback" not in err
+
+
+def test_a_64_pixel_source_gets_sized_networks_in_the_request_and_set_wins(tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "faces.npz", x=np.zeros((20, 64, 64, 3), np.uint8))
+    parse = lambda *flags: cli.build_parser().parse_args(["run", "--source", f"npz:{tmp_path / 'faces.npz'}", *flags])
+    request = run_request.checked_request(parse("--model", "dcgan"))
+    assert request.sized == {"conv_filters": (64, 128, 256)} and request.model_config["conv_filters"] == [64, 128, 256]
+    assert request.config.conv_filters == (64, 128, 256)  # what the run trains and records (MLflow's params)
+    request = run_request.checked_request(parse("--model", "dcgan", "--set", "conv_filters=[32,64]"))
+    assert request.sized == {} and request.config.conv_filters == (32, 64)

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
@@ -286,3 +286,33 @@ class DivergenceMonitor(keras.callbacks.Callback):
             if self.streak >= self.patience:
                 raise TrainingDiverged(step, f"the discriminator won outright for {self.streak} consecutive steps "
                                              f"({', '.join(f'{k}={float(v):.4f}' for k, v in sorted(logs.items()))})")
+
+
+# The presets are sized for 28x28 digits and serve up to 32 pixels; each doubling beyond adds a stage.
+PRESET_PIXELS = 32
+
+
+def extra_stages(image_shape: Sequence[int]) -> int:
+    """Stages (a stride-2 layer, a U-Net level) an image of this size needs beyond the presets': one per doubling
+    of its longer side past PRESET_PIXELS (0 for 28x28 and 32x32, 1 for 64x64, 2 for 128x128)."""
+    side = max(int(image_shape[0]), int(image_shape[1]))
+    return max(0, math.ceil(math.log2(side / PRESET_PIXELS))) if side > PRESET_PIXELS else 0
+
+
+def deeper(filters: Sequence[int], stages: int, cap: int = 512) -> Tuple[int, ...]:
+    """`filters` (a stack going down in resolution: an encoder's, a discriminator's) with `stages` more at the end,
+    each doubling the last (at most `cap`)."""
+    filters = tuple(int(f) for f in filters)
+    for _ in range(stages):
+        filters += (min(cap, 2 * filters[-1]),)
+    return filters
+
+
+def conv_stack_sized(field: str, when: Callable[[Mapping[str, Any]], bool] = lambda values: True):
+    """A family whose `field` is a downsampling stack (each entry a stride-2 stage): deeper for larger images."""
+    def sized(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
+        stages = extra_stages(image_shape)
+        if not stages or not when(values):
+            return {}
+        return {field: deeper(values[field], stages)}
+    return sized

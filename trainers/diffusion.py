@@ -16,16 +16,16 @@ Images are in [-1, 1].
 """
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from trainers import signatures
-from trainers.common import (TrainingConfig, apply_gradients, average_loss, fit_epochs, make_optimizer,
-                             per_example_mean, precision_policy, require, require_choice, require_ema_decay,
-                             run_network, scaled_loss, start_build, upsampling_plan, use_xla)
+from trainers.common import (TrainingConfig, apply_gradients, average_loss, extra_stages, fit_epochs,
+                             make_optimizer, per_example_mean, precision_policy, require, require_choice,
+                             require_ema_decay, run_network, scaled_loss, start_build, upsampling_plan, use_xla)
 from trainers.ema import ExponentialMovingAverage
 
 PIXEL_RANGE = "symmetric"
@@ -641,3 +641,15 @@ def export_metadata(model) -> Dict[str, object]:
                                   **({"labels": list(range(model.num_classes)), "guidance": float(model.guidance)}
                                      if model.num_classes else {})},
             "num_classes": int(model.num_classes)}
+
+
+def size_rule(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
+    """One more U-Net level per doubling, at full resolution with half the first level's channels: the lowest
+    resolution (and its attention) stays where the presets put it (8x8 at 64 pixels, as 7x7 at 28)."""
+    stages = extra_stages(image_shape)
+    if not stages:
+        return {}
+    multipliers = tuple(int(m) for m in values["channel_multipliers"])
+    for _ in range(stages):
+        multipliers = (max(1, multipliers[0] // 2),) + multipliers
+    return {"channel_multipliers": multipliers}

@@ -27,16 +27,16 @@ outright for `max_discriminator_wins` consecutive steps) raises trainers.common.
 """
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
 from trainers import progressive, signatures
 from trainers.common import (AdversarialModel, DivergenceMonitor, TrainingConfig, apply_gradients, average_loss,
-                             fit_epochs, make_optimizer, per_example_sum, precision_policy, require, require_choice,
-                             require_ema_decay, require_layer_sizes, scaled_loss, start_build, upsampling_plan,
-                             use_xla)
+                             conv_stack_sized, fit_epochs, make_optimizer, per_example_sum, precision_policy,
+                             require, require_choice, require_ema_decay, require_layer_sizes, scaled_loss,
+                             start_build, upsampling_plan, use_xla)
 from trainers.ema import ExponentialMovingAverage
 
 PIXEL_RANGE = "symmetric"
@@ -629,3 +629,8 @@ def export_metadata(model: GAN) -> Dict[str, object]:
         metadata.update(generate_defaults={"labels": list(range(model.num_classes))},
                         num_classes=int(model.num_classes))
     return metadata
+
+
+def size_rule(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
+    """A DCGAN-style G and D one stride-2 stage deeper per doubling (G then starts at 8x8 for 64 pixels, as at 32)."""
+    return conv_stack_sized("conv_filters", lambda v: v.get("architecture") == "dcgan")(values, image_shape)

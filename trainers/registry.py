@@ -16,6 +16,7 @@ import numpy as np
 
 from evaluation import figures, scoring
 from trainers import autoencoders, classifier, diffusion, gans, signatures, ssgan, stylegan, vae
+from trainers.common import conv_stack_sized
 
 PIXEL_RANGES = ("unit", "symmetric")
 
@@ -46,6 +47,15 @@ def _no_details(config) -> Dict[str, Any]:
 def _no_metadata(model) -> Dict[str, Any]:
     del model
     return {}
+
+
+def _not_sized(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
+    del values, image_shape
+    return {}
+
+
+# The convolutional autoencoders' and VAEs' size rule: one more stride-2 (or pooling) stage per doubling past 32.
+_conv_sized = conv_stack_sized("conv_filters", lambda values: values["architecture"] == "conv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +92,8 @@ class Family:
     detects_anomalies: bool = False  # a class can be held out of training and scored as the anomaly (AUROC)
     total_epochs: Callable = _epochs  # (config) -> the epochs `fit` counts through (initial_epoch's scale)
     training_details: Callable = _no_details  # (config) -> extra entries of the Trainer's metrics.json
+    # (config values, image shape) -> the fields to change for images larger than the presets' (sized_for)
+    size_rule: Callable = _not_sized
     description: str = ""  # what `latentforge models` says instead of the pixel range
 
     def __post_init__(self):
@@ -169,7 +181,7 @@ register(Family(
     autoencoders.serving_signatures, signatures.output_of("reconstruct", "reconstructions"),
     key_metric=("test_mse", False), scorers=(scoring.score_reconstructions,), figures=(figures.reconstructions,),
     pixel_range=autoencoders.PIXEL_RANGE, reusable_encoder=True, detects_anomalies=True,
-    total_epochs=_autoencoder_epochs),
+    total_epochs=_autoencoder_epochs, size_rule=_conv_sized),
     # Presets follow the seed notebook's architectures and budgets (../shared/seeds/NOTEBOOK-17.md).
     {"linear_ae": dict(hidden_units=(30,), activation="linear", output_activation="linear"),
      "stacked_ae": {},
@@ -187,7 +199,8 @@ register(Family(
     signatures.output_of("reconstruct", "reconstructions"), key_metric=("test_neg_elbo", False),
     scorers=(scoring.score_reconstructions, scoring.score_elbo, scoring.score_generation),
     figures=(figures.reconstructions, figures.samples(64, "sample"), figures.interpolation),
-    pixel_range=vae.PIXEL_RANGE, generate_signature="sample", reusable_encoder=True),
+    pixel_range=vae.PIXEL_RANGE, generate_signature="sample", reusable_encoder=True,
+    size_rule=_conv_sized),
     {"vae": {}, "conv_vae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})
 
 register(Family(
@@ -198,6 +211,7 @@ register(Family(
     figures=(figures.reconstructions, figures.class_rows(8, "sample"), figures.interpolation),
     pixel_range=vae.PIXEL_RANGE,
     generate_signature="sample", export_metadata=vae.export_metadata, conditional=True,
+    size_rule=_conv_sized,
     description="class-conditional VAE: label embedding into encoder and decoder (labels at sample; "
                 "reconstruct/encode without)"),
     {"cvae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})
@@ -211,7 +225,7 @@ register(Family(
     signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
     scorers=(scoring.score_generation,), figures=(figures.samples(64), figures.growth_rows(8)),
     pixel_range=gans.PIXEL_RANGE, generate_signature="generate", export_metadata=gans.export_metadata,
-    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),))),
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=gans.size_rule),
     # Progressive growing: 7x7 -> 14x14 -> 28x28 on MNIST, full resolution after 120,000 images.
     {"gan": {}, "dcgan": DCGAN, "wgan_gp": WGAN_GP,
      "progressive_dcgan": dict(DCGAN, progressive=True, fade_images=30_000, stable_images=30_000)})
@@ -222,6 +236,7 @@ register(Family(
     scorers=(scoring.score_generation, scoring.score_conditional_generation), figures=(figures.class_rows(8),),
     pixel_range=gans.PIXEL_RANGE, generate_signature="generate", export_metadata=gans.export_metadata,
     input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), conditional=True,
+    size_rule=gans.size_rule,
     description="class-conditional DCGAN / WGAN-GP: label embedding into G, projection discriminator (labels at "
                 "generate)"),
     {"dcgan_cond": DCGAN, "wgan_gp_cond": WGAN_GP})
@@ -232,7 +247,7 @@ register(Family(
     scorers=(scoring.score_generation,),
     figures=(figures.samples(64), figures.style_mixing(), figures.truncation_strip()),
     pixel_range=stylegan.PIXEL_RANGE, generate_signature="generate", export_metadata=stylegan.export_metadata,
-    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)),
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=stylegan.size_rule,
     description="StyleGAN-style generator: mapping network, modulated convolutions, noise inputs, style mixing, "
                 "truncation (generate takes truncation; mix_styles)"),
     {"stylegan": {}})
@@ -242,7 +257,7 @@ register(Family(
     diffusion.serving_signatures, diffusion.array_function, key_metric=("fid", False),
     scorers=(scoring.score_generation,), figures=(figures.samples(32),), pixel_range=diffusion.PIXEL_RANGE,
     generate_signature="generate", export_metadata=diffusion.export_metadata,
-    input_example=standard_normal(lambda images, config: images.shape[1:])),
+    input_example=standard_normal(lambda images, config: images.shape[1:]), size_rule=diffusion.size_rule),
     {"ddpm": {}, "ddpm_linear": dict(schedule="linear"),
      "ddpm_unet": dict(architecture="unet", base_channels=32, channel_multipliers=(1, 2, 2))})
 
@@ -253,7 +268,7 @@ register(Family(
     figures=(figures.class_rows(8), figures.guidance_strip((0.0, 1.0, 2.0, 4.0))), pixel_range=diffusion.PIXEL_RANGE,
     generate_signature="generate", export_metadata=diffusion.export_metadata,
     input_example=standard_normal(lambda images, config: images.shape[1:]), conditional=True,
-    description="class-conditional DDPM with classifier-free guidance (labels + guidance at generate)"),
+    size_rule=diffusion.size_rule, description="class-conditional DDPM with classifier-free guidance (labels + guidance at generate)"),
     {"ddpm_cond": {}})
 
 register(Family(
@@ -298,6 +313,16 @@ def make_config(name: str, overrides: Mapping[str, Any]):
         raise ValueError(f"{name}: num_classes={classes}: {name} is unconditional; the class-conditional models "
                          f"are {', '.join(conditional)}")
     return config
+
+
+def sized_for(name: str, image_shape: Sequence[int], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """The config fields the family's size rule changes for images of `image_shape` (larger than the presets'
+    28-32 pixels: deeper stacks, more U-Net levels), leaving out every field `overrides` sets: the user's word wins.
+    The caller adds them to the overrides, so the config the run records (MLflow's params) holds them."""
+    entry = get_model(name)
+    values = dataclasses.asdict(make_config(name, overrides))
+    return {k: v for k, v in entry.family.size_rule(values, image_shape).items()
+            if overrides.get(k) is None and tuple(values[k]) != tuple(v)}
 
 
 def config_from(name: str, config_class: Type, overrides: Mapping[str, Any], preset: Mapping[str, Any] = None):

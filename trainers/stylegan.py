@@ -24,14 +24,14 @@ Unconditional only (num_classes 0). Sampling is deterministic given a seed: z fr
 [seed, 0]), the noise images from [seed, 1] (one draw per layer for the whole batch).
 """
 import dataclasses
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tf_keras as keras
 
 from trainers import gans, signatures
-from trainers.common import (make_optimizer, precision_policy, require, require_layer_sizes, start_build,
-                             upsampling_plan, use_xla)
+from trainers.common import (deeper, extra_stages, make_optimizer, precision_policy, require, require_layer_sizes,
+                             start_build, upsampling_plan, use_xla)
 
 PIXEL_RANGE = gans.PIXEL_RANGE
 TRUNCATION = tf.TensorSpec([], tf.float32, name="truncation")
@@ -406,3 +406,15 @@ def serving_signatures(model: StyleGAN, image_shape, pixel_range) -> Dict[str, C
 def export_metadata(model: StyleGAN) -> Dict[str, object]:
     """generate's default truncation and the number of style layers (mix_styles' crossover range)."""
     return {"generate_defaults": {"truncation": float(model.truncation)}, "style_layers": int(model.style_layers)}
+
+
+def size_rule(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
+    """One more synthesis resolution per doubling (half the filters of the one before, at least 8) and one more
+    discriminator stage: the learned constant stays 8x8 at 64 pixels, as at 32."""
+    stages = extra_stages(image_shape)
+    if not stages:
+        return {}
+    synthesis = tuple(int(f) for f in values["synthesis_filters"])
+    for _ in range(stages):
+        synthesis += (max(8, synthesis[-1] // 2),)
+    return {"synthesis_filters": synthesis, "conv_filters": deeper(values["conv_filters"], stages)}
