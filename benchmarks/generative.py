@@ -22,6 +22,9 @@ images, and DDPM's full ancestral sampling (all T steps) beside the default step
 each timed (per 1,000 images); benchmarks/ddpm_samplers.py compares samplers on the weights kept here.
 A class-conditional model (ddpm_cond) trains on every digit's label and is asked for classes 0-9 in turn: its
 conditional accuracy (the metric network recognises the asked class) and per-class FID, at each guidance scale.
+Every epoch the pipeline's best-epoch proxy (trainers/best_epoch.py: KID of 400 samples in the metric network's
+space) is measured; the model is scored at its last epoch and at the epoch the proxy picks (`best_scores`, FID at
+the best epoch against the last in the table), from the same run.
 Results: benchmarks/results/generative.json, pictures in benchmarks/results/generative-*.png, a Markdown table.
 """
 import argparse
@@ -40,7 +43,7 @@ import tf_keras as keras
 from serving import export
 from serving.model import read_metadata
 from evaluation import figures, scoring
-from trainers import job as training, registry
+from trainers import best_epoch, job as training, registry
 from trainers.common import resolve_precision
 
 MODELS = ("vae", "dcgan", "wgan_gp", "ddpm")
@@ -76,7 +79,7 @@ def parse_overrides(items):
     return overrides
 
 
-def train_for(name, seconds, x_train, y_train, overrides, max_steps=0):
+def train_for(name, seconds, x_train, y_train, overrides, max_steps=0, callbacks=()):
     name = name.split("@")[0]  # MODEL@VARIANT: the model, with the variant's overrides
     entry = registry.get_model(name)
     classes = {"num_classes": 10} if entry.family.conditional else {}  # as `latentforge run` sets it
@@ -87,7 +90,7 @@ def train_for(name, seconds, x_train, y_train, overrides, max_steps=0):
     data = tf.data.Dataset.from_tensor_slices(examples).shuffle(10_000, seed=0).batch(config.batch_size).prefetch(2)
     budget = WallClockBudget(seconds, max_steps)
     model = entry.build(config, (28, 28, 1))
-    history = entry.family.fit(model, config, data, None, [budget], 0)
+    history = entry.family.fit(model, config, data, None, [*callbacks, budget], 0)  # a proxy first: it adds to logs
     elapsed = time.perf_counter() - budget.started
     return entry, config, model, history, {"train_s": elapsed, "steps": budget.steps,
                                            "images_seen": budget.steps * config.batch_size,
@@ -143,6 +146,8 @@ def main():
     parser.add_argument("--set", action="append", default=[], help="MODEL:FIELD=VALUE, e.g. ddpm:ema_decay=0.9999")
     parser.add_argument("--label", default="", help="suffix of the result keys (a second configuration)")
     parser.add_argument("--train-subset", type=int, help="train the models on the first N digits (a quick check)")
+    parser.add_argument("--last-epoch-only", action="store_true",
+                        help="no best-epoch proxy (by default every epoch is scored and the best one is scored too)")
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
     x_train, y_train, x_test, y_test = load_mnist()
@@ -160,6 +165,7 @@ def main():
     network = scoring.MetricNetwork(os.path.join(work, "metric"))
     train_features, _ = network(x_train)
     reference = scoring.FeatureReference.from_features(train_features, y_train, 10)
+    reference.save(work)  # beside work/metric: where the best-epoch proxy reads them
     _, predicted = network(x_test)
     results["metric_network"] = {
         "epochs": config.epochs, "seconds": timer.seconds, "test_accuracy": float(np.mean(predicted == y_test)),
@@ -168,9 +174,14 @@ def main():
 
     for name in args.only.split(","):
         key = name + args.label
+        # The pipeline's best-epoch proxy (trainers/best_epoch.py) on every epoch: the model is scored at its last
+        # epoch as always, then at the epoch the proxy picks ("best_scores"), from the same run.
+        proxy = None if args.last_epoch_only else best_epoch.SampleQualityProxy(
+            registry.get_model(name.split("@")[0]).family, (28, 28, 1), registry.get_model(name.split("@")[0]).pixel_range,
+            os.path.join(work, "metric"), work)
         entry, model_config, model, history, row = train_for(name, 60 * args.minutes, model_train,
                                                              y_train[:len(model_train)], overrides.get(name, {}),
-                                                             args.steps)
+                                                             args.steps, [proxy] if proxy else [])
         row.update(budget={"steps": args.steps} if args.steps else {"minutes": args.minutes},
                    batch_size=model_config.batch_size, precision=resolve_precision(model_config.precision),
                    overrides=overrides.get(name, {}), train_images=len(model_train),
@@ -206,6 +217,17 @@ def main():
                                                    network, reference, inputs)
             figures.save_png(os.path.join(pictures, f"generative-{key}-raw.png"),
                              figures.image_grid(raw_samples[:64], 8))
+        if proxy is not None and proxy.values:
+            # Last: it restores every weight (the average included) to the best epoch's, after the raw scoring.
+            row.update(proxy=history.get(best_epoch.PROXY_METRIC), proxy_s=sum(history.get(best_epoch.PROXY_SECONDS, [])),
+                       kept_epoch=proxy.restore_best(model), epochs=len(proxy.values))
+            if row["kept_epoch"] == row["epochs"]:
+                row["best_scores"] = row["scores"]
+            else:
+                best_samples, row["best_scores"] = score(entry, model, os.path.join(work, key + "-best"), args.samples,
+                                                         network, reference, inputs)
+                figures.save_png(os.path.join(pictures, f"generative-{key}-best.png"),
+                                 figures.image_grid(best_samples[:8 * columns], columns))
         results[key] = row
         print(key, row, flush=True)
         if not args.train_subset:
@@ -255,6 +277,13 @@ def print_table(results, samples):
         print(f"| {key} | {r['train_s'] / 60:.1f} | {r['steps']:,} | {r['images_per_s']:.0f} | {r['precision']} | "
               f"{s['fid']:.2f} | {raw['fid'] if raw else float('nan'):.2f} | {s['kid_x1e3']:.1f} | "
               f"{s['mode_entropy']:.3f} | {s['mode_kl']:.4f} | {s['sample_s']:.1f} |")
+    best = {k: r for k, r in results.items() if isinstance(r, dict) and "best_scores" in r}
+    if best:
+        print("\n| model | epochs | kept epoch | FID last epoch | FID kept epoch | proxy seconds / training |\n"
+              "|---|---|---|---|---|---|")
+        for key, r in best.items():
+            print(f"| {key} | {r['epochs']} | {r['kept_epoch']} | {r['scores']['fid']:.2f} | "
+                  f"{r['best_scores']['fid']:.2f} | {r['proxy_s'] / r['train_s']:.1%} |")
     conditional = {k: r for k, r in results.items() if isinstance(r, dict) and "conditional_accuracy" in
                    r.get("scores", {})}
     if conditional:

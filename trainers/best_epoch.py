@@ -13,7 +13,8 @@ weights). KID rather than FID: it is unbiased at a few hundred samples, where FI
 
 Every epoch's value lands in the logs (PROXY_METRIC: the history, MLflow's curves, the checkpoint's score on Ray)
 with the seconds it took (PROXY_SECONDS). Under a multi-worker strategy every worker computes it: the samples are
-seeded alike, so the values agree, and no worker waits on another's collective.
+seeded alike, so the values agree, and no worker waits on another's collective. Create it outside the strategy's
+scope (it loads the feature network, whose variables must not become mirrored ones).
 """
 import time
 from typing import Any, Dict, List, Optional, Sequence

@@ -296,6 +296,10 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_data, eval_data = training.datasets(job, config, options)
+    # Loaded outside the strategy's scope: inside it, the feature network's variables would become mirrored ones
+    # and its graph, called from a callback in cross-replica context, fails ("Trying to access a placeholder that is
+    # not supposed to be executed").
+    proxy = training.sample_quality_proxy(job, config)
     with strategy.scope():
         model = training.build_model(job, config)
         initial_epoch, history, started_at = 0, {}, []
@@ -313,7 +317,6 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
                     note(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch "
                          f"{initial_epoch}")
         # The sample-quality proxy first: it adds its score to the logs the report and the progress read.
-        proxy = training.sample_quality_proxy(job, config)
         callbacks = ([proxy] if proxy else []) + [_report_each_epoch(job, identity, history, started_at),
                                                   progress.EpochProgress(config.batch_size, sink)]
         # Single-worker runs only: with 2+ workers under MultiWorkerMirroredStrategy, the chief alone calling
