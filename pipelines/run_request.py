@@ -48,11 +48,6 @@ def checked_request(args) -> PipelineRequest:
         pretrain_config = {"epochs": args.pretrain_epochs, "seed": args.seed}
         pretraining = (args.pretrain, {k: v for k, v in pretrain_config.items() if v is not None})
     model_config = {k: v for k, v in overrides.items() if v is not None}
-    try:  # networks sized for images larger than the presets' (the family's size rule); --set wins
-        sized = registry.sized_for(args.model, info.image_shape, model_config)
-    except (ValueError, TypeError) as e:
-        raise CliError(str(e)) from e
-    model_config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in sized.items()}, **model_config}
     augmentation = None
     if args.augment_with:
         if args.augment_with not in registry.MODELS:
@@ -75,6 +70,12 @@ def checked_request(args) -> PipelineRequest:
         raise CliError("--semi-supervised-set sets the --semi-supervised model's config: name the model")
     try:
         config = pipeline.check_model(args.model, model_config, info, pretraining)
+        # Networks sized for images larger than the presets' (the family's size rule), once the request is known to
+        # be one the model can run; --set wins.
+        sized = registry.sized_for(args.model, info.image_shape, model_config)
+        if sized:
+            model_config = {**{k: list(v) if isinstance(v, tuple) else v for k, v in sized.items()}, **model_config}
+            config = pipeline.check_model(args.model, model_config, info, pretraining)
         pipeline.check_few_labels(args.model, args.labels_per_class, augmentation, info, semi_supervised)
     except (ValueError, TypeError) as e:
         raise CliError(str(e)) from e
