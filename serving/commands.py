@@ -3,6 +3,7 @@ they drive. The settings' defaults come from serving/settings.py, as Ray Serve's
 serving.server:build_app` takes them."""
 import dataclasses
 import os
+import threading
 import time
 
 from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_CLUSTER, EXIT_ERROR, EXIT_OK, CliError, non_negative_float,
@@ -10,6 +11,8 @@ from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_CLUSTER, EXIT_ERROR, EXIT
 from serving import settings
 from serving.settings import SETTINGS
 
+
+STOP_TIMEOUT_S = 45.0  # how long Ctrl-C waits for Ray Serve to shut down before the process leaves
 
 def add_serve_parser(commands) -> None:
     serve = commands.add_parser("serve", help="serve models over HTTP (TF Serving's REST API) on Ray Serve",
@@ -153,7 +156,14 @@ def cmd_serve(args) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("latentforge: stopping the server", flush=True)
-        server.stop()
+        # Bounded: under load Ray Serve's shutdown has kept a Ctrl-C'd server alive for minutes; past the bound the
+        # local Ray goes with this process anyway (backends/local_ray.py stops or kills it at exit).
+        stopper = threading.Thread(target=server.stop, name="latentforge-serve-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT_S)
+        if stopper.is_alive():
+            print(f"latentforge: Ray Serve did not stop within {STOP_TIMEOUT_S:.0f} s; leaving with the local Ray",
+                  flush=True)
     return EXIT_OK
 
 
