@@ -14,6 +14,7 @@ from serving.settings import SETTINGS
 
 STOP_TIMEOUT_S = 45.0  # how long Ctrl-C waits for Ray Serve to shut down before the process leaves
 
+
 def add_serve_parser(commands) -> None:
     serve = commands.add_parser("serve", help="serve models over HTTP (TF Serving's REST API) on Ray Serve",
                                 description="Serves registered models (following their alias: a new @champion is "
