@@ -109,6 +109,13 @@ def shutdown() -> None:
         _local_head = None
 
 
+def stop_local_head() -> None:
+    """Stops (or kills) the local Ray this process started, without leaving it first: for a driver whose calls
+    into Ray are stuck."""
+    if _local_head is not None:
+        _local_head.stop()
+
+
 def local_ray_running() -> bool:
     """Whether this process started a local Ray that is still up."""
     return _local_head is not None and _local_head.process.poll() is None

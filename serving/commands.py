@@ -3,6 +3,7 @@ they drive. The settings' defaults come from serving/settings.py, as Ray Serve's
 serving.server:build_app` takes them."""
 import dataclasses
 import os
+import sys
 import threading
 import time
 
@@ -157,15 +158,27 @@ def cmd_serve(args) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("latentforge: stopping the server", flush=True)
-        # Bounded: under load Ray Serve's shutdown has kept a Ctrl-C'd server alive for minutes; past the bound the
-        # local Ray goes with this process anyway (backends/local_ray.py stops or kills it at exit).
-        stopper = threading.Thread(target=server.stop, name="latentforge-serve-stop", daemon=True)
+        # Bounded: under load Ray Serve's shutdown has kept a Ctrl-C'd server alive for minutes, and Ray's own exit
+        # hook (ray.shutdown) then waits on the stuck call. Past the bound the local Ray this process started is
+        # stopped (killed if it must be) and the process leaves without running the exit hooks.
+        stopper = threading.Thread(target=_stop_serving, name="latentforge-serve-stop", daemon=True)
         stopper.start()
         stopper.join(STOP_TIMEOUT_S)
         if stopper.is_alive():
-            print(f"latentforge: Ray Serve did not stop within {STOP_TIMEOUT_S:.0f} s; leaving with the local Ray",
-                  flush=True)
+            print(f"latentforge: Ray Serve did not stop within {STOP_TIMEOUT_S:.0f} s; stopping the local Ray and "
+                  "leaving", flush=True)
+            ray_cluster.stop_local_head()
+            sys.stderr.flush()
+            os._exit(EXIT_OK)  # pylint: disable=protected-access
     return EXIT_OK
+
+
+def _stop_serving() -> None:
+    """Ray Serve, the driver's connection and the local Ray this process started (if any), in that order."""
+    from backends import ray_cluster  # pylint: disable=import-outside-toplevel
+    from serving import server  # pylint: disable=import-outside-toplevel
+    server.stop()
+    ray_cluster.shutdown()
 
 
 def _read_images(path: str):

@@ -640,7 +640,11 @@ def test_latentforge_serve_follows_a_pusher_folder_and_stops_on_ctrl_c(served, t
         while time.monotonic() < deadline and not any("Ctrl-C stops the server" in line for line in lines):
             time.sleep(0.5)
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=120)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("latentforge serve did not leave within 120 s of Ctrl-C; its output:\n"
+                        + "".join(lines)[-4000:])
         reader.join(timeout=10)
         output = "".join(lines)
         assert process.returncode == 0, output[-3000:]
