@@ -22,6 +22,7 @@ import os
 import sys
 from typing import List, Optional
 
+from backends import storage  # first: its exit handler must run after the others (backends/storage.py)
 from pipelines import console, run_request
 from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_CLUSTER, EXIT_DATA_INVALID, EXIT_DIVERGED,
                                   EXIT_ERROR, EXIT_OK, CliError, explain, non_negative_float, open_unit_float,
@@ -349,9 +350,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         # parsed; absl must see none of them.
         sys.argv = sys.argv[:1]
     console.configure(args.verbose)
+    code = 1
     try:
-        return _run_command(args)
+        code = _run_command(args)
+        return code
     finally:
+        storage.set_exit_code(code)
         if argv is None:
             # The command is done; what is left is the interpreter's shutdown, which clears ~8,000 modules (TF, TFX,
             # Beam, Ray, MLflow) with cyclic collections over their whole heap: 2 s, a third of a cached `run`.

@@ -115,3 +115,59 @@ def write_feature_network(directory: str, images=None, epochs: int = 1) -> str:
     features, _ = scoring.MetricNetwork(os.path.join(directory, "saved_model"))(images)
     scoring.FeatureReference.from_features(features, labels, 10).save(directory)
     return directory
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test process that loaded TensorFlow's S3 plugin leaves before its C++ destructors, which abort
+    (backends/storage.py): with the session's own exit status."""
+    from backends import storage
+    storage.set_exit_code(exitstatus)
+
+
+S3_BUCKET = "latentforge-test"
+S3_SETTINGS = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+
+
+@pytest.fixture(scope="module")
+def s3_store():
+    """An S3-compatible server on 127.0.0.1 (moto's, the test double Ray's own tests use) with one bucket, and this
+    process's AWS settings pointing at it (restored after the module). {"endpoint", "bucket", "client"}."""
+    import subprocess
+    import sys
+    import time
+    import boto3
+    import botocore.exceptions
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {name: os.environ.get(name) for name in S3_SETTINGS}
+    os.environ.update(AWS_ENDPOINT_URL_S3=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_REGION="us-east-1")
+    client = boto3.client("s3")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.create_bucket(Bucket=S3_BUCKET)
+            break
+        except botocore.exceptions.EndpointConnectionError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto's S3 server did not start")
+            time.sleep(0.2)
+    try:
+        yield {"endpoint": endpoint, "bucket": S3_BUCKET, "client": client}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def s3_keys(store, prefix: str) -> list:
+    """Every key in the test bucket under `prefix`."""
+    pages = store["client"].get_paginator("list_objects_v2").paginate(Bucket=store["bucket"], Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]

@@ -13,14 +13,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from typing import Any, Dict, List
 
+import pyarrow.fs
 from absl import logging
 from tfx import types
 from tfx.components.trainer.executor import GenericExecutor
 from tfx.types import artifact_utils
 
+from backends import storage
 from components.trainer import run_fn, tensorboard
 from components.trainer import ray_train
 from trainers import best_epoch, job as training
@@ -56,11 +57,14 @@ class RayTrainerExecutor(TrainerExecutor):
         logging.info("training %s on Ray: %d worker(s), run %s", job.model, settings.workers, name)
         # The chief writes TensorBoard events beside the run's checkpoints (readable live there), copied into
         # model_run when it ends, where the in-process Trainer writes them.
-        events = os.path.join(os.path.abspath(ray_config["storage_path"]), name, "tensorboard")
+        events = storage.join(storage.absolute(ray_config["storage_path"]), name, "tensorboard")
         outcome = ray_train.train(dataclasses.replace(job, tensorboard_dir=events), settings,
                                   ray_config["storage_path"], name)
-        if os.path.isdir(events):
-            shutil.copytree(events, fn_args.model_run_dir, dirs_exist_ok=True)
+        filesystem, events_path = storage.pyarrow_filesystem(events)
+        if filesystem.get_file_info(events_path).type == pyarrow.fs.FileType.Directory:
+            destination, destination_path = storage.pyarrow_filesystem(fn_args.model_run_dir)
+            pyarrow.fs.copy_files(events_path, destination_path, source_filesystem=filesystem,
+                                  destination_filesystem=destination)
         else:  # a multi-worker run: its chief wrote none (ray_train._train_loop)
             tensorboard.write_history(fn_args.model_run_dir, outcome.history)
         model, _ = training.restore(outcome.checkpoint_dir)  # the best epoch's, when a proxy chose one

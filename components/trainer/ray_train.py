@@ -24,13 +24,14 @@ import glob
 import json
 import logging
 import os
+import posixpath
 import socket
 import tempfile
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from backends import ray_cluster
+from backends import ray_cluster, storage
 
 if TYPE_CHECKING:
     from trainers.job import TrainingJob
@@ -108,9 +109,11 @@ def worker_resources(settings: RaySettings, available: Optional[Dict[str, float]
 
 def run_name(storage_path: str, base: str) -> str:
     """`base` while a run of that name is unfinished (so a rerun resumes from its checkpoint), else the next free
-    `base-N`: a finished run is never resumed into, nor overwritten."""
+    `base-N`: a finished run is never resumed into, nor overwritten. `storage_path`: a directory or a URI."""
+    import pyarrow.fs  # pylint: disable=import-outside-toplevel
+    filesystem, root = storage.pyarrow_filesystem(storage_path)
     name, attempt = base, 1
-    while os.path.exists(os.path.join(storage_path, name, COMPLETE_MARKER)):
+    while filesystem.get_file_info(posixpath.join(root, name, COMPLETE_MARKER)).type != pyarrow.fs.FileType.NotFound:
         attempt += 1
         name = f"{base}-{attempt}"
     return name
@@ -133,9 +136,12 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     # reaches the controller (Ray's ENV_VARS_TO_PROPAGATE); a user's own setting wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(REPORT_POLL_S))
     resources = worker_resources(settings)
-    storage_path = os.path.abspath(storage_path)
+    storage_path = storage.absolute(storage_path)
+    # A URI goes to Ray as its pyarrow filesystem and the path on it: Ray uploads every checkpoint there, and a
+    # restarted worker on any node downloads it from there (no shared disk).
+    filesystem, ray_path = storage.pyarrow_filesystem(storage_path)
     _log.info("Ray Train: %d worker(s) with %s each; checkpoints in %s", settings.workers, resources,
-              os.path.join(storage_path, name))
+              storage.join(storage_path, name))
     progress = _DriverProgress()
     # A generative model with a feature network keeps its best epochs by the sample-quality proxy every worker
     # reports (trainers/best_epoch.py); Ray always keeps the latest too, which a restart resumes from.
@@ -150,10 +156,11 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name, storage_path=ray_path if storage.is_uri(storage_path) else storage_path,
+            storage_filesystem=filesystem if storage.is_uri(storage_path) else None,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=checkpoint_config,
-            worker_runtime_env={"env_vars": ray_cluster.worker_env()}))
+            worker_runtime_env={"env_vars": {**ray_cluster.worker_env(), **storage.worker_env()}}))
     try:
         with progress:
             result = trainer.fit()
@@ -161,25 +168,28 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
         raise _worker_error(e) from e
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray run {name} finished without a checkpoint: no epoch was trained")
-    checkpoint_dir = result.checkpoint.path
     finished_at = time.time()
-    with open(os.path.join(checkpoint_dir, "state.json")) as f:  # trainers.job.STATE_FILE: the whole history
-        state = json.load(f)
-    kept_epoch = None
-    scored = [(metrics[best_by], metrics["epoch"], checkpoint) for checkpoint, metrics in (result.best_checkpoints or [])
+    kept_epoch, checkpoint = None, result.checkpoint
+    scored = [(metrics[best_by], metrics["epoch"], kept) for kept, metrics in (result.best_checkpoints or [])
               if best_by and best_by in metrics]
     if scored:
-        _, kept_epoch, best = min(scored, key=lambda item: (item[0], -item[1]))
-        checkpoint_dir = best.path
+        _, kept_epoch, checkpoint = min(scored, key=lambda item: (item[0], -item[1]))
+    # On object storage the kept checkpoint is downloaded once, here (Ray's Checkpoint.to_directory), for the
+    # model to be restored from; a local one is read where it is.
+    checkpoint_dir = (checkpoint.to_directory(tempfile.mkdtemp(prefix="latentforge-kept-"))
+                      if storage.is_uri(storage_path) else checkpoint.path)
+    with open(os.path.join(checkpoint_dir, "state.json")) as f:  # trainers.job.STATE_FILE: the whole history
+        state = json.load(f)
     workers = []
     for path in sorted(glob.glob(os.path.join(checkpoint_dir, "worker-*.json"))):
         with open(path) as f:
             workers.append(json.load(f))
-    run_path = os.path.join(storage_path, name)
-    with open(os.path.join(run_path, COMPLETE_MARKER), "w") as f:
-        json.dump({"checkpoint": checkpoint_dir, "workers": workers}, f)
-    return TrainingOutcome(checkpoint_dir, state["history"], workers, run_path, state.get("epoch_started_at", []),
-                           finished_at, kept_epoch)
+    with filesystem.open_output_stream(posixpath.join(ray_path, name, COMPLETE_MARKER)) as f:
+        f.write(json.dumps({"checkpoint": storage.join(storage_path, name, posixpath.relpath(
+            checkpoint.path, posixpath.join(ray_path, name))) if storage.is_uri(storage_path) else checkpoint_dir,
+            "workers": workers}).encode())
+    return TrainingOutcome(checkpoint_dir, state["history"], workers, storage.join(storage_path, name),
+                           state.get("epoch_started_at", []), finished_at, kept_epoch)
 
 
 class _QueueSink:
@@ -258,6 +268,8 @@ def _worker_error(error) -> BaseException:
 def _train_loop(loop_config: Dict[str, Any]) -> None:
     """Runs on every Ray Train worker (TensorflowTrainer has set TF_CONFIG)."""
     os.environ.update(ray_cluster.worker_env())
+    for path in (job_path for job_path in (loop_config["job"].get("tensorboard_dir"),) if job_path):
+        storage.enable_tensorflow(path)  # TensorBoard events beside checkpoints on object storage
     import ray.train  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
@@ -305,17 +317,20 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
         initial_epoch, history, started_at = 0, {}, []
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
-            with checkpoint.as_directory() as latest:
-                directory, skipped = _readable_checkpoint(latest, tf, training, rank, size)
-                identity["unreadable_checkpoints"] = skipped
-                if directory is not None:
-                    training.load_weights(model, directory)
-                    state = training.read_state(directory)
-                    initial_epoch, history = state["epoch"], state["history"]
-                    started_at = state.get("epoch_started_at", [])[:initial_epoch]
-                    identity["resumed_from_epoch"] = initial_epoch
-                    note(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch "
-                         f"{initial_epoch}")
+            # Read in place when local; from object storage, downloaded to a directory that lives as long as this
+            # worker: the restore is deferred (the optimizer's slots load when it is built, at the first step),
+            # so Checkpoint.as_directory's copy, deleted when its block ends, would be gone by then.
+            latest = (checkpoint.path if checkpoint.filesystem.type_name == "local" else
+                      checkpoint.to_directory(tempfile.mkdtemp(prefix="latentforge-resume-")))
+            directory, skipped = _readable_checkpoint(latest, tf, training, rank, size)
+            identity["unreadable_checkpoints"] = skipped
+            if directory is not None:
+                training.load_weights(model, directory)
+                state = training.read_state(directory)
+                initial_epoch, history = state["epoch"], state["history"]
+                started_at = state.get("epoch_started_at", [])[:initial_epoch]
+                identity["resumed_from_epoch"] = initial_epoch
+                note(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch {initial_epoch}")
         # The sample-quality proxy first: it adds its score to the logs the report and the progress read.
         callbacks = ([proxy] if proxy else []) + [_report_each_epoch(job, identity, history, started_at),
                                                   progress.EpochProgress(config.batch_size, sink)]

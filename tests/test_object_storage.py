@@ -1,0 +1,78 @@
+"""Object storage (backends/storage.py) against an S3-compatible server on 127.0.0.1: URIs are checked before any
+work, with one line naming the URI and what to set; Ray Train keeps its checkpoints in the bucket and resumes
+from them."""
+import os
+import time
+
+import pytest
+
+from tests.conftest import S3_BUCKET, TRANSFORMED_SPEC, free_port, s3_keys, sample_digits, sample_labels, \
+    write_transformed
+from backends import storage
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("hdfs://cluster/runs", "nothing here serves hdfs://; give a local directory, s3://BUCKET/PREFIX"),
+    ("s3:///runs", "no bucket; give s3://BUCKET/PREFIX"),
+])
+def test_a_uri_nobody_serves_is_named_with_the_ones_that_are(uri, expected):
+    with pytest.raises(storage.StorageError, match=expected):
+        storage.check(uri)
+
+
+def test_a_missing_bucket_is_named_with_how_to_create_it(s3_store):
+    storage.check(f"s3://{S3_BUCKET}/runs")  # the fixture's bucket: fine, and nothing is written
+    assert s3_keys(s3_store, "") == []
+    with pytest.raises(storage.StorageError, match=r"s3://no-such-bucket/runs: the bucket no-such-bucket does not "
+                                                   r"exist on the S3 endpoint http://127\.0\.0\.1:\d+; create it"):
+        storage.check("s3://no-such-bucket/runs")
+
+
+def test_an_endpoint_that_does_not_answer_fails_in_seconds(s3_store, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match="does not answer .*; set AWS_ENDPOINT_URL_S3"):
+        storage.check(f"s3://{S3_BUCKET}/runs")
+    assert time.monotonic() - started < 20
+
+
+def test_paths_join_as_their_kind_does():
+    assert storage.join("s3://bucket/runs/", "ray", "x") == "s3://bucket/runs/ray/x"
+    assert storage.join("/tmp/runs", "ray") == os.path.join("/tmp/runs", "ray")
+    assert storage.absolute("s3://bucket/runs/") == "s3://bucket/runs"
+
+
+@pytest.mark.slow
+def test_ray_train_checkpoints_into_the_bucket_and_resumes_from_it(s3_store, tmp_path):
+    from backends import ray_cluster
+    from components.trainer import ray_train
+    from trainers import job as training
+    # A local Ray started now, with this process's settings: its workers upload the checkpoints themselves.
+    ray_cluster.shutdown()
+    images, labels = sample_digits(192), sample_labels(192)
+    train_file = write_transformed(str(tmp_path / "train.gz"), images[:128], labels[:128])
+    eval_file = write_transformed(str(tmp_path / "eval.gz"), images[128:], labels[128:])
+
+    def job(epochs):
+        return training.TrainingJob("stacked_ae", {"epochs": epochs, "batch_size": 64, "seed": 3}, (28, 28, 1),
+                                    [train_file], [eval_file], TRANSFORMED_SPEC)
+
+    root = f"s3://{S3_BUCKET}/runs/ray"
+    try:
+        name = ray_train.run_name(root, "ae")
+        first = ray_train.train(job(1), ray_train.RaySettings(workers=1), root, name)
+        assert first.run_path == f"{root}/{name}"
+        keys = s3_keys(s3_store, f"runs/ray/{name}/")
+        assert any(key.endswith("/state.json") and "/checkpoint_" in key for key in keys), keys
+        assert f"runs/ray/{name}/{ray_train.COMPLETE_MARKER}" in keys
+        # The model comes back from the bucket's checkpoint (downloaded once, by Ray's Checkpoint API).
+        model, state = training.restore(first.checkpoint_dir)
+        assert state["epoch"] == 1 and model(images[:4]).shape == (4, 28, 28, 1)
+        # A finished run is never resumed into: the next run of the same base gets the next name.
+        assert ray_train.run_name(root, "ae") == "ae-2"
+        # The same run name with a longer budget resumes from the bucket's latest checkpoint (a driver that died).
+        second = ray_train.train(job(2), ray_train.RaySettings(workers=1), root, name)
+        assert second.workers[0]["resumed_from_epoch"] == 1
+        assert len(second.history["loss"]) == 2 and second.history["loss"][0] == first.history["loss"][0]
+    finally:
+        ray_cluster.shutdown()
