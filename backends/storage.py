@@ -14,11 +14,12 @@ import atexit
 import os
 import posixpath
 import sys
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlparse
 
 SCHEMES = ("s3", "gs")
 DEFAULT_REGION = "us-east-1"
+STATE_DIR_ENV = "LATENTFORGE_STATE_DIR"
 CHECK_TIMEOUT_S = 5.0  # connect and read timeouts of the up-front check: a wrong endpoint fails in seconds
 
 
@@ -54,6 +55,14 @@ def join(base: str, *parts: str) -> str:
 
 def absolute(path: str) -> str:
     return path.rstrip("/") if is_uri(path) else os.path.abspath(path)
+
+
+def local_state_dir(uri: str) -> str:
+    """A local directory for what cannot live on object storage (SQLite: ML Metadata, the embedded MLflow store; a
+    lock), named after the URI under LATENTFORGE_STATE_DIR (default ~/.cache/latentforge/state)."""
+    base = os.environ.get(STATE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "latentforge", "state")
+    found, _, rest = uri.partition("://")
+    return os.path.join(base, found, *[part for part in rest.split("/") if part not in ("", ".", "..")])
 
 
 def s3_endpoint() -> Optional[str]:
@@ -173,6 +182,58 @@ def enable_tensorflow(path: str) -> None:
     os.environ.update(tensorflow_env())
     import tensorflow_io  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     _tensorflow_s3 = True
+
+
+# Files by path, local or URI: the builtins for a local path, tf.io.gfile (TFX's own filesystem layer) for a URI.
+# Local reads stay TensorFlow-free (the CLI's quick commands read artifacts' JSON without importing it).
+
+def _gfile():
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile
+
+
+def open_file(path: str, mode: str = "r"):
+    if is_uri(path):
+        enable_tensorflow(path)
+        return _gfile().GFile(path, mode)
+    return open(path, mode)  # pylint: disable=consider-using-with,unspecified-encoding
+
+
+def makedirs(path: str) -> None:
+    if is_uri(path):
+        enable_tensorflow(path)
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def exists(path: str) -> bool:
+    if is_uri(path):
+        enable_tensorflow(path)
+        return _gfile().exists(path)
+    return os.path.exists(path)
+
+
+def glob(pattern: str) -> List[str]:
+    if is_uri(pattern):
+        enable_tensorflow(pattern)
+        return sorted(_gfile().glob(pattern))
+    import glob as local  # pylint: disable=import-outside-toplevel
+    return sorted(local.glob(pattern))
+
+
+def copy_tree(source: str, destination: str, skip: Callable[[str], bool] = lambda name: False) -> None:
+    """Every file under `source` to the same place under `destination` (either local or a URI), through pyarrow's
+    filesystems; files whose base name `skip` accepts are left out."""
+    import pyarrow.fs  # pylint: disable=import-outside-toplevel
+    source_fs, source_path = pyarrow_filesystem(source)
+    destination_fs, destination_path = pyarrow_filesystem(destination)
+    for info in source_fs.get_file_info(pyarrow.fs.FileSelector(source_path, recursive=True)):
+        if info.type != pyarrow.fs.FileType.File or skip(info.base_name):
+            continue
+        target = posixpath.join(destination_path, posixpath.relpath(info.path, source_path))
+        destination_fs.create_dir(posixpath.dirname(target), recursive=True)
+        pyarrow.fs.copy_files(info.path, target, source_filesystem=source_fs, destination_filesystem=destination_fs)
 
 
 _exit_code = 0

@@ -22,15 +22,17 @@ import io
 import json
 import math
 import os
+import posixpath
 import re
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from backends import verbose
+from backends import storage, verbose
 
 CHAMPION = "champion"
 EMBEDDED_DB = "mlflow.db"
@@ -56,15 +58,20 @@ class TrackingConfig:
     artifact_location: Optional[str] = None  # a new experiment's artifact root (embedded store); None: the server's
 
 
-def embedded(root: str, experiment: str) -> TrackingConfig:
+def embedded(root: str, experiment: str, artifacts_root: Optional[str] = None) -> TrackingConfig:
+    """SQLite in `root` (a local directory); artifacts there too, or under `artifacts_root` (a bucket URI: MLflow's
+    own S3/GCS artifact repositories write them)."""
+    artifacts = (artifacts_root.rstrip("/") + "/" + EMBEDDED_ARTIFACTS if artifacts_root else
+                 "file://" + os.path.join(os.path.abspath(root), EMBEDDED_ARTIFACTS))
     return TrackingConfig(uri="sqlite:///" + os.path.join(os.path.abspath(root), EMBEDDED_DB), experiment=experiment,
-                          artifact_location="file://" + os.path.join(os.path.abspath(root), EMBEDDED_ARTIFACTS))
+                          artifact_location=artifacts)
 
 
-def resolve(flag: Optional[str], root: str, experiment: str) -> TrackingConfig:
-    """--mlflow-uri, else MLFLOW_TRACKING_URI, else the embedded store under `root`."""
+def resolve(flag: Optional[str], root: str, experiment: str, artifacts_root: Optional[str] = None) -> TrackingConfig:
+    """--mlflow-uri, else MLFLOW_TRACKING_URI, else the embedded store under `root` (artifacts under
+    `artifacts_root` when given)."""
     uri = flag or os.environ.get("MLFLOW_TRACKING_URI")
-    return TrackingConfig(uri=uri, experiment=experiment) if uri else embedded(root, experiment)
+    return TrackingConfig(uri=uri, experiment=experiment) if uri else embedded(root, experiment, artifacts_root)
 
 
 def store_exists(config: TrackingConfig) -> bool:
@@ -198,7 +205,14 @@ def _log_child(client, experiment_id: str, parent_id: str, child: ChildRun) -> s
         client.log_batch(run.info.run_id, metrics=metrics[start:start + 100], params=params[start:start + 100],
                          tags=[])
     for path in child.artifacts:
-        client.log_artifact(run.info.run_id, path)
+        if storage.is_uri(path):  # MLflow logs local files: one read from the bucket into a temporary one
+            with tempfile.TemporaryDirectory() as local:
+                copy = os.path.join(local, posixpath.basename(path))
+                with storage.open_file(path, "rb") as source, open(copy, "wb") as target:
+                    target.write(source.read())
+                client.log_artifact(run.info.run_id, copy)
+        else:
+            client.log_artifact(run.info.run_id, path)
     return run.info.run_id
 
 

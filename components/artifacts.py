@@ -20,11 +20,14 @@ No TFX import: artifacts are used through their custom-property methods, and the
 the paths ML Metadata gives it.
 """
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from backends import storage
 
 # ------------------------------------------------------------------------------------------------ Examples
 IMAGE_SHAPE_PROPERTY = "image_shape"
@@ -104,19 +107,31 @@ def check_finite(values: Any, what: str) -> None:
 
 
 def write_json(directory: str, name: str, value: Any) -> str:
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, name)
-    with open(path, "w") as f:
-        json.dump(value, f, indent=1)
+    storage.makedirs(directory)
+    path = storage.join(directory, name)
+    with storage.open_file(path, "w") as f:
+        f.write(json.dumps(value, indent=1))
     return path
 
 
 def read_json(directory: str, name: str) -> Dict[str, Any]:
-    path = os.path.join(directory, name)
-    if not os.path.exists(path):
+    path = storage.join(directory, name)
+    if not storage.exists(path):
         raise FileNotFoundError(f"{directory} holds no {name}: the component that writes it did not finish")
-    with open(path) as f:
-        return json.load(f)
+    with storage.open_file(path) as f:
+        return json.loads(f.read())
+
+
+def _save_array(path: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with storage.open_file(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def _load_array(path: str) -> np.ndarray:
+    with storage.open_file(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()))
 
 
 def dump_config(config: Any) -> str:
@@ -225,8 +240,8 @@ class Evaluation:
 
     def write(self, directory: str, input_example: np.ndarray, metric_input_example: np.ndarray) -> str:
         check_finite({"metrics": self.metrics, "blessing": self.blessing}, "the evaluation")
-        np.save(os.path.join(directory, INPUT_EXAMPLE_FILE), input_example)
-        np.save(os.path.join(directory, METRIC_INPUT_EXAMPLE_FILE), metric_input_example)
+        _save_array(storage.join(directory, INPUT_EXAMPLE_FILE), input_example)
+        _save_array(storage.join(directory, METRIC_INPUT_EXAMPLE_FILE), metric_input_example)
         return write_json(directory, EVALUATION_FILE, dataclasses.asdict(self))
 
     @classmethod
@@ -248,11 +263,11 @@ def set_key_metric(evaluation, metric: str, value: Optional[float]) -> None:
 
 
 def input_example(evaluation_dir: str) -> np.ndarray:
-    return np.load(os.path.join(evaluation_dir, INPUT_EXAMPLE_FILE))
+    return _load_array(storage.join(evaluation_dir, INPUT_EXAMPLE_FILE))
 
 
 def metric_input_example(evaluation_dir: str) -> np.ndarray:
-    return np.load(os.path.join(evaluation_dir, METRIC_INPUT_EXAMPLE_FILE))
+    return _load_array(storage.join(evaluation_dir, METRIC_INPUT_EXAMPLE_FILE))
 
 
 # -------------------------------------------------------------------------------------------- MlflowRegistrar

@@ -44,8 +44,10 @@ def save_png(path: str, grid: np.ndarray, zoom: int = 2) -> str:
 
 
 def _save_figure(figure, path: str) -> str:
+    """matplotlib writes into a file object: tf.io.gfile's, so `path` may be on object storage."""
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        figure.savefig(f, dpi=80, format="png")
     plt.close(figure)
     return path
 
@@ -69,7 +71,7 @@ def save_model_figures(family, model, inputs: np.ndarray, pixel_range: str, hist
                        out_dir: str, seed: int = 0) -> Sequence[str]:
     """Writes the loss curves and the pictures of `family` (its description's `figures`, trainers/registry.py) for
     `inputs` (a batch in the model's pixel range) under out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
+    tf.io.gfile.makedirs(out_dir)
     to_unit = (lambda x: (np.asarray(x) + 1.0) / 2.0) if pixel_range == "symmetric" else np.asarray
     paths = [save_loss_curves(os.path.join(out_dir, "loss.png"), history)]
     for figure in family.figures:

@@ -17,6 +17,7 @@ generated images; its entropy (log K when every class is equally common) and its
 train histogram (0 when the proportions match).
 """
 import dataclasses
+import io
 import json
 import math
 import os
@@ -280,14 +281,19 @@ class FeatureReference:
 
     def save(self, directory: str) -> str:
         path = os.path.join(directory, self.FILE)
-        np.savez(path, mean=self.mean, covariance=self.covariance, sample=self.sample,
+        buffer = io.BytesIO()  # through tf.io.gfile: `directory` may be on object storage
+        np.savez(buffer, mean=self.mean, covariance=self.covariance, sample=self.sample,
                  class_histogram=self.class_histogram, class_means=self.class_means,
                  class_covariances=self.class_covariances)
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(buffer.getvalue())
         return path
 
     @classmethod
     def load(cls, directory: str) -> "FeatureReference":
-        with np.load(os.path.join(directory, cls.FILE)) as data:
+        with tf.io.gfile.GFile(os.path.join(directory, cls.FILE), "rb") as f:
+            buffer = io.BytesIO(f.read())
+        with np.load(buffer) as data:
             per_class = {k: data[k] for k in ("class_means", "class_covariances") if k in data}
             return cls(data["mean"], data["covariance"], data["sample"], data["class_histogram"], **per_class)
 

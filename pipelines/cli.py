@@ -307,14 +307,16 @@ def cmd_compile(args) -> int:
 def cmd_gc(args) -> int:
     from backends import tracking  # pylint: disable=import-outside-toplevel
     from pipelines import gc, local_runner, run_lock  # pylint: disable=import-outside-toplevel
-    paths = local_runner.RunPaths(os.path.abspath(os.path.join(args.run_dir, args.pipeline_name)))
+    paths = local_runner.paths_for(args.run_dir, args.pipeline_name)
     if not os.path.exists(paths.metadata_path):
-        raise CliError(f"no pipeline runs under {paths.root} (no {os.path.basename(paths.metadata_path)}): check "
-                       "--run-dir and --pipeline-name")
-    config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
+        raise CliError(f"no pipeline runs under {paths.root} (no {paths.metadata_path}): check --run-dir and "
+                       "--pipeline-name")
+    if paths.remote:
+        storage.enable_tensorflow(paths.root)  # gc deletes artifacts in the bucket through TFX's filesystem
+    config = tracking.resolve(args.mlflow_uri, paths.state, args.pipeline_name, paths.root if paths.remote else None)
     if not tracking.store_exists(config):
         config = None  # no embedded store: nothing was ever registered here
-    with run_lock.pipeline_lock(paths.root, 0.0 if args.if_busy == "exit" else None,
+    with run_lock.pipeline_lock(paths.state, 0.0 if args.if_busy == "exit" else None,
                                 f"latentforge gc --keep {args.keep}"):
         result = gc.collect(paths.metadata_path, args.pipeline_name, args.keep, config, args.dry_run)
     print("latentforge: gc " + gc.describe(result, args.dry_run).replace("\n", "\n  "), flush=True)

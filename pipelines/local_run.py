@@ -20,16 +20,16 @@ def run(args) -> int:
     command = f"latentforge run --model {args.model} --source {args.source}"
     started = time.time()
     try:
-        with run_lock.pipeline_lock(paths.root, wait_s, command):
+        with run_lock.pipeline_lock(paths.state, wait_s, command):
             summary = _run_pipeline(args, paths, request)
     except Exception as error:  # pylint: disable=broad-except
         explained = explain(error)
         code = explained[1] if explained else EXIT_ERROR
         summary = {"status": "busy" if code == EXIT_BUSY else "failed", "exit_code": code,
                    "error": (explained[0] if explained else f"{type(error).__name__}: {error}")[:500]}
-        write_summary(paths.root, args, summary, started, append=code != EXIT_BUSY)
+        write_summary(paths.state, args, summary, started, append=code != EXIT_BUSY)
         raise
-    write_summary(paths.root, args, summary, started)
+    write_summary(paths.state, args, summary, started)
     return EXIT_OK
 
 
@@ -95,7 +95,8 @@ def _evaluation_settings(args, paths):
     """Where MLflow is (checked now: a server that does not answer fails the run before any work) and how the
     Evaluator scores and blesses."""
     from backends import tracking  # pylint: disable=import-outside-toplevel
-    config = tracking.resolve(args.mlflow_uri, paths.root, args.pipeline_name)
+    config = tracking.resolve(args.mlflow_uri, paths.state, args.pipeline_name,
+                              paths.root if paths.remote else None)
     tracking.check_reachable(config)
     if backends.verbose():
         print(f"latentforge: MLflow at {config.uri}", flush=True)

@@ -2,8 +2,10 @@
 (components/artifacts.py): the components' states and main outputs, the last epoch's losses, the pictures, the
 evaluation, the registered version and where the SavedModel went."""
 import os
+import posixpath
 from typing import Any, Dict
 
+from backends import storage
 from components import artifacts
 
 _MAIN_OUTPUTS = ("transformed_examples", "model", "pushed_model", "curated_schema", "evaluation", "registration",
@@ -73,13 +75,12 @@ def print_where_to_look(nodes, tracking_uri: str, paths, args) -> None:
     """The run's last lines: where its pictures are and the exact commands that show the rest (MLflow's UI,
     TensorBoard, the model server), relative to the current directory where that is shorter."""
     by_name = {n.node: n for n in nodes}
-    shown = lambda path: min(path, os.path.relpath(path), key=len)  # noqa: E731
+    shown = lambda path: path if storage.is_uri(path) else min(path, os.path.relpath(path), key=len)  # noqa: E731
     lines = []
     folders = []
     for node, key in (("Trainer", "model_run"), ("ModelEvaluator", "evaluation"), ("LabelEfficiencyCurve", "curve")):
         folder = by_name.get(node) and by_name[node].outputs.get(key)
-        pictures = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if folder and os.path.isdir(
-            folder) else []
+        pictures = [posixpath.basename(f) for f in storage.glob(storage.join(folder, "*.png"))] if folder else []
         if pictures:
             folders.append(f"{shown(folder)}/ ({', '.join(pictures)})")
     if folders:
@@ -87,7 +88,7 @@ def print_where_to_look(nodes, tracking_uri: str, paths, args) -> None:
     lines.append(f"  MLflow       mlflow ui --backend-store-uri {tracking_uri}")
     model_run = by_name.get("Trainer") and by_name["Trainer"].outputs.get("model_run")
     if model_run:  # every Trainer execution is a run of its own in TensorBoard
-        lines.append(f"  TensorBoard  tensorboard --logdir {shown(os.path.dirname(model_run))}")
+        lines.append(f"  TensorBoard  tensorboard --logdir {shown(posixpath.dirname(model_run.rstrip('/')))}")
     registration = by_name.get("MlflowRegistrar") and by_name["MlflowRegistrar"].properties.get("registration")
     if registration:
         which = "@champion" if registration.get("champion") == "1" else f"/{registration['version']}"

@@ -64,7 +64,7 @@ def add_predict_parser(commands) -> None:
 
 def _serve_sources(args):
     """ModelSources for --model / --saved-model; a registry that does not answer, or lacks a model, fails here."""
-    from backends import tracking  # pylint: disable=import-outside-toplevel
+    from backends import storage, tracking  # pylint: disable=import-outside-toplevel
     from serving import server  # pylint: disable=import-outside-toplevel
     if not args.models and not args.saved_models:
         raise CliError("serve needs --model NAME[@ALIAS|/VERSION] (a registered model) or --saved-model DIR")
@@ -78,8 +78,12 @@ def _serve_sources(args):
         print(f"latentforge: {source.name}: {source.saved_model_dir} (version "
               f"{server.latest_saved_model(source.saved_model_dir)[1]})", flush=True)
     if args.models:
-        root = os.path.abspath(os.path.join(args.run_dir, args.pipeline_name))
-        config = tracking.resolve(args.mlflow_uri, root, args.pipeline_name)
+        if storage.is_uri(args.run_dir):  # the registry is in the run directory's local state (backends/storage.py)
+            root = storage.join(storage.absolute(args.run_dir), args.pipeline_name)
+            config = tracking.resolve(args.mlflow_uri, storage.local_state_dir(root), args.pipeline_name, root)
+        else:
+            config = tracking.resolve(args.mlflow_uri, os.path.abspath(os.path.join(args.run_dir, args.pipeline_name)),
+                                      args.pipeline_name)
         if not tracking.store_exists(config):
             raise CliError(f"no MLflow registry at {config.uri}: run `latentforge run` first (it registers every "
                            "model), or point --mlflow-uri / MLFLOW_TRACKING_URI at your server")

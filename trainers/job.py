@@ -185,24 +185,24 @@ def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dic
                **details: Any) -> None:
     """Under a multi-worker strategy every worker must call this (saving is a collective operation); only the
     chief's directory is the real one. `details` (JSON values) are kept in state.json too."""
-    os.makedirs(directory, exist_ok=True)
+    tf.io.gfile.makedirs(directory)  # tf.io.gfile: a local directory or object storage alike
     model.save_weights(os.path.join(directory, WEIGHTS))
     state = {"epoch": epoch, "history": history, "model": job.model, "config": job.config,
              "full_config": dataclasses.asdict(job.make_config()), "image_shape": list(job.image_shape),
              "encoder_from": job.encoder_from, **details}
     # Written whole or not at all: a reader (a resuming worker, Ray copying the checkpoint) never sees half.
     partial = os.path.join(directory, STATE_FILE + ".partial")
-    with open(partial, "w") as f:
-        json.dump(state, f)
-    os.replace(partial, os.path.join(directory, STATE_FILE))
+    with tf.io.gfile.GFile(partial, "w") as f:
+        f.write(json.dumps(state))
+    tf.io.gfile.rename(partial, os.path.join(directory, STATE_FILE), overwrite=True)
 
 
 def read_state(directory: str) -> Dict[str, Any]:
     path = os.path.join(directory, STATE_FILE)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{directory} holds no saved training state ({STATE_FILE} is missing)")
-    with open(path) as f:
-        return json.load(f)
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
 
 
 def load_weights(model, directory: str) -> None:

@@ -1,7 +1,6 @@
 """Executor of MlflowRegistrar: gathers what the Trainer and Evaluator left and hands it to backends.tracking."""
 import dataclasses
 import functools
-import glob
 import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -12,7 +11,7 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import path_utils
 
-from backends import tracking
+from backends import storage, tracking
 from components import artifacts
 from evaluation import scoring
 
@@ -68,7 +67,7 @@ class Executor(base_executor.BaseExecutor):
             name="Trainer", params={"model": trained.model, **(trained.full_config or trained.config)},
             history={k: v for k, v in trained.history.items() if isinstance(v, list)}, metrics=_scalars(kept),
             tags={"family": trained.family or "", **ids, **({"kept_by": kept["kept_by"]} if "kept_by" in kept else {})},
-            artifacts=sorted(glob.glob(os.path.join(model_run.uri, "*.png"))) + [
+            artifacts=storage.glob(os.path.join(model_run.uri, "*.png")) + [
                 os.path.join(model_run.uri, artifacts.METRICS_FILE)])
         evaluator = tracking.ChildRun(
             name="Evaluator", metrics=_scalars(evaluated.metrics),
@@ -76,7 +75,7 @@ class Executor(base_executor.BaseExecutor):
                   "blessing.metric": blessing["metric"], **ids,
                   # the source's class names in id order (what the plots and a conditional model's labels mean)
                   **({"class_names": json.dumps(evaluated.class_names)[:5000]} if evaluated.class_names else {})},
-            artifacts=sorted(glob.glob(os.path.join(evaluation.uri, "*.png"))) + [
+            artifacts=storage.glob(os.path.join(evaluation.uri, "*.png")) + [
                 os.path.join(evaluation.uri, artifacts.EVALUATION_FILE)])
         metric_network = None
         if input_dict.get("metric_model"):

@@ -1,5 +1,4 @@
 """Executor of StrictExampleValidator: the standard validation, then a clear failure on anomalies."""
-import glob
 import os
 from typing import Any, Dict, List
 
@@ -7,6 +6,8 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import types
 from tfx.components.example_validator import executor as example_validator_executor
 from tfx.types import artifact_utils, standard_component_specs
+
+from backends import storage
 
 
 class DataValidationError(RuntimeError):
@@ -35,8 +36,8 @@ class Executor(example_validator_executor.Executor):
         problems = []
         for split in artifact_utils.decode_split_names(
                 artifact_utils.get_single_instance(anomalies_artifact).split_names):
-            for path in glob.glob(os.path.join(artifact_utils.get_split_uri(anomalies_artifact, split), "*.pb")):
-                with open(path, "rb") as f:
+            for path in storage.glob(os.path.join(artifact_utils.get_split_uri(anomalies_artifact, split), "*.pb")):
+                with storage.open_file(path, "rb") as f:
                     problems += describe_anomalies(split, anomalies_pb2.Anomalies.FromString(f.read()))
         if problems:
             raise DataValidationError(

@@ -69,8 +69,8 @@ class Executor(base_executor.BaseExecutor):
         examples = artifact_utils.get_single_instance(output_dict["examples"])
         examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
         train_dir = artifact_utils.get_split_uri([examples], "train")
-        os.makedirs(train_dir, exist_ok=True)
-        os.makedirs(artifact_utils.get_split_uri([examples], "eval"), exist_ok=True)
+        tf.io.gfile.makedirs(train_dir)  # a local directory or object storage
+        tf.io.gfile.makedirs(artifact_utils.get_split_uri([examples], "eval"))
         with tf.io.TFRecordWriter(os.path.join(train_dir, TRAIN_FILE), options="GZIP") as writer:
             for image, label in zip(images, labels):
                 writer.write(_example(image, label, version.encode()))

@@ -14,14 +14,15 @@ What a trained model leaves (components/artifacts.py is the contract):
     model_run/*.png          loss curves, reconstructions, samples...
 """
 import dataclasses
+import fnmatch
 import os
-import shutil
 from typing import Any, Dict, List, Optional
 
 import tensorflow_transform as tft
 from absl import logging
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from backends import storage
 from components import artifacts
 from components.trainer import tensorboard
 from evaluation import figures
@@ -96,7 +97,7 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
                         extra_metadata)
     state_dir = artifacts.keras_state_dir(fn_args.serving_model_dir)
     if checkpoint_dir:
-        shutil.copytree(checkpoint_dir, state_dir, ignore=shutil.ignore_patterns("worker-*.json"))
+        storage.copy_tree(checkpoint_dir, state_dir, skip=lambda name: fnmatch.fnmatch(name, "worker-*.json"))
     else:
         training.save_state(model, state_dir, job, training.total_epochs(job, config), history)
     # The precision a run trained in, "auto" resolved (MLflow's params show what ran): on Ray, as the chief
