@@ -52,6 +52,7 @@ def explain(error: BaseException) -> Optional[Tuple[str, int]]:
     from backends.tracking import RegistryLookupError, TrackingError  # pylint: disable=import-outside-toplevel
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     from backends.ray_cluster import RayClusterError  # pylint: disable=import-outside-toplevel
+    from backends.storage import StorageError  # pylint: disable=import-outside-toplevel
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -63,7 +64,7 @@ def explain(error: BaseException) -> Optional[Tuple[str, int]]:
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
         if isinstance(error, PipelineBusy):
             return str(error), EXIT_BUSY
-        if isinstance(error, RegistryLookupError):
+        if isinstance(error, (RegistryLookupError, StorageError)):
             return str(error), EXIT_BAD_INPUT
         if isinstance(error, TrainingDiverged):
             return str(error), EXIT_DIVERGED

@@ -268,8 +268,10 @@ def _worker_error(error) -> BaseException:
 def _train_loop(loop_config: Dict[str, Any]) -> None:
     """Runs on every Ray Train worker (TensorflowTrainer has set TF_CONFIG)."""
     os.environ.update(ray_cluster.worker_env())
-    for path in (job_path for job_path in (loop_config["job"].get("tensorboard_dir"),) if job_path):
-        storage.enable_tensorflow(path)  # TensorBoard events beside checkpoints on object storage
+    job_config = loop_config["job"]
+    for path in [*job_config["train_files"], *job_config["eval_files"], job_config.get("tensorboard_dir") or "",
+                 job_config.get("feature_network") or ""]:
+        storage.enable_tensorflow(path)  # the run's files on object storage: TensorFlow reads them through gfile
     import ray.train  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
