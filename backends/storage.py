@@ -214,6 +214,14 @@ def exists(path: str) -> bool:
     return os.path.exists(path)
 
 
+def listdir(path: str) -> List[str]:
+    """The names in a directory ([] when there is none)."""
+    if is_uri(path):
+        enable_tensorflow(path)
+        return [name.rstrip("/") for name in _gfile().listdir(path)] if _gfile().isdir(path) else []
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
 def glob(pattern: str) -> List[str]:
     if is_uri(pattern):
         enable_tensorflow(pattern)

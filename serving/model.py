@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from backends import storage
 from serving.settings import Limits  # noqa: F401  (what a ServedModel checks requests against)
 
 DEFAULT_SAMPLE_STEPS = 50  # DDIM steps of a DDPM exported before its SavedModel carried `metadata`
@@ -77,6 +78,7 @@ class ServedModel:
 
     def __init__(self, directory: str, name: str, version: str, limits: Limits = Limits()):
         self.directory, self.name, self.version, self.limits = directory, name, str(version), limits
+        storage.enable_tensorflow(directory)  # a SavedModel on object storage is read where it is
         self.loaded = tf.saved_model.load(directory)
         self.signatures = {k: v for k, v in self.loaded.signatures.items()}
         self.metadata = read_metadata(self.loaded)

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ray import serve
 from starlette.responses import JSONResponse, Response
 
+from backends import storage
 from serving import explorer
 from serving.images import png_grid
 from serving.model import RequestError, ServedModel, split_rows, stack_rows
@@ -69,7 +70,7 @@ class ModelSource:
 
 
 def _is_saved_model(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, "saved_model.pb"))
+    return storage.exists(storage.join(directory, "saved_model.pb"))  # a local directory or object storage
 
 
 def latest_saved_model(directory: str) -> Tuple[str, str]:
@@ -78,13 +79,13 @@ def latest_saved_model(directory: str) -> Tuple[str, str]:
     if _is_saved_model(directory):
         base = os.path.basename(os.path.normpath(directory))
         return directory, base if base.isdigit() else "0"
-    versions = sorted((int(v) for v in os.listdir(directory) if v.isdigit()
-                       and _is_saved_model(os.path.join(directory, v))), reverse=True) if os.path.isdir(directory) else []
+    versions = sorted((int(v) for v in storage.listdir(directory) if v.isdigit()
+                       and _is_saved_model(storage.join(directory, v))), reverse=True)
     if not versions:
         raise FileNotFoundError(f"{directory}: neither a SavedModel (no saved_model.pb) nor a directory of numbered "
                                 "SavedModel versions; give the folder latentforge's Pusher writes "
                                 "(RUN_DIR/PIPELINE/serving/MODEL) or a SavedModel")
-    return os.path.join(directory, str(versions[0])), str(versions[0])
+    return storage.join(directory, str(versions[0])), str(versions[0])
 
 
 def parse_model_reference(text: str) -> Tuple[str, Optional[str], Optional[str]]:
@@ -113,7 +114,7 @@ def directory_source(text: str) -> ModelSource:
         base = os.path.basename(os.path.normpath(directory))
         name = os.path.basename(os.path.dirname(os.path.normpath(directory))) if base.isdigit() else base
     latest_saved_model(directory)
-    return ModelSource(name=name, saved_model_dir=os.path.abspath(directory))
+    return ModelSource(name=name, saved_model_dir=storage.absolute(directory))
 
 
 def registry_source(text: str, tracking_uri: str) -> ModelSource:
@@ -137,7 +138,7 @@ def _load(source: ModelSource, version: str, limits: Limits,
     if source.saved_model_dir:
         directory = source.saved_model_dir
         if not _is_saved_model(directory):
-            directory = os.path.join(directory, version)
+            directory = storage.join(directory, version)
         return ServedModel(directory, source.name, version, limits), None
     from backends import tracking  # pylint: disable=import-outside-toplevel
     config = tracking.TrackingConfig(uri=source.tracking_uri, experiment="")
