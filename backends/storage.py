@@ -20,6 +20,10 @@ from urllib.parse import urlparse
 SCHEMES = ("s3", "gs")
 DEFAULT_REGION = "us-east-1"
 STATE_DIR_ENV = "LATENTFORGE_STATE_DIR"
+# The storage settings, read here or by the libraries URIs are handed to (deploy/kubernetes/ sets them;
+# tests/test_deploy.py checks the manifests name no others).
+SETTINGS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+            "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS", STATE_DIR_ENV)
 CHECK_TIMEOUT_S = 5.0  # connect and read timeouts of the up-front check: a wrong endpoint fails in seconds
 
 
