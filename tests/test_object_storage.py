@@ -93,38 +93,3 @@ def test_a_run_into_a_missing_bucket_fails_before_any_work_naming_it(s3_store, t
     assert "s3://no-such-bucket/runs/latentforge: the bucket no-such-bucket does not exist" in result.stderr
     assert "ImageExampleGen" not in result.stdout and time.monotonic() - started < 60
     assert not (tmp_path / "state").exists()
-
-
-@pytest.mark.slow
-def test_a_pipeline_run_keeps_everything_in_the_bucket_but_its_metadata(s3_store, tmp_path):
-    """`--run-dir s3://...`: TFX's artifacts, the Trainer's and Evaluator's files, MLflow's artifacts and the pushed
-    SavedModel land in the bucket; ML Metadata and the MLflow database in the local state directory; nothing
-    else is written locally (the command runs in an empty directory)."""
-    workdir, state = tmp_path / "cwd", tmp_path / "state"
-    workdir.mkdir()
-    env = {**os.environ, "LATENTFORGE_STATE_DIR": str(state),
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                          os.environ.get("PYTHONPATH", "")])}
-    import subprocess
-    import sys
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--model", "conv_ae", "--epochs", "1",
-                             "--trainer", "in-process", "--source", f"idx:{os.path.abspath('data/mnist-sample')}",
-                             "--run-dir", f"s3://{S3_BUCKET}/team/runs"], capture_output=True, text=True,
-                            timeout=900, env=env, cwd=workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    keys = s3_keys(s3_store, "team/runs/latentforge/")
-    pushed = [k for k in keys if k.startswith("team/runs/latentforge/serving/conv_ae/") and
-              k.endswith("saved_model.pb")]
-    assert len(pushed) == 1, keys
-    for expected in ("tfx/ImageExampleGen/", "tfx/Transform/", "tfx/Trainer/model/", "/metrics.json",
-                     "/evaluation.json", "/loss.png", "mlartifacts/"):
-        assert any(expected in key for key in keys), (expected, keys)
-    assert list(workdir.iterdir()) == []
-    local = sorted(p.name for p in (state / "s3" / S3_BUCKET / "team" / "runs" / "latentforge").iterdir())
-    assert "metadata.sqlite" in local and "mlflow.db" in local and "runs.jsonl" in local
-    # The registered version's model is in the bucket too: MLflow reads it back from there.
-    import mlflow
-    client = mlflow.MlflowClient(f"sqlite:///{state}/s3/{S3_BUCKET}/team/runs/latentforge/mlflow.db")
-    version = client.get_model_version_by_alias("mnist-sample-autoencoder", "champion")
-    assert version.source.startswith(f"s3://{S3_BUCKET}/team/runs/latentforge/mlartifacts/") or \
-        client.get_run(version.run_id).info.artifact_uri.startswith(f"s3://{S3_BUCKET}/team/runs/latentforge/")

@@ -289,6 +289,7 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(loop_config["threads"])
     strategy = _strategy(tf, size)
     identity = {"rank": rank, "workers": size, "pid": os.getpid(), "host": socket.gethostname(),
+                "node": ray.get_runtime_context().get_node_id(),
                 "replicas": strategy.num_replicas_in_sync, "resumed_from_epoch": 0}
     config = job.make_config()
     # "auto" resolved where the model computes: a GPU worker may differ from the driver that submitted the run.
