@@ -55,3 +55,17 @@ def test_the_best_epoch_by_kid_is_restored_and_every_epoch_is_scored(features):
     assert details["kept_epoch"] == kept and details["kept_proxy_kid_x1e3"] == min(values)
     assert details["last_proxy_kid_x1e3"] == values[-1] and details["proxy_seconds_total"] > 0
     assert best_epoch.kept_epoch_details(history, None) == {}
+
+
+def test_a_diffusion_model_s_proxy_samples_in_half_its_export_s_steps(features):
+    entry = registry.get_model("ddpm")
+    config = registry.make_config("ddpm", {"epochs": 1, "batch_size": 16, "base_channels": 8,
+                                           "channel_multipliers": (1, 2), "sample_steps": 12, "seed": 0})
+    model = entry.build(config, (28, 28, 1))
+    model.generate(1, 0, steps=1)  # built
+    proxy = best_epoch.SampleQualityProxy(entry.family, (28, 28, 1), "symmetric", f"{features}/saved_model", features,
+                                          samples=16)
+    proxy.set_model(model)
+    assert np.isfinite(proxy.measure())
+    assert proxy._inputs["steps"] == 10  # half of 12 is below the floor of 10
+    assert [best_epoch.proxy_steps(n) for n in (40, 50, 12, 4)] == [20, 25, 10, 4]

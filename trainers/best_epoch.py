@@ -27,6 +27,16 @@ from evaluation import scoring
 PROXY_METRIC = "proxy_kid_x1e3"
 PROXY_SECONDS = "proxy_seconds"
 DEFAULT_SAMPLES = 400
+# An iterative sampler draws the proxy's samples in this share of its export's steps (at least MIN_PROXY_STEPS):
+# at the export's 40 DDIM steps a 64x64 DDPM's proxy took 17 % of an epoch of 20,000 images; the proxy ranks one
+# run's epochs, and the DDIM step count moves every epoch's samples alike (full MNIST, one DDPM: FID 36.5 at 40
+# steps, 37.5 at 20).
+PROXY_STEP_SHARE = 0.5
+MIN_PROXY_STEPS = 10
+
+
+def proxy_steps(export_steps: int) -> int:
+    return max(min(MIN_PROXY_STEPS, export_steps), int(round(export_steps * PROXY_STEP_SHARE)))
 
 
 class SampleQualityProxy(keras.callbacks.Callback):
@@ -54,6 +64,8 @@ class SampleQualityProxy(keras.callbacks.Callback):
             takes = {spec.name for spec in self._signature.structured_input_signature[0]}
             defaults = self.family.export_metadata(self.model).get("generate_defaults", {})
             self._inputs = {k: v for k, v in defaults.items() if k in takes}
+            if "steps" in self._inputs:  # an iterative sampler (DDPM): see PROXY_STEP_SHARE
+                self._inputs["steps"] = proxy_steps(int(self._inputs["steps"]))
         return np.asarray(scoring.generate(self._signature, self.samples, self.seed, self.batch_size, self._inputs),
                           np.float32)
 
