@@ -18,7 +18,7 @@ endif
 WORKERS ?= 1
 RUN_DIR ?= runs
 PYTEST_ARGS ?=
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 .PHONY: install browser run test test-fast benchmark benchmark-generative benchmark-serving clean
 
@@ -37,8 +37,8 @@ $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
 run: install
 	$(BIN)/latentforge run --source $(SOURCE) --model $(MODEL) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) --workers $(WORKERS) --run-dir $(RUN_DIR)
 
-# Two test processes, whole modules each (their fixtures start Rays and servers once): Ray start-ups, waits and
-# single-threaded stretches of one overlap the other's compute. TEST_WORKERS=0 runs everything in one process.
+# Three test processes on 2 cores, whole modules each (their fixtures start Rays and servers once): the suite is
+# half waiting (Ray start-ups, servers, subprocesses), so a third overlaps it. TEST_WORKERS=0: one process.
 test: install browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS) tests
 

@@ -3,6 +3,7 @@ they drive. The settings' defaults come from serving/settings.py, as Ray Serve's
 serving.server:build_app` takes them."""
 import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
@@ -157,9 +158,13 @@ def cmd_serve(args) -> int:
     if args.detach:
         return EXIT_OK
     print("latentforge: Ctrl-C stops the server", flush=True)
+    # Python runs a signal's handler in the main thread, when that thread next executes: a SIGINT the kernel hands
+    # to one of Ray's threads (libraries block signals in the main thread while they start theirs) left a main
+    # thread in a long sleep deaf to Ctrl-C for its whole length. Short sleeps, and SIGINT unblocked here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         while True:
-            time.sleep(3600)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("latentforge: stopping the server", flush=True)
         # Bounded: under load Ray Serve's shutdown has kept a Ctrl-C'd server alive for minutes, and Ray's own exit

@@ -178,8 +178,10 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     # model to be restored from; a local one is read where it is.
     checkpoint_dir = (checkpoint.to_directory(tempfile.mkdtemp(prefix="latentforge-kept-"))
                       if storage.is_uri(storage_path) else checkpoint.path)
-    with open(os.path.join(checkpoint_dir, "state.json")) as f:  # trainers.job.STATE_FILE: the whole history
-        state = json.load(f)
+    # The whole history is the latest checkpoint's (trainers.job.STATE_FILE), not the kept one's, which ends at
+    # the kept epoch.
+    with result.checkpoint.filesystem.open_input_stream(posixpath.join(result.checkpoint.path, "state.json")) as f:
+        state = json.loads(f.read())
     workers = []
     for path in sorted(glob.glob(os.path.join(checkpoint_dir, "worker-*.json"))):
         with open(path) as f:
