@@ -186,6 +186,12 @@ def enable_tensorflow(path: str) -> None:
     os.environ.update(tensorflow_env())
     import tensorflow_io  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     _tensorflow_s3 = True
+    previous_hook = sys.excepthook
+
+    def note_uncaught(*exc_info):  # an uncaught exception still leaves with 1 (see _leave_before_static_destructors)
+        set_exit_code(1)
+        previous_hook(*exc_info)
+    sys.excepthook = note_uncaught
 
 
 # Files by path, local or URI: the builtins for a local path, tf.io.gfile (TFX's own filesystem layer) for a URI.
