@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from typing import Any, Dict, List
 
 import pyarrow.fs
@@ -73,3 +74,5 @@ class RayTrainerExecutor(TrainerExecutor):
         run_fn.finish(fn_args, job, model, outcome.history, checkpoint_dir=outcome.checkpoint_dir,
                       workers=outcome.workers, ray_run=outcome.run_path,
                       **best_epoch.kept_epoch_details(outcome.history, outcome.kept_epoch))
+        if storage.is_uri(ray_config["storage_path"]):  # the kept checkpoint's local download (ray_train.train)
+            shutil.rmtree(outcome.checkpoint_dir, ignore_errors=True)
