@@ -604,9 +604,15 @@ def test_latentforge_serve_follows_a_pusher_folder_and_stops_on_ctrl_c(served, t
     base = tmp_path / "serving" / "stacked_ae"
     shutil.copytree(served["root"] / "registered-v1", base / "7")
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--saved-model", str(base),
-                                "--port", str(port), "--poll-interval", "0.5", "--max-batch-size", "4"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Started as a terminal starts a command: SIGINT at its default. A pytest worker may by now have SIGINT
+    # ignored (some library set it), and an ignored SIGINT stays ignored across exec: Python then never raises
+    # KeyboardInterrupt, whatever the command does.
+    command = ["serve", "--saved-model", str(base), "--port", str(port), "--poll-interval", "0.5",
+               "--max-batch-size", "4"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+         f"sys.argv = ['latentforge', *{command!r}]; runpy.run_module('pipelines.cli', run_name='__main__')"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
 
     def read_output():
@@ -643,8 +649,12 @@ def test_latentforge_serve_follows_a_pusher_folder_and_stops_on_ctrl_c(served, t
         try:
             process.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            pytest.fail("latentforge serve did not leave within 120 s of Ctrl-C; its output:\n"
-                        + "".join(lines)[-4000:])
+            with open(f"/proc/{process.pid}/status") as f:
+                signals = "".join(line for line in f if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+            with open("/proc/self/status") as f:
+                ours = "".join(line for line in f if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+            pytest.fail(f"latentforge serve did not leave within 120 s of Ctrl-C; its signals:\n{signals}this "
+                        f"process's:\n{ours}its output:\n" + "".join(lines)[-4000:])
         reader.join(timeout=10)
         output = "".join(lines)
         assert process.returncode == 0, output[-3000:]
