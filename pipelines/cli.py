@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the models --model takes")
     inspect = commands.add_parser("inspect", help="probe a source: its splits, image shape and classes")
     _add_source_flags(inspect)
-    # -v after the command as well (`latentforge run ... -v`, as the README's table writes it); SUPPRESS keeps the
+    # -v after the command as well (`latentforge run ... -v`, as docs/commands.md writes it); SUPPRESS keeps the
     # top-level value when a command's own -v is not given.
     for command in commands.choices.values():
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,

@@ -314,7 +314,7 @@ def test_a_folder_dataset_s_class_names_reach_the_evaluation_mlflow_and_the_save
 
 def test_the_beam_components_run_on_the_multi_processing_direct_runner(sample_run, tmp_path):
     """--beam-arg reaches the components: ExampleGen, StatisticsGen and Transform run on Beam's DirectRunner with
-    2 worker processes (the README's recipe) and write what the in-memory runner wrote."""
+    2 worker processes (docs/operations.md's recipe) and write what the in-memory runner wrote."""
     run_dir, _, first = sample_run
     args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "stacked_ae", "--epochs", "1", "--trainer",
             "in-process", "--beam-arg=--direct_running_mode=multi_processing", "--beam-arg=--direct_num_workers=2",

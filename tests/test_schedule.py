@@ -1,4 +1,4 @@
-"""The README's cron line and deploy/'s systemd units, run as written (the install path /opt/latentforge swapped for
+"""docs/operations.md's cron line and deploy/'s systemd units, run as written (the install path /opt/latentforge swapped for
 a directory laid out like an install: the project's .venv and data linked in). The second run, the same command,
 comes from the TFX cache: a schedule repeats safely."""
 import json
@@ -29,7 +29,7 @@ def install(tmp_path):
 
 
 def _cron_line() -> str:
-    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+    with open(os.path.join(REPO_ROOT, "docs", "operations.md")) as f:
         lines = [line.strip() for line in f if re.match(r"^[\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ [\d*/,-]+ ", line)]
     assert len(lines) == 1, lines
     return lines[0]

@@ -40,7 +40,7 @@ SPACINGS = ("uniform", "quadratic")  # the sampler's time steps: evenly spaced i
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig(TrainingConfig):
-    """Defaults (what the generative benchmark showed best at equal wall-clock on this CPU, README): the notebook's
+    """Defaults (what the generative benchmark showed best at equal wall-clock on this CPU, docs/benchmarks.md): the notebook's
     cosine schedule (s = 0.008, max beta 0.999) with T = 1000 (the notebook: 4000), the notebook's compact U-Net
     (separable convolutions + BatchNorm, widths 16 -> 32/64/128), v-prediction with min-SNR-5 weighting, mixed
     bfloat16 where the hardware computes it natively, EMA 0.999, sampling by DDIM at eta 1 in 40 steps, Adam 1e-3,
@@ -59,12 +59,12 @@ class DiffusionConfig(TrainingConfig):
     time_embedding_dim: int = 64
     dropout: float = 0.0
     loss: str = "mse"
-    prediction: str = "v"  # at 8 min on MNIST, v + min-SNR: FID 26.5 against epsilon + uniform's 39.6 (README)
+    prediction: str = "v"  # at 8 min on MNIST, v + min-SNR: FID 26.5 against epsilon + uniform's 39.6 (docs/benchmarks.md)
     loss_weighting: str = "min_snr"  # Hang et al. 2023's min(SNR(t), gamma) weighting; uniform: plain MSE
     min_snr_gamma: float = 5.0
-    sample_steps: int = 40  # steps of `generate`: the fewest within 10 % of full ancestral sampling's FID (README)
+    sample_steps: int = 40  # steps of `generate`: the fewest within 10 % of full ancestral sampling's FID (docs/benchmarks.md)
     # DDIM's noise: 0 deterministic (the probability-flow ODE), 1 DDPM-like. At 15 min on MNIST, eta 1 at 40 steps:
-    # FID 14.1 against ancestral's 13.5 at 1/24 of its time; eta 0 plateaus at 17.0 even at 50 steps (README).
+    # FID 14.1 against ancestral's 13.5 at 1/24 of its time; eta 0 plateaus at 17.0 even at 50 steps (docs/benchmarks.md).
     eta: float = 1.0
     sampler: str = "ddim"  # or "dpm_solver": DPM-Solver++(2M), second order in the same network evaluations
     sample_spacing: str = "uniform"  # the sampler's time steps: evenly spaced in t, or "quadratic" (in sqrt(t))
@@ -75,7 +75,7 @@ class DiffusionConfig(TrainingConfig):
     num_classes: int = 0
     p_uncond: float = 0.1  # the share of training labels replaced by the null label (and unlabeled images: all)
     guidance: float = 2.0  # w of eps_null + w (eps_label - eps_null): 0 unconditional, 1 conditional, >1 guided
-    precision: str = "auto"  # mixed_bfloat16 where native: 1.4x the images/s, FID not worse (README)
+    precision: str = "auto"  # mixed_bfloat16 where native: 1.4x the images/s, FID not worse (docs/benchmarks.md)
     epochs: int = 20
 
     def __post_init__(self):

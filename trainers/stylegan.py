@@ -47,7 +47,7 @@ class StyleGANConfig(gans.GANConfig):
     style_size: int = 64  # w
     mapping_layers: int = 4
     # Per resolution, from the constant's on: 3 resolutions (7->14->28) rather than 4x4->32 cropped to 28. Measured
-    # (batch 32, 2 cores): 98 ms a step against 150, and in 15 minutes FID 28 against 191 (README, issue 17).
+    # (batch 32, 2 cores): 98 ms a step against 150, and in 15 minutes FID 28 against 191 (docs/benchmarks.md).
     synthesis_filters: Tuple[int, ...] = (128, 64, 32)
     noise_inputs: bool = True  # per-layer noise images (False: the synthesis is a function of w only)
     style_mixing: float = 0.9  # probability that a training image mixes two styles (StyleGAN's 90 %)
