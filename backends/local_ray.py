@@ -8,23 +8,22 @@ handlers", then "The current node timed out during startup"). Started before any
 paid for a Ray even when the Trainer came from the TFX cache. A fresh interpreter, launched without preexec_fn
 (CPython vforks then), starts Ray cleanly at any point of the run, and the driver joins it by address.
 
-The head lives as long as its launcher: `stop()` at exit, and PR_SET_PDEATHSIG makes it go with a launcher that
-is killed (SIGKILL runs no atexit).
+The head lives as long as its launcher: `stop()` at exit, and a thread in the head's process that watches the
+launcher's pid stops it when the launcher is killed (SIGKILL runs no atexit).
 """
 import atexit
-import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import List, Optional
 
 READY_LINE = "Ray runtime started"
 STOP_GRACE_S = 20.0  # how long the head gets to stop what it started before it and they are killed
-_PR_SET_PDEATHSIG = 1
 
 
 class LocalRay:
@@ -95,12 +94,29 @@ def _free_port() -> int:
 
 
 def _die_with(parent: int) -> None:
-    """SIGTERM to this process when the launching thread's process goes away, however it ends."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:  # it died before the prctl
+    """Stops this head when the launcher's process goes away, however it ends: SIGTERM (`ray start --block`
+    stops what it started), then, if that was not enough within STOP_GRACE_S, SIGKILL to it and to every process
+    it had started. (PR_SET_PDEATHSIG's TERM alone was not: a head whose raylet had become a zombie ignored it and
+    outlived its killed launcher.) A thread watching the parent's pid, not the kernel's parent-death signal, which
+    also fires when merely the launching thread ends."""
+    if os.getppid() != parent:  # it died already
         sys.exit(0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        import psutil  # pylint: disable=import-outside-toplevel  (Ray's own dependency)
+        started = psutil.Process().children(recursive=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_GRACE_S)
+        for child in started:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="latentforge-launcher-watch", daemon=True).start()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -41,11 +41,15 @@ def _driver_log_level() -> int:
 
 
 def worker_env() -> dict:
-    """WORKER_ENV, quieter unless verbose: TF's C++ errors about CUDA plugins on CPU-only machines
-    (TF_CPP_MIN_LOG_LEVEL 3) and google-api-core's FutureWarning in every process."""
+    """WORKER_ENV, quieter unless verbose (TF's C++ errors about CUDA plugins on CPU-only machines:
+    TF_CPP_MIN_LOG_LEVEL 3; google-api-core's FutureWarning in every process), plus the object-storage endpoint
+    this process uses (backends/storage.worker_env): Train workers, a job's driver and Serve replicas on other
+    nodes reach the same store."""
+    from backends import storage  # pylint: disable=import-outside-toplevel
     if verbose():
-        return {**WORKER_ENV, VERBOSE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "0"}
-    return {**WORKER_ENV, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore::FutureWarning"}
+        return {**WORKER_ENV, VERBOSE_ENV: "1", "TF_CPP_MIN_LOG_LEVEL": "0", **storage.worker_env()}
+    return {**WORKER_ENV, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore::FutureWarning",
+            **storage.worker_env()}
 
 
 def cluster_address(address: Optional[str] = None) -> Optional[str]:

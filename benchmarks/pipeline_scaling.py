@@ -1,14 +1,14 @@
-"""What a run costs as the data grows, and what Beam's multi-processing DirectRunner changes (issue 19).
+"""What a run costs as the data grows, and what Beam's multi-processing DirectRunner changes.
 
-For the bundled sample (2,500 digits), the full MNIST (70,000) and a set 4x the MNIST (280,000: the MNIST four
-times, each copy shifted by a pixel so no two images are equal), runs the pipeline as a user would
+For the bundled sample (2,500 digits), the full MNIST (70,000) and sets 4x and 10x the MNIST (280,000 and
+700,000: the MNIST k times, each copy shifted by a pixel so no two images are equal), runs the pipeline as a user would
 (`latentforge run --model stacked_ae --epochs 1 --trainer in-process`, a fresh run directory each) with Beam's
 default in-memory DirectRunner (1 worker) and with `--direct_running_mode=multi_processing --direct_num_workers=2`,
 and records each component's wall time (ML Metadata) and the peak memory of the run's process tree (the driver
 and any Beam worker processes, sampled every 0.2 s).
 
     cd benchmarks && python pipeline_scaling.py            # ~15 min on 2 cores
-    python pipeline_scaling.py --sets sample,mnist         # the 4x set left out
+    python pipeline_scaling.py --sets mnist,mnist_x4,mnist_x10 --runners direct_1_worker   # memory as data grows
 """
 import argparse
 import os
@@ -28,16 +28,16 @@ MULTI = ["--beam-arg=--direct_running_mode=multi_processing", "--beam-arg=--dire
 DATA_COMPONENTS = ("ImageExampleGen", "StatisticsGen", "Transform")
 
 
-def four_times_mnist(directory: str) -> str:
-    """npz:FILE with the MNIST's train and test splits four times over, copy k shifted right by k pixels."""
+def times_mnist(directory: str, times: int) -> str:
+    """npz:FILE with the MNIST's train and test splits `times` times over, copy k shifted right by k pixels."""
     from components.image_example_gen import sources
     arrays = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         _, images = sources.read_idx(os.path.join(MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"), 3)
         _, labels = sources.read_idx(os.path.join(MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"), 1)
-        arrays[f"x_{split}"] = np.concatenate([np.roll(images, k, axis=2) for k in range(4)])
-        arrays[f"y_{split}"] = np.tile(labels, 4)
-    path = os.path.join(directory, "mnist-x4.npz")
+        arrays[f"x_{split}"] = np.concatenate([np.roll(images, k, axis=2) for k in range(times)])
+        arrays[f"y_{split}"] = np.tile(labels, times)
+    path = os.path.join(directory, f"mnist-x{times}.npz")
     np.savez(path, **arrays)
     return f"npz:{path}"
 
@@ -100,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latentforge-scaling-") as scratch:
         sources = {"sample": f"idx:{os.path.join(REPO_ROOT, 'data', 'mnist-sample')}", "mnist": f"idx:{MNIST_DIR}"}
         for name in args.sets.split(","):
-            source = sources.get(name) or four_times_mnist(scratch)
+            source = sources.get(name) or times_mnist(scratch, int(name.split("_x")[1]))
             for runner, beam_args in (("direct_1_worker", []), ("multi_processing_2_workers", MULTI)):
                 if runner not in args.runners.split(","):
                     continue

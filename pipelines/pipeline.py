@@ -25,6 +25,7 @@ import hashlib
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import tensorflow_data_validation as tfdv
 # The components' own modules rather than tfx.v1, which also imports TFX's Google Cloud extensions.
 from tfx import components as tfx_components
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
@@ -102,7 +103,11 @@ def data_nodes(source_info: SourceInfo, pixel_range: str, eval_percent: int = DE
     """Ingest, statistics, schema (inferred and curated, or imported from `schema_path`), validation
     that stops the run on anomalies, and the Transform to float images plus the few-label flag."""
     example_gen = ImageExampleGen(source_info, eval_percent=eval_percent, code_version=code_digest(_EXAMPLE_GEN_CODE))
-    statistics_gen = tfx_components.StatisticsGen(examples=example_gen.outputs["examples"])
+    # Sketch-based top-k and unique counts: the exact ones count every distinct value of a feature, and every
+    # image's bytes are distinct, so their memory grew with the data; the sketches' stays bounded.
+    statistics_gen = tfx_components.StatisticsGen(
+        examples=example_gen.outputs["examples"],
+        stats_options=tfdv.StatsOptions(use_sketch_based_topk_uniques=True))
     curator = None
     if schema_path:
         schema_gen = ImportSchemaGen(schema_file=os.path.abspath(schema_path))

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Callable, List, Optional, TextIO
 
+from backends import storage
 from backends.ray_cluster import PROJECT_EXCLUDES, PROJECT_ROOT, WORKER_ENV
 
 POLL_SECONDS = 1.0
@@ -33,7 +34,7 @@ def submit(address: str, cli_args: List[str], python: str = "python", submission
     """Submits `latentforge <cli_args>` as a Ray job; returns its id."""
     client = _client(address)
     entrypoint = shlex.join([python, "-m", "pipelines.cli", *cli_args])
-    runtime_env = {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES, "env_vars": dict(WORKER_ENV)}
+    runtime_env = {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES, "env_vars": {**WORKER_ENV, **storage.worker_env()}}
     deadline = time.time() + AGENT_WAIT_SECONDS
     while True:
         try:

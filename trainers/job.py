@@ -8,10 +8,12 @@ Saved state (`save_state` / `load_state`), a directory:
     weights.*      TF-format checkpoint of the model (the optimizer's slots included: a resumed run continues
                    with the same moments)
     state.json     {"epoch": epochs done, "history": per-epoch metrics so far, "model": name, "config": {the
-                    overrides}, "full_config": {every field as it trained}, "image_shape": [h, w, c]}: enough to
-                   rebuild the model anywhere, whatever the presets' defaults have become since
+                    overrides}, "full_config": {every field as it trained}, "image_shape": [h, w, c],
+                    "weight_average_digest": a digest of the EMA weights, when the model keeps averages}: enough
+                   to rebuild the model anywhere, whatever the presets' defaults have become since
 """
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -189,12 +191,26 @@ def save_state(model, directory: str, job: TrainingJob, epoch: int, history: Dic
     model.save_weights(os.path.join(directory, WEIGHTS))
     state = {"epoch": epoch, "history": history, "model": job.model, "config": job.config,
              "full_config": dataclasses.asdict(job.make_config()), "image_shape": list(job.image_shape),
-             "encoder_from": job.encoder_from, **details}
+             "encoder_from": job.encoder_from, "weight_average_digest": weight_average_digest(model), **details}
     # Written whole or not at all: a reader (a resuming worker, Ray copying the checkpoint) never sees half.
     partial = os.path.join(directory, STATE_FILE + ".partial")
     with tf.io.gfile.GFile(partial, "w") as f:
         f.write(json.dumps(state))
     tf.io.gfile.rename(partial, os.path.join(directory, STATE_FILE), overwrite=True)
+
+
+def weight_average_digest(model) -> Optional[str]:
+    """SHA-256 of the model's weight averages (trainers/ema.py), bit for bit; None for a model without any. What
+    a resumed worker's averages are compared with: the same digest as the checkpoint's means the average went on
+    from the saved one (a reset average would equal the raw weights instead)."""
+    averages = model.weight_averages() if hasattr(model, "weight_averages") else []
+    if not averages:
+        return None
+    digest = hashlib.sha256()
+    for average, _ in averages:
+        for weights in average.network.get_weights():
+            digest.update(weights.tobytes())
+    return digest.hexdigest()
 
 
 def read_state(directory: str) -> Dict[str, Any]:

@@ -73,6 +73,10 @@ class RayTrainerExecutor(TrainerExecutor):
             logging.info("keeping epoch %d's checkpoint (the lowest %s)", outcome.kept_epoch, best_epoch.PROXY_METRIC)
         run_fn.finish(fn_args, job, model, outcome.history, checkpoint_dir=outcome.checkpoint_dir,
                       workers=outcome.workers, ray_run=outcome.run_path,
+                      # Seconds from each epoch's start to the next's on the chief (its checkpoint and report
+                      # included): what a cluster's storage and network add shows here.
+                      epoch_seconds=[round(b - a, 3) for a, b in zip(outcome.epoch_started_at,
+                                                                     outcome.epoch_started_at[1:])],
                       **best_epoch.kept_epoch_details(outcome.history, outcome.kept_epoch))
         if storage.is_uri(ray_config["storage_path"]):  # the kept checkpoint's local download (ray_train.train)
             shutil.rmtree(outcome.checkpoint_dir, ignore_errors=True)

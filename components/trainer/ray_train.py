@@ -160,7 +160,7 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
             storage_filesystem=filesystem if storage.is_uri(storage_path) else None,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=checkpoint_config,
-            worker_runtime_env={"env_vars": {**ray_cluster.worker_env(), **storage.worker_env()}}))
+            worker_runtime_env={"env_vars": ray_cluster.worker_env()}))
     try:
         with progress:
             result = trainer.fit()
@@ -203,10 +203,11 @@ class _QueueSink:
         self.queue = queue
 
     def _send(self, *event) -> None:
+        from ray.exceptions import RayError  # pylint: disable=import-outside-toplevel
         from ray.util.queue import Full  # pylint: disable=import-outside-toplevel
         try:
             self.queue.put_nowait(event)
-        except Full:
+        except (Full, RayError):  # a full queue, or one whose node is gone: progress never stops training
             pass
 
     def begin(self, *args) -> None:
@@ -227,8 +228,14 @@ class _DriverProgress:
     thread that replays its events into this terminal's trainers.progress.TerminalProgress while fit() runs."""
 
     def __init__(self):
+        import ray  # pylint: disable=import-outside-toplevel
         from ray.util.queue import Queue  # pylint: disable=import-outside-toplevel
-        self.queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+        from ray.util import scheduling_strategies  # pylint: disable=import-outside-toplevel
+        # On the driver's node, as Ray Train pins its controller: a queue on another node would die with it, and
+        # the restarted workers' first progress event would fail the run (found losing a node of two).
+        here = scheduling_strategies.NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                                                    soft=False)
+        self.queue = Queue(maxsize=1000, actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._replay, name="latentforge-progress", daemon=True)
 
@@ -335,6 +342,8 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
                 initial_epoch, history = state["epoch"], state["history"]
                 started_at = state.get("epoch_started_at", [])[:initial_epoch]
                 identity["resumed_from_epoch"] = initial_epoch
+                # What the restored averages are, before any step moves them (the test of "EMA intact").
+                identity["resumed_weight_average_digest"] = training.weight_average_digest(model)
                 note(f"latentforge worker {rank + 1}/{size}: resumed from the checkpoint of epoch {initial_epoch}")
         # The sample-quality proxy first: it adds its score to the logs the report and the progress read.
         callbacks = ([proxy] if proxy else []) + [_report_each_epoch(job, identity, history, started_at),
