@@ -40,7 +40,7 @@ run: install
 # Three test processes on 2 cores, whole modules each (their fixtures start Rays and servers once): the suite is
 # half waiting (Ray start-ups, servers, subprocesses), so a third overlaps it. TEST_WORKERS=0: one process.
 test: install browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 -rs $(PYTEST_ARGS) tests
 
 # The explorer's browser tests drive Debian's chromium through chromedriver (no browser can be downloaded):
 # installed here when missing and this is root (CI); otherwise they say how and skip.

@@ -93,7 +93,7 @@ def main():
             return lambda: data.image_dataset(pattern, spec, args.batch_size, shuffle=False)
 
         import ray  # pylint: disable=import-outside-toplevel
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         filesystem, _ = storage.pyarrow_filesystem(f"s3://{BUCKET}/transformed")
 
         def ray_data():

@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the pipeline: ingest, validate, transform, train, push")
     _add_pipeline_flags(run)
     run.add_argument("--run-dir", default="runs", help="where runs write everything (default ./runs)")
+    run.add_argument("--metadata-uri", metavar="mysql://USER@HOST[:PORT]/DB",
+                     help="a shared ML Metadata on MySQL (default: LATENTFORGE_METADATA_URI, else SQLite in the "
+                     "run's state directory); the password in the URI or LATENTFORGE_METADATA_PASSWORD")
     run.add_argument("--if-busy", choices=("exit", "wait"), default="exit",
                      help="when another run holds this run directory + pipeline: exit at once with code 6 "
                      "(default) or wait for it")
@@ -219,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "model version needs")
     gc.add_argument("--keep", type=positive_int, required=True, help="keep the newest N pipeline runs")
     gc.add_argument("--run-dir", default="runs")
+    gc.add_argument("--metadata-uri", metavar="mysql://USER@HOST[:PORT]/DB", help="as for run")
     gc.add_argument("--pipeline-name", default="latentforge")
     gc.add_argument("--mlflow-uri", help="the registry (default: MLFLOW_TRACKING_URI, else the embedded store)")
     gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
@@ -306,9 +310,10 @@ def cmd_compile(args) -> int:
 
 def cmd_gc(args) -> int:
     from backends import tracking  # pylint: disable=import-outside-toplevel
-    from pipelines import gc, local_runner, run_lock  # pylint: disable=import-outside-toplevel
-    paths = local_runner.paths_for(args.run_dir, args.pipeline_name)
-    if not os.path.exists(paths.metadata_path):
+    from pipelines import gc, local_runner, metadata, run_lock  # pylint: disable=import-outside-toplevel
+    paths = local_runner.paths_for(args.run_dir, args.pipeline_name, args.metadata_uri)
+    metadata.check(paths.metadata_path)
+    if not metadata.is_mysql(paths.metadata_path) and not os.path.exists(paths.metadata_path):
         raise CliError(f"no pipeline runs under {paths.root} (no {paths.metadata_path}): check --run-dir and "
                        "--pipeline-name")
     if paths.remote:

@@ -53,6 +53,7 @@ def explain(error: BaseException) -> Optional[Tuple[str, int]]:
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     from backends.ray_cluster import RayClusterError  # pylint: disable=import-outside-toplevel
     from backends.storage import StorageError  # pylint: disable=import-outside-toplevel
+    from pipelines.metadata import MetadataError, MetadataUnavailable  # pylint: disable=import-outside-toplevel
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -64,11 +65,11 @@ def explain(error: BaseException) -> Optional[Tuple[str, int]]:
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
         if isinstance(error, PipelineBusy):
             return str(error), EXIT_BUSY
-        if isinstance(error, (RegistryLookupError, StorageError)):
+        if isinstance(error, (RegistryLookupError, StorageError, MetadataError)):
             return str(error), EXIT_BAD_INPUT
         if isinstance(error, TrainingDiverged):
             return str(error), EXIT_DIVERGED
-        if isinstance(error, (RayClusterError, JobSubmissionError, TrackingError)):
+        if isinstance(error, (RayClusterError, JobSubmissionError, TrackingError, MetadataUnavailable)):
             return str(error), EXIT_CLUSTER
         error = error.__cause__ or error.__context__
     return None

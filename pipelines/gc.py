@@ -22,6 +22,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from backends import tracking
+from pipelines import metadata
 
 
 @dataclasses.dataclass
@@ -36,10 +37,7 @@ class Collection:
 
 
 def _store(metadata_path: str) -> metadata_store.MetadataStore:
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    return metadata_store.MetadataStore(config)
+    return metadata_store.MetadataStore(metadata.connection_config(metadata_path))
 
 
 def _size(path: str) -> int:

@@ -15,7 +15,7 @@ RUNS_LOG = "runs.jsonl"
 def run(args) -> int:
     """Checks the request, takes the lock, runs the pipeline; the summary line is written whatever happens."""
     request = run_request.checked_request(args)
-    paths = local_runner.run_paths(args.run_dir, args.pipeline_name)
+    paths = local_runner.run_paths(args.run_dir, args.pipeline_name, getattr(args, "metadata_uri", None))
     wait_s = 0.0 if args.if_busy == "exit" else args.lock_timeout
     command = f"latentforge run --model {args.model} --source {args.source}"
     started = time.time()

@@ -22,11 +22,13 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from backends import storage
+from pipelines import metadata
 
 @dataclasses.dataclass(frozen=True)
 class RunPaths:
     root: str  # a directory or a URI
     local_state: Optional[str] = None  # where ML Metadata, the lock and runs.jsonl live when `root` is a URI
+    metadata_uri: Optional[str] = None  # a shared ML Metadata (mysql://...) instead of the state's SQLite file
 
     @property
     def state(self) -> str:
@@ -38,7 +40,8 @@ class RunPaths:
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.state, "metadata.sqlite")
+        """ML Metadata's SQLite file, or the mysql:// URI of a shared one (pipelines/metadata.connection_config)."""
+        return self.metadata_uri or os.path.join(self.state, "metadata.sqlite")
 
     @property
     def ray_storage(self) -> str:
@@ -53,19 +56,22 @@ class RunPaths:
         return storage.is_uri(self.root)
 
 
-def paths_for(run_dir: str, pipeline_name: str) -> RunPaths:
-    """Where a pipeline's files are (nothing is created or checked)."""
+def paths_for(run_dir: str, pipeline_name: str, metadata_uri: Optional[str] = None) -> RunPaths:
+    """Where a pipeline's files are (nothing is created or checked); ML Metadata in `metadata_uri`, else
+    LATENTFORGE_METADATA_URI, else a SQLite file in the state directory."""
+    metadata_uri = metadata_uri or os.environ.get(metadata.METADATA_URI_ENV) or None
     if storage.is_uri(run_dir):
         root = storage.join(storage.absolute(run_dir), pipeline_name)
-        return RunPaths(root, storage.local_state_dir(root))
-    return RunPaths(os.path.abspath(os.path.join(run_dir, pipeline_name)))
+        return RunPaths(root, storage.local_state_dir(root), metadata_uri)
+    return RunPaths(os.path.abspath(os.path.join(run_dir, pipeline_name)), metadata_uri=metadata_uri)
 
 
-def run_paths(run_dir: str, pipeline_name: str) -> RunPaths:
+def run_paths(run_dir: str, pipeline_name: str, metadata_uri: Optional[str] = None) -> RunPaths:
     """paths_for, checked and ready: a URI's store answers and its bucket exists (backends/storage.check: one line
-    naming the URI and what to set, before any work), TensorFlow serves its scheme in this process, and the local
-    state directory exists."""
-    paths = paths_for(run_dir, pipeline_name)
+    naming the URI and what to set, before any work), a MySQL ML Metadata answers, TensorFlow serves the run
+    directory's scheme in this process, and the local state directory exists."""
+    paths = paths_for(run_dir, pipeline_name, metadata_uri)
+    metadata.check(paths.metadata_path)
     if paths.remote:
         storage.check(paths.root)
         storage.enable_tensorflow(paths.root)

@@ -1,5 +1,8 @@
-"""Reads ML Metadata after a run: which nodes executed, which came from the TFX cache, what they wrote."""
+"""ML Metadata: where it is (a SQLite file, or a MySQL server shared by several machines) and what a run left in
+it: which nodes executed, which came from the TFX cache, what they wrote."""
 import dataclasses
+import os
+import urllib.parse
 from typing import Dict, List
 
 from ml_metadata import metadata_store
@@ -18,11 +21,69 @@ class NodeRun:
     seconds: float = 0.0  # from the execution's creation to its last update in ML Metadata (its wall time)
 
 
-def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+METADATA_URI_ENV = "LATENTFORGE_METADATA_URI"
+PASSWORD_ENV = "LATENTFORGE_METADATA_PASSWORD"
+
+
+class MetadataError(ValueError):
+    """A malformed ML Metadata address (exit 2)."""
+
+
+class MetadataUnavailable(RuntimeError):
+    """ML Metadata's server does not answer or refuses the user (exit 5, as for Ray and MLflow)."""
+
+
+def is_mysql(target: str) -> bool:
+    return target.startswith("mysql://")
+
+
+def connection_config(target: str, readonly: bool = False) -> metadata_store_pb2.ConnectionConfig:
+    """MLMD's connection for `target`: a SQLite file path, or mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the
+    password may instead be in LATENTFORGE_METADATA_PASSWORD, so it stays out of shell histories and process
+    lists). TFX's own sqlite/mysql_metadata_connection_config, plus read-only SQLite for readers."""
     config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    return metadata_store.MetadataStore(config)
+    if not is_mysql(target):
+        config.sqlite.filename_uri = target
+        config.sqlite.connection_mode = (metadata_store_pb2.SqliteMetadataSourceConfig.READONLY if readonly else
+                                         metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE)
+        return config
+    parsed = urllib.parse.urlparse(target)
+    database = parsed.path.lstrip("/")
+    try:
+        port = parsed.port or 3306
+    except ValueError as e:
+        raise MetadataError(f"{_redacted(target)}: the port is not a number") from e
+    if not parsed.hostname or not database or "/" in database or not parsed.username:
+        raise MetadataError(f"{_redacted(target)}: give mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    config.mysql.host, config.mysql.port, config.mysql.database = parsed.hostname, port, database
+    config.mysql.user = urllib.parse.unquote(parsed.username)
+    config.mysql.password = urllib.parse.unquote(parsed.password or os.environ.get(PASSWORD_ENV, ""))
+    config.retry_options.max_num_retries = 1  # an unreachable server fails the run in seconds, not minutes
+    return config
+
+
+def _redacted(target: str) -> str:
+    """The URI without its password, for messages."""
+    parsed = urllib.parse.urlparse(target)
+    if parsed.password is None:
+        return target
+    return target.replace(f":{parsed.password}@", ":***@", 1)
+
+
+def check(target: str) -> None:
+    """Connects once (a MySQL store; a SQLite file is created on first use): MetadataError naming the server
+    when it does not answer or refuses the user, before any work."""
+    if not is_mysql(target):
+        return
+    try:
+        metadata_store.MetadataStore(connection_config(target))
+    except RuntimeError as e:
+        raise MetadataUnavailable(f"ML Metadata at {_redacted(target)} does not answer or refuses the user "
+                            f"({str(e).splitlines()[0][:200]}); start the MySQL server or fix --metadata-uri") from e
+
+
+def open_store(target: str) -> metadata_store.MetadataStore:
+    return metadata_store.MetadataStore(connection_config(target, readonly=True))
 
 
 def latest_run(metadata_path: str, pipeline_name: str) -> List[NodeRun]:

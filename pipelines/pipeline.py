@@ -30,7 +30,6 @@ import tensorflow_data_validation as tfdv
 from tfx import components as tfx_components
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.base import base_node, executor_spec
-from tfx.orchestration import metadata as tfx_metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import pusher_pb2
 from tfx.types import channel_utils
@@ -48,6 +47,7 @@ from components.trainer.component import Trainer
 from components.trainer.executor import RayTrainerExecutor
 from backends import tracking
 from evaluation import scoring
+from pipelines import metadata
 from trainers import registry
 from trainers.classifier import NAME as CLASSIFIER
 
@@ -499,7 +499,6 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
         components=data.all() + training,
         enable_cache=enable_cache,
         # None: the orchestrator brings its own ML Metadata (Kubeflow, Vertex).
-        metadata_connection_config=(tfx_metadata.sqlite_metadata_connection_config(metadata_path)
-                                    if metadata_path else None),
+        metadata_connection_config=metadata.connection_config(metadata_path) if metadata_path else None,
         beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
     )

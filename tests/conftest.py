@@ -1,5 +1,6 @@
 """Shared fixtures: small datasets written by the tests themselves, and the real MNIST when present."""
 import gzip
+import json
 import os
 import struct
 
@@ -95,10 +96,19 @@ def write_transformed(path: str, images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def pytest_collection_modifyitems(items):
-    """Modules with slow tests first (stable otherwise): `make test` hands whole modules to 2 processes in this
-    order (pytest-xdist's --dist loadfile), and starting the longest first lets both finish together."""
+    """The longest modules first: `make test` hands whole modules to its processes in this order (pytest-xdist's
+    --dist loadfile), and longest-first lets them finish together. tests/module_seconds.json holds each module's
+    seconds from a whole `make test` (refresh it from `--junitxml` when modules change much); a module not in it
+    goes by whether it has slow tests."""
+    with open(os.path.join(os.path.dirname(__file__), "module_seconds.json")) as f:
+        measured = json.load(f)
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+    def expected_seconds(item):
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return measured.get(name, 60 if item.module.__name__ in slow_modules else 1)
+
+    items.sort(key=lambda item: -expected_seconds(item))
 
 
 def write_feature_network(directory: str, images=None, epochs: int = 1) -> str:

@@ -171,8 +171,7 @@ def test_submit_from_a_directory_the_cluster_cannot_see_then_serve_the_champion_
     client.mkdir()
     excludes = " ".join(f"--exclude={name}" for name in (".venv", ".git", "runs", "__pycache__", ".pytest_cache"))
     submit = shlex.join([sys.executable, "-m", "pipelines.cli", "submit", "--address", cluster.dashboard, "--",
-                         "run", "--model", "stacked_ae", "--epochs", "1", "--trainer", "in-process",
-                         "--source", "npz:data/client-digits.npz",
+                         "run", "--model", "stacked_ae", "--epochs", "1", "--source", "npz:data/client-digits.npz",
                          "--run-dir", f"s3://{S3_BUCKET}/submitted/runs", "--mlflow-uri", mlflow_on_the_bucket])
     script = (f"mount -t tmpfs tmpfs {client} && mkdir {client}/project && "
               f"tar -C {REPO_ROOT} {excludes} -cf - . | tar -C {client}/project -xf - && "
@@ -188,6 +187,9 @@ def test_submit_from_a_directory_the_cluster_cannot_see_then_serve_the_champion_
     keys = s3_keys(s3_store, "submitted/runs/latentforge/")
     assert any(k.startswith("submitted/runs/latentforge/serving/stacked_ae/") and k.endswith("saved_model.pb")
                for k in keys)
+    # Trained by Ray Train on the job's own cluster (the driver joins it as a job, not as a client): its
+    # checkpoints are in the bucket.
+    assert any("/ray/stacked_ae-" in k and "/checkpoint_" in k and k.endswith("state.json") for k in keys), keys
     import mlflow
     registry = mlflow.MlflowClient(mlflow_on_the_bucket)
     version = registry.get_model_version_by_alias("client-digits-autoencoder", "champion")

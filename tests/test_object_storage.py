@@ -36,6 +36,35 @@ def test_an_endpoint_that_does_not_answer_fails_in_seconds(s3_store, monkeypatch
     assert time.monotonic() - started < 20
 
 
+def test_credentials_the_store_refuses_are_named(monkeypatch):
+    # A store that checks credentials (moto's server with its IAM authentication on): keys it does not know.
+    import subprocess
+    import sys
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWN")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                storage.check("s3://team-bucket/runs")
+                pytest.fail("unknown credentials passed the check")
+            except storage.StorageError as error:
+                if "does not answer" in str(error) and time.monotonic() < deadline:
+                    time.sleep(0.3)  # the server is still starting
+                    continue
+                message = str(error)
+                break
+        assert message.startswith("s3://team-bucket/runs: the S3 endpoint http://127.0.0.1:")
+        assert "refused the credentials for bucket team-bucket" in message and "check AWS_ACCESS_KEY_ID" in message
+    finally:
+        server.kill()
+
+
 def test_paths_join_as_their_kind_does():
     assert storage.join("s3://bucket/runs/", "ray", "x") == "s3://bucket/runs/ray/x"
     assert storage.join("/tmp/runs", "ray") == os.path.join("/tmp/runs", "ray")

@@ -1,7 +1,6 @@
-"""`latentforge submit`: a pipeline run as a Ray Job on a real Ray head this module starts on 127.0.0.1 (and
-stops): the job succeeds and leaves its artifacts; a bad flag fails the job with the CLI's own error in its
-logs and the CLI's exit code."""
-import glob
+"""`latentforge submit` against a real Ray head this module starts on 127.0.0.1 (and stops): a bad flag fails the
+job with the CLI's own error in its logs and the CLI's exit code; --no-wait returns with the job's status. (A whole
+pipeline submitted from a directory the cluster cannot see, trained there by Ray Train: tests/test_cluster.py.)"""
 import os
 import shutil
 import signal
@@ -84,17 +83,6 @@ def ray_head():
         yield address
     finally:
         _stop_head(head, temp_dir, log)
-
-
-def test_a_submitted_run_succeeds_and_leaves_its_artifacts(ray_head, tmp_path, capsys):
-    code = cli.main(["submit", "--address", ray_head, "--", "run", "--epochs", "1", "--run-dir", str(tmp_path)])
-    out, err = capsys.readouterr()
-    assert code == 0, out[-3000:] + err[-3000:]
-    assert "latentforge: submitted Ray job" in out and "SUCCEEDED (exit code 0)" in out
-    assert "latentforge: pipeline finished" in out  # the job's own logs, followed
-    assert glob.glob(str(tmp_path / "latentforge" / "serving" / "stacked_ae" / "*" / "saved_model.pb"))
-    # Trained by Ray Train on the job's cluster: its checkpoints are under the run directory.
-    assert glob.glob(str(tmp_path / "latentforge" / "ray" / "stacked_ae-*" / "checkpoint_*" / "state.json"))
 
 
 def test_a_job_with_a_bad_flag_fails_with_the_clis_error_and_exit_code(ray_head, capsys):
