@@ -61,9 +61,10 @@ def _in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
-def connect(address: Optional[str] = None) -> None:
+def connect(address: Optional[str] = None, dashboard: bool = False) -> None:
     """Joins the cluster (`address`, else RAY_ADDRESS) or starts a local Ray in this process; no-op when this
-    process is already connected."""
+    process is already connected. `dashboard`: a local Ray gets Ray's dashboard (its State API), which a
+    hyperparameter search's stopped trials need to release their workers' resources."""
     import ray  # pylint: disable=import-outside-toplevel
     if ray.is_initialized():
         return
@@ -85,8 +86,11 @@ def connect(address: Optional[str] = None) -> None:
         from backends import local_ray  # pylint: disable=import-outside-toplevel
         python_path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
         _log.info("starting a local Ray with %d CPUs", os.cpu_count())
-        if _local_head is None or _local_head.process.poll() is not None:
-            _local_head = local_ray.LocalRay(num_cpus=os.cpu_count(), object_store_bytes=256 * 1024 ** 2)
+        if _local_head is None or _local_head.process.poll() is not None or (dashboard and not _local_head.dashboard):
+            if _local_head is not None:
+                _local_head.stop()
+            _local_head = local_ray.LocalRay(num_cpus=os.cpu_count(), object_store_bytes=256 * 1024 ** 2,
+                                             dashboard=dashboard)
         ray.init(address=_local_head.address, log_to_driver=worker_output(), logging_level=_driver_log_level(),
                  runtime_env={"env_vars": {"PYTHONPATH": python_path, **worker_env()},
                               "worker_process_setup_hook": "backends.ray_cluster.quiet_local_cluster_logs"})

@@ -362,6 +362,22 @@ def log_child_run(config: TrackingConfig, *, pipeline: str, pipeline_run_id: str
         return run_id
 
 
+def log_search(config: TrackingConfig, *, pipeline: str, pipeline_run_id: str, search: ChildRun,
+               trials: Sequence[ChildRun], parent_tags: Dict[str, str]) -> str:
+    """A hyperparameter search: its run under this pipeline run's parent run, each trial a child of it (params,
+    the metric after each epoch, how it ended; the best tagged). Returns the search's run id."""
+    check_reachable(config)
+    with _guarded(f"logging {search.name}", config):
+        client = _client(config)
+        experiment_id = _experiment_id(client, config)
+        parent_id = _parent_run(client, experiment_id, pipeline, pipeline_run_id, parent_tags)
+        search_id = _log_child(client, experiment_id, parent_id, search)
+        for trial in trials:
+            client.set_terminated(_log_child(client, experiment_id, search_id, trial))
+        client.set_terminated(search_id)
+        return search_id
+
+
 def _register_metric_network(config, client, experiment_id, parent_id, child: ChildRun, saved_model_dir: str,
                              input_example, name: str) -> None:
     artifact = child.tags.get("tfx.artifact_uri", saved_model_dir)

@@ -327,3 +327,24 @@ class LabelEfficiencyCurve:
     @classmethod
     def read(cls, directory: str) -> "LabelEfficiencyCurve":
         return cls(**read_json(directory, CURVE_FILE))
+
+
+# ----------------------------------------------------------------------------------------- RayTuner
+BEST_HYPERPARAMETERS_FILE = "best_hyperparameters.txt"  # TFX's Tuner name: the Trainer reads the only file there
+SEARCH_FILE = "search.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TunerConfig:
+    """The RayTuner's execution parameter."""
+    space: Dict[str, Dict[str, List[Any]]]  # trainers.search_space as {field: {kind: values}}
+    search: Dict[str, Any]  # components.tuner.ray_tune.SearchSettings fields
+    tracking: Optional[Dict[str, Any]] = None  # backends.tracking.TrackingConfig fields (None: not logged)
+    pipeline: str = ""
+    dataset: str = ""
+
+
+def write_best_hyperparameters(directory: str, values: Dict[str, Any], details: Dict[str, Any]) -> str:
+    """best_hyperparameters.txt as TFX's Trainer reads a Tuner's (FnArgs.hyperparameters): {"values": {field:
+    value}, ...details}."""
+    return write_json(directory, BEST_HYPERPARAMETERS_FILE, {"values": values, **details})

@@ -252,3 +252,41 @@ def save_label_efficiency_curve(path: str, labels_per_class: Sequence[int], accu
     axis.grid(alpha=0.3)
     axis.legend()
     return _save_figure(figure, path)
+
+
+def save_search(path: str, trials: Sequence[Dict], metric: str, mode: str, space_fields: Sequence[str]) -> str:
+    """A hyperparameter search at a glance: every trial's metric after each epoch (the best trial bold; a trial
+    ASHA stopped ends early), and beside it one panel per searched field: each trial's value against its best
+    metric (log scale where the field was searched on one). `trials`: {"trial_id", "config", "curve", "best",
+    "status"} dicts, as components/tuner writes them."""
+    fields = list(space_fields)
+    figure, axes = plt.subplots(1, 1 + len(fields), figsize=(5 + 3 * len(fields), 3.6), squeeze=False)
+    axes = axes[0]
+    finite = [t for t in trials if np.isfinite(t["best"])]
+    best = (min if mode == "min" else max)(finite, key=lambda t: t["best"]) if finite else None
+    for trial in trials:
+        curve = [v if np.isfinite(v) else np.nan for v in trial["curve"]]
+        if not curve:
+            continue
+        is_best = best is not None and trial["trial_id"] == best["trial_id"]
+        axes[0].plot(range(1, len(curve) + 1), curve, marker="o", markersize=3,
+                     linewidth=2.5 if is_best else 1, alpha=1 if is_best else 0.6,
+                     label=f"{trial['trial_id']} (best)" if is_best else None)
+    axes[0].set(xlabel="epoch", ylabel=metric, title=f"{len(trials)} trials")
+    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if best is not None:
+        axes[0].legend(fontsize=7)
+    for axis, field in zip(axes[1:], fields):
+        points = [(t["config"].get(field), t["best"]) for t in finite if field in t["config"]]
+        values = [p[0] for p in points]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        xs = values if numeric else [str(v) for v in values]
+        axis.scatter(xs, [p[1] for p in points], s=18)
+        if best is not None and field in best["config"]:
+            axis.scatter([best["config"][field] if numeric else str(best["config"][field])], [best["best"]],
+                         s=60, facecolors="none", edgecolors="red")
+        if numeric and values and min(values) > 0 and max(values) / min(values) > 20:
+            axis.set_xscale("log")
+        axis.set(xlabel=field, ylabel=f"best {metric}")
+    figure.tight_layout()
+    return _save_figure(figure, path)

@@ -26,7 +26,7 @@ from backends import storage  # first: its exit handler must run after the other
 from pipelines import console, run_request
 from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_CLUSTER, EXIT_DATA_INVALID, EXIT_DIVERGED,
                                   EXIT_ERROR, EXIT_OK, CliError, explain, non_negative_float, open_unit_float,
-                                  positive_int)
+                                  positive_float, positive_int)
 from pipelines.run_request import DEFAULT_SEED, DEFAULT_SOURCE
 from serving import commands as serving_commands
 
@@ -174,6 +174,15 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                      help="GPUs per worker (default 0: CPU training)")
     ray.add_argument("--max-failures", type=int, default=1,
                      help="times a failed worker group restarts from its last checkpoint (default 1; -1: forever)")
+    tune = parser.add_argument_group("hyperparameter search (Ray Tune) before the Trainer")
+    tune.add_argument("--tune", metavar="SPACE.yaml|default",
+                      help="search the model's config first and train with the best values: a YAML or JSON file "
+                      "of FIELD: {choice|uniform|loguniform|randint: [...]}, or the family's default space")
+    tune.add_argument("--tune-trials", type=positive_int, default=12, help="trials to sample (default 12)")
+    tune.add_argument("--tune-budget-minutes", type=positive_float,
+                      help="stop the search after this long (default: when every trial has ended)")
+    tune.add_argument("--tune-scheduler", choices=("asha", "fifo"), default="asha",
+                      help="asha (default): stop poor trials at its rungs; fifo: every trial to its last epoch")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -71,7 +71,8 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
         schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
         beam_pipeline_args=args.beam_args or None,
         evaluation_settings=evaluation_settings, augmentation=request.augmentation,
-        examples_per_phase=args.examples_per_phase, semi_supervised=request.semi_supervised)
+        examples_per_phase=args.examples_per_phase, semi_supervised=request.semi_supervised,
+        tuning=_tuning(request, args, info, evaluation_settings))
     ray_before = ray_cluster.local_ray_running()
     start = time.time()
     with console.ComponentProgress(len(tfx_pipeline.components)):
@@ -89,6 +90,19 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
             "ran": [n.node for n in nodes if n.state != "CACHED"], "cached": cached,
             # Whether this run started a local Ray (only a Trainer that executes on Ray does).
             "started_ray": ray_cluster.local_ray_running() and not ray_before, **results}
+
+
+def _tuning(request, args, info, evaluation_settings):
+    """The RayTuner's settings for --tune (None without): the checked space and search, and where MLflow is."""
+    if request.tuning is None:
+        return None
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    from components import artifacts  # pylint: disable=import-outside-toplevel
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    space, search = request.tuning
+    tracking = dataclasses.asdict(evaluation_settings.tracking) if evaluation_settings else None
+    return pipeline.Tuning(artifacts.TunerConfig(space=space, search=search, tracking=tracking,
+                                                 pipeline=args.pipeline_name, dataset=info.dataset_name))
 
 
 def _evaluation_settings(args, paths):

@@ -45,6 +45,7 @@ from components.strict_example_validator.component import StrictExampleValidator
 from components.registrar.component import MlflowRegistrar
 from components.trainer.component import Trainer
 from components.trainer.executor import RayTrainerExecutor
+from components.tuner.component import RayTuner
 from backends import tracking
 from evaluation import scoring
 from pipelines import metadata
@@ -148,13 +149,16 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
             ray: Optional[RayTraining], base_model=None, node_id: str = "Trainer",
             holdout_class: Optional[int] = None, labels_per_class: Optional[int] = None,
             data_pixel_range: Optional[str] = None, extra_examples=None,
-            anomaly_fpr: Optional[float] = None, metric_network: Optional[MetricNetworkTrainer] = None) -> Trainer:
+            anomaly_fpr: Optional[float] = None, metric_network: Optional[MetricNetworkTrainer] = None,
+            tuning: Optional["Tuning"] = None) -> List[base_node.BaseNode]:
     """TFX's Trainer; with `ray`, its executor runs the training on Ray Train workers. `holdout_class`: a class
     kept out of an autoencoder's training data (the anomaly its Evaluator detects). `labels_per_class`: only the
     examples ranked below it keep their labels. `data_pixel_range`: the Transform's, when not the model's.
     `extra_examples`: more Examples (synthetic ones) read beside the Transform's. `anomaly_fpr`: an autoencoder's
     target false-positive rate for the anomaly threshold its SavedModel carries (default 1 %). `metric_network`: a
-    generative model's epochs are scored in its features and the best one is kept (trainers/best_epoch.py)."""
+    generative model's epochs are scored in its features and the best one is kept (trainers/best_epoch.py).
+    `tuning`: a RayTuner searches first, with the Trainer's own inputs, and the Trainer trains with its best
+    values. Returns [the RayTuner (with `tuning`),] the Trainer: the Trainer last."""
     custom_config = {"model": model_name, "config": model_config, "image_shape": list(source_info.image_shape),
                      "code": code_digest(_TRAINER_CODE)}
     if holdout_class is not None:
@@ -178,13 +182,25 @@ def trainer(data: DataNodes, source_info: SourceInfo, model_name: str, model_con
     examples = data.transform.outputs["transformed_examples"]
     if extra_examples is not None:
         examples = channel_utils.union([examples, extra_examples])
-    return Trainer(
+    tuner = None
+    if tuning is not None:
+        tuner = RayTuner(examples=examples, transform_graph=data.transform.outputs["transform_graph"],
+                         schema=data.schema, custom_config=custom_config, config=tuning.config,
+                         base_model=extra.get("base_model"), metric_model=extra.get("metric_model"))
+        extra["hyperparameters"] = tuner.outputs["best_hyperparameters"]
+    return ([tuner] if tuner else []) + [Trainer(
         run_fn=RUN_FN,
         examples=examples,
         transform_graph=data.transform.outputs["transform_graph"],
         schema=data.schema,
         custom_config=custom_config,
-        **extra).with_id(node_id)
+        **extra).with_id(node_id)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """A hyperparameter search before the model's Trainer (components/tuner)."""
+    config: artifacts.TunerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,14 +239,15 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
                    serving_dir: str, ray: Optional[RayTraining] = None,
                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
                    settings: Optional[EvaluationSettings] = None, labels_per_class: Optional[int] = None,
-                   augmentation: Optional[Augmentation] = None) -> List[base_node.BaseNode]:
+                   augmentation: Optional[Augmentation] = None,
+                   tuning: Optional[Tuning] = None) -> List[base_node.BaseNode]:
     """The model's Trainer (after a PretrainingTrainer when it needs a base model, and the generator of its
     synthetic examples with `augmentation`), its evaluation and MLflow registration (with `settings`), and a
     Pusher writing its SavedModel to `serving_dir` (only when blessed, with `settings`)."""
     nodes: List[base_node.BaseNode] = []
     base_model = None
     if family_of(model_name).needs_base_model:
-        pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
+        pretrainer, = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
         nodes.append(pretrainer)
         base_model = pretrainer.outputs["model"]
     metric_network = None
@@ -244,12 +261,14 @@ def training_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, mo
     if settings is not None and metric_network is None and family_of(model_name).generative:
         metric_network = metric_network_node(data, source_info, settings)
         nodes += [metric_network] if metric_network else []
-    model_trainer = trainer(data, source_info, model_name, model_config, ray, base_model,
-                            holdout_class=settings and settings.anomaly_class,
-                            anomaly_fpr=settings and settings.anomaly_fpr,
-                            extra_examples=synthetic.outputs["examples"] if synthetic else None,
-                            metric_network=metric_network if settings and settings.keep_best_epoch else None)
-    nodes.append(model_trainer)
+    trainers = trainer(data, source_info, model_name, model_config, ray, base_model,
+                       holdout_class=settings and settings.anomaly_class,
+                       anomaly_fpr=settings and settings.anomaly_fpr,
+                       extra_examples=synthetic.outputs["examples"] if synthetic else None,
+                       metric_network=metric_network if settings and (settings.keep_best_epoch or tuning) else None,
+                       tuning=tuning)
+    nodes += trainers
+    model_trainer = trainers[-1]
     blessing = None
     if settings is not None:
         evaluator, registrar = evaluation_nodes(data, source_info, model_name, model_config, model_trainer,
@@ -286,7 +305,7 @@ def generator_nodes(data: DataNodes, source_info: SourceInfo, augmentation: Augm
     """GeneratorTrainer_K (the augmenting generator, trained with only K labels per class on the Transform's
     examples), its evaluation and registration (with `settings`) and the SyntheticExampleGen_K drawing from it."""
     suffix = f"{labels_per_class}labels" if labels_per_class is not None else "all_labels"
-    generator = trainer(data, source_info, augmentation.model, augmentation.config, ray,
+    generator, = trainer(data, source_info, augmentation.model, augmentation.config, ray,
                         node_id=f"GeneratorTrainer_{suffix}", labels_per_class=labels_per_class,
                         data_pixel_range=data_pixel_range)
     nodes: List[base_node.BaseNode] = [generator]
@@ -351,7 +370,7 @@ def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_confi
                            semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> List[base_node.BaseNode]:
     """PretrainingTrainer, [a generator and its synthetic examples per K,] LabelEfficiencyCurve (which also
     trains the `semi_supervised` model, (name, config overrides), per K when given)."""
-    pretrainer = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
+    pretrainer, = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
     nodes: List[base_node.BaseNode] = [pretrainer]
     synthetic = None
     if augmentation is not None:
@@ -411,6 +430,19 @@ def check_model(model_name: str, model_config: Dict[str, Any], source_info: Sour
 
 
 DEFAULT_EXAMPLES_PER_PHASE = 3000
+
+
+def check_tuning(model_name: str, ray: Optional[RayTraining], settings: Optional[EvaluationSettings],
+                 augmentation: Optional[Augmentation], labels_per_class) -> None:
+    """A search needs Ray (its trials are Ray Train runs) and, for a generative model, the evaluation's feature
+    network (its trials are ranked by sample quality in that space); it tunes one model's Trainer."""
+    if ray is None:
+        raise ValueError("--tune runs its trials on Ray Train: drop --trainer in-process")
+    if family_of(model_name).generative and settings is None:
+        raise ValueError(f"--tune ranks {model_name} trials by sample quality in the evaluation's feature space: "
+                         "it needs the evaluation")
+    if augmentation is not None or (labels_per_class is not None and not isinstance(labels_per_class, int)):
+        raise ValueError("--tune tunes one model's Trainer: not with --augment-with or a label-efficiency curve")
 
 
 def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequence[int]]],
@@ -477,22 +509,26 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
                     evaluation_settings: Optional[EvaluationSettings] = None,
                     augmentation: Optional[Augmentation] = None,
                     examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE,
-                    semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> tfx_pipeline.Pipeline:
+                    semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None,
+                    tuning: Optional[Tuning] = None) -> tfx_pipeline.Pipeline:
     """`ray`: train on Ray Train (None: in this process). `pretraining`: (model, config overrides) whose encoder
     a classifier fine-tunes. `evaluation_settings`: evaluate, bless and register in MLflow (None: train and push).
     `labels_per_class`: K, or several K for the label-efficiency curve (a classifier). `augmentation`: generated
-    training data for the classifier. `semi_supervised`: (model, config overrides) the curve also trains per K."""
+    training data for the classifier. `semi_supervised`: (model, config overrides) the curve also trains per K.
+    `tuning`: a hyperparameter search (RayTuner) before the model's Trainer, which then trains with its best values."""
     # Fail on a bad model name or config here, before any component runs.
     check_model(model_name, model_config, source_info, pretraining)
     ks = check_few_labels(model_name, labels_per_class, augmentation, source_info, semi_supervised)
     data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, max(ks) if ks else None, seed,
                       schema_path)
+    if tuning is not None:
+        check_tuning(model_name, ray, evaluation_settings, augmentation, labels_per_class)
     if not isinstance(labels_per_class, int) and ks:  # a list, even of one K ("10,"): the curve's points
         training = label_efficiency_nodes(data, source_info, model_config, ks, pretraining, ray, evaluation_settings,
                                           augmentation, examples_per_phase, semi_supervised)
     else:
         training = training_nodes(data, source_info, model_name, model_config, serving_dir, ray, pretraining,
-                                  evaluation_settings, ks[0] if ks else None, augmentation)
+                                  evaluation_settings, ks[0] if ks else None, augmentation, tuning)
     return tfx_pipeline.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

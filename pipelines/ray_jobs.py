@@ -34,7 +34,8 @@ def submit(address: str, cli_args: List[str], python: str = "python", submission
     """Submits `latentforge <cli_args>` as a Ray job; returns its id."""
     client = _client(address)
     entrypoint = shlex.join([python, "-m", "pipelines.cli", *cli_args])
-    runtime_env = {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES, "env_vars": {**WORKER_ENV, **storage.worker_env()}}
+    runtime_env = {"working_dir": PROJECT_ROOT, "excludes": PROJECT_EXCLUDES,
+                   "env_vars": {**WORKER_ENV, **storage.worker_env()}}
     deadline = time.time() + AGENT_WAIT_SECONDS
     while True:
         try:

@@ -20,6 +20,8 @@ class PipelineRequest:
     augmentation: Any = None  # pipelines.pipeline.Augmentation: generated training data for the classifier
     semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None  # (model, overrides): a curve line of its own
     sized: Optional[Dict[str, Any]] = None  # the fields the family's size rule set for the source's image size
+    # --tune: (the checked search space as {field: {kind: values}}, components.tuner.ray_tune.SearchSettings fields)
+    tuning: Optional[Tuple[Dict[str, Any], Dict[str, Any]]] = None
 
 
 def probe(args):
@@ -93,7 +95,30 @@ def checked_request(args) -> PipelineRequest:
         if info.image_shape[-1] not in (1, 3):
             raise CliError(f"--fid-features inception reads grey or RGB images; {info.spec.uri} has "
                            f"{info.image_shape[-1]} channels")
-    return PipelineRequest(info, config, model_config, pretraining, augmentation, semi_supervised, sized)
+    return PipelineRequest(info, config, model_config, pretraining, augmentation, semi_supervised, sized,
+                           checked_tuning(args, model_config))
+
+
+def checked_tuning(args, model_config: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """--tune's space read and checked against the model (every field its own, every edge of every range a
+    config it accepts) and the search's settings; None without --tune."""
+    spec = getattr(args, "tune", None)
+    if not spec:
+        for flag in ("tune_budget_minutes",):
+            if getattr(args, flag, None) is not None:
+                raise CliError(f"--{flag.replace('_', '-')} sets the search: give --tune SPACE.yaml (or default)")
+        return None
+    import json  # pylint: disable=import-outside-toplevel
+    from trainers import search_space  # pylint: disable=import-outside-toplevel
+    if getattr(args, "trainer", "ray") != "ray":
+        raise CliError("--tune runs its trials on Ray Train: drop --trainer in-process")
+    try:
+        space = search_space.resolve(args.model, spec, model_config)
+    except search_space.SearchSpaceError as e:
+        raise CliError(str(e)) from e
+    search = {"trials": args.tune_trials, "budget_minutes": args.tune_budget_minutes,
+              "scheduler": args.tune_scheduler, "seed": args.seed}
+    return json.loads(search_space.to_json(space)), search
 
 
 # Flags that set a field of the model's config, which --set can name too.

@@ -65,9 +65,9 @@ def test_ray_and_mlflow_are_each_touched_in_their_own_modules():
                     users[library].add(path)
     assert users["mlflow"] == {"backends/tracking.py"}
     # Connecting: backends/ray_cluster.py (a local head: backends/local_ray.py, `ray start` in its own process);
-    # Ray Train, Ray Jobs and Ray Serve each in one module.
+    # Ray Train, Ray Tune, Ray Jobs and Ray Serve each in one module.
     assert users["ray"] == {"backends/ray_cluster.py", "backends/local_ray.py", "components/trainer/ray_train.py",
-                            "pipelines/ray_jobs.py", "serving/server.py"}
+                            "components/tuner/ray_tune.py", "pipelines/ray_jobs.py", "serving/server.py"}
     for path in users["ray"] - {"backends/ray_cluster.py", "backends/local_ray.py"}:
         names = dict(_modules(os.path.dirname(path)))[path]
         assert "ray.init" not in names and not any(n.endswith(".connect") for n in names if n.startswith("ray")), path

@@ -95,6 +95,11 @@ class Family:
     # (config values, image shape) -> the fields to change for images larger than the presets' (sized_for)
     size_rule: Callable = _not_sized
     description: str = ""  # what `latentforge models` says instead of the pixel range
+    # `--tune default`'s search space over config fields ({field: {kind: values}}: trainers/search_space.py)
+    search_space: Mapping[str, Mapping[str, Sequence]] = dataclasses.field(default_factory=dict)
+    # (per-epoch history metric, True when higher is better) a search ranks trials by when the family has no
+    # sample-quality proxy (generative families use trainers/best_epoch's)
+    epoch_metric: Tuple[str, bool] = ("val_loss", False)
 
     def __post_init__(self):
         if self.pixel_range is None and not self.needs_base_model:
@@ -181,7 +186,8 @@ register(Family(
     autoencoders.serving_signatures, signatures.output_of("reconstruct", "reconstructions"),
     key_metric=("test_mse", False), scorers=(scoring.score_reconstructions,), figures=(figures.reconstructions,),
     pixel_range=autoencoders.PIXEL_RANGE, reusable_encoder=True, detects_anomalies=True,
-    total_epochs=_autoencoder_epochs, size_rule=_conv_sized),
+    total_epochs=_autoencoder_epochs, size_rule=_conv_sized,
+    search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [16, 32, 64]}}),
     # Presets follow the seed notebook's architectures and budgets (../shared/seeds/NOTEBOOK-17.md).
     {"linear_ae": dict(hidden_units=(30,), activation="linear", output_activation="linear"),
      "stacked_ae": {},
@@ -200,7 +206,10 @@ register(Family(
     scorers=(scoring.score_reconstructions, scoring.score_elbo, scoring.score_generation),
     figures=(figures.reconstructions, figures.samples(64, "sample"), figures.interpolation),
     pixel_range=vae.PIXEL_RANGE, generate_signature="sample", reusable_encoder=True,
-    size_rule=_conv_sized),
+    size_rule=_conv_sized,
+    # β and the coding size trade reconstruction for a smoother latent space: judged by sample quality.
+    search_space={"beta": {"uniform": [0.25, 4.0]}, "coding_size": {"choice": [4, 8, 16, 32]},
+                  "learning_rate": {"loguniform": [3e-4, 3e-3]}}),
     {"vae": {}, "conv_vae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})
 
 register(Family(
@@ -225,7 +234,12 @@ register(Family(
     signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
     scorers=(scoring.score_generation,), figures=(figures.samples(64), figures.growth_rows(8)),
     pixel_range=gans.PIXEL_RANGE, generate_signature="generate", export_metadata=gans.export_metadata,
-    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=gans.size_rule),
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=gans.size_rule,
+    # The chapter's sensitive knobs: both learning rates, Adam's beta_1, the batch, the average and one remedy.
+    search_space={"learning_rate": {"loguniform": [5e-5, 1e-3]},
+                  "discriminator_learning_rate": {"loguniform": [5e-5, 1e-3]}, "beta_1": {"uniform": [0.0, 0.9]},
+                  "batch_size": {"choice": [32, 64, 128]}, "ema_decay": {"choice": [0.99, 0.999, 0.9995]},
+                  "minibatch_stddev": {"choice": [0, 4]}}),
     # Progressive growing: 7x7 -> 14x14 -> 28x28 on MNIST, full resolution after 120,000 images.
     {"gan": {}, "dcgan": DCGAN, "wgan_gp": WGAN_GP,
      "progressive_dcgan": dict(DCGAN, progressive=True, fade_images=30_000, stable_images=30_000)})
@@ -257,7 +271,9 @@ register(Family(
     diffusion.serving_signatures, diffusion.array_function, key_metric=("fid", False),
     scorers=(scoring.score_generation,), figures=(figures.samples(32),), pixel_range=diffusion.PIXEL_RANGE,
     generate_signature="generate", export_metadata=diffusion.export_metadata,
-    input_example=standard_normal(lambda images, config: images.shape[1:]), size_rule=diffusion.size_rule),
+    input_example=standard_normal(lambda images, config: images.shape[1:]), size_rule=diffusion.size_rule,
+    search_space={"learning_rate": {"loguniform": [2e-4, 3e-3]}, "ema_decay": {"choice": [0.99, 0.999, 0.9995]},
+                  "prediction": {"choice": ["epsilon", "v"]}, "batch_size": {"choice": [32, 64]}}),
     {"ddpm": {}, "ddpm_linear": dict(schedule="linear"),
      "ddpm_unet": dict(architecture="unet", base_channels=32, channel_multipliers=(1, 2, 2))})
 
@@ -278,7 +294,9 @@ register(Family(
     total_epochs=lambda config: config.epochs + config.unfrozen_epochs,
     # Where fine-tuning (phase 2) starts in the history, whichever way (in process, Ray) it trained.
     training_details=lambda config: {"frozen_epochs": config.epochs},
-    description="fine-tunes the encoder of --pretrain MODEL (an autoencoder or VAE)"),
+    description="fine-tunes the encoder of --pretrain MODEL (an autoencoder or VAE)",
+    search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "unfrozen_lr_factor": {"loguniform": [0.01, 1.0]}},
+    epoch_metric=("val_accuracy", True)),
     {classifier.NAME: {}})
 
 register(Family(

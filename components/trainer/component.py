@@ -23,8 +23,9 @@ class TrainerSpec(standard_component_specs.TrainerSpec):
 
 class Trainer(base_component.BaseComponent):
     """Inputs: the Transform's examples and graph, the schema, optionally a `base_model` (a pretraining Trainer's
-    Model, whose encoder a classifier fine-tunes) and a `metric_model` (the MetricNetworkTrainer's: the space the
-    best epoch is chosen in). Outputs: `model`, `model_run` (TFX's)."""
+    Model, whose encoder a classifier fine-tunes), a `metric_model` (the MetricNetworkTrainer's: the space the
+    best epoch is chosen in) and `hyperparameters` (a RayTuner's best values, over the config's). Outputs:
+    `model`, `model_run` (TFX's)."""
 
     SPEC_CLASS = TrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(TrainerExecutor)
@@ -32,10 +33,12 @@ class Trainer(base_component.BaseComponent):
     def __init__(self, examples: types.BaseChannel, transform_graph: types.BaseChannel, schema: types.BaseChannel,
                  run_fn: str, custom_config: Dict[str, Any], base_model: Optional[types.BaseChannel] = None,
                  metric_model: Optional[types.BaseChannel] = None,
+                 hyperparameters: Optional[types.BaseChannel] = None,
                  custom_executor_spec: Optional[executor_spec.ExecutorSpec] = None):
         spec = TrainerSpec(
             examples=examples, transform_graph=transform_graph, schema=schema, base_model=base_model,
-            metric_model=metric_model, train_args=trainer_pb2.TrainArgs(), eval_args=trainer_pb2.EvalArgs(),
+            metric_model=metric_model, hyperparameters=hyperparameters, train_args=trainer_pb2.TrainArgs(),
+            eval_args=trainer_pb2.EvalArgs(),
             run_fn=run_fn, custom_config=json_utils.dumps(custom_config),
             model=types.Channel(type=standard_artifacts.Model),
             model_run=types.Channel(type=standard_artifacts.ModelRun))

@@ -19,6 +19,7 @@
 - Resources are checked before anything starts: asking for GPUs (or more CPUs) than the cluster has is an
   error that says what the cluster has, instead of a run waiting for resources forever.
 """
+import contextlib
 import dataclasses
 import glob
 import json
@@ -29,7 +30,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from backends import ray_cluster, storage
 
@@ -123,8 +124,11 @@ REPORT_POLL_S = 0.25  # seconds between the Ray Train controller's polls of its 
 _PROXY_METRIC = "proxy_kid_x1e3"  # trainers.best_epoch.PROXY_METRIC (not imported: it would import TensorFlow)
 
 
-def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: str) -> TrainingOutcome:
-    """Trains `job` on Ray workers to the end of its budget (resuming the run `name` if it has a checkpoint)."""
+def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: str, callbacks: Sequence = (),
+          progress_to_terminal: bool = True) -> TrainingOutcome:
+    """Trains `job` on Ray workers to the end of its budget (resuming the run `name` if it has a checkpoint).
+    `callbacks`: Ray Train callbacks (a search's TuneReportCallback); progress_to_terminal=False leaves the
+    epochs' progress in the workers' logs (a search's trials: the search reports instead)."""
     import ray.train  # pylint: disable=import-outside-toplevel
     from ray.train.tensorflow import TensorflowTrainer  # pylint: disable=import-outside-toplevel
     from ray.train.v2.api.exceptions import WorkerGroupError  # pylint: disable=import-outside-toplevel
@@ -142,7 +146,7 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     filesystem, ray_path = storage.pyarrow_filesystem(storage_path)
     _log.info("Ray Train: %d worker(s) with %s each; checkpoints in %s", settings.workers, resources,
               storage.join(storage_path, name))
-    progress = _DriverProgress()
+    progress = _DriverProgress() if progress_to_terminal else contextlib.nullcontext()
     # A generative model with a feature network keeps its best epochs by the sample-quality proxy every worker
     # reports (trainers/best_epoch.py); Ray always keeps the latest too, which a restart resumes from.
     best_by = _PROXY_METRIC if job.feature_network and job.family.generative else None
@@ -152,14 +156,14 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
     trainer = TensorflowTrainer(
         train_loop_per_worker=_train_loop,
         train_loop_config={"job": dataclasses.asdict(job), "threads": max(1, int(resources["CPU"])),
-                           "progress": progress.queue},
+                           "progress": progress.queue if progress_to_terminal else None},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=settings.gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=ray_path if storage.is_uri(storage_path) else storage_path,
             storage_filesystem=filesystem if storage.is_uri(storage_path) else None,
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
-            checkpoint_config=checkpoint_config,
+            checkpoint_config=checkpoint_config, callbacks=list(callbacks),
             worker_runtime_env={"env_vars": ray_cluster.worker_env()}))
     try:
         with progress:

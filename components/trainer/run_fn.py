@@ -38,11 +38,14 @@ def training_job(fn_args: FnArgs) -> training.TrainingJob:
             raise ValueError(f"the {custom['model']} Trainer needs base_model: the Model artifact of a pretraining "
                              "Trainer")
         encoder_from = artifacts.keras_state_dir(fn_args.base_model)
+    # A RayTuner's best values (TFX's `hyperparameters` input) over the run's own settings.
+    tuned = (fn_args.hyperparameters or {}).get("values", {}) if getattr(fn_args, "hyperparameters", None) else {}
     return training.TrainingJob(
-        model=custom["model"], config=dict(custom["config"]), image_shape=tuple(int(d) for d in custom["image_shape"]),
+        model=custom["model"], config={**custom["config"], **tuned},
+        image_shape=tuple(int(d) for d in custom["image_shape"]),
         train_files=list(fn_args.train_files), eval_files=list(fn_args.eval_files),
         feature_spec=training.plain_feature_spec(
-            tft.TFTransformOutput(fn_args.transform_output).transformed_feature_spec()),
+            tft.TFTransformOutput(fn_args.transform_graph_path).transformed_feature_spec()),
         encoder_from=encoder_from, holdout_class=custom.get("holdout_class"),
         anomaly_fpr=float(custom.get("anomaly_fpr", training.TrainingJob.anomaly_fpr)),
         class_names=tuple(custom.get("class_names", ())), labels_per_class=custom.get("labels_per_class"),
