@@ -64,6 +64,7 @@ def explain(error: BaseException) -> Optional[Tuple[str, int]]:
     from backends.ray_cluster import RayClusterError  # pylint: disable=import-outside-toplevel
     from backends.storage import StorageError  # pylint: disable=import-outside-toplevel
     from pipelines.metadata import MetadataError, MetadataUnavailable  # pylint: disable=import-outside-toplevel
+    from components.tuner.ray_tune import SearchBudgetTooSmall  # pylint: disable=import-outside-toplevel
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -75,7 +76,7 @@ def explain(error: BaseException) -> Optional[Tuple[str, int]]:
             return str(error).split(" [while running")[0], EXIT_DATA_INVALID
         if isinstance(error, PipelineBusy):
             return str(error), EXIT_BUSY
-        if isinstance(error, (RegistryLookupError, StorageError, MetadataError)):
+        if isinstance(error, (RegistryLookupError, StorageError, MetadataError, SearchBudgetTooSmall)):
             return str(error), EXIT_BAD_INPUT
         if isinstance(error, TrainingDiverged):
             return str(error), EXIT_DIVERGED

@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from backends import ray_cluster, storage
 from components.trainer import ray_train
-from trainers import search_space
 
 _log = logging.getLogger("latentforge.tune")
 PROXY_METRIC = "proxy_kid_x1e3"  # trainers.best_epoch.PROXY_METRIC (not imported: it would import TensorFlow)
@@ -29,6 +28,10 @@ PROXY_METRIC = "proxy_kid_x1e3"  # trainers.best_epoch.PROXY_METRIC (not importe
 # placement group of its own). Tune needs a non-empty request: a little memory, no CPU, so the CPUs go whole to
 # the workers and `groups` trials fit exactly.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 2 ** 20}
+
+
+class SearchBudgetTooSmall(ValueError):
+    """--tune-budget-minutes ran out before any trial trained an epoch (exit 2: the user's setting)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +95,7 @@ def metric_for(family) -> tuple:
     return name, "max" if higher else "min"
 
 
-def tune_domain(domain: search_space.Domain):
+def tune_domain(domain):
     """A trainers.search_space Domain as Ray Tune's sampling function."""
     from ray import tune  # pylint: disable=import-outside-toplevel
     if domain.kind == "choice":
@@ -156,7 +159,7 @@ class _Progress:
                  f"epoch(s), {shown}; {best}")
 
 
-def search(job, space: Mapping[str, search_space.Domain], settings: ray_train.RaySettings,
+def search(job, space: Mapping[str, Any], settings: ray_train.RaySettings,
            search_settings: SearchSettings, storage_path: str, name: str,
            say: Callable[[str], None] = print) -> SearchOutcome:
     """Runs the search; every trial's record, the best first by its best epoch's metric."""
@@ -205,6 +208,10 @@ def search(job, space: Mapping[str, search_space.Domain], settings: ray_train.Ra
     records = [_record(result, metric, mode, epochs, space) for result in results]
     finite = [r for r in records if math.isfinite(r.best)]
     if not finite:
+        if search_settings.budget_minutes and not any(r.curve for r in records):
+            raise SearchBudgetTooSmall(
+                f"--tune-budget-minutes {search_settings.budget_minutes:g} ended the search before any trial "
+                "finished an epoch: give it more minutes, or fewer --epochs per trial")
         reasons = "; ".join(f"{r.trial_id}: {r.status} {r.error}".strip() for r in records)[:1500]
         raise RuntimeError(f"no trial of the search reported a finite {metric} ({reasons})")
     best = (min if mode == "min" else max)(finite, key=lambda r: r.best)
