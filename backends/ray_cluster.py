@@ -91,8 +91,12 @@ def connect(address: Optional[str] = None, dashboard: bool = False) -> None:
                 _local_head.stop()
             _local_head = local_ray.LocalRay(num_cpus=os.cpu_count(), object_store_bytes=256 * 1024 ** 2,
                                              dashboard=dashboard)
+        # RAY_ADDRESS in its workers: Ray's State API client (which Ray Train's placement-group cleaner uses)
+        # otherwise picks "the latest" of the Rays on this machine, and with several (parallel test processes,
+        # two users) it asked another cluster, failed, and left a stopped trial's CPUs reserved.
         ray.init(address=_local_head.address, log_to_driver=worker_output(), logging_level=_driver_log_level(),
-                 runtime_env={"env_vars": {"PYTHONPATH": python_path, **worker_env()},
+                 runtime_env={"env_vars": {"PYTHONPATH": python_path, "RAY_ADDRESS": _local_head.address,
+                                           **worker_env()},
                               "worker_process_setup_hook": "backends.ray_cluster.quiet_local_cluster_logs"})
         # Leave before the head goes (atexit runs this before LocalRay's own stop): a driver still connected
         # when its raylet dies logs object-recovery errors on the way out.

@@ -1,9 +1,11 @@
 """Ray clusters of two nodes on one machine whose nodes share no disk (tests/test_cluster.py,
 benchmarks/cluster_epoch.py): the second node runs in its own mount namespace with a private tmpfs over the
-head's directory for the run and over /tmp/ray, as another machine's disk would be. Needs root and unshare."""
+head's directory for the run and over Ray's temp dirs, as another machine's disk would be. Needs root and unshare."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -71,7 +73,8 @@ def stop(process):
 
 class Cluster:
     """A Ray head (1 CPU) and a second node (1 CPU) in its own mount namespace: a private tmpfs over `hidden` (the
-    head's directory for the run) and over /tmp/ray, so it sees neither, as another machine would not."""
+    head's directory for the run) and over the cluster's Ray temp dir, so it sees neither, as another machine
+    would not."""
 
     def __init__(self, hidden, logs, head_cpus: int = 1, second_node: bool = True):
         """`hidden` must hold a file named `marker` (the second node checks it cannot see it); head_cpus=2 and
@@ -87,7 +90,12 @@ class Cluster:
         self.env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                     "LATENTFORGE_STATE_DIR": str(hidden / "state")}
         self.env.pop("RAY_ADDRESS", None)
-        self.head = start_process([RAY, "start", "--head", f"--port={port}", "--include-dashboard=true",
+        # The cluster's own temp dir: Ray resolves "auto" (a job's driver, the State API) to the newest cluster in
+        # its temp dir, and with the default /tmp/ray shared by the suite's other Rays it found another one. (Short:
+        # Ray's unix sockets live under it.) The second node gets a private tmpfs over it.
+        self.temp_dir = tempfile.mkdtemp(prefix="lfc-", dir="/tmp")
+        self.head = start_process([RAY, "start", "--head", f"--port={port}", f"--temp-dir={self.temp_dir}",
+                                   "--include-dashboard=true",
                                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                                    f"--ray-client-server-port={free_port()}", f"--num-cpus={head_cpus}",
                                    *self.common, *agent_ports()], logs / "head.log", self.env)
@@ -98,7 +106,8 @@ class Cluster:
             self.wait_for_nodes(1)
 
     def start_node(self):
-        script = (f"mount -t tmpfs tmpfs {self.hidden} && mount -t tmpfs tmpfs /tmp/ray && "
+        script = (f"mount -t tmpfs tmpfs {self.hidden} && mount -t tmpfs tmpfs {self.temp_dir} && "
+                  "mount -t tmpfs tmpfs /tmp/ray && "
                   f"test ! -e {self.hidden}/marker && exec {RAY} start --address={self.address} "
                   f"--num-cpus=1 {' '.join(self.common + agent_ports())}")
         os.makedirs("/tmp/ray", exist_ok=True)
@@ -124,3 +133,4 @@ class Cluster:
         if self.node is not None:
             stop(self.node)
         stop(self.head)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -116,7 +116,6 @@ def test_two_workers_train_a_conditional_dcgan_to_completion(local_ray, digits, 
 # (The VAE's custom step under two replicas is tests/test_distribution.py's; here what Ray adds: workers,
 # checkpoints, restore.)
 @pytest.mark.parametrize("model, config", [
-    ("greedy_ae", {"finetune_epochs": 1}),  # layer-wise phase, then the stacked model checkpointed
     # Style mixing, w_avg (per-replica, averaged when read), noise seeds and the minibatch-stddev feature;
     # "auto": each worker resolves it on its own machine (mixed_bfloat16 where bfloat16 is native) and says so.
     # (DDPM's custom step under two replicas is tests/test_distribution.py's.)
@@ -138,9 +137,9 @@ def test_other_families_train_on_two_workers(model, config, local_ray, digits, t
     assert [w.shape for w in restored_weights] == [w.shape for w in fresh_weights]
     assert any(not np.array_equal(a, b) for a, b in zip(restored_weights, fresh_weights))
     assert all(np.isfinite(w).all() for w in restored_weights)
-    # The generative families keep a weight average, which came back with the checkpoint; the autoencoders have none.
-    averages = restored.weight_averages() if hasattr(restored, "weight_averages") else []
-    assert bool(averages) == (model != "greedy_ae")
+    # The generator's weight average came back with the checkpoint.
+    averages = restored.weight_averages()
+    assert averages
     for average, network in averages:
         averaged, raw = average.network.get_weights(), network.get_weights()
         assert any(not np.array_equal(a, b) for a, b in zip(averaged, raw))

@@ -97,8 +97,11 @@ class TruncatedStyles(keras.layers.Layer):
         self.decay = decay
 
     def build(self, input_shape):
+        # float32 and never autocast (as BatchNormalization's moving statistics): under mixed_bfloat16 a read
+        # inside call() would come back bfloat16 and the float32 update below would not type-check.
         self.w_average = self.add_weight(name="w_average", shape=(int(input_shape[0][-1]),), initializer="zeros",
-                                         trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                                         dtype="float32", trainable=False, experimental_autocast=False,
+                                         synchronization=tf.VariableSynchronization.ON_READ,
                                          aggregation=tf.VariableAggregation.MEAN)
         super().build(input_shape)
 
