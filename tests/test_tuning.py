@@ -3,7 +3,6 @@ stops poor ones) before the Trainer, which trains with the best values; the sear
 to MLflow. A bad space stops the run before any work."""
 import glob
 import json
-import os
 import subprocess
 import sys
 

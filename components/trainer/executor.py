@@ -12,7 +12,6 @@ resumes from its last checkpoint; a run that finished is never resumed into (run
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from typing import Any, Dict, List
 

@@ -113,9 +113,9 @@ def _trial(config: Dict[str, Any], job_fields: Dict[str, Any], settings: Dict[st
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     job = training.TrainingJob(**{**job_fields, "config": {**job_fields["config"], **config}})
     name = f"{run_prefix}-{ray.tune.get_context().get_trial_id()}"
-    # A trial may start while an ended one's workers still hold their CPUs (Ray Train removes a finished run's
-    # placement group asynchronously): it waits for them rather than failing after Ray Train's default 60 s, a
-    # failure that also left the late placement group reserved and blocked every later trial.
+    # A trial may start while a stopped one's workers still hold their CPUs (Ray Train's placement-group cleaner
+    # releases them once it sees that trial's controller gone): it waits for them rather than failing after Ray
+    # Train's default 60 s, a failure that also left its own late placement group reserved.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
     try:
         ray_train.train(job, ray_train.RaySettings(**settings), storage_path, name,
