@@ -26,9 +26,7 @@ install: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# --no-compile: pip would byte-compile every installed module (TensorFlow, Ray, TFX...: most never imported
-	@# here); Python compiles what is imported, on first import.
-	$(BIN)/pip install --disable-pip-version-check --no-compile --ignore-requires-python -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --disable-pip-version-check --ignore-requires-python -r requirements.txt -c constraints.txt
 	$(BIN)/pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# rfc3987-syntax comes only through jupyter-events' jsonschema[format-nongpl] extra; installed, jsonschema
 	@# compiles its 39 Lark grammars at import: 5.5 s in every process that imports Ray (the driver and each
