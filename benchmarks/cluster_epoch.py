@@ -18,30 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import MNIST_DIR, REPO_ROOT, save_results  # first: sets up sys.path and the environment
+from common import MNIST_DIR, REPO_ROOT, save_results, start_s3  # first: sets up sys.path and the environment
+from common import S3_BUCKET as BUCKET
 
 from tests import cluster as cluster_on_one_machine
-
-BUCKET = "latentforge-bench"
-
-
-def start_s3():
-    from tests.conftest import free_port  # pylint: disable=import-outside-toplevel
-    import boto3  # pylint: disable=import-outside-toplevel
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
-    for _ in range(100):
-        try:
-            boto3.client("s3").create_bucket(Bucket=BUCKET)
-            return server
-        except Exception:  # pylint: disable=broad-except
-            time.sleep(0.2)
-    server.kill()
-    sys.exit("moto's S3 server did not start")
-
 
 def metrics_of(run_dir: str) -> dict:
     """The Trainer's metrics.json of the run in `run_dir` (a local directory or the bucket)."""
@@ -88,7 +68,7 @@ def main():
     args = parser.parse_args()
     if not cluster_on_one_machine.available():
         sys.exit("a node in its own mount namespace needs root and unshare")
-    server = start_s3()
+    server, _ = start_s3()
     work = Path(tempfile.mkdtemp(prefix="cluster-epoch-"))
     results = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "settings": {}}
     try:

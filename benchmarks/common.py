@@ -55,3 +55,28 @@ def save_results(name: str, results: dict) -> str:
     with open(path, "w") as f:
         json.dump({"machine": machine, **results}, f, indent=1)
     return path
+
+
+S3_BUCKET = "latentforge-bench"
+
+
+def start_s3():
+    """(moto's S3 server on 127.0.0.1, a boto3 client) with the bucket S3_BUCKET, and this process's AWS settings
+    pointing at it (child processes inherit them). The caller kills the server."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import boto3  # pylint: disable=import-outside-toplevel
+    from tests.conftest import free_port  # pylint: disable=import-outside-toplevel
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update(AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
+    client = boto3.client("s3")
+    for _ in range(100):
+        try:
+            client.create_bucket(Bucket=S3_BUCKET)
+            return server, client
+        except Exception:  # pylint: disable=broad-except
+            time.sleep(0.2)
+    server.kill()
+    sys.exit("moto's S3 server did not start")

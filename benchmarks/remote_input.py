@@ -14,37 +14,14 @@ Each path reads --epochs full passes; images/s per pass. Results: benchmarks/res
 """
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-from common import load_mnist, save_results  # first: sets up sys.path and the environment
+from common import load_mnist, save_results, start_s3  # first: sets up sys.path and the environment
+from common import S3_BUCKET as BUCKET
 import numpy as np
 
 from ray_overhead import write_examples
-
-BUCKET = "latentforge-bench"
-
-
-def start_s3():
-    from tests.conftest import free_port  # pylint: disable=import-outside-toplevel
-    import boto3  # pylint: disable=import-outside-toplevel
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
-    client = boto3.client("s3")
-    for _ in range(100):
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            return server, client
-        except Exception:  # pylint: disable=broad-except
-            time.sleep(0.2)
-    server.kill()
-    sys.exit("moto's S3 server did not start")
-
 
 def passes(make_batches, epochs, images):
     """(seconds per pass, images/s per pass) of reading every batch `make_batches()` yields."""
