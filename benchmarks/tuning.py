@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import MNIST_DIR, REPO_ROOT, save_results  # first: sets up sys.path and the environment
+from common import MNIST_DIR, REPO_ROOT, load_results, save_results  # first: sets up sys.path and the environment
 
 
 def search(args, run_dir: str) -> dict:
@@ -44,9 +44,14 @@ def main():
     parser.add_argument("--budget-minutes", type=float, default=60)
     parser.add_argument("--epochs", type=int, default=4, help="epochs per trial (ASHA's rungs divide them)")
     parser.add_argument("--minutes", type=float, default=15, help="step 2's training budget per model")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="skip step 1: compare with the best values in results/tuning-MODEL.json")
     args = parser.parse_args()
-    record = search(args, tempfile.mkdtemp(prefix="tuning-"))
-    print(f"results: {save_results(f'tuning-{args.model}', record)}")
+    if args.compare_only:
+        record = load_results(f"tuning-{args.model}")
+    else:
+        record = search(args, tempfile.mkdtemp(prefix="tuning-"))
+        print(f"results: {save_results(f'tuning-{args.model}', record)}")
     trials = record["trials"]
     print(f"{len(trials)} trials in {record['seconds'] / 60:.1f} min; best {record['best_trial']} "
           f"{record['metric']} {record['best']:.4g}: {record['best_config']}; ASHA stopped "
