@@ -15,7 +15,7 @@ and the LabelEfficiencyCurve's:
     curve.png            test accuracy against labels per class, one line per method
 """
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -254,16 +254,20 @@ def save_label_efficiency_curve(path: str, labels_per_class: Sequence[int], accu
     return _save_figure(figure, path)
 
 
-def save_search(path: str, trials: Sequence[Dict], metric: str, mode: str, space_fields: Sequence[str]) -> str:
+def save_search(path: str, trials: Sequence[Dict], metric: str, mode: str, space_fields: Sequence[str],
+                best_trial: Optional[str] = None) -> str:
     """A hyperparameter search at a glance: every trial's metric after each epoch (the best trial bold; a trial
     ASHA stopped ends early), and beside it one panel per searched field: each trial's value against its best
     metric (log scale where the field was searched on one). `trials`: {"trial_id", "config", "curve", "best",
-    "status"} dicts, as components/tuner writes them."""
+    "status"} dicts, as components/tuner writes them; `best_trial`: the winner's id when something other than the
+    curves picked it (a finalists' full evaluation), else the best curve's."""
     fields = list(space_fields)
     figure, axes = plt.subplots(1, 1 + len(fields), figsize=(5 + 3 * len(fields), 3.6), squeeze=False)
     axes = axes[0]
     finite = [t for t in trials if np.isfinite(t["best"])]
     best = (min if mode == "min" else max)(finite, key=lambda t: t["best"]) if finite else None
+    if best_trial is not None:
+        best = next((t for t in finite if t["trial_id"] == best_trial), best)
     for trial in trials:
         curve = [v if np.isfinite(v) else np.nan for v in trial["curve"]]
         if not curve:

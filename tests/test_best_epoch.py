@@ -57,7 +57,7 @@ def test_the_best_epoch_by_kid_is_restored_and_every_epoch_is_scored(features):
     assert best_epoch.kept_epoch_details(history, None) == {}
 
 
-def test_a_diffusion_model_s_proxy_samples_in_half_its_export_s_steps(features):
+def test_a_diffusion_model_s_proxy_samples_in_half_its_export_s_steps_its_final_score_in_all(features, monkeypatch):
     entry = registry.get_model("ddpm")
     config = registry.make_config("ddpm", {"epochs": 1, "batch_size": 16, "base_channels": 8,
                                            "channel_multipliers": (1, 2), "sample_steps": 12, "seed": 0})
@@ -66,6 +66,13 @@ def test_a_diffusion_model_s_proxy_samples_in_half_its_export_s_steps(features):
     proxy = best_epoch.SampleQualityProxy(entry.family, (28, 28, 1), "symmetric", f"{features}/saved_model", features,
                                           samples=16)
     proxy.set_model(model)
+    steps = []
+    generate = best_epoch.scoring.generate
+    monkeypatch.setattr(best_epoch.scoring, "generate",
+                        lambda signature, count, seed, batch, inputs: steps.append(inputs["steps"]) or generate(
+                            signature, count, seed, batch, inputs))
     assert np.isfinite(proxy.measure())
-    assert proxy._inputs["steps"] == 10  # half of 12 is below the floor of 10
+    final = proxy.full_scores()  # a search's finalists: sampled as the export samples
+    assert steps == [10, 12]  # half of 12 is below the floor of 10
+    assert final["samples"] == 16 and np.isfinite(final["fid"]) and 0 <= final["precision"] <= 1
     assert [best_epoch.proxy_steps(n) for n in (40, 50, 12, 4)] == [20, 25, 10, 4]

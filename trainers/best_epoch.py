@@ -55,7 +55,7 @@ class SampleQualityProxy(keras.callbacks.Callback):
         self.values: Dict[int, float] = {}
         self._signature, self._inputs = None, {}
 
-    def _draw(self) -> np.ndarray:
+    def _draw(self, full_steps: bool = False) -> np.ndarray:
         if self._signature is None:
             # The export's own generating signature and default inputs (a DDPM's steps, a conditional model's
             # labels, StyleGAN's truncation), traced once over the live weights.
@@ -64,10 +64,16 @@ class SampleQualityProxy(keras.callbacks.Callback):
             takes = {spec.name for spec in self._signature.structured_input_signature[0]}
             defaults = self.family.export_metadata(self.model).get("generate_defaults", {})
             self._inputs = {k: v for k, v in defaults.items() if k in takes}
-            if "steps" in self._inputs:  # an iterative sampler (DDPM): see PROXY_STEP_SHARE
-                self._inputs["steps"] = proxy_steps(int(self._inputs["steps"]))
-        return np.asarray(scoring.generate(self._signature, self.samples, self.seed, self.batch_size, self._inputs),
+        inputs = dict(self._inputs)
+        if "steps" in inputs and not full_steps:  # an iterative sampler (DDPM): see PROXY_STEP_SHARE
+            inputs["steps"] = proxy_steps(int(inputs["steps"]))
+        return np.asarray(scoring.generate(self._signature, self.samples, self.seed, self.batch_size, inputs),
                           np.float32)
+
+    def full_scores(self) -> Dict[str, float]:
+        """The Evaluator's generative scores (FID, KID, precision/recall, mode coverage) of `samples` images drawn
+        as the export draws them (every sampler step): what a search's finalists are ranked by."""
+        return scoring.feature_scores(*self.network(self._draw(full_steps=True)), self.reference, self.seed)
 
     def measure(self) -> float:
         features, _ = self.network(self._draw())

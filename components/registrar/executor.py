@@ -89,6 +89,11 @@ class Executor(base_executor.BaseExecutor):
             metric_network = (child, os.path.join(metric_model.uri, artifacts.METRIC_NETWORK_DIR),
                               artifacts.metric_input_example(evaluation.uri), config.metric_network_model)
 
+        # A tuned model says so on its version: the values a RayTuner picked, the trial and the metric it won by.
+        tuned = trained.details.get("tuned") or {}
+        tuned_tags = {"tuned.values": json.dumps(tuned.get("values", {}), sort_keys=True)[:5000],
+                      "tuned.trial": str(tuned.get("trial", "")), "tuned.metric": str(tuned.get("metric", "")),
+                      "tuned.best": str(tuned.get("best", ""))} if tuned else {}
         logged = tracking.log_pipeline_run(
             tracking.TrackingConfig(**config.tracking), pipeline=config.pipeline,
             pipeline_run_id=pipeline_run_id, registered_name=config.registered_model,
@@ -96,7 +101,7 @@ class Executor(base_executor.BaseExecutor):
             input_example=artifacts.input_example(evaluation.uri),
             blessed=bool(blessing["blessed"]), key_metric=blessing["metric"],
             key_metric_value=blessing["candidate"], trainer=trainer, evaluator=evaluator,
-            version_tags={**ids, "tfx.blessing_uri": blessing_artifact.uri},
+            version_tags={**ids, "tfx.blessing_uri": blessing_artifact.uri, **tuned_tags},
             parent_tags={"source": config.source, "dataset": config.dataset}, metric_network=metric_network,
             still_beats=functools.partial(_still_beats, blessing, evaluated.metrics))
         logging.info("MLflow: %s version %s%s", logged.name, logged.version,

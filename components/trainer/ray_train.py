@@ -120,6 +120,17 @@ def run_name(storage_path: str, base: str) -> str:
     return name
 
 
+def completed_checkpoint(storage_path: str, name: str) -> Optional[str]:
+    """The checkpoint a finished run `name` kept (its best epoch by the proxy, else its last: a directory or a
+    URI that trainers.job.restore reads), or None when the run did not finish (stopped, killed)."""
+    filesystem, root = storage.pyarrow_filesystem(storage.absolute(storage_path))
+    try:
+        with filesystem.open_input_stream(posixpath.join(root, name, COMPLETE_MARKER)) as f:
+            return json.loads(f.read())["checkpoint"]
+    except FileNotFoundError:
+        return None
+
+
 REPORT_POLL_S = 0.25  # seconds between the Ray Train controller's polls of its workers (see train)
 _PROXY_METRIC = "proxy_kid_x1e3"  # trainers.best_epoch.PROXY_METRIC (not imported: it would import TensorFlow)
 

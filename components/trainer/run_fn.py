@@ -85,6 +85,8 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
         details.setdefault(key, value)
     if job.labels_per_class is not None:  # the labels it saw: the no-leak rule of generated training data
         details.setdefault("labels_per_class", job.labels_per_class)
+    if getattr(fn_args, "hyperparameters", None):  # a RayTuner's pick: which trial, by what, and its values
+        details.setdefault("tuned", dict(fn_args.hyperparameters))
     _, eval_data = training.datasets(job, config)
     extra_metadata = {}
     if job.family.detects_anomalies:

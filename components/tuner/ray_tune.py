@@ -61,6 +61,7 @@ class TrialRecord:
     epoch_seconds: List[float]
     best: float  # the trial's best metric (inf when it has none)
     error: str = ""
+    final: Dict[str, float] = dataclasses.field(default_factory=dict)  # a finalist's full scores (the executor's)
 
 
 @dataclasses.dataclass
@@ -71,6 +72,7 @@ class SearchOutcome:
     trials: List[TrialRecord]
     best: TrialRecord
     seconds: float
+    ranked_by: str = ""  # what picked `best`: the per-epoch metric, or the finalists' full evaluation
 
     def epochs_saved(self) -> int:
         """Epochs the stopped trials did not train (what ASHA and the budget saved against running every trial
@@ -104,6 +106,11 @@ def tune_domain(domain):
     return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[domain.kind](low, high)
 
 
+def trial_run_name(search_name: str, trial_id: str) -> str:
+    """The Ray Train run of one trial (under the search's storage path): what its checkpoints are kept under."""
+    return f"{search_name}-{trial_id}"
+
+
 def _trial(config: Dict[str, Any], job_fields: Dict[str, Any], settings: Dict[str, Any], storage_path: str,
            run_prefix: str, metric: str, mode: str) -> None:
     """One trial (in its own Ray actor): a Ray Train run of the job with `config`'s values."""
@@ -112,7 +119,7 @@ def _trial(config: Dict[str, Any], job_fields: Dict[str, Any], settings: Dict[st
     from trainers import job as training  # pylint: disable=import-outside-toplevel
     from trainers.common import TrainingDiverged  # pylint: disable=import-outside-toplevel
     job = training.TrainingJob(**{**job_fields, "config": {**job_fields["config"], **config}})
-    name = f"{run_prefix}-{ray.tune.get_context().get_trial_id()}"
+    name = trial_run_name(run_prefix, ray.tune.get_context().get_trial_id())
     # A trial may start while a stopped one's workers still hold their CPUs (Ray Train's placement-group cleaner
     # releases them once it sees that trial's controller gone): it waits for them rather than failing after Ray
     # Train's default 60 s, a failure that also left its own late placement group reserved.
@@ -216,7 +223,8 @@ def search(job, space: Mapping[str, Any], settings: ray_train.RaySettings,
         raise RuntimeError(f"no trial of the search reported a finite {metric} ({reasons})")
     best = (min if mode == "min" else max)(finite, key=lambda r: r.best)
     records.sort(key=lambda r: (not math.isfinite(r.best), r.best if mode == "min" else -r.best))
-    return SearchOutcome(metric, mode, epochs, records, best, time.time() - started)
+    return SearchOutcome(metric, mode, epochs, records, best, time.time() - started,
+                         f"{metric}, each trial's best epoch")
 
 
 def _record(result, metric: str, mode: str, epochs: int, space) -> TrialRecord:
