@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests import cluster as cluster_on_one_machine
-from tests.conftest import REPO_ROOT, S3_BUCKET, free_port, s3_keys
+from tests.conftest import REPO_ROOT, S3_BUCKET, free_port, s3_keys, skip_or_fail_in_ci
 
 pytestmark = pytest.mark.slow
 RAY = cluster_on_one_machine.RAY
@@ -27,7 +27,7 @@ RAY = cluster_on_one_machine.RAY
 @pytest.fixture(scope="module")
 def two_nodes(s3_store, tmp_path_factory):
     if not cluster_on_one_machine.available():
-        pytest.skip("a node in its own mount namespace needs root and unshare (CI runs as root)")
+        skip_or_fail_in_ci("a node in its own mount namespace needs root and unshare (CI runs as root)")
     hidden = tmp_path_factory.mktemp("head-only")
     (hidden / "marker").write_text("the head's disk")
     cluster = cluster_on_one_machine.Cluster(hidden, hidden.parent)

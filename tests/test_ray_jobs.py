@@ -12,7 +12,7 @@ import time
 import pytest
 
 from pipelines import cli
-from tests.conftest import free_port
+from tests.conftest import free_port, skip_or_fail_in_ci
 
 pytestmark = pytest.mark.slow
 VENV_BIN = os.path.dirname(sys.executable)
@@ -71,7 +71,7 @@ def _stop_head(head, temp_dir, log, keep_log=False):
 def ray_head():
     ray_cli = os.path.join(VENV_BIN, "ray")
     if not os.path.exists(ray_cli):
-        pytest.skip(f"no `ray` command beside {sys.executable}")
+        skip_or_fail_in_ci(f"no `ray` command beside {sys.executable}")
     for _ in range(3):  # a head whose dashboard missed its start-up timeout is started again
         head, address, temp_dir, log = _start_head(ray_cli)
         if head is not None:

@@ -23,7 +23,7 @@ from serving import commands, export
 from serving.client import Client, ServingError
 from serving.model import Limits
 from trainers import autoencoders, registry
-from tests.conftest import SAMPLE_DIR, free_port, sample_digits
+from tests.conftest import SAMPLE_DIR, free_port, sample_digits, skip_or_fail_in_ci
 from tests.test_export import SHAPE, TINY, build, unit_or_symmetric
 
 pytestmark = pytest.mark.slow  # a local Ray for the module
@@ -690,7 +690,7 @@ def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
-        pytest.skip("chromium and chromedriver are not installed: apt-get install chromium chromium-driver")
+        skip_or_fail_in_ci("chromium and chromedriver are not installed: apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()

@@ -134,9 +134,18 @@ def test_bad_source_flags(uri, expected):
     assert expected in _error(uri, read=False)
 
 
-def test_tfds_offline_fails_fast_with_instructions(tmp_path):
-    if sources._reachable("storage.googleapis.com"):  # pylint: disable=protected-access
-        pytest.skip("the TFDS download host is reachable from here: the offline path cannot be exercised")
+def test_tfds_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
+    # Offline, whatever this machine's network: no name resolves (every library's connection starts there).
+    import socket
+    resolve = socket.getaddrinfo
+
+    def offline(host, *args, **kwargs):
+        if host not in ("localhost", "127.0.0.1", "::1"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (offline: the test)")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    assert not sources._reachable("storage.googleapis.com")  # pylint: disable=protected-access
     start = time.time()
     with pytest.raises(sources.SourceError) as raised:
         sources.probe(sources.parse_source("tfds:mnist", data_dir=str(tmp_path)))
