@@ -173,3 +173,25 @@ def test_the_curve_with_generated_data_and_a_classifier_trained_beside_them(tmp_
     assert sorted(nodes["Trainer"].inputs["examples"]) == sorted(
         [nodes["Transform"].outputs["transformed_examples"], nodes["SyntheticExampleGen_5labels"].outputs["examples"]])
     assert nodes["Pusher"].state == "COMPLETE"
+
+
+def test_the_same_seed_gives_the_same_point_and_another_seed_another():
+    """Same seed, same answer: every phase seeds its weights and its data order (op-level seeds; CPU kernels here
+    are deterministic), so a point repeats exactly; the seed is what varies it."""
+    from trainers import classifier, registry
+    from tests.conftest import sample_digits, sample_labels
+    images, labels = sample_digits(600), sample_labels(600)
+    pretrained = registry.get_model("conv_ae").build(registry.make_config("conv_ae", {"seed": 0}), (28, 28, 1))
+    encoder = classifier.reusable_encoder(pretrained)
+    few = np.concatenate([np.flatnonzero(labels[:500] == c)[:3] for c in range(10)])
+
+    def point(seed):
+        config = registry.make_config("classifier", {"seed": seed, "epochs": 2, "unfrozen_epochs": 2,
+                                                     "batch_size": 16})
+        accuracy, _ = label_efficiency.curve_point(config, encoder, (images[few], labels[few]),
+                                                   (images[500:], labels[500:]), examples_per_phase=64)
+        return accuracy
+
+    first = point(0)
+    assert point(0) == first
+    assert point(1) != first
