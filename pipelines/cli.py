@@ -337,6 +337,29 @@ def cmd_gc(args) -> int:
     return EXIT_OK
 
 
+def _space_inside_the_upload(job_args: List[str]) -> List[str]:
+    """A job runs in the uploaded project directory (its working_dir), not where the user typed the command: a
+    `--tune SPACE.yaml` is passed relative to that directory, and one outside it, which the job would never see,
+    is refused before submitting."""
+    from backends.ray_cluster import PROJECT_ROOT  # pylint: disable=import-outside-toplevel
+    rewritten = list(job_args)
+    for i, arg in enumerate(job_args):
+        value = job_args[i + 1] if arg == "--tune" and i + 1 < len(job_args) else (
+            arg.split("=", 1)[1] if arg.startswith("--tune=") else None)
+        if value is None or value == "default":
+            continue
+        path = os.path.abspath(value)
+        if os.path.commonpath([path, PROJECT_ROOT]) != PROJECT_ROOT:
+            raise CliError(f"--tune {value}: the job runs in the project directory it uploads ({PROJECT_ROOT}), "
+                           "which does not hold this file; put the space file inside it")
+        relative = os.path.relpath(path, PROJECT_ROOT)
+        if arg == "--tune":
+            rewritten[i + 1] = relative
+        else:
+            rewritten[i] = f"--tune={relative}"
+    return rewritten
+
+
 def cmd_submit(args) -> int:
     from pipelines import ray_jobs  # pylint: disable=import-outside-toplevel
     job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
@@ -347,6 +370,7 @@ def cmd_submit(args) -> int:
     if job_args[0] == "run" and "--run-dir" not in job_args:
         print("latentforge: note: without --run-dir the job writes under its working directory on the cluster; "
               "pass an absolute path every node shares to keep the outputs", file=sys.stderr)
+    job_args = _space_inside_the_upload(job_args)
     job_id = ray_jobs.submit(args.address, job_args, python=args.python, submission_id=args.submission_id)
     print(f"latentforge: submitted Ray job {job_id} to {args.address}", flush=True)
     if not args.wait:

@@ -110,3 +110,25 @@ def test_no_wait_returns_at_once_with_the_job_status(ray_head, capsys):
     while ray_jobs.status(ray_head, found.group(1)) != "SUCCEEDED" and time.monotonic() < deadline:
         time.sleep(1)
     assert ray_jobs.status(ray_head, found.group(1)) == "SUCCEEDED"
+
+
+def test_a_space_file_travels_with_the_job_or_is_refused_before_submitting(tmp_path, monkeypatch, capsys):
+    """The job runs in the uploaded project directory: a space file inside it is passed relative to it (whatever
+    directory the user typed the command in); one outside it is refused before anything is submitted."""
+    from pipelines import ray_jobs
+    from tests.conftest import REPO_ROOT
+    submitted = []
+    monkeypatch.setattr(ray_jobs, "submit", lambda address, args, **kw: submitted.append(args) or "job-1")
+    monkeypatch.setattr(ray_jobs, "status", lambda address, job_id: "PENDING")
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path / "space.yaml"
+    outside.write_text("learning_rate: {loguniform: [1.0e-4, 1.0e-3]}\n")
+    code = cli.main(["submit", "--address", "http://head:8265", "--no-wait", "--", "run", "--tune", str(outside)])
+    assert code == cli.EXIT_BAD_INPUT and not submitted
+    assert f"--tune {outside}: the job runs in the project directory" in capsys.readouterr().err
+    inside = os.path.relpath(os.path.join(REPO_ROOT, "docs", "tuning.md"), tmp_path)
+    assert cli.main(["submit", "--address", "http://head:8265", "--no-wait", "--", "run", "--tune", inside,
+                     "--run-dir", "s3://bucket/runs"]) == 0
+    assert submitted == [["run", "--tune", os.path.join("docs", "tuning.md"), "--run-dir", "s3://bucket/runs"]]
+    assert cli.main(["submit", "--address", "http://head:8265", "--no-wait", "--", "run", "--tune=default"]) == 0
+    assert submitted[-1] == ["run", "--tune=default"]
