@@ -392,7 +392,7 @@ def _register_metric_network(config, client, experiment_id, parent_id, child: Ch
 
 def register_saved_model(config: TrackingConfig, name: str, saved_model_dir: str, input_example, *,
                          alias: Optional[str] = None, tags: Optional[Dict[str, str]] = None) -> str:
-    """Logs an exported SavedModel (serving/export.py) in a run of its own, registers it as a new version of NAME
+    """Logs an exported SavedModel (trainers/export.py) in a run of its own, registers it as a new version of NAME
     and, with `alias`, points the alias at it; returns the version. For models trained outside a pipeline run."""
     check_reachable(config)
     with _guarded(f"registering {name}", config):

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from serving import export
+from trainers import export
 from serving.model import read_metadata
 from evaluation import figures, scoring
 from trainers import best_epoch, job as training, registry

@@ -24,7 +24,8 @@ from common import Timer, load_mnist, save_results  # first: sys.path, environme
 import numpy as np
 import tensorflow as tf
 
-from serving import export, server
+from serving import server
+from trainers import export
 from trainers import registry
 
 CONFIGURATIONS = [  # (replicas, max_batch_size)

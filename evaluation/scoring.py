@@ -410,7 +410,7 @@ class ScoringRun:
     """One SavedModel being scored: what a family's scorers read, and the `metrics` and `arrays` (what the
     pictures need: codings, generated samples) they add to."""
     signatures: Dict[str, Callable]
-    metadata: Dict[str, Any]  # the exporter's (serving/export.py)
+    metadata: Dict[str, Any]  # the exporter's (trainers/export.py)
     images: ImageBatches  # the test split, in the model's pixel range
     labels: np.ndarray  # -1: none
     pixel_range: str

@@ -1,6 +1,6 @@
 """The `latentforge` command: parsing and dispatch. A local run is pipelines/local_run.py, the request it checks
 pipelines/run_request.py, what it prints back pipelines/report.py, exit codes pipelines/cli_common.py, serve and
-predict serving/commands.py.
+predict pipelines/serve_commands.py.
 
     latentforge run [--source SOURCE] [--model MODEL] [--epochs N] ...   run the pipeline (training on Ray)
     latentforge compile --target kubeflow-v2 --pipeline-root gs://B/R ...   write it as a Kubeflow Pipelines v2 spec
@@ -28,7 +28,7 @@ from pipelines.cli_common import (EXIT_BAD_INPUT, EXIT_BUSY, EXIT_CLUSTER, EXIT_
                                   EXIT_ERROR, EXIT_OK, CliError, explain, non_negative_float, open_unit_float,
                                   positive_float, positive_int)
 from pipelines.run_request import DEFAULT_SEED, DEFAULT_SOURCE
-from serving import commands as serving_commands
+from pipelines import serve_commands as serving_commands
 
 # The exit codes are part of this command's interface (schedulers and tests read them here).
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_BAD_INPUT", "EXIT_DATA_INVALID", "EXIT_DIVERGED",

@@ -1,6 +1,6 @@
 """What every latentforge command shares: exit codes, CliError, the explanation of errors the user can fix,
 argument types. `latentforge`'s commands live in pipelines/cli.py (parsing and dispatch), pipelines/local_run.py
-(a local run) and serving/commands.py (serve, predict).
+(a local run) and pipelines/serve_commands.py (serve, predict).
 
 Exit codes: 0 ok; 2 bad input (flags, source, model config); 3 data validation failed; 4 training diverged;
 5 infrastructure: the Ray cluster cannot run it (unreachable, or lacks the resources asked for) or the MLflow

@@ -48,7 +48,8 @@ def main():
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs"))
     args = parser.parse_args()
     from selenium.webdriver.common.by import By
-    from serving import commands, server
+    from pipelines import serve_commands as commands
+    from serving import server
     from tests.conftest import free_port, sample_digits
     sources = [server.directory_source(text) for text in args.models]
     options = server.ServerOptions(class_examples=commands.read_class_examples(args.class_examples))

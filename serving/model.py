@@ -50,7 +50,7 @@ def family_from_signatures(names) -> str:
 
 
 def read_metadata(loaded) -> Dict[str, Any]:
-    """The exporter's metadata (serving/export.py), also from inside MLflow's wrapper module (`.saved`)."""
+    """The exporter's metadata (trainers/export.py), also from inside MLflow's wrapper module (`.saved`)."""
     for holder in (loaded, getattr(loaded, "saved", None)):
         variable = getattr(holder, "metadata", None)
         if variable is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from backends import tracking
 from components.registrar.executor import _still_beats
-from serving import export
+from trainers import export
 from tests.test_export import SHAPE, build
 
 pytestmark = pytest.mark.slow  # MLflow logs four SavedModels

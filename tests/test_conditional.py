@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from evaluation import scoring
-from serving import export
+from trainers import export
 from serving.model import RequestError, ServedModel
 from tests.conftest import sample_digits, sample_labels
 from trainers import registry

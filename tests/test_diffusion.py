@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import export
+from trainers import export
 from tests.conftest import sample_digits
 from trainers import diffusion, registry
 from trainers.diffusion import DiffusionConfig, GaussianDiffusion, noise_schedule

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from serving import export
+from trainers import export
 from tests.conftest import sample_digits
 from trainers import job as training, registry
 from trainers.diffusion import DiffusionConfig

@@ -7,7 +7,7 @@ import pytest
 import sklearn.metrics
 import tensorflow as tf
 
-from serving import export
+from trainers import export
 from tests.conftest import sample_digits, sample_labels
 from evaluation import scoring
 from trainers import autoencoders, registry

@@ -1,4 +1,4 @@
-"""serving.export: each family's SavedModel loads in a fresh Python process with plain TensorFlow (no project
+"""trainers.export: each family's SavedModel loads in a fresh Python process with plain TensorFlow (no project
 import), every signature runs and matches the in-memory model within 1e-5, and bad inputs are refused inside
 the graph."""
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import export
+from trainers import export
 from tests.conftest import sample_digits
 from trainers import classifier, registry
 

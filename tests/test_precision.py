@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from serving import export
+from trainers import export
 from tests.conftest import sample_digits
 from trainers import common, registry
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from evaluation import figures
-from serving import export
+from trainers import export
 from serving.model import ServedModel
 from tests.conftest import sample_digits
 from trainers import gans, progressive, registry

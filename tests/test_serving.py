@@ -19,10 +19,10 @@ import tensorflow as tf
 
 from backends import tracking
 from pipelines import cli
-from serving import commands, export
+from pipelines import serve_commands as commands
 from serving.client import Client, ServingError
 from serving.model import Limits
-from trainers import autoencoders, registry
+from trainers import autoencoders, export, registry
 from tests.conftest import SAMPLE_DIR, free_port, sample_digits, skip_or_fail_in_ci
 from tests.test_export import SHAPE, TINY, build, unit_or_symmetric
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import export
+from trainers import export
 from serving.model import RequestError, ServedModel
 from tests.conftest import sample_digits
 from trainers import registry, stylegan

@@ -143,7 +143,7 @@ def train_from_scratch(config: ClassifierConfig, encoder: keras.Model, train_dat
 
 
 def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
-    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    """The SavedModel's signatures (trainers/export.py writes them; see its docstring for the contract)."""
     @tf.function(input_signature=[signatures.image_spec(image_shape)])
     def classify(x):
         probabilities = model(signatures.checked_images(x, pixel_range), training=False)

@@ -581,7 +581,7 @@ def train(config: DiffusionConfig, input_shape: Sequence[int], train_data: tf.da
 
 
 def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
-    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract). A
+    """The SavedModel's signatures (trainers/export.py writes them; see its docstring for the contract). A
     conditional model's generate takes labels (m,) (repeated over the n images) and a guidance scale too."""
     del pixel_range
     timesteps, eta = model.diffusion.timesteps, tf.constant(model.eta, tf.float32)

@@ -592,7 +592,7 @@ def train(config: GANConfig, input_shape: Sequence[int], train_data: tf.data.Dat
 
 
 def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
-    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    """The SavedModel's signatures (trainers/export.py writes them; see its docstring for the contract)."""
     del image_shape, pixel_range
     to_unit = lambda x: (x + 1.0) / 2.0
 

@@ -1,7 +1,7 @@
 """What every family's SavedModel signatures share: input specs, checks run inside the graph, limits.
 
 A family module defines `serving_signatures(model, image_shape, pixel_range) -> {name: tf.function}` (with a
-"serving_default") from these pieces; serving/export.py writes whatever the family returns. Checks live in the
+"serving_default") from these pieces; trainers/export.py writes whatever the family returns. Checks live in the
 graph so that a plain `tf.saved_model.load` user gets the same errors as our server: images outside the pixel
 range or not finite, n outside [1, MAX_GENERATED], steps outside [1, T] raise InvalidArgumentError naming the
 input, as do class labels outside the model's classes and a negative guidance (the input signature already

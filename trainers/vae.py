@@ -311,7 +311,7 @@ def train(config: VAEConfig, input_shape: Sequence[int], train_data: tf.data.Dat
 
 
 def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
-    """The SavedModel's signatures (serving/export.py writes them; see its docstring for the contract)."""
+    """The SavedModel's signatures (trainers/export.py writes them; see its docstring for the contract)."""
     images, codings = signatures.image_spec(image_shape), signatures.codings_spec(model.coding_size)
 
     @tf.function(input_signature=[images])

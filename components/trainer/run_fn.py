@@ -26,7 +26,7 @@ from backends import storage
 from components import artifacts
 from components.trainer import tensorboard
 from evaluation import figures
-from serving import export
+from trainers import export
 from trainers import autoencoders, best_epoch, job as training, registry
 from trainers.common import resolve_precision
 
