@@ -186,12 +186,15 @@ def _seed(value: Any, where: str) -> int:
     return value
 
 
+# What a family's SavedModel exported before its metadata named its latent signature.
+_LATENT_BEFORE_METADATA = {"gan": "generate_from_codings", "diffusion": "generate_from_noise", "vae": "decode"}
+
+
 def latent_signature(model: ServedModel) -> Optional[str]:
-    """The signature a generator's latent points go through: codings (GANs), noise (DDPMs), or a VAE's decode."""
-    for name in ("generate_from_codings", "generate_from_noise"):
-        if name in model.signatures:
-            return name
-    return "decode" if model.family == "vae" and "decode" in model.signatures else None
+    """The signature a generator's latent points go through (codings, noise, a VAE's decode): the one the family's
+    description names (the export's metadata `latent_signature`)."""
+    name = model.metadata.get("latent_signature", _LATENT_BEFORE_METADATA.get(model.family))
+    return name if name in model.signatures else None
 
 
 def interpolate(model: ServedModel, body: Any, classes: Optional["ClassExamples"] = None) -> np.ndarray:

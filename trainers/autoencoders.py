@@ -166,6 +166,18 @@ def calibrate_anomaly_threshold(model: "Autoencoder", images: tf.data.Dataset,
             "calibration_false_positive_rate": float(np.mean(scores > threshold))}
 
 
+def export_calibration(model: "Autoencoder", eval_data: tf.data.Dataset, job) -> Dict[str, object]:
+    """The family's calibration before export (registry.Family.calibrate): the anomaly threshold, set on the eval
+    split the model did not train on at the job's `anomaly_fpr`; the SavedModel's metadata carries it as
+    `anomaly` (the server's :detect applies it; the Evaluator measures its false-positive rate and recall on the
+    test split)."""
+    anomaly = calibrate_anomaly_threshold(model, eval_data, job.anomaly_fpr)
+    tf.get_logger().info("anomaly threshold %.6g: %.2f%% of %d eval images above it (target %.2f%%)",
+                         anomaly["threshold"], 100 * anomaly["calibration_false_positive_rate"],
+                         anomaly["calibration_examples"], 100 * job.anomaly_fpr)
+    return {"anomaly": anomaly}
+
+
 def _coding_regularizer(config: AutoencoderConfig):
     if config.sparsity == "l1":
         return keras.regularizers.L1(config.sparsity_weight)

@@ -40,6 +40,8 @@ def export_metadata(family: registry.Family, model, image_shape: Sequence[int], 
                 "max_generated": MAX_GENERATED}
     if family.generate_signature:
         metadata["generate_signature"] = family.generate_signature
+    if family.latent_signature:
+        metadata["latent_signature"] = family.latent_signature
     if class_names:  # the classes in id order (a conditional model takes these names for class ids)
         metadata["class_names"] = [str(name) for name in class_names]
     metadata.update(family.export_metadata(model))

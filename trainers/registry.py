@@ -49,6 +49,11 @@ def _no_metadata(model) -> Dict[str, Any]:
     return {}
 
 
+def _nothing_to_calibrate(model, eval_data, job) -> Dict[str, Any]:
+    del model, eval_data, job
+    return {}
+
+
 def _not_sized(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
     del values, image_shape
     return {}
@@ -79,6 +84,12 @@ class Family:
     pixel_range: Optional[str] = None  # "unit" [0, 1] or "symmetric" [-1, 1]; None: its base model's
     generate_signature: Optional[str] = None  # the signature that draws new images (n, seed, ...): generative
     export_metadata: Callable = _no_metadata  # (model) -> what the SavedModel's metadata adds for this family
+    # (trained model, eval split, TrainingJob) -> what is measured on the eval split before export and travels in
+    # the SavedModel's metadata and the Trainer's metrics.json (an autoencoder's anomaly threshold)
+    calibrate: Callable = _nothing_to_calibrate
+    # The signature that maps a point of the latent space to images, {codings|noise: (n, ...)} -> images: what the
+    # explorer draws seeds and interpolations through (None: no latent space to draw from)
+    latent_signature: Optional[str] = None
     input_example: Callable = first_images  # (test images, config dict, seed) -> what the callable takes
     supervised: bool = False  # trains on the labelled examples' (image, label) pairs, is scored on labelled ones
     # A supervised family that also learns from the unlabelled examples: trains on every example's (image, label),
@@ -186,6 +197,7 @@ register(Family(
     autoencoders.serving_signatures, signatures.output_of("reconstruct", "reconstructions"),
     key_metric=("test_mse", False), scorers=(scoring.score_reconstructions,), figures=(figures.reconstructions,),
     pixel_range=autoencoders.PIXEL_RANGE, reusable_encoder=True, detects_anomalies=True,
+    calibrate=autoencoders.export_calibration,
     total_epochs=_autoencoder_epochs, size_rule=_conv_sized,
     search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [16, 32, 64]}}),
     # Presets follow the seed notebook's architectures and budgets (../shared/seeds/NOTEBOOK-17.md).
@@ -205,7 +217,7 @@ register(Family(
     signatures.output_of("reconstruct", "reconstructions"), key_metric=("test_neg_elbo", False),
     scorers=(scoring.score_reconstructions, scoring.score_elbo, scoring.score_generation),
     figures=(figures.reconstructions, figures.samples(64, "sample"), figures.interpolation),
-    pixel_range=vae.PIXEL_RANGE, generate_signature="sample", reusable_encoder=True,
+    pixel_range=vae.PIXEL_RANGE, generate_signature="sample", reusable_encoder=True, latent_signature="decode",
     size_rule=_conv_sized,
     # β and the coding size trade reconstruction for a smoother latent space: judged by sample quality.
     search_space={"beta": {"uniform": [0.25, 4.0]}, "coding_size": {"choice": [4, 8, 16, 32]},
@@ -234,6 +246,7 @@ register(Family(
     signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
     scorers=(scoring.score_generation,), figures=(figures.samples(64), figures.growth_rows(8)),
     pixel_range=gans.PIXEL_RANGE, generate_signature="generate", export_metadata=gans.export_metadata,
+    latent_signature="generate_from_codings",
     input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=gans.size_rule,
     # The chapter's sensitive knobs: both learning rates, Adam's beta_1, the batch, the average and one remedy.
     search_space={"learning_rate": {"loguniform": [5e-5, 1e-3]},
@@ -249,6 +262,7 @@ register(Family(
     gans.serving_signatures, signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
     scorers=(scoring.score_generation, scoring.score_conditional_generation), figures=(figures.class_rows(8),),
     pixel_range=gans.PIXEL_RANGE, generate_signature="generate", export_metadata=gans.export_metadata,
+    latent_signature="generate_from_codings",
     input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), conditional=True,
     size_rule=gans.size_rule,
     description="class-conditional DCGAN / WGAN-GP: label embedding into G, projection discriminator (labels at "
@@ -261,6 +275,7 @@ register(Family(
     scorers=(scoring.score_generation,),
     figures=(figures.samples(64), figures.style_mixing(), figures.truncation_strip()),
     pixel_range=stylegan.PIXEL_RANGE, generate_signature="generate", export_metadata=stylegan.export_metadata,
+    latent_signature="generate_from_codings",
     input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=stylegan.size_rule,
     description="StyleGAN-style generator: mapping network, modulated convolutions, noise inputs, style mixing, "
                 "truncation (generate takes truncation; mix_styles)"),
@@ -271,6 +286,7 @@ register(Family(
     diffusion.serving_signatures, diffusion.array_function, key_metric=("fid", False),
     scorers=(scoring.score_generation,), figures=(figures.samples(32),), pixel_range=diffusion.PIXEL_RANGE,
     generate_signature="generate", export_metadata=diffusion.export_metadata,
+    latent_signature="generate_from_noise",
     input_example=standard_normal(lambda images, config: images.shape[1:]), size_rule=diffusion.size_rule,
     search_space={"learning_rate": {"loguniform": [2e-4, 3e-3]}, "ema_decay": {"choice": [0.99, 0.999, 0.9995]},
                   "prediction": {"choice": ["epsilon", "v"]}, "batch_size": {"choice": [32, 64]}}),
@@ -283,6 +299,7 @@ register(Family(
     scorers=(scoring.score_generation, scoring.score_conditional_generation),
     figures=(figures.class_rows(8), figures.guidance_strip((0.0, 1.0, 2.0, 4.0))), pixel_range=diffusion.PIXEL_RANGE,
     generate_signature="generate", export_metadata=diffusion.export_metadata,
+    latent_signature="generate_from_noise",
     input_example=standard_normal(lambda images, config: images.shape[1:]), conditional=True,
     size_rule=diffusion.size_rule, description="class-conditional DDPM with classifier-free guidance (labels + guidance at generate)"),
     {"ddpm_cond": {}})

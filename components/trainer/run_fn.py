@@ -27,7 +27,7 @@ from components import artifacts
 from components.trainer import tensorboard
 from evaluation import figures
 from trainers import export
-from trainers import autoencoders, best_epoch, job as training, registry
+from trainers import best_epoch, job as training, registry
 from trainers.common import resolve_precision
 
 def training_job(fn_args: FnArgs) -> training.TrainingJob:
@@ -88,16 +88,11 @@ def finish(fn_args: FnArgs, job: training.TrainingJob, model, history: Dict[str,
     if getattr(fn_args, "hyperparameters", None):  # a RayTuner's pick: which trial, by what, and its values
         details.setdefault("tuned", dict(fn_args.hyperparameters))
     _, eval_data = training.datasets(job, config)
-    extra_metadata = {}
-    if job.family.detects_anomalies:
-        # The decision threshold travels in the SavedModel (the server's :detect applies it; the Evaluator measures
-        # its false-positive rate and recall on the test split), set on the eval split the model did not train on.
-        extra_metadata["anomaly"] = autoencoders.calibrate_anomaly_threshold(model, eval_data, job.anomaly_fpr)
-        details.setdefault("anomaly", extra_metadata["anomaly"])
-        logging.info("anomaly threshold %.6g: %.2f%% of %d eval images above it (target %.2f%%)",
-                     extra_metadata["anomaly"]["threshold"],
-                     100 * extra_metadata["anomaly"]["calibration_false_positive_rate"],
-                     extra_metadata["anomaly"]["calibration_examples"], 100 * job.anomaly_fpr)
+    # What the family measures on the eval split before export (an autoencoder's anomaly threshold) travels in
+    # the SavedModel's metadata and in metrics.json.
+    extra_metadata = job.family.calibrate(model, eval_data, job)
+    for key, value in extra_metadata.items():
+        details.setdefault(key, value)
     export.export_model(job.family, model, job.image_shape, fn_args.serving_model_dir, pixels, job.class_names,
                         extra_metadata)
     state_dir = artifacts.keras_state_dir(fn_args.serving_model_dir)
