@@ -103,11 +103,19 @@ def write_transformed(path: str, images: np.ndarray, labels: np.ndarray) -> str:
     return path
 
 
+# Fixtures that start Ray, a server or a whole pipeline: a test that uses one (directly or through another
+# fixture) is slow, marked here rather than by hand (`make test-fast` runs what is not).
+STARTS_SERVICES = {"local_ray", "ray_head", "mlflow_server", "two_nodes", "s3_store", "served", "sample_run"}
+
+
 def pytest_collection_modifyitems(items):
-    """The longest modules first: `make test` hands whole modules to its processes in this order (pytest-xdist's
+    """Marks the tests that start services slow (STARTS_SERVICES). The longest modules first: `make test` hands whole modules to its processes in this order (pytest-xdist's
     --dist loadfile), and longest-first lets them finish together. tests/module_seconds.json holds each module's
     seconds from a whole `make test` (refresh it from `--junitxml` when modules change much); a module not in it
     goes by whether it has slow tests."""
+    for item in items:
+        if STARTS_SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
     with open(os.path.join(os.path.dirname(__file__), "module_seconds.json")) as f:
         measured = json.load(f)
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}

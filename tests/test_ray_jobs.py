@@ -14,7 +14,6 @@ import pytest
 from pipelines import cli
 from tests.conftest import free_port, skip_or_fail_in_ci
 
-pytestmark = pytest.mark.slow
 VENV_BIN = os.path.dirname(sys.executable)
 
 

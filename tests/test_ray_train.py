@@ -16,7 +16,6 @@ from components.trainer import ray_train
 from trainers import job as training, registry
 from trainers.common import TrainingDiverged, resolve_precision
 
-pytestmark = pytest.mark.slow  # a local Ray for the module
 
 
 @pytest.fixture(scope="module")
