@@ -16,11 +16,12 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
-from common import MNIST_DIR, REPO_ROOT, load_results, save_results  # first: sets up sys.path and the environment
+from common import MNIST_DIR, REPO_ROOT, RESULTS_DIR, load_results, save_results  # first: sets up sys.path and the environment
 
 
 def search(args, run_dir: str) -> dict:
@@ -32,6 +33,9 @@ def search(args, run_dir: str) -> dict:
     found = glob.glob(os.path.join(run_dir, "latentforge", "tfx", "RayTuner", "tuner_results", "*", "search.json"))
     if not found:
         sys.exit(f"the search left no search.json (exit code {result.returncode})")
+    # The search's picture (every trial's curve, each field against the trials' best) beside its record.
+    shutil.copy(os.path.join(os.path.dirname(found[0]), "search.png"),
+                os.path.join(RESULTS_DIR, f"tuning-{args.model}.png"))
     with open(found[0]) as f:
         return json.load(f)
 
