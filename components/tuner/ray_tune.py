@@ -56,7 +56,9 @@ class SearchSettings:
 class TrialRecord:
     trial_id: str
     config: Dict[str, Any]  # the searched fields' values
-    status: str  # "finished" (its last epoch), "stopped" (by ASHA or the budget), "diverged", "failed"
+    # "finished" (its last epoch), "stopped" (by ASHA or the budget), "diverged", "failed", or "not started" (the
+    # budget ran out first)
+    status: str
     curve: List[float]  # the metric after each epoch it trained
     epoch_seconds: List[float]
     best: float  # the trial's best metric (inf when it has none)
@@ -77,7 +79,7 @@ class SearchOutcome:
     def epochs_saved(self) -> int:
         """Epochs the stopped trials did not train (what ASHA and the budget saved against running every trial
         to its end)."""
-        return sum(self.epochs - len(t.curve) for t in self.trials if t.status == "stopped")
+        return sum(self.epochs - len(t.curve) for t in self.trials if t.status == "stopped" and t.curve)
 
     def seconds_saved(self) -> float:
         """epochs_saved in time: each stopped trial's missing epochs at its own median epoch time."""
@@ -242,6 +244,8 @@ def _record(result, metric: str, mode: str, epochs: int, space) -> TrialRecord:
         status, error = "failed", f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:300]}"
     elif any(r.get("diverged") for r in rows):
         status, error = "diverged", str(next(r.get("diverged_reason", "") for r in rows if r.get("diverged")))
+    elif not rows:
+        status, error = "not started", ""
     else:
         status, error = ("finished" if len(curve) >= epochs else "stopped"), ""
     if not finite:
