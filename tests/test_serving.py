@@ -778,6 +778,14 @@ def test_the_explorer_offers_class_guidance_truncation_and_style_mixing_where_th
     _wait(browser, lambda d: _settled(d) and grid() != first)
     errors = _console_errors(browser)
     assert not errors, errors
+    # The grid is what the server draws for class 1 with the page's settings (and not what it draws for class 0):
+    # the control sent the class.
+    value = lambda element_id: browser.find_element(By.ID, element_id).get_attribute("value")  # noqa: E731
+    body = {"n": int(value("count")), "seed": int(value("seed")), "steps": int(value("steps")),
+            "guidance": float(value("guidance")), "format": "png"}
+    drawn = {k: "data:image/png;base64," + _post(served["url"] + "/v1/models/ddpm_cond:generate",
+                                                 {**body, "labels": [k]})[2]["png_base64"] for k in (0, 1)}
+    assert grid() == drawn[1] != drawn[0]
     # A StyleGAN: truncation psi (its exported default) and a style-mixing strip, one image per crossover.
     browser.get(served["url"] + "/ui/stylegan")
     _wait(browser, lambda d: _settled(d) and _image_size(d, "sample-grid")[0] > 0)
@@ -789,6 +797,10 @@ def test_the_explorer_offers_class_guidance_truncation_and_style_mixing_where_th
     truncation.send_keys("0")  # every sample is the average style: one image, 16 times
     browser.find_element(By.ID, "draw").click()
     _wait(browser, lambda d: _settled(d) and grid() != first)
+    average = _post(served["url"] + "/v1/models/stylegan:generate",
+                    {"n": 16, "seed": int(browser.find_element(By.ID, "seed").get_attribute("value")),
+                     "truncation": 0.0, "format": "png"})[2]["png_base64"]
+    assert grid() == "data:image/png;base64," + average  # the control sent psi = 0
     browser.find_element(By.ID, "mix").click()
     _wait(browser, lambda d: _settled(d) and d.execute_script("return document.getElementById('mixing-strip').width") > 0)
     layers = Client(served["url"]).metadata("stylegan")["metadata"]["style_layers"]
