@@ -910,6 +910,18 @@ def test_the_explorer_calls_an_uploaded_anomaly_an_anomaly_and_a_digit_normal(se
     browser.find_element(By.ID, "check").click()
     _wait(browser, lambda d: _settled(d) and d.find_element(By.ID, "verdict").text in ("normal", "anomaly")
           and "threshold" in d.find_element(By.ID, "score").text)
+    # What was checked is the stroke at the model's size, and the verdict and score shown are the server's for it.
+    import base64
+    import io
+    drawn = browser.execute_script("return padImage()").split(",", 1)[1]
+    stroke = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawn))).convert("L"))
+    assert stroke.shape == (28, 28) and 10 < np.count_nonzero(stroke > 64) < 28 * 28 // 2
+    invert = browser.find_element(By.ID, "invert").is_selected()
+    _, _, detection = _post(served["url"] + "/v1/models/stacked_ae:detect", {"png_base64": [drawn], "invert": invert})
+    assert browser.find_element(By.ID, "verdict").text == ("anomaly" if detection["anomaly"][0] else "normal")
+    import re
+    shown_score = float(re.match(r"score (\S+) ", browser.find_element(By.ID, "score").text).group(1))
+    assert shown_score == pytest.approx(detection["scores"][0], rel=1e-3)
     # A file of the wrong size: the server's message is shown on the page.
     browser.find_element(By.ID, "upload").send_keys(str(tmp_path / "big.png"))
     _wait(browser, lambda d: "takes 28x28" in d.find_element(By.ID, "errors").text)
