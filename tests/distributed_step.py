@@ -49,4 +49,21 @@ for name in sys.argv[1:]:
     report[name] = {k: float(v[-1]) for k, v in history.items()}
     if getattr(model, "growth", None) is not None:
         report[name]["images_seen"] = int(model.growth.images_seen.numpy())
+# The same model, the same global batch, plain SGD (whose step is proportional to the gradient, unlike Adam's): one
+# step on two replicas must move every weight as one step on one device does.
+config = registry.make_config("stacked_ae", {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "learning_rate": 1.0,
+                                             "jit_compile": False, "steps_per_execution": 1})
+entry = registry.get_model("stacked_ae")
+with strategy.scope():
+    on_two = entry.build(config, (28, 28, 1))
+on_one = entry.build(config, (28, 28, 1))
+on_one.set_weights(on_two.get_weights())
+before = on_one.get_weights()
+batch = tf.data.Dataset.from_tensor_slices((images[:32], images[:32])).batch(32)
+on_two.fit(batch, epochs=1, verbose=0)
+on_one.fit(batch, epochs=1, verbose=0)
+report["one_step"] = {
+    "largest_change": max(float(np.max(np.abs(a - b))) for a, b in zip(on_one.get_weights(), before)),
+    "largest_difference": max(float(np.max(np.abs(a - b))) for a, b in zip(on_one.get_weights(),
+                                                                            on_two.get_weights()))}
 print("RESULT " + json.dumps(report))

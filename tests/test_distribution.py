@@ -28,3 +28,7 @@ def test_every_family_trains_with_two_replicas_and_losses_are_scaled_by_the_glob
         assert losses and all(np.isfinite(v) for v in losses.values()), (name, losses)
     # Two global batches of 32 counted once each (not once per replica).
     assert report["progressive_dcgan"]["images_seen"] == 64
+    # One SGD step on two replicas moves the weights as on one device (a loss scaled by the replica's batch
+    # instead of the global one would move them twice as far).
+    step = report["one_step"]
+    assert step["largest_change"] > 1e-5 and step["largest_difference"] < 1e-3 * step["largest_change"], step
