@@ -153,6 +153,9 @@ def test_the_curve_with_generated_data_and_a_classifier_trained_beside_them(tmp_
         curve = json.load(f)
     assert curve["labels_per_class"] == [2, 5] and list(curve["accuracy"]) == list(label_efficiency.METHODS)
     assert all(len(v) == 2 and all(0.0 <= a <= 1.0 for a in v) for v in curve["accuracy"].values())
+    # It learns: five labels per class beat two, and well above chance (0.1; measured 0.28 and 0.42).
+    scratch = curve["accuracy"]["scratch"]
+    assert scratch[1] > scratch[0] and scratch[1] > 0.3, curve["accuracy"]
     assert [p["labels"] for p in curve["points"]] == [20, 50]
     assert [p["semi_supervised_epochs"] for p in curve["points"]] == [1, 1]
     # Every other training image trained it unlabelled: the same train split at each K.
