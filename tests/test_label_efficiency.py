@@ -189,7 +189,7 @@ def test_the_same_seed_gives_the_same_point_and_another_seed_another():
     few = np.concatenate([np.flatnonzero(labels[:500] == c)[:3] for c in range(10)])
 
     def point(seed):
-        config = registry.make_config("classifier", {"seed": seed, "epochs": 2, "unfrozen_epochs": 2,
+        config = registry.make_config("classifier", {"seed": seed, "epochs": 1, "unfrozen_epochs": 1,
                                                      "batch_size": 16})
         accuracy, _ = label_efficiency.curve_point(config, encoder, (images[few], labels[few]),
                                                    (images[500:], labels[500:]), examples_per_phase=64)
