@@ -42,3 +42,47 @@ def test_user_docs_name_no_issue_numbers_and_no_developer_paths(name):
     text = _read(name)
     assert not re.findall(r"\b[Ii]ssues? \d+", text)
     assert "../shared" not in text
+
+
+def _result(name, *keys):
+    """A value from benchmarks/results/NAME.json, by keys (list indices as ints)."""
+    import json
+    with open(os.path.join(REPO_ROOT, "benchmarks", "results", f"{name}.json")) as f:
+        value = json.load(f)
+    for key in keys:
+        value = value[key]
+    return value
+
+
+def _headline_rows():
+    """The README's "How good, how fast" rows, each as its results files give it."""
+    speed = lambda model: (_result("speed", model, "ours", "steady_samples_per_s")  # noqa: E731
+                           / _result("speed", model, "notebook", "steady_samples_per_s"))
+    return [
+        "| DDPM, 15 minutes of training, DDIM 40 steps | FID **{:.1f}** (real test digits: {:.1f}) |".format(
+            _result("ddpm_samplers", "ddpm-15min-eta", "samplers", "ddim_uniform_40_1", "fid"),
+            _result("generative", "metric_network", "test_1000_vs_train", "fid")),
+        "| DCGAN, 15 minutes of training | FID {:.1f} |".format(_result("generative", "dcgan-15min-b", "scores", "fid")),
+        "| conditional DDPM / DCGAN, 15 minutes each | the class asked for, {:.3f} / {:.3f} of the time |".format(
+            _result("generative", "ddpm_cond", "scores", "conditional_accuracy"),
+            _result("generative", "dcgan_cond", "scores", "conditional_accuracy")),
+        "| semi-supervised GAN, 10 labels per class | test accuracy **{:.3f}** ({:.3f} trained on the labels alone) |"
+        .format(_result("label-efficiency-10labels-ssgan", "accuracy", "semi_supervised_gan", 0),
+                _result("label-efficiency-10labels-ssgan", "accuracy", "scratch", 0)),
+        "| classifier on a reused `conv_ae` encoder, 10 labels per class | {:.3f} ({:.3f} from scratch) |".format(
+            _result("quality", "few_labels", "10_per_class", "frozen_then_unfrozen"),
+            _result("quality", "few_labels", "10_per_class", "scratch")),
+        "| training speed vs the notebook's code | stacked AE {:.2f}×, DCGAN {:.2f}× the samples/s |".format(
+            speed("stacked_ae"), speed("dcgan")),
+        "| label-free FID vs labelled FID, rank agreement over 8 models | Spearman {:.3f} |".format(
+            _result("feature_spaces", "spearman_fid")),
+    ]
+
+
+def test_every_headline_figure_is_its_results_file_s():
+    """Each row of the README's measurements table is rebuilt from benchmarks/results/*.json; the table holds
+    nothing else (a figure without a file behind it fails here)."""
+    text = _read("README.md")
+    table = text.split("## How good, how fast", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| measurement")]
+    assert rows == _headline_rows()
