@@ -2,7 +2,7 @@
 wall-clock, both trained and scored by benchmarks/generative.py in one run.
 
     python benchmarks/tuning.py --model dcgan --trials 12 --budget-minutes 60 --epochs 4 [--minutes 15]
-    python benchmarks/tuning.py --model conv_vae --space space.yaml --trials 12 --budget-minutes 45
+    python benchmarks/tuning.py --model conv_vae --trials 12 --budget-minutes 20 --epochs 4 --search-only
 
 Step 1 runs `latentforge run --model M --tune SPACE --tune-trials N --tune-budget-minutes B --epochs E` (ASHA,
 `--cpus-per-worker 1`: two single-worker trials at a time on 2 cores) on the full MNIST in a fresh run directory
@@ -50,6 +50,7 @@ def main():
     parser.add_argument("--minutes", type=float, default=15, help="step 2's training budget per model")
     parser.add_argument("--compare-only", action="store_true",
                         help="skip step 1: compare with the best values in results/tuning-MODEL.json")
+    parser.add_argument("--search-only", action="store_true", help="skip step 2")
     args = parser.parse_args()
     if args.compare_only:
         record = load_results(f"tuning-{args.model}")
@@ -61,6 +62,8 @@ def main():
           f"{record['metric']} {record['best']:.4g}: {record['best_config']}; ASHA stopped "
           f"{sum(t['status'] == 'stopped' for t in trials)} and saved {record['epochs_saved']} epochs "
           f"({record['seconds_saved'] / 60:.1f} min)")
+    if args.search_only:
+        return
     tuned = [f"--set={args.model}@tuned:{field}={value!r}" for field, value in record["best_config"].items()]
     command = [sys.executable, "generative.py", "--minutes", str(args.minutes), "--only",
                f"{args.model},{args.model}@tuned", *tuned]

@@ -103,7 +103,8 @@ class RayTunerExecutor(base_executor.BaseExecutor):
         counts = {s: sum(t.status == s for t in outcome.trials)
                   for s in ("finished", "stopped", "diverged", "failed", "not started")}
         print(f"latentforge: tune {job.model}: best trial {best.trial_id} {outcome.metric} {best.best:.4g} with "
-              f"{json.dumps(best.config, sort_keys=True)} (ranked by {outcome.ranked_by}); {', '.join(f'{v} {k}' for k, v in counts.items() if v)}; "
+              f"{json.dumps(best.config, sort_keys=True)} (ranked by {outcome.ranked_by}); "
+              f"{', '.join(f'{v} {k}' for k, v in counts.items() if v)}; "
               f"{outcome.epochs_saved()} epoch(s) saved by stopping early ({outcome.seconds_saved() / 60:.1f} min)",
               flush=True)
         if config.tracking:
