@@ -118,10 +118,12 @@ def test_a_generative_search_s_winner_is_the_finalist_with_the_best_full_score(t
     job.family.fit(model, job.make_config(), data, None, [], 0)
     runs = tmp_path / "ray"
 
-    def kept(trial_id):  # what ray_train.train leaves for a finished trial: the checkpoint and its marker
-        directory = runs / ray_tune.trial_run_name("search", trial_id) / "checkpoint_000002"
-        training.save_state(model, str(directory), job, 3, {})
-        (directory.parent / ray_train.COMPLETE_MARKER).write_text(json.dumps({"checkpoint": str(directory)}))
+    def kept(trial_id):  # what a trial's Ray Train run leaves: its checkpoints (Tune ends it before any marker)
+        for epoch, proxy in ((1, [9.0]), (2, [9.0, 5.0]), (3, [9.0, 5.0, 7.0])):
+            directory = runs / ray_tune.trial_run_name("search", trial_id) / f"checkpoint_00000{epoch}"
+            training.save_state(model, str(directory), job, epoch, {"proxy_kid_x1e3": proxy})
+        assert ray_train.kept_checkpoint(str(runs), ray_tune.trial_run_name("search", trial_id)).endswith(
+            "checkpoint_000002")  # the best epoch by the proxy
 
     kept("trained")
     model.set_weights([w * 3.0 + 0.5 if w.ndim > 1 else w for w in model.get_weights()])

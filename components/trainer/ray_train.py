@@ -120,15 +120,37 @@ def run_name(storage_path: str, base: str) -> str:
     return name
 
 
-def completed_checkpoint(storage_path: str, name: str) -> Optional[str]:
-    """The checkpoint a finished run `name` kept (its best epoch by the proxy, else its last: a directory or a
-    URI that trainers.job.restore reads), or None when the run did not finish (stopped, killed)."""
-    filesystem, root = storage.pyarrow_filesystem(storage.absolute(storage_path))
+def kept_checkpoint(storage_path: str, name: str) -> Optional[str]:
+    """The checkpoint the run `name` keeps (a directory, or a URI: trainers.job.restore reads either): a
+    finished run's, as its completion marker names it, else, for a run that was stopped (a search's trials end
+    when Tune has their last report, before train() returns), the best of its checkpoints by the
+    sample-quality proxy where the history has one, else its latest. None when it has no checkpoint."""
+    import pyarrow.fs  # pylint: disable=import-outside-toplevel
+    storage_path = storage.absolute(storage_path)
+    filesystem, root = storage.pyarrow_filesystem(storage_path)
+    run = posixpath.join(root, name)
     try:
-        with filesystem.open_input_stream(posixpath.join(root, name, COMPLETE_MARKER)) as f:
+        with filesystem.open_input_stream(posixpath.join(run, COMPLETE_MARKER)) as f:
             return json.loads(f.read())["checkpoint"]
-    except FileNotFoundError:
+    except (FileNotFoundError, OSError):
+        pass
+    candidates = []
+    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run, allow_not_found=True)):
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with filesystem.open_input_stream(posixpath.join(info.path, "state.json")) as f:
+                state = json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):  # one Ray had not finished copying
+            continue
+        epoch, proxy = int(state["epoch"]), state.get("history", {}).get(_PROXY_METRIC, [])
+        score = proxy[epoch - 1] if len(proxy) >= epoch else None
+        candidates.append(((score if score is not None else float("inf"), -epoch), info.path))
+    if not candidates:
         return None
+    path = min(candidates)[1]
+    return (storage.join(storage_path, name, posixpath.relpath(path, run)) if storage.is_uri(storage_path)
+            else path)
 
 
 REPORT_POLL_S = 0.25  # seconds between the Ray Train controller's polls of its workers (see train)

@@ -43,7 +43,7 @@ def _rank_finalists(job, outcome: ray_tune.SearchOutcome, storage_path: str, sea
     config = job.make_config()
     finalists = [t for t in outcome.trials if t.status == "finished" and math.isfinite(t.best)][:FINALISTS]
     for trial in finalists:
-        checkpoint = ray_train.completed_checkpoint(storage_path, ray_tune.trial_run_name(search_name, trial.trial_id))
+        checkpoint = ray_train.kept_checkpoint(storage_path, ray_tune.trial_run_name(search_name, trial.trial_id))
         if checkpoint is None:
             continue
         model, _ = training.restore(checkpoint)
