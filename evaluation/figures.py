@@ -276,6 +276,9 @@ def save_search(path: str, trials: Sequence[Dict], metric: str, mode: str, space
         axes[0].plot(range(1, len(curve) + 1), curve, marker="o", markersize=3,
                      linewidth=2.5 if is_best else 1, alpha=1 if is_best else 0.6,
                      label=f"{trial['trial_id']} (best)" if is_best else None)
+    values = [v for t in finite for v in t["curve"] if v is not None and np.isfinite(v)]
+    # A few bad trials (a GAN's KID at 9,000 against the good ones' 800) would flatten the rest on a linear axis.
+    log_metric = bool(values) and min(values) > 0 and max(values) / min(values) > 20
     axes[0].set(xlabel="epoch", ylabel=metric, title=f"{len(trials)} trials")
     axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if best is not None:
@@ -292,5 +295,7 @@ def save_search(path: str, trials: Sequence[Dict], metric: str, mode: str, space
         if numeric and values and min(values) > 0 and max(values) / min(values) > 20:
             axis.set_xscale("log")
         axis.set(xlabel=field, ylabel=f"best {metric}")
+    for axis in axes if log_metric else ():
+        axis.set_yscale("log")
     figure.tight_layout()
     return _save_figure(figure, path)
