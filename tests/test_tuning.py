@@ -74,6 +74,9 @@ def test_a_search_picks_values_the_trainer_then_trains_with(tmp_path):
             continue
         assert trial["status"] in ("finished", "stopped") and 1 <= len(trial["curve"]) <= 2
         assert trial["best"] == min(trial["curve"])
+    # Two single-CPU trials at a time on this 2-CPU Ray (the search's concurrency), never all three at once.
+    spans = [(t["started"], t["ended"]) for t in trials if t["started"] is not None]
+    assert len(spans) >= 2 and max(sum(s <= start + 1 < e for s, e in spans) for start, _ in spans) <= 2, spans
     # The best trial is the one with the lowest validation loss, and what ASHA saved adds up from the trials.
     best = min((t for t in trials if t["best"] is not None), key=lambda t: t["best"])
     assert record["best_trial"] == best["trial_id"] and record["best_config"] == best["config"]

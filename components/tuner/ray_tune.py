@@ -64,6 +64,10 @@ class TrialRecord:
     best: float  # the trial's best metric (inf when it has none)
     error: str = ""
     final: Dict[str, float] = dataclasses.field(default_factory=dict)  # a finalist's full scores (the executor's)
+    # When the trial started (its first report's time less that iteration's, which holds any wait for its worker
+    # group's CPUs) and when it last reported: seconds since the epoch (None: it never reported)
+    started: Optional[float] = None
+    ended: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -200,8 +204,10 @@ def search(job, space: Mapping[str, Any], settings: ray_train.RaySettings,
         param_space={field: tune_domain(domain) for field, domain in space.items()},
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode, scheduler=scheduler, num_samples=search_settings.trials,
-            max_concurrent_trials=groups,
-            search_alg=BasicVariantGenerator(random_state=search_settings.seed),
+            # The limit goes to the generator itself: Tune applies `max_concurrent_trials` only to a Searcher and
+            # ignores it (with a warning) beside a BasicVariantGenerator, which then started every trial at once
+            # (12 trials' worker groups queued for 2 CPUs, one of them starved for the whole hour).
+            search_alg=BasicVariantGenerator(random_state=search_settings.seed, max_concurrent=groups),
             time_budget_s=search_settings.budget_minutes * 60 if search_settings.budget_minutes else None),
         run_config=tune.RunConfig(
             name=name, storage_path=path if storage.is_uri(storage_path) else storage_path,
@@ -248,4 +254,7 @@ def _record(result, metric: str, mode: str, epochs: int, space) -> TrialRecord:
         status, error = ("finished" if len(curve) >= epochs else "stopped"), ""
     if not finite:
         best = math.inf  # ranked last whatever the mode
-    return TrialRecord(str(trial_id), config, status, curve, seconds, best, error)
+    timed = [r for r in rows if "timestamp" in r]
+    started = float(timed[0]["timestamp"]) - float(timed[0].get("time_this_iter_s", 0.0)) if timed else None
+    ended = float(timed[-1]["timestamp"]) if timed else None
+    return TrialRecord(str(trial_id), config, status, curve, seconds, best, error, started=started, ended=ended)
