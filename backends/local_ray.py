@@ -26,6 +26,9 @@ READY_LINE = "Ray runtime started"
 STOP_GRACE_S = 20.0  # how long the head gets to stop what it started before it and they are killed
 
 
+DASHBOARD_MODULE_TIMEOUT_ENV = "RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT"
+
+
 class LocalRay:
     """The head this process started: its GCS address, its launcher process and its log."""
 
@@ -48,6 +51,9 @@ class LocalRay:
         project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
+        # The dashboard gives each of its modules 30 s to start; on a busy 2-core machine its metrics module has
+        # missed that, failing the whole head. Ray reads this variable: a slower start instead of none.
+        env.setdefault(DASHBOARD_MODULE_TIMEOUT_ENV, "180")
         with open(self.log_path, "w") as log:
             # No preexec_fn and no start_new_session: subprocess then vforks, safe in a threaded process.
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -50,7 +50,6 @@ from backends import tracking
 from evaluation import scoring
 from pipelines import metadata
 from trainers import registry
-from trainers.classifier import NAME as CLASSIFIER
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREPROCESSING_FN = "pipelines.preprocessing.preprocessing_fn"
@@ -363,13 +362,14 @@ def evaluation_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, 
     return evaluator, registrar
 
 
-def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_config: Dict[str, Any],
+def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_name: str, model_config: Dict[str, Any],
                            labels_per_class: Sequence[int], pretraining: Tuple[str, Dict[str, Any]],
                            ray: Optional[RayTraining], settings: Optional[EvaluationSettings],
                            augmentation: Optional[Augmentation], examples_per_phase: int,
                            semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> List[base_node.BaseNode]:
-    """PretrainingTrainer, [a generator and its synthetic examples per K,] LabelEfficiencyCurve (which also
-    trains the `semi_supervised` model, (name, config overrides), per K when given)."""
+    """PretrainingTrainer, [a generator and its synthetic examples per K,] LabelEfficiencyCurve (which fine-tunes
+    `model_name`, a family with a base model, per K, and also trains the `semi_supervised` model, (name, config
+    overrides), per K when given)."""
     pretrainer, = trainer(data, source_info, *pretraining, ray, node_id="PretrainingTrainer")
     nodes: List[base_node.BaseNode] = [pretrainer]
     synthetic = None
@@ -379,13 +379,12 @@ def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_confi
         drawn = []
         for k in labels_per_class:
             generator, examples = generator_nodes(data, source_info, augmentation, k, ray,
-                                                  pixel_range(CLASSIFIER, pretraining), settings,
+                                                  pixel_range(model_name, pretraining), settings,
                                                   metric_network)
             nodes += generator
             drawn.append(examples.outputs["examples"])
         synthetic = channel_utils.union(drawn)
-    classifier_config = dataclasses.asdict(check_model(CLASSIFIER, model_config, source_info,
-                                                       pretraining))
+    classifier_config = dataclasses.asdict(check_model(model_name, model_config, source_info, pretraining))
     curve = LabelEfficiencyCurve(
         data.transform.outputs["transformed_examples"], data.transform.outputs["transform_graph"],
         pretrainer.outputs["model"], artifacts.LabelEfficiencyConfig(
@@ -396,7 +395,7 @@ def label_efficiency_nodes(data: DataNodes, source_info: SourceInfo, model_confi
             semi_supervised=semi_supervised and {
                 "model": semi_supervised[0],
                 "config": dataclasses.asdict(check_model(semi_supervised[0], semi_supervised[1], source_info))},
-            data_pixel_range=pixel_range(CLASSIFIER, pretraining)),
+            data_pixel_range=pixel_range(model_name, pretraining)),
         synthetic_examples=synthetic, code_version=code_digest(_CURVE_CODE))
     return nodes + [curve]
 
@@ -445,6 +444,11 @@ def check_tuning(model_name: str, ray: Optional[RayTraining], settings: Optional
         raise ValueError("--tune tunes one model's Trainer: not with --augment-with or a label-efficiency curve")
 
 
+def _fine_tuners() -> str:
+    """The models that fine-tune a pretrained encoder on few labels (the chapter's classifier), for messages."""
+    return " or ".join(sorted(n for n, e in registry.MODELS.items() if e.family.needs_base_model))
+
+
 def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequence[int]]],
                      augmentation: Optional[Augmentation], source_info: SourceInfo,
                      semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> List[int]:
@@ -454,7 +458,7 @@ def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequ
     if semi_supervised is not None:
         if isinstance(labels_per_class, int) or not ks or not family_of(model_name).needs_base_model:
             raise ValueError(f"--semi-supervised {semi_supervised[0]} is a line of the label-efficiency curve: use "
-                             f"--model {CLASSIFIER} with a list of labels per class (e.g. 1,10,100, or 10, for one "
+                             f"--model {_fine_tuners()} with a list of labels per class (e.g. 1,10,100, or 10, for one "
                              f"point); to train it alone: --model {semi_supervised[0]} --labels-per-class K")
         if not family_of(semi_supervised[0]).semi_supervised:
             names = sorted(n for n, e in registry.MODELS.items() if e.family.semi_supervised)
@@ -473,11 +477,11 @@ def check_few_labels(model_name: str, labels_per_class: Optional[Union[int, Sequ
     classifier_family = family_of(model_name).needs_base_model
     if not isinstance(labels_per_class, int) and ks and not classifier_family:
         raise ValueError(f"a list of labels-per-class values ({','.join(map(str, ks))},) draws a label-efficiency curve "
-                         f"of the few-label classifier: use --model {CLASSIFIER}, not {model_name}")
+                         f"of the few-label classifier: use --model {_fine_tuners()}, not {model_name}")
     if augmentation is not None:
         if not classifier_family:
             raise ValueError(f"generated training data (--augment-with) feeds the few-label classifier: use --model "
-                             f"{CLASSIFIER}, not {model_name}")
+                             f"{_fine_tuners()}, not {model_name}")
         generator = family_of(augmentation.model)
         if not generator.conditional:
             conditional = sorted(n for n, e in registry.MODELS.items() if e.family.conditional)
@@ -524,8 +528,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
     if tuning is not None:
         check_tuning(model_name, ray, evaluation_settings, augmentation, labels_per_class)
     if not isinstance(labels_per_class, int) and ks:  # a list, even of one K ("10,"): the curve's points
-        training = label_efficiency_nodes(data, source_info, model_config, ks, pretraining, ray, evaluation_settings,
-                                          augmentation, examples_per_phase, semi_supervised)
+        training = label_efficiency_nodes(data, source_info, model_name, model_config, ks, pretraining, ray,
+                                          evaluation_settings, augmentation, examples_per_phase, semi_supervised)
     else:
         training = training_nodes(data, source_info, model_name, model_config, serving_dir, ray, pretraining,
                                   evaluation_settings, ks[0] if ks else None, augmentation, tuning)

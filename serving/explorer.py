@@ -186,14 +186,10 @@ def _seed(value: Any, where: str) -> int:
     return value
 
 
-# What a family's SavedModel exported before its metadata named its latent signature.
-_LATENT_BEFORE_METADATA = {"gan": "generate_from_codings", "diffusion": "generate_from_noise", "vae": "decode"}
-
-
 def latent_signature(model: ServedModel) -> Optional[str]:
     """The signature a generator's latent points go through (codings, noise, a VAE's decode): the one the family's
     description names (the export's metadata `latent_signature`)."""
-    name = model.metadata.get("latent_signature", _LATENT_BEFORE_METADATA.get(model.family))
+    name = model.metadata.get("latent_signature")
     return name if name in model.signatures else None
 
 

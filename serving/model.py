@@ -33,29 +33,36 @@ class RequestError(ValueError):
         self.status = status
 
 
-def family_from_signatures(names) -> str:
-    """The model family, for SavedModels without `metadata`: each family has a signature no other has."""
+# What the exports from before the SavedModel's `metadata` (or before its `latent_signature`) were, told by a
+# signature only their family had then: (signature, what the metadata says now). A frozen record of those exports;
+# every family's export now writes its own description into the metadata (trainers/export.py).
+_OLDER_EXPORTS = (
+    ("generate_from_noise", {"family": "diffusion", "latent_signature": "generate_from_noise"}),
+    ("generate_from_codings", {"family": "gan", "latent_signature": "generate_from_codings"}),
+    ("sample", {"family": "vae", "latent_signature": "decode"}),
+    ("reconstruct", {"family": "autoencoder"}),
+    ("classify", {"family": "classifier"}),
+)
+
+
+def _older_export(names) -> Optional[Dict[str, Any]]:
     names = set(names)
-    if "generate_from_noise" in names:
-        return "diffusion"
-    if "generate_from_codings" in names:
-        return "gan"
-    if "sample" in names:
-        return "vae"
-    if "reconstruct" in names:
-        return "autoencoder"
-    if "classify" in names:
-        return "classifier"
-    raise ValueError(f"not a latentforge SavedModel: its signatures {sorted(names)} match no model family")
+    return next((dict(metadata) for signature, metadata in _OLDER_EXPORTS if signature in names), None)
 
 
 def read_metadata(loaded) -> Dict[str, Any]:
-    """The exporter's metadata (trainers/export.py), also from inside MLflow's wrapper module (`.saved`)."""
+    """The exporter's metadata (trainers/export.py), also from inside MLflow's wrapper module (`.saved`); for an
+    older export, what its signatures tell."""
+    older = _older_export(loaded.signatures)
     for holder in (loaded, getattr(loaded, "saved", None)):
         variable = getattr(holder, "metadata", None)
         if variable is not None:
-            return json.loads(variable.numpy().decode())
-    return {"family": family_from_signatures(loaded.signatures)}
+            metadata = json.loads(variable.numpy().decode())
+            return {**older, **metadata} if older and older["family"] == metadata.get("family") else metadata
+    if older is None:
+        raise ValueError(f"not a latentforge SavedModel: its signatures {sorted(loaded.signatures)} match no model "
+                         "family")
+    return older
 
 
 def _spec_json(spec: tf.TensorSpec) -> Dict[str, Any]:

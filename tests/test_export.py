@@ -226,3 +226,31 @@ def test_unknown_pixel_range_is_refused(tmp_path):
     model = entry.build(registry.make_config("stacked_ae", {}), SHAPE)
     with pytest.raises(ValueError, match="pixel_range='bytes'"):
         export.export_model(entry.family, model, SHAPE, str(tmp_path), "bytes")
+
+
+def _module_with(signature_names, metadata=None):
+    """A SavedModel-like object as tf.saved_model.load returns it: `signatures`, and `metadata` when given."""
+    module = tf.Module()
+    function = tf.function(lambda x: {"y": x}, input_signature=[tf.TensorSpec([None], tf.float32)])
+    module.signatures = {name: function.get_concrete_function() for name in signature_names}
+    if metadata is not None:
+        module.metadata = tf.Variable(json.dumps(metadata))
+    return module
+
+
+def test_older_exports_are_described_by_their_signatures():
+    """A SavedModel from before the exporter wrote `metadata` (or before it named the latent signature) is served
+    as what it was: its family, and for the generators the signature the explorer draws through."""
+    from serving.model import read_metadata  # pylint: disable=import-outside-toplevel
+    assert read_metadata(_module_with(["generate", "generate_from_codings"])) == {
+        "family": "gan", "latent_signature": "generate_from_codings"}
+    assert read_metadata(_module_with(["sample", "decode", "reconstruct", "encode"]))["latent_signature"] == "decode"
+    assert read_metadata(_module_with(["reconstruct", "encode"])) == {"family": "autoencoder"}
+    # Metadata wins; what an older one lacks comes from the signatures only for the family they tell.
+    described = read_metadata(_module_with(["generate", "generate_from_codings"],
+                                           {"family": "gan", "pixel_range": "symmetric"}))
+    assert described == {"family": "gan", "pixel_range": "symmetric", "latent_signature": "generate_from_codings"}
+    assert "latent_signature" not in read_metadata(_module_with(["generate", "generate_from_codings"],
+                                                                {"family": "stylegan"}))
+    with pytest.raises(ValueError, match="not a latentforge SavedModel"):
+        read_metadata(_module_with(["serving_default"]))

@@ -151,7 +151,8 @@ def test_the_curve_with_generated_data_and_a_classifier_trained_beside_them(tmp_
     curve_dir = nodes["LabelEfficiencyCurve"].outputs["curve"]
     with open(os.path.join(curve_dir, "curve.json")) as f:
         curve = json.load(f)
-    assert curve["labels_per_class"] == [2, 5] and list(curve["accuracy"]) == list(label_efficiency.METHODS)
+    assert curve["labels_per_class"] == [2, 5] and list(curve["accuracy"]) == [
+        *label_efficiency.METHODS, "semi_supervised_gan"]
     assert all(len(v) == 2 and all(0.0 <= a <= 1.0 for a in v) for v in curve["accuracy"].values())
     # It learns: five labels per class beat two, and well above chance (0.1; measured 0.28 and 0.42).
     scratch = curve["accuracy"]["scratch"]

@@ -3,6 +3,7 @@ of TFX, Ray or MLflow; evaluation knows no models, TFX, Ray or MLflow; the backe
 and Ray and MLflow are each reached from the one module (or Ray Train / Ray Serve module) that owns them."""
 import ast
 import os
+import sys
 
 import pytest
 
@@ -95,3 +96,48 @@ def test_executors_import_no_other_components_executor():
         others = {n for n in names if n.startswith("components.") and n.split(".")[1] != own
                   and n.split(".")[1] != "artifacts" and len(n.split(".")) > 2 and n.split(".")[2] == "executor"}
         assert not others, (path, others)
+
+
+def _string_constants(path):
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value, False
+        elif isinstance(node, ast.Compare):  # `model == "dcgan"`, `name in ("ddpm", ...)`: a branch on a name
+            for operand in [node.left, *node.comparators]:
+                for item in (operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]):
+                    if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                        yield item.lineno, item.value, True
+
+
+# Where a family's name may appear outside its own module, and why: the server's record of what exports from
+# before the SavedModel metadata were (serving/model.py); "classifier" is also the metric network's training
+# method (--fid-features classifier), a word those modules use in that sense.
+NAMED_ELSEWHERE = {
+    "serving/model.py": {"diffusion", "gan", "vae", "autoencoder", "classifier"},
+    "evaluation/scoring.py": {"classifier"}, "components/evaluation/executor.py": {"classifier"},
+    "components/artifacts.py": {"classifier"}, "pipelines/cli.py": {"classifier"},
+    "pipelines/run_request.py": {"classifier"},
+}
+
+
+def test_families_are_named_only_in_their_own_modules():
+    """A family is one module: its name appears in no other module of the packages, and no code outside the
+    models branches on a model's name; what the rest needs to know it reads from the family's description (its
+    roles included: needs a base model, semi-supervised, conditional, detects anomalies)."""
+    from trainers import registry  # pylint: disable=import-outside-toplevel
+    home = {name: os.path.relpath(sys.modules[family.config_class.__module__].__file__, REPO_ROOT)
+            for name, family in registry.FAMILIES.items() if family.config_class.__module__.startswith("trainers.")}
+    offending = []
+    for package in PACKAGES:
+        for path, _ in _modules(package):
+            for line, value, compared in _string_constants(os.path.join(REPO_ROOT, path)):
+                if value in NAMED_ELSEWHERE.get(path, ()):
+                    continue
+                family_name = value in home and path != home[value]
+                # (trainers/ compares config values that share a model's word: architecture == "dcgan")
+                model_name = compared and package != "trainers" and value in registry.MODELS
+                if family_name or model_name:
+                    offending.append(f"{path}:{line} {value!r}")
+    assert not offending, offending

@@ -1,6 +1,6 @@
 """Object storage (backends/storage.py) against an S3-compatible server on 127.0.0.1: URIs are checked before any
 work, with one line naming the URI and what to set; Ray Train keeps its checkpoints in the bucket and resumes
-from them."""
+from them, past a damaged one."""
 import os
 import time
 
@@ -72,7 +72,11 @@ def test_paths_join_as_their_kind_does():
 
 
 @pytest.mark.slow
-def test_ray_train_checkpoints_into_the_bucket_and_resumes_from_it(s3_store, tmp_path):
+def test_ray_train_checkpoints_into_the_bucket_and_resumes_past_a_damaged_one(s3_store, tmp_path):
+    """Ray Train keeps a run's checkpoints in the bucket; a run interrupted after its newest checkpoint was
+    truncated (a crash mid-write, a full disk) is resumed by the same run name: the rerun says so, skips it and
+    resumes from the checkpoint before it, downloaded from the bucket."""
+    import json
     from backends import ray_cluster
     from components.trainer import ray_train
     from trainers import job as training
@@ -87,22 +91,34 @@ def test_ray_train_checkpoints_into_the_bucket_and_resumes_from_it(s3_store, tmp
                                     [train_file], [eval_file], TRANSFORMED_SPEC)
 
     root = f"s3://{S3_BUCKET}/runs/ray"
+    client = s3_store["client"]
     try:
         name = ray_train.run_name(root, "ae")
-        first = ray_train.train(job(1), ray_train.RaySettings(workers=1), root, name)
+        first = ray_train.train(job(2), ray_train.RaySettings(workers=1, max_failures=0), root, name)
         assert first.run_path == f"{root}/{name}"
         keys = s3_keys(s3_store, f"runs/ray/{name}/")
-        assert any(key.endswith("/state.json") and "/checkpoint_" in key for key in keys), keys
         assert f"runs/ray/{name}/{ray_train.COMPLETE_MARKER}" in keys
+        epoch_of = {key.rsplit("/", 1)[0]: json.loads(client.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read())[
+            "epoch"] for key in keys if key.endswith("/state.json") and "/checkpoint_" in key}
+        assert sorted(epoch_of.values()) == [1, 2], keys
         # The model comes back from the bucket's checkpoint (downloaded once, by Ray's Checkpoint API).
         model, state = training.restore(first.checkpoint_dir)
-        assert state["epoch"] == 1 and model(images[:4]).shape == (4, 28, 28, 1)
+        assert state["epoch"] == 2 and model(images[:4]).shape == (4, 28, 28, 1)
         # A finished run is never resumed into: the next run of the same base gets the next name.
         assert ray_train.run_name(root, "ae") == "ae-2"
-        # The same run name with a longer budget resumes from the bucket's latest checkpoint (a driver that died).
-        second = ray_train.train(job(2), ray_train.RaySettings(workers=1), root, name)
-        assert second.workers[0]["resumed_from_epoch"] == 1
-        assert len(second.history["loss"]) == 2 and second.history["loss"][0] == first.history["loss"][0]
+
+        # As if the run had been killed while its last checkpoint was written.
+        client.delete_object(Bucket=S3_BUCKET, Key=f"runs/ray/{name}/{ray_train.COMPLETE_MARKER}")
+        newest = next(prefix for prefix, epoch in epoch_of.items() if epoch == 2)
+        for key in (k for k in keys if k.startswith(newest + "/") and "/weights.data-" in k):
+            data = client.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read()
+            client.put_object(Bucket=S3_BUCKET, Key=key, Body=data[:len(data) // 2])
+        second = ray_train.train(job(3), ray_train.RaySettings(workers=1, max_failures=0), root, name)
+        worker = second.workers[0]
+        assert [p.rstrip("/").rsplit("/", 1)[-1] for p in worker["unreadable_checkpoints"]] == [
+            newest.rsplit("/", 1)[-1]]
+        assert worker["resumed_from_epoch"] == 1
+        assert len(second.history["loss"]) == 3 and second.history["loss"][0] == first.history["loss"][0]
     finally:
         ray_cluster.shutdown()
 

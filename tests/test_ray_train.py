@@ -1,6 +1,6 @@
 """Ray Train (components/trainer/ray_train.py): models train on 2 Ray workers under MultiWorkerMirroredStrategy, match a
-1-worker run, fall back past a damaged checkpoint, and GPU requests fail fast. (A worker group that loses a node and
-resumes from the last checkpoint, its weight averages intact: tests/test_cluster.py.)"""
+1-worker run, and GPU requests fail fast. (A worker group that loses a node and resumes from the last checkpoint,
+its weight averages intact: tests/test_cluster.py; a rerun past a damaged checkpoint: tests/test_object_storage.py.)"""
 import dataclasses
 import glob
 import json
@@ -13,9 +13,8 @@ import pytest
 from tests.conftest import TRANSFORMED_SPEC, sample_digits, sample_labels, write_feature_network, write_transformed
 from backends import ray_cluster
 from components.trainer import ray_train
-from trainers import job as training, registry
+from trainers import job as training
 from trainers.common import TrainingDiverged, resolve_precision
-
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +77,19 @@ def test_two_workers_train_a_conditional_dcgan_to_completion(local_ray, digits, 
     # With a feature network, every worker scores each epoch's samples (the same seeds: the same value) and Ray
     # keeps the best checkpoint by that score, which is what comes back.
     features = write_feature_network(str(tmp_path / "features"))
-    gan = job("dcgan_cond", {"epochs": 2, "batch_size": 64, "coding_size": 32, "num_classes": 10},
-              digits["one_batch"], digits["eval"], feature_network=os.path.join(features, "saved_model"),
-              feature_reference=features)
+    # Precision "auto": each worker resolves it on its own machine (mixed_bfloat16 where bfloat16 is native) and
+    # says so. (Every family's custom step under two replicas, StyleGAN's included, is tests/test_distribution.py's;
+    # here what Ray adds: workers, checkpoints, restore.)
+    gan = job("dcgan_cond", {"epochs": 2, "batch_size": 64, "coding_size": 32, "num_classes": 10,
+                             "precision": "auto"}, digits["one_batch"], digits["eval"],
+              feature_network=os.path.join(features, "saved_model"), feature_reference=features)
     # Asked for TensorBoard events, a two-worker run still finishes (the chief alone running the callbacks hung
     # it): they are written from the history afterwards, as the executor does.
     events = str(tmp_path / "tensorboard")
     outcome = ray_train.train(dataclasses.replace(gan, tensorboard_dir=events), ray_train.RaySettings(workers=2),
                               str(tmp_path), "dcgan_cond")
     assert all(w["replicas"] == 2 for w in outcome.workers) and len(outcome.workers) == 2
+    assert [w["precision"] for w in outcome.workers] == [resolve_precision("auto")] * 2
     import tensorflow as tf
     from components.trainer import tensorboard
     tensorboard.write_history(events, outcome.history)
@@ -110,39 +113,6 @@ def test_two_workers_train_a_conditional_dcgan_to_completion(local_ray, digits, 
     for before, raw, after in zip(first.ema.network.get_weights(), last.generator.get_weights(),
                                   last.ema.network.get_weights()):
         np.testing.assert_allclose(after, 0.25 * before + 0.75 * raw, atol=1e-6)
-
-
-# (The VAE's custom step under two replicas is tests/test_distribution.py's; here what Ray adds: workers,
-# checkpoints, restore.)
-@pytest.mark.parametrize("model, config", [
-    # Style mixing, w_avg (per-replica, averaged when read), noise seeds and the minibatch-stddev feature;
-    # "auto": each worker resolves it on its own machine (mixed_bfloat16 where bfloat16 is native) and says so.
-    # (DDPM's custom step under two replicas is tests/test_distribution.py's.)
-    ("stylegan", {"synthesis_filters": [16, 16, 8], "conv_filters": [8, 16], "mapping_layers": 2,
-                  "style_size": 16, "coding_size": 16, "precision": "auto"}),
-])
-def test_other_families_train_on_two_workers(model, config, local_ray, digits, tmp_path):
-    outcome = ray_train.train(job(model, {"epochs": 1, "batch_size": 64, **config}, digits["one_batch"],
-                                  digits["eval"]), ray_train.RaySettings(workers=2), str(tmp_path), model)
-    assert [w["replicas"] for w in outcome.workers] == [2, 2]
-    assert [w["precision"] for w in outcome.workers] == [resolve_precision(config.get("precision", "float32"))] * 2
-    assert outcome.history and all(np.isfinite(values).all() for values in outcome.history.values())
-    restored, state = training.restore(outcome.checkpoint_dir)
-    assert state["epoch"] == 1
-    # The restored model holds the trained weights: the same architecture as a fresh build with the run's seed
-    # (which is what training started from), with weights that moved away from it.
-    fresh = registry.get_model(model).build(registry.make_config(model, state["config"]), (28, 28, 1))
-    restored_weights, fresh_weights = restored.get_weights(), fresh.get_weights()
-    assert [w.shape for w in restored_weights] == [w.shape for w in fresh_weights]
-    assert any(not np.array_equal(a, b) for a, b in zip(restored_weights, fresh_weights))
-    assert all(np.isfinite(w).all() for w in restored_weights)
-    # The generator's weight average came back with the checkpoint.
-    averages = restored.weight_averages()
-    assert averages
-    for average, network in averages:
-        averaged, raw = average.network.get_weights(), network.get_weights()
-        assert any(not np.array_equal(a, b) for a, b in zip(averaged, raw))
-        assert all(np.isfinite(w).all() for w in averaged)
 
 
 def _checkpoints(run_path):
@@ -188,25 +158,3 @@ def test_a_finished_run_is_never_resumed_into(tmp_path):
     assert ray_train.run_name(str(tmp_path), "ae") == "ae"  # unfinished: a rerun resumes it
     (tmp_path / "ae" / ray_train.COMPLETE_MARKER).write_text("{}")
     assert ray_train.run_name(str(tmp_path), "ae") == "ae-2"
-
-
-def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(local_ray, digits, tmp_path):
-    """A run interrupted after its newest checkpoint was truncated (a crash mid-write, a full disk): the rerun
-    says so, skips it and resumes from the checkpoint Ray kept before it."""
-    storage, name = str(tmp_path / "ray"), "damaged"
-    two = job("stacked_ae", {"epochs": 2, "batch_size": 32}, digits["train"], digits["eval"])
-    first = ray_train.train(two, ray_train.RaySettings(workers=1, max_failures=0), storage, name)
-    checkpoints = sorted((d for d in glob.glob(os.path.join(storage, name, "checkpoint_*")) if os.path.isdir(d)),
-                         key=os.path.getmtime)
-    assert len(checkpoints) == 2
-    newest = checkpoints[-1]
-    os.remove(os.path.join(storage, name, ray_train.COMPLETE_MARKER))  # as if the run had been killed
-    for data in glob.glob(os.path.join(newest, "weights.data-*")):
-        with open(data, "r+b") as f:
-            f.truncate(os.path.getsize(data) // 2)
-    three = job("stacked_ae", {"epochs": 3, "batch_size": 32}, digits["train"], digits["eval"])
-    result = ray_train.train(three, ray_train.RaySettings(workers=1, max_failures=0), storage, name)
-    worker = result.workers[0]
-    assert [os.path.normpath(p) for p in worker["unreadable_checkpoints"]] == [os.path.normpath(newest)]
-    assert worker["resumed_from_epoch"] == 1
-    assert len(result.history["loss"]) == 3 and result.history["loss"][0] == first.history["loss"][0]

@@ -96,8 +96,11 @@ def serving_signatures(model, image_shape, pixel_range):
 @pytest.fixture
 def toy_family(monkeypatch):
     """The toy family and its one model, registered for this test only."""
-    monkeypatch.setattr(registry, "FAMILIES", dict(registry.FAMILIES))
-    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    from trainers import family  # pylint: disable=import-outside-toplevel  (where the tables live)
+    for table in ("FAMILIES", "MODELS"):
+        copy = dict(getattr(family, table))
+        monkeypatch.setattr(family, table, copy)
+        monkeypatch.setattr(registry, table, copy)
     registry.register(registry.Family(
         FAMILY, PixelsConfig, build, fit, serving_signatures, signatures.output_of("generate_from_noise", "images"),
         key_metric=("fid", False), scorers=(scoring.score_generation,), figures=(figures.samples(16),),

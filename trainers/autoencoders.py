@@ -17,9 +17,12 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from evaluation import figures, scoring
 from trainers import signatures
-from trainers.common import (TrainingConfig, fit_epochs, make_optimizer, precision_policy, require, require_choice,
-                             require_layer_sizes, start_build, upsampling_plan, use_xla, with_known_size)
+from trainers.common import (TrainingConfig, conv_architecture_sized, fit_epochs, make_optimizer, precision_policy,
+                             require, require_choice, require_layer_sizes, start_build, upsampling_plan, use_xla,
+                             with_known_size)
+from trainers.family import Family, register, without_base
 
 ARCHITECTURES = ("dense", "conv", "recurrent")
 NOISES = ("none", "gaussian", "dropout")
@@ -345,3 +348,30 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
 
     return {"serving_default": reconstruct, "reconstruct": reconstruct, "encode": encode, "decode": decode,
             "anomaly_score": anomaly_score}
+
+
+# The family's description, registered on import (trainers/registry.py imports every family module).
+def _total_epochs(config) -> int:
+    """The epochs `fit` counts through: a greedy autoencoder's last phase is its fine-tuning."""
+    return config.finetune_epochs if config.greedy else config.epochs
+
+
+register(Family(
+    "autoencoder", AutoencoderConfig, without_base(build_autoencoder), fit,
+    serving_signatures, signatures.output_of("reconstruct", "reconstructions"),
+    key_metric=("test_mse", False), scorers=(scoring.score_reconstructions,), figures=(figures.reconstructions,),
+    pixel_range=PIXEL_RANGE, reusable_encoder=True, detects_anomalies=True,
+    calibrate=export_calibration,
+    total_epochs=_total_epochs, size_rule=conv_architecture_sized,
+    search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [16, 32, 64]}}),
+    # Presets follow the seed notebook's architectures and budgets (../shared/seeds/NOTEBOOK-17.md).
+    {"linear_ae": dict(hidden_units=(30,), activation="linear", output_activation="linear"),
+     "stacked_ae": {},
+     "tied_ae": dict(tied_weights=True, epochs=10),
+     "greedy_ae": dict(greedy=True, epochs=10, finetune_epochs=5),
+     "conv_ae": dict(architecture="conv", epochs=10),
+     "recurrent_ae": dict(architecture="recurrent", epochs=10),
+     "denoising_ae": dict(noise="dropout", noise_level=0.5, epochs=10),
+     "sparse_l1_ae": dict(hidden_units=(100, 300), sparsity="l1", sparsity_weight=1e-4, epochs=10),
+     "sparse_kl_ae": dict(hidden_units=(100, 300), sparsity="kl", sparsity_weight=5e-3, sparsity_target=0.1,
+                          epochs=10)})

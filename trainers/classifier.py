@@ -11,8 +11,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from evaluation import scoring
 from trainers import signatures
 from trainers.common import TrainingConfig, fit_epochs, make_optimizer, precision_policy, require, use_xla
+from trainers.family import Family, register
 
 NAME = "classifier"  # what --model says; its pixel range is that of the pretrained model
 
@@ -150,3 +152,24 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
 
     return {"serving_default": classify, "classify": classify}
+
+
+# The family's description, registered on import (trainers/registry.py imports every family module).
+def _build_on_base(config, input_shape, base_model=None):
+    del input_shape  # the encoder's
+    if base_model is None:
+        raise ValueError("the classifier fine-tunes a pretrained encoder: build it with the pretrained model")
+    return build_classifier(config, copy_encoder(reusable_encoder(base_model)))
+
+
+register(Family(
+    NAME, ClassifierConfig, _build_on_base, fit, serving_signatures,
+    signatures.output_of("classify", "probabilities"), key_metric=("test_accuracy", True),
+    scorers=(scoring.score_classification,), supervised=True, needs_base_model=True,
+    total_epochs=lambda config: config.epochs + config.unfrozen_epochs,
+    # Where fine-tuning (phase 2) starts in the history, whichever way (in process, Ray) it trained.
+    training_details=lambda config: {"frozen_epochs": config.epochs},
+    description="fine-tunes the encoder of --pretrain MODEL (an autoencoder or VAE)",
+    search_space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "unfrozen_lr_factor": {"loguniform": [0.01, 1.0]}},
+    epoch_metric=("val_accuracy", True)),
+    {NAME: {}})

@@ -316,3 +316,7 @@ def conv_stack_sized(field: str, when: Callable[[Mapping[str, Any]], bool] = lam
             return {}
         return {field: deeper(values[field], stages)}
     return sized
+
+
+# The convolutional autoencoders' and VAEs' size rule: one more stride-2 (or pooling) stage per doubling past 32.
+conv_architecture_sized = conv_stack_sized("conv_filters", lambda values: values["architecture"] == "conv")

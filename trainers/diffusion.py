@@ -22,11 +22,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from evaluation import figures, scoring
 from trainers import signatures
 from trainers.common import (TrainingConfig, apply_gradients, average_loss, extra_stages, fit_epochs,
                              make_optimizer, per_example_mean, precision_policy, require, require_choice,
                              require_ema_decay, run_network, scaled_loss, start_build, upsampling_plan, use_xla)
 from trainers.ema import ExponentialMovingAverage
+from trainers.family import Family, register, standard_normal, with_classes, without_base
 
 PIXEL_RANGE = "symmetric"
 SCHEDULES = ("cosine", "linear")
@@ -653,3 +655,30 @@ def size_rule(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str
     for _ in range(stages):
         multipliers = (max(1, multipliers[0] // 2),) + multipliers
     return {"channel_multipliers": multipliers}
+
+
+# The family's description, registered on import (trainers/registry.py imports every family module).
+register(Family(
+    "diffusion", DiffusionConfig, without_base(build_diffusion_model), fit,
+    serving_signatures, array_function, key_metric=("fid", False),
+    scorers=(scoring.score_generation,), figures=(figures.samples(32),), pixel_range=PIXEL_RANGE,
+    generate_signature="generate", export_metadata=export_metadata,
+    latent_signature="generate_from_noise",
+    input_example=standard_normal(lambda images, config: images.shape[1:]), size_rule=size_rule,
+    search_space={"learning_rate": {"loguniform": [2e-4, 3e-3]}, "ema_decay": {"choice": [0.99, 0.999, 0.9995]},
+                  "prediction": {"choice": ["epsilon", "v"]}, "batch_size": {"choice": [32, 64]}}),
+    {"ddpm": {}, "ddpm_linear": dict(schedule="linear"),
+     "ddpm_unet": dict(architecture="unet", base_channels=32, channel_multipliers=(1, 2, 2))})
+
+
+register(Family(
+    "conditional_diffusion", DiffusionConfig, without_base(with_classes(build_diffusion_model)),
+    fit, serving_signatures, array_function, key_metric=("fid", False),
+    scorers=(scoring.score_generation, scoring.score_conditional_generation),
+    figures=(figures.class_rows(8), figures.guidance_strip((0.0, 1.0, 2.0, 4.0))), pixel_range=PIXEL_RANGE,
+    generate_signature="generate", export_metadata=export_metadata,
+    latent_signature="generate_from_noise",
+    input_example=standard_normal(lambda images, config: images.shape[1:]), conditional=True,
+    size_rule=size_rule,
+    description="class-conditional DDPM with classifier-free guidance (labels + guidance at generate)"),
+    {"ddpm_cond": {}})

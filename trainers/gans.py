@@ -32,12 +32,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from evaluation import figures, scoring
 from trainers import progressive, signatures
 from trainers.common import (AdversarialModel, DivergenceMonitor, TrainingConfig, apply_gradients, average_loss,
                              conv_stack_sized, fit_epochs, make_optimizer, per_example_sum, precision_policy,
                              require, require_choice, require_ema_decay, require_layer_sizes, scaled_loss,
                              start_build, upsampling_plan, use_xla)
 from trainers.ema import ExponentialMovingAverage
+from trainers.family import Family, register, standard_normal, with_classes, without_base
 
 PIXEL_RANGE = "symmetric"
 ARCHITECTURES = ("dense", "dcgan")
@@ -634,3 +636,38 @@ def export_metadata(model: GAN) -> Dict[str, object]:
 def size_rule(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str, Any]:
     """A DCGAN-style G and D one stride-2 stage deeper per doubling (G then starts at 8x8 for 64 pixels, as at 32)."""
     return conv_stack_sized("conv_filters", lambda v: v.get("architecture") == "dcgan")(values, image_shape)
+
+
+# The family's description, registered on import (trainers/registry.py imports every family module).
+DCGAN = dict(architecture="dcgan", coding_size=100)
+# Gulrajani et al.'s settings: 5 critic steps, penalty 10, Adam(1e-4, beta_1 0.5).
+WGAN_GP = dict(DCGAN, loss="wgan_gp", critic_steps=5, optimizer="adam", learning_rate=1e-4, beta_1=0.5)
+
+register(Family(
+    "gan", GANConfig, without_base(build_gan), fit, serving_signatures,
+    signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
+    scorers=(scoring.score_generation,), figures=(figures.samples(64), figures.growth_rows(8)),
+    pixel_range=PIXEL_RANGE, generate_signature="generate", export_metadata=export_metadata,
+    latent_signature="generate_from_codings",
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=size_rule,
+    # The chapter's sensitive knobs: both learning rates, Adam's beta_1, the batch, the average and one remedy.
+    search_space={"learning_rate": {"loguniform": [5e-5, 1e-3]},
+                  "discriminator_learning_rate": {"loguniform": [5e-5, 1e-3]}, "beta_1": {"uniform": [0.0, 0.9]},
+                  "batch_size": {"choice": [32, 64, 128]}, "ema_decay": {"choice": [0.99, 0.999, 0.9995]},
+                  "minibatch_stddev": {"choice": [0, 4]}}),
+    # Progressive growing: 7x7 -> 14x14 -> 28x28 on MNIST, full resolution after 120,000 images.
+    {"gan": {}, "dcgan": DCGAN, "wgan_gp": WGAN_GP,
+     "progressive_dcgan": dict(DCGAN, progressive=True, fade_images=30_000, stable_images=30_000)})
+
+
+register(Family(
+    "conditional_gan", GANConfig, without_base(with_classes(build_gan)), fit,
+    serving_signatures, signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
+    scorers=(scoring.score_generation, scoring.score_conditional_generation), figures=(figures.class_rows(8),),
+    pixel_range=PIXEL_RANGE, generate_signature="generate", export_metadata=export_metadata,
+    latent_signature="generate_from_codings",
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), conditional=True,
+    size_rule=size_rule,
+    description="class-conditional DCGAN / WGAN-GP: label embedding into G, projection discriminator (labels at "
+                "generate)"),
+    {"dcgan_cond": DCGAN, "wgan_gp_cond": WGAN_GP})

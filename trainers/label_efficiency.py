@@ -6,10 +6,9 @@ For each K (labels per class), on the same K real labelled examples per class:
     reused            then everything fine-tuned at a lower rate (phase 2): the chapter's recipe
     generated         from scratch on the real examples plus images a conditional generator drew for each class
     reused_generated  the chapter's recipe on real plus generated examples
-    semi_supervised_gan  a semi-supervised GAN classifier (trainers/ssgan.py) on the K labels per class and every
-                      other training image unlabelled, generated images as its extra class
-(the generated-data methods only where a generator trained with those K labels per class drew them, the last
-only when asked for: it trains a GAN per K).
+and, when asked for (it trains a model per K), a line named by a semi-supervised family (trainers/ssgan.py: the
+semi-supervised GAN classifier) trained on the K labels per class with every other training image unlabelled.
+The generated-data methods are measured only where a generator trained with those K labels per class drew them.
 Every phase sees at least `examples_per_phase` examples, so a point with ten labels still gets a few hundred
 steps. Plain arrays in, numbers out (no TFX, no MLflow): components/label_efficiency reads them from a pipeline.
 """
@@ -23,7 +22,7 @@ import tf_keras as keras
 
 from trainers import classifier
 
-METHODS = ("scratch", "reused_frozen", "reused", "generated", "reused_generated", "semi_supervised_gan")
+METHODS = ("scratch", "reused_frozen", "reused", "generated", "reused_generated")  # then the semi-supervised line
 
 
 def phase_epochs(config: classifier.ClassifierConfig, examples: int, examples_per_phase: int) -> int:

@@ -22,8 +22,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from evaluation import figures, scoring
 from trainers import signatures
 from trainers.common import AdversarialModel, TrainingConfig, fit_epochs, make_optimizer, require, use_xla
+from trainers.family import Family, register, without_base
 
 PIXEL_RANGE = "unit"
 
@@ -237,3 +239,14 @@ def serving_signatures(model, image_shape, pixel_range) -> Dict[str, Callable]:
         return {"images": model.generator(codings, training=False)}
 
     return {"serving_default": classify, "classify": classify, "generate": generate}
+
+
+# The family's description, registered on import (trainers/registry.py imports every family module).
+register(Family(
+    "semi_supervised_gan", SemiSupervisedGANConfig, without_base(build_ssgan), fit,
+    serving_signatures, signatures.output_of("classify", "probabilities"), key_metric=("test_accuracy", True),
+    scorers=(scoring.score_classification,), figures=(figures.samples(64),), pixel_range=PIXEL_RANGE,
+    supervised=True, semi_supervised=True,
+    description="semi-supervised GAN classifier: the few labels, the unlabelled images and generated ones as an "
+                "extra class (Salimans et al. 2016); use with --labels-per-class"),
+    {"ssgan": {}})

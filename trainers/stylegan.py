@@ -29,9 +29,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from evaluation import figures, scoring
 from trainers import gans, signatures
 from trainers.common import (deeper, extra_stages, make_optimizer, precision_policy, require, require_layer_sizes,
                              start_build, upsampling_plan, use_xla)
+from trainers.family import Family, register, standard_normal, without_base
 
 PIXEL_RANGE = gans.PIXEL_RANGE
 TRUNCATION = tf.TensorSpec([], tf.float32, name="truncation")
@@ -421,3 +423,17 @@ def size_rule(values: Mapping[str, Any], image_shape: Sequence[int]) -> Dict[str
     for _ in range(stages):
         synthesis += (max(8, synthesis[-1] // 2),)
     return {"synthesis_filters": synthesis, "conv_filters": deeper(values["conv_filters"], stages)}
+
+
+# The family's description, registered on import (trainers/registry.py imports every family module).
+register(Family(
+    "stylegan", StyleGANConfig, without_base(build_stylegan), fit,
+    serving_signatures, signatures.output_of("generate_from_codings", "images"), key_metric=("fid", False),
+    scorers=(scoring.score_generation,),
+    figures=(figures.samples(64), figures.style_mixing(), figures.truncation_strip()),
+    pixel_range=PIXEL_RANGE, generate_signature="generate", export_metadata=export_metadata,
+    latent_signature="generate_from_codings",
+    input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=size_rule,
+    description="StyleGAN-style generator: mapping network, modulated convolutions, noise inputs, style mixing, "
+                "truncation (generate takes truncation; mix_styles)"),
+    {"stylegan": {}})

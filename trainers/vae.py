@@ -18,11 +18,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 import tf_keras as keras
 
+from evaluation import figures, scoring
 from trainers import signatures
-from trainers.common import (TrainingConfig, apply_gradients, average_loss, fit_epochs, make_optimizer,
-                             per_example_sum, precision_policy, require, require_choice, require_ema_decay,
-                             require_layer_sizes, scaled_loss, start_build, upsampling_plan, use_xla)
+from trainers.common import (TrainingConfig, apply_gradients, average_loss, conv_architecture_sized, fit_epochs,
+                             make_optimizer, per_example_sum, precision_policy, require, require_choice,
+                             require_ema_decay, require_layer_sizes, scaled_loss, start_build, upsampling_plan, use_xla)
 from trainers.ema import ExponentialMovingAverage
+from trainers.family import Family, register, with_classes, without_base
 
 PIXEL_RANGE = "unit"
 ARCHITECTURES = ("dense", "conv")
@@ -358,3 +360,31 @@ def export_metadata(model: VAE) -> Dict[str, object]:
     if not model.num_classes:
         return {}
     return {"generate_defaults": {"labels": list(range(model.num_classes))}, "num_classes": int(model.num_classes)}
+
+
+# The family's description, registered on import (trainers/registry.py imports every family module).
+register(Family(
+    "vae", VAEConfig, without_base(build_vae), fit, serving_signatures,
+    signatures.output_of("reconstruct", "reconstructions"), key_metric=("test_neg_elbo", False),
+    scorers=(scoring.score_reconstructions, scoring.score_elbo, scoring.score_generation),
+    figures=(figures.reconstructions, figures.samples(64, "sample"), figures.interpolation),
+    pixel_range=PIXEL_RANGE, generate_signature="sample", reusable_encoder=True, latent_signature="decode",
+    size_rule=conv_architecture_sized,
+    # β and the coding size trade reconstruction for a smoother latent space: judged by sample quality.
+    search_space={"beta": {"uniform": [0.25, 4.0]}, "coding_size": {"choice": [4, 8, 16, 32]},
+                  "learning_rate": {"loguniform": [3e-4, 3e-3]}}),
+    {"vae": {}, "conv_vae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})
+
+
+register(Family(
+    "conditional_vae", VAEConfig, without_base(with_classes(build_vae)), fit, serving_signatures,
+    signatures.output_of("reconstruct", "reconstructions"), key_metric=("test_neg_elbo", False),
+    scorers=(scoring.score_reconstructions, scoring.score_elbo, scoring.score_generation,
+             scoring.score_conditional_generation),
+    figures=(figures.reconstructions, figures.class_rows(8, "sample"), figures.interpolation),
+    pixel_range=PIXEL_RANGE,
+    generate_signature="sample", export_metadata=export_metadata, conditional=True,
+    size_rule=conv_architecture_sized,
+    description="class-conditional VAE: label embedding into encoder and decoder (labels at sample; "
+                "reconstruct/encode without)"),
+    {"cvae": dict(architecture="conv", hidden_units=(128,), coding_size=16)})

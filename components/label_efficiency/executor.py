@@ -61,6 +61,8 @@ class Executor(base_executor.BaseExecutor):
                                                            config.semi_supervised["config"]),
                                in_range(unit), (in_range(scoring.to_unit(test[0], config.data_pixel_range)), test[1]))
 
+        # The curve's lines: the classifier's methods, then the semi-supervised family's own line.
+        lines = label_efficiency.METHODS + ((semi_supervised[0].family.name,) if semi_supervised else ())
         accuracy: Dict[str, List[float]] = {}
         points = []
         for k in config.labels_per_class:
@@ -75,10 +77,10 @@ class Executor(base_executor.BaseExecutor):
                 model, model_config, model_images, model_test = semi_supervised
                 logging.info("label-efficiency curve: %s on %d labels per class and %d unlabelled images",
                              config.semi_supervised["model"], k, int((~chosen).sum()))
-                scores["semi_supervised_gan"], trained = label_efficiency.semi_supervised_point(
+                scores[model.family.name], trained = label_efficiency.semi_supervised_point(
                     model, model_config, (model_images, labels), chosen, model_test)
                 details.update(trained)
-            for method in label_efficiency.METHODS:
+            for method in lines:
                 if method in scores:
                     accuracy.setdefault(method, []).append(scores[method])
             points.append({"labels_per_class": k, **details, **({"generator": drawn[2]} if drawn else {}),

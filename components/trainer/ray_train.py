@@ -366,12 +366,7 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
         initial_epoch, history, started_at = 0, {}, []
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
-            # Read in place when local; from object storage, downloaded to a directory that lives as long as this
-            # worker: the restore is deferred (the optimizer's slots load when it is built, at the first step),
-            # so Checkpoint.as_directory's copy, deleted when its block ends, would be gone by then.
-            latest = (checkpoint.path if checkpoint.filesystem.type_name == "local" else
-                      checkpoint.to_directory(tempfile.mkdtemp(prefix="latentforge-resume-")))
-            directory, skipped = _readable_checkpoint(latest, tf, training, rank, size)
+            directory, skipped = _readable_checkpoint(checkpoint, tf, training, rank, size)
             identity["unreadable_checkpoints"] = skipped
             if directory is not None:
                 training.load_weights(model, directory)
@@ -395,30 +390,49 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
         training.train(job, model, config, train_data, eval_data, callbacks, initial_epoch)
 
 
-def _readable_checkpoint(latest: str, tf, training, rank: int, size: int):
-    """(the newest checkpoint directory whose state and every saved tensor read back, the unreadable ones skipped
-    on the way). Ray hands a restarted or resumed run its latest checkpoint; when that one is damaged (a
-    truncated file after a crash or a full disk), the ones Ray kept before it are tried, newest first. (None, ...)
-    when none is readable: training starts over."""
-    older = []
-    parent = os.path.dirname(os.path.normpath(latest))
-    if os.path.basename(os.path.normpath(latest)).startswith("checkpoint_") and os.path.isdir(parent):
-        older = sorted((p for p in glob.glob(os.path.join(parent, "checkpoint_*"))
-                        if os.path.isdir(p) and os.path.normpath(p) != os.path.normpath(latest)), reverse=True)
+def _checkpoints_newest_first(checkpoint) -> List[str]:
+    """Ray's latest checkpoint, then the ones it kept before it in the same run folder, newest first (their names
+    are timestamps), as paths on the checkpoint's own filesystem (local or object storage)."""
+    from pyarrow import fs as pafs  # pylint: disable=import-outside-toplevel
+    latest = checkpoint.path.rstrip("/")
+    parent, name = posixpath.split(latest)
+    if not name.startswith("checkpoint_"):
+        return [latest]
+    siblings = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    older = sorted((info.path.rstrip("/") for info in siblings if info.type == pafs.FileType.Directory
+                    and posixpath.basename(info.path.rstrip("/")).startswith("checkpoint_")
+                    and info.path.rstrip("/") != latest), reverse=True)
+    return [latest, *older]
+
+
+def _readable_checkpoint(checkpoint, tf, training, rank: int, size: int):
+    """(the local directory of the newest checkpoint whose state and every saved tensor read back, the names of
+    the unreadable ones skipped on the way). Ray hands a restarted or resumed run its latest checkpoint; when that
+    one is damaged (a truncated file after a crash or a full disk), the ones Ray kept before it are tried, newest
+    first, on whatever storage holds them. (None, ...) when none is readable: training starts over.
+
+    A local checkpoint is read in place; one on object storage is downloaded to a directory that lives as long as
+    this worker: the restore is deferred (the optimizer's slots load when it is built, at the first step), so
+    Checkpoint.as_directory's copy, deleted when its block ends, would be gone by then."""
+    import ray.train  # pylint: disable=import-outside-toplevel
+    local = checkpoint.filesystem.type_name == "local"
     skipped = []
-    for directory in [latest, *older]:
+    for path in _checkpoints_newest_first(checkpoint):
+        name = path if local else f"{checkpoint.filesystem.type_name}://{path}"
         try:
+            directory = path if local else ray.train.Checkpoint(path, filesystem=checkpoint.filesystem).to_directory(
+                tempfile.mkdtemp(prefix="latentforge-resume-"))
             training.read_state(directory)
             reader = tf.train.load_checkpoint(os.path.join(directory, training.WEIGHTS))
-            for name in reader.get_variable_to_shape_map():
-                reader.get_tensor(name)
+            for tensor in reader.get_variable_to_shape_map():
+                reader.get_tensor(tensor)
             if skipped:
-                print(f"latentforge worker {rank + 1}/{size}: falling back to {directory}", flush=True)
+                print(f"latentforge worker {rank + 1}/{size}: falling back to {name}", flush=True)
             return directory, skipped
         except Exception as error:  # pylint: disable=broad-except
-            print(f"latentforge worker {rank + 1}/{size}: checkpoint {directory} is unreadable "
+            print(f"latentforge worker {rank + 1}/{size}: checkpoint {name} is unreadable "
                   f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", flush=True)
-            skipped.append(directory)
+            skipped.append(name)
     print(f"latentforge worker {rank + 1}/{size}: no readable checkpoint; training from epoch 0", flush=True)
     return None, skipped
 
