@@ -18,7 +18,7 @@ endif
 WORKERS ?= 1
 RUN_DIR ?= runs
 PYTEST_ARGS ?=
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 
 .PHONY: install browser run test test-fast benchmark benchmark-generative benchmark-serving clean
 
@@ -45,8 +45,9 @@ $(STAMP): requirements.txt constraints.txt setup.py pyproject.toml
 run: install
 	$(BIN)/latentforge run --source $(SOURCE) --model $(MODEL) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) --workers $(WORKERS) --run-dir $(RUN_DIR)
 
-# Three test processes on 2 cores, whole modules each (their fixtures start Rays and servers once): the suite is
-# half waiting (Ray start-ups, servers, subprocesses), so a third overlaps it. TEST_WORKERS=0: one process.
+# Two test processes on 2 cores, whole modules each (their fixtures start Rays and servers once). A third overlapped
+# some waiting but no faster overall, and its load made servers and Ray heads miss their start-up deadlines.
+# TEST_WORKERS=0: one process.
 test: install browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 -rs $(PYTEST_ARGS) tests
 

@@ -79,8 +79,9 @@ def store_exists(config: TrackingConfig) -> bool:
     return not (config.uri.startswith("sqlite:///") and not os.path.exists(config.uri[len("sqlite:///"):]))
 
 
-def check_reachable(config: TrackingConfig, timeout: float = 5.0) -> None:
-    """For a server URI: its /health answers within `timeout`, or TrackingError."""
+def check_reachable(config: TrackingConfig, timeout: float = 20.0) -> None:
+    """For a server URI: its /health answers within `timeout`, or TrackingError. A server that is down refuses
+    the connection at once; the timeout is for one that is up but slow (a busy machine: 5 s was missed)."""
     if not config.uri.startswith(("http://", "https://")):
         return
     url = config.uri.rstrip("/") + "/health"

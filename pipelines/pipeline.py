@@ -61,12 +61,11 @@ RUN_FN = "components.trainer.run_fn.run_fn"
 _EXAMPLE_GEN_CODE = ("components/image_example_gen",)
 _CURATOR_CODE = ("components/image_schema_curator",)
 _TRANSFORM_CODE = ("pipelines/preprocessing.py",)
-_TRAINER_CODE = ("trainers", "serving", "components/trainer", "evaluation/figures.py", "backends/ray_cluster.py")
+_TRAINER_CODE = ("trainers", "serving", "components/trainer", "evaluation", "backends/ray_cluster.py")
 _EVALUATION_CODE = ("evaluation", "components/evaluation")
 _REGISTRAR_CODE = ("components/registrar", "backends/tracking.py")
-_SYNTHETIC_CODE = ("components/synthetic_example_gen", "evaluation/scoring.py")
-_CURVE_CODE = ("components/label_efficiency", "trainers", "evaluation/figures.py", "evaluation/scoring.py",
-               "backends/tracking.py")
+_SYNTHETIC_CODE = ("components/synthetic_example_gen", "evaluation")
+_CURVE_CODE = ("components/label_efficiency", "trainers", "evaluation", "backends/tracking.py")
 
 
 def code_digest(paths: Sequence[str]) -> str:

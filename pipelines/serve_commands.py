@@ -110,7 +110,7 @@ def read_class_examples(source: str, per_class: int = 200):
     from components.image_example_gen import sources  # pylint: disable=import-outside-toplevel
     from serving import explorer  # pylint: disable=import-outside-toplevel
     info = sources.probe(sources.parse_source(source))
-    if info.spec.kind == "tfds":
+    if sources.kind_of(info.spec).read_split is None:
         raise ValueError(f"--class-examples {source}: give the images as files (idx:DIR, folder:DIR or npz:FILE); "
                          "TFDS datasets are read by the pipeline's Beam components only")
     if not info.num_classes:

@@ -11,6 +11,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Every Ray head a test starts (`ray start` in fixtures included): the dashboard's modules get 180 s, not 30, to
 # start; three test processes on 2 cores have made its metrics module miss 30 s (backends/local_ray.py does the same).
 os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "180")
+# The `mlflow server`s tests start: no job runner (MLflow 3's GenAI jobs; two more processes each that nothing
+# here uses, whose start-up under the suite's load made a server miss its deadline).
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO_ROOT, "data", "mnist-sample")

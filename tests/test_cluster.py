@@ -136,7 +136,7 @@ def mlflow_on_the_bucket(two_nodes, s3_store):
         "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
         "--artifacts-destination", f"s3://{S3_BUCKET}/cluster/mlflow-artifacts"], root / "server.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded 2-core machine
     while True:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2):

@@ -12,7 +12,7 @@ from pipelines import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFESTS = os.path.join(ROOT, "deploy", "kubernetes")
-MLFLOW_ENV = {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL"}  # MLflow's own names
+MLFLOW_ENV = {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}  # MLflow's own names
 
 
 def _documents():

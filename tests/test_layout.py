@@ -116,7 +116,7 @@ def _string_constants(path):
 # method (--fid-features classifier), a word those modules use in that sense.
 NAMED_ELSEWHERE = {
     "serving/model.py": {"diffusion", "gan", "vae", "autoencoder", "classifier"},
-    "evaluation/scoring.py": {"classifier"}, "components/evaluation/executor.py": {"classifier"},
+    "evaluation/metric_network.py": {"classifier"}, "components/evaluation/executor.py": {"classifier"},
     "components/artifacts.py": {"classifier"}, "pipelines/cli.py": {"classifier"},
     "pipelines/run_request.py": {"classifier"},
 }

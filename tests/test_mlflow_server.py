@@ -31,7 +31,7 @@ def _start_server(root, port):
          "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
         stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded 2-core machine
     while True:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2):

@@ -145,7 +145,7 @@ def test_tfds_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
         return resolve(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)
-    assert not sources._reachable("storage.googleapis.com")  # pylint: disable=protected-access
+    assert not sources.tfds._reachable("storage.googleapis.com")  # pylint: disable=protected-access
     start = time.time()
     with pytest.raises(sources.SourceError) as raised:
         sources.probe(sources.parse_source("tfds:mnist", data_dir=str(tmp_path)))
@@ -179,7 +179,7 @@ def test_idx_file_longer_than_its_header_names_the_file(idx_dir):
 def test_npz_images_stream_in_chunks_with_the_arrays_content(tmp_path, save):
     x = random_images(50, (5, 4))
     save(tmp_path / "d.npz", x_train=x, y_train=np.arange(50) % 3)
-    chunks = list(sources._npz_array_chunks(str(tmp_path / "d.npz"), "x_train", chunk_rows=16))  # pylint: disable=protected-access
+    chunks = list(sources.npz._npz_array_chunks(str(tmp_path / "d.npz"), "x_train", chunk_rows=16))  # pylint: disable=protected-access
     assert [len(c) for c in chunks] == [16, 16, 16, 2]
     np.testing.assert_array_equal(np.concatenate(chunks), x)
     _, splits = _read_all(f"npz:{tmp_path / 'd.npz'}")
@@ -214,7 +214,7 @@ def test_npz_truncated_archive_names_the_file(tmp_path):
 def test_npz_fortran_ordered_images_read_whole_with_the_same_content(tmp_path):
     x = np.asfortranarray(random_images(20, (5, 4)))
     np.savez(tmp_path / "f.npz", x=x)
-    chunks = list(sources._npz_array_chunks(str(tmp_path / "f.npz"), "x", chunk_rows=8))  # pylint: disable=protected-access
+    chunks = list(sources.npz._npz_array_chunks(str(tmp_path / "f.npz"), "x", chunk_rows=8))  # pylint: disable=protected-access
     assert [len(c) for c in chunks] == [8, 8, 4]
     _, splits = _read_all(f"npz:{tmp_path / 'f.npz'}")
     np.testing.assert_array_equal(np.stack([r[0][..., 0] for r in splits["train"]]), x)

@@ -1,4 +1,6 @@
-"""Denoising diffusion (DDPM) with a small U-Net noise predictor, ancestral and DDIM samplers.
+"""Denoising diffusion (DDPM): the config, the keras.Model that trains a noise predictor and samples with it, its
+SavedModel signatures and the family's description. The process and its samplers are trainers/diffusion_process.py,
+the networks trainers/diffusion_networks.py.
 
 The schedule is plain data from a named function (improved-diffusion's layout); `GaussianDiffusion` holds the
 maths in float64, stored as float32, and takes the network as an argument; `DiffusionModel` is the keras.Model
@@ -15,7 +17,6 @@ T steps and eta=1 its update is exactly DDPM's ancestral step (posterior mean, v
 Images are in [-1, 1].
 """
 import dataclasses
-import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,18 +27,16 @@ from evaluation import figures, scoring
 from trainers import signatures
 from trainers.common import (TrainingConfig, apply_gradients, average_loss, extra_stages, fit_epochs,
                              make_optimizer, per_example_mean, precision_policy, require, require_choice,
-                             require_ema_decay, run_network, scaled_loss, start_build, upsampling_plan, use_xla)
+                             require_ema_decay, run_network, scaled_loss, start_build, use_xla)
+from trainers.diffusion_networks import build_compact_unet, build_unet
+from trainers.diffusion_process import PREDICTIONS, SAMPLERS, SCHEDULES, SPACINGS, GaussianDiffusion, noise_schedule
 from trainers.ema import ExponentialMovingAverage
 from trainers.family import Family, register, standard_normal, with_classes, without_base
 
 PIXEL_RANGE = "symmetric"
-SCHEDULES = ("cosine", "linear")
 LOSSES = ("mse", "huber")
 ARCHITECTURES = ("unet", "compact")
-PREDICTIONS = ("epsilon", "v")  # what the network outputs: the noise, or v = sqrt(a) eps - sqrt(1 - a) x_0
 WEIGHTINGS = ("uniform", "min_snr")
-SAMPLERS = ("ddim", "dpm_solver")  # DDIM (eta: its noise) or DPM-Solver++(2M), deterministic, second order
-SPACINGS = ("uniform", "quadratic")  # the sampler's time steps: evenly spaced in t or in sqrt(t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,292 +120,6 @@ class DiffusionConfig(TrainingConfig):
         require(input_shape[0] % factor == 0 and input_shape[1] % factor == 0,
                 f"images {input_shape[0]}x{input_shape[1]} cannot be halved {len(self.channel_multipliers) - 1} "
                 f"times: use fewer channel_multipliers or sizes divisible by {factor}")
-
-
-def noise_schedule(name: str, timesteps: int, cosine_offset: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
-    """betas (T,) float64. cosine: Improved DDPM's alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), betas
-    clipped at max_beta; linear: DDPM's 1e-4 .. 0.02, rescaled so that any T gives the same total noise."""
-    if name == "cosine":
-        alpha_bar = lambda t: math.cos((t / timesteps + cosine_offset) / (1 + cosine_offset) * math.pi / 2) ** 2
-        return np.array([min(1 - alpha_bar(i + 1) / alpha_bar(i), max_beta) for i in range(timesteps)])
-    if name == "linear":
-        scale = 1000 / timesteps
-        return np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64)
-    raise ValueError(f"schedule={name!r}: must be one of {SCHEDULES}")
-
-
-class GaussianDiffusion:
-    """The forward process q and the reverse steps, for a noise schedule betas (T,) and a network that predicts
-    `prediction` ("epsilon": the noise; "v": v = sqrt(a_t) eps - sqrt(1 - a_t) x_0, Salimans & Ho 2022)."""
-
-    def __init__(self, betas: np.ndarray, prediction: str = "epsilon"):
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={prediction!r}: must be one of {PREDICTIONS}")
-        self.prediction = prediction
-        betas = np.asarray(betas, np.float64)
-        alphas_cumprod = np.cumprod(1.0 - betas)
-        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
-        self.timesteps = len(betas)
-        as32 = lambda a: tf.constant(a, tf.float32)
-        self.betas, self.alphas_cumprod = as32(betas), as32(alphas_cumprod)
-        self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod = (as32(np.sqrt(alphas_cumprod)),
-                                                                       as32(np.sqrt(1.0 - alphas_cumprod)))
-        # q(x_{t-1} | x_t, x_0) = N(coef_x0 * x_0 + coef_xt * x_t, beta~_t)
-        self.posterior_variance = as32(betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod))
-        self.posterior_coef_x0 = as32(betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod))
-        self.posterior_coef_xt = as32((1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod))
-        self.snr = as32(alphas_cumprod / (1.0 - alphas_cumprod))
-
-    @staticmethod
-    def _at(values: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-        """values[t] shaped (B, 1, 1, 1) to broadcast over images."""
-        return tf.reshape(tf.gather(values, t), [-1, 1, 1, 1])
-
-    def q_mean_variance(self, x0: tf.Tensor, t: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        """Mean (B, H, W, C) and variance (B, 1, 1, 1) of q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)."""
-        return self._at(self.sqrt_alphas_cumprod, t) * x0, 1.0 - self._at(self.alphas_cumprod, t)
-
-    def q_sample(self, x0: tf.Tensor, t: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
-        """x_t for x_0 (B, H, W, C), t (B,) int, noise ~ N(0, I): one draw from q(x_t | x_0)."""
-        return self._at(self.sqrt_alphas_cumprod, t) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t) * noise
-
-    def target(self, x0: tf.Tensor, t: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
-        """What the network is trained to output for x_t = q_sample(x0, t, noise)."""
-        if self.prediction == "v":
-            return self._at(self.sqrt_alphas_cumprod, t) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t) * x0
-        return noise
-
-    def loss_weight(self, t: tf.Tensor, weighting: str, gamma: float) -> tf.Tensor:
-        """Per-example weights (B,) of the regression loss: 1, or min-SNR-gamma (Hang et al. 2023), which for
-        a network predicting eps is min(SNR, gamma) / SNR and for one predicting v is min(SNR, gamma) / (SNR + 1):
-        the easy low-noise steps stop dominating the gradient."""
-        if weighting == "uniform":
-            return tf.ones_like(t, tf.float32)
-        snr = tf.gather(self.snr, t)
-        return tf.minimum(snr, gamma) / (snr + 1.0 if self.prediction == "v" else snr)
-
-    def predicted_x0(self, output: tf.Tensor, xt: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-        """x_0 implied by the network's output at x_t (t (B,))."""
-        signal, noise = self._at(self.sqrt_alphas_cumprod, t), self._at(self.sqrt_one_minus_alphas_cumprod, t)
-        if self.prediction == "v":
-            return signal * xt - noise * output
-        return (xt - noise * output) / signal
-
-    def q_posterior_mean_variance(self, x0, xt, t) -> Tuple[tf.Tensor, tf.Tensor]:
-        """Mean and variance of q(x_{t-1} | x_t, x_0), the target of DDPM's ancestral step."""
-        mean = self._at(self.posterior_coef_x0, t) * x0 + self._at(self.posterior_coef_xt, t) * xt
-        return mean, self._at(self.posterior_variance, t)
-
-    def ddim_step(self, network, x, t, t_prev, eta, noise):
-        """One reverse step from time t to t_prev (-1: the end) for x (B, H, W, C); t, t_prev int scalars."""
-        batch = tf.shape(x)[0]
-        alpha_bar = tf.gather(self.alphas_cumprod, t)
-        alpha_bar_prev = tf.where(t_prev >= 0, tf.gather(self.alphas_cumprod, tf.maximum(t_prev, 0)), 1.0)
-        times = tf.fill([batch], t)
-        output = tf.cast(run_network(network, [x, times], training=False), tf.float32)
-        x0 = tf.clip_by_value(self.predicted_x0(output, x, times), -1.0, 1.0)
-        eps = (x - tf.sqrt(alpha_bar) * x0) / tf.sqrt(1.0 - alpha_bar)  # consistent with the clipped x0
-        sigma = eta * tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
-        direction = tf.sqrt(tf.maximum(1.0 - alpha_bar_prev - tf.square(sigma), 0.0)) * eps
-        return tf.sqrt(alpha_bar_prev) * x0 + direction + sigma * noise
-
-    def dpm_solver_step(self, network, x, t, t_prev, x0_last, h_last):
-        """One DPM-Solver++(2M) step (Lu et al. 2022, multistep, data prediction) from time t to t_prev (-1: the
-        end) for x (B, H, W, C): the exponential integrator in lambda = log(alpha / sigma), second order from the
-        previous step's x0 prediction `x0_last` and log-SNR step `h_last` (h_last = 0: the first step, first
-        order). Returns (x at t_prev, this step's x0, this step's h). The last step (to sigma = 0) is first order,
-        which is the clipped x0 prediction itself."""
-        batch = tf.shape(x)[0]
-        alpha_bar = tf.gather(self.alphas_cumprod, t)
-        # A stand-in for the end's alpha_bar = 1 (lambda = inf) so the untaken branch below stays finite.
-        alpha_bar_prev = tf.gather(self.alphas_cumprod, tf.maximum(t_prev, 0))
-        output = tf.cast(run_network(network, [x, tf.fill([batch], t)], training=False), tf.float32)
-        x0 = tf.clip_by_value(self.predicted_x0(output, x, tf.fill([batch], t)), -1.0, 1.0)
-        log_snr = lambda a: 0.5 * (tf.math.log(a) - tf.math.log(1.0 - a))  # lambda_t = log(alpha_t / sigma_t)
-        h = log_snr(alpha_bar_prev) - log_snr(alpha_bar)
-        ratio = h_last / tf.maximum(h, 1e-12)  # r = h_{i-1} / h_i
-        second_order = tf.where(h_last > 0.0, 1.0 / (2.0 * tf.maximum(ratio, 1e-12)), 0.0)
-        x0_combined = (1.0 + second_order) * x0 - second_order * x0_last
-        step = (tf.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar)) * x
-                - tf.sqrt(alpha_bar_prev) * tf.math.expm1(-h) * x0_combined)
-        return tf.where(t_prev >= 0, step, x0), x0, h
-
-    def sample(self, network, shape, seed, steps, eta, sampler="ddim", spacing="uniform"):
-        """Images of `shape` (n, H, W, C) in [-1, 1] after `steps` reverse steps spread evenly over [T-1, 0].
-
-        Every random draw is stateless from (seed, step), so one seed gives one result in eager and graph mode.
-        """
-        return self.denoise(network, tf.random.stateless_normal(shape, seed=[seed, 0]), seed, steps, eta, sampler,
-                            spacing)
-
-    def sample_times(self, steps, spacing="uniform") -> tf.Tensor:
-        """The `steps` time steps (steps,) int32 a sampler visits, from T-1 down to 0: evenly spaced in t, or in
-        sqrt(t) ("quadratic", DDIM's CIFAR-10 choice), which spends the steps where the noise is low and the
-        details form, and keeps the first step away from the cosine schedule's last, near-pure-noise interval
-        (alpha_bar 1e-9 at t = T-1), which multistep solvers extrapolate badly from. At many steps quadratic
-        spacing repeats t = 0 or 1; a repeated step leaves x as it is."""
-        if spacing not in SPACINGS:
-            raise ValueError(f"spacing={spacing!r}: must be one of {SPACINGS}")
-        if spacing == "quadratic":
-            return tf.cast(tf.round(tf.square(tf.linspace(math.sqrt(self.timesteps - 1), 0.0, steps))), tf.int32)
-        return tf.cast(tf.round(tf.linspace(float(self.timesteps - 1), 0.0, steps)), tf.int32)
-
-    def denoise(self, network, x, seed, steps, eta, sampler="ddim", spacing="uniform"):
-        """`sample` from the given x_T (B, H, W, C) instead of drawn noise: with eta=0 (or DPM-Solver) a
-        deterministic map. `sampler` and `spacing` are Python strings (each pair traces its own graph): "ddim"
-        or "dpm_solver"; see `sample_times`."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}: must be one of {SAMPLERS}")
-        shape = tf.shape(x)
-        times = self.sample_times(steps, spacing)
-        prev_times = tf.concat([times[1:], [-1]], axis=0)
-        if sampler == "dpm_solver":
-            x0_last, h_last = tf.zeros_like(x), tf.constant(0.0)
-            for i in tf.range(steps):
-                x, x0_last, h_last = self.dpm_solver_step(network, x, times[i], prev_times[i], x0_last, h_last)
-            return tf.clip_by_value(x, -1.0, 1.0)
-        for i in tf.range(steps):
-            noise = tf.random.stateless_normal(shape, seed=[seed, i + 1])
-            x = self.ddim_step(network, x, times[i], prev_times[i], eta, noise)
-        return tf.clip_by_value(x, -1.0, 1.0)
-
-
-class SinusoidalEmbedding(keras.layers.Layer):
-    """t (B,) int -> (B, dim): sin/cos of t at geometrically spaced frequencies (Transformer positions)."""
-
-    def __init__(self, dim: int, **kwargs):
-        super().__init__(**kwargs)
-        self.dim = dim
-
-    def call(self, t):
-        half = self.dim // 2
-        frequencies = tf.exp(-math.log(10000.0) * tf.range(half, dtype=tf.float32) / half)
-        angles = tf.cast(tf.reshape(t, [-1, 1]), tf.float32) * frequencies[None, :]
-        return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "dim": self.dim}
-
-
-class NearestUpsampling(keras.layers.Layer):
-    """(B, H, W, C) -> (B, 2H, 2W, C), each pixel repeated 2x2: UpSampling2D's nearest mode by broadcast and
-    reshape, whose gradient (a sum) XLA compiles on CPU (UpSampling2D's ResizeNearestNeighborGrad has no XLA
-    kernel there)."""
-
-    def call(self, x):
-        batch, (height, width, channels) = tf.shape(x)[0], x.shape[1:]
-        x = tf.broadcast_to(x[:, :, None, :, None, :], [batch, height, 2, width, 2, channels])
-        return tf.reshape(x, [batch, 2 * height, 2 * width, channels])
-
-
-def _residual_block(x, time_embedding, channels: int, dropout: float):
-    h = keras.activations.swish(keras.layers.GroupNormalization(8)(x))
-    h = keras.layers.Conv2D(channels, 3, padding="same")(h)
-    # The time step enters every block as a per-channel bias.
-    h = h + keras.layers.Dense(channels)(time_embedding)[:, None, None, :]
-    h = keras.activations.swish(keras.layers.GroupNormalization(8)(h))
-    h = keras.layers.Dropout(dropout)(h)
-    h = keras.layers.Conv2D(channels, 3, padding="same")(h)
-    skip = x if x.shape[-1] == channels else keras.layers.Conv2D(channels, 1)(x)
-    return skip + h
-
-
-def _attention_block(x):
-    height, width, channels = x.shape[1:]
-    h = keras.layers.Reshape((height * width, channels))(keras.layers.GroupNormalization(8)(x))
-    h = keras.layers.MultiHeadAttention(num_heads=4, key_dim=max(channels // 4, 1))(h, h)
-    return x + keras.layers.Reshape((height, width, channels))(h)
-
-
-def _with_labels(config: DiffusionConfig, inputs: list, embedding):
-    """For a class-conditional network (config.num_classes > 0): a third input, labels (B,) int32 in
-    [0, num_classes] (num_classes: the null label), whose learned embedding is added to the time embedding, so
-    the class reaches every place the time step does. Returns (inputs, embedding)."""
-    if not config.num_classes:
-        return inputs, embedding
-    labels = keras.layers.Input((), dtype=tf.int32, name="labels")
-    label_embedding = keras.layers.Embedding(config.num_classes + 1, embedding.shape[-1])(labels)
-    return [*inputs, labels], keras.layers.Add()([embedding, label_embedding])
-
-
-def build_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> keras.Model:
-    """[x_t (B, H, W, C), t (B,) int32(, labels (B,) int32)] -> predicted noise (B, H, W, C)."""
-    images = keras.layers.Input(input_shape, name="noisy_images")
-    times = keras.layers.Input((), dtype=tf.int32, name="timesteps")
-    width = 4 * config.base_channels
-    embedding = SinusoidalEmbedding(config.time_embedding_dim)(times)
-    embedding = keras.layers.Dense(width, activation="swish")(embedding)
-    inputs, embedding = _with_labels(config, [images, times], embedding)
-    embedding = keras.layers.Dense(width, activation="swish")(embedding)
-
-    levels = [config.base_channels * int(m) for m in config.channel_multipliers]
-    h = keras.layers.Conv2D(config.base_channels, 3, padding="same")(images)
-    skips = [h]
-    for level, channels in enumerate(levels):
-        for _ in range(config.res_blocks):
-            h = _residual_block(h, embedding, channels, config.dropout)
-            if config.attention and level == len(levels) - 1:
-                h = _attention_block(h)
-            skips.append(h)
-        if level < len(levels) - 1:
-            h = keras.layers.Conv2D(channels, 3, strides=2, padding="same")(h)
-            skips.append(h)
-    h = _residual_block(h, embedding, levels[-1], config.dropout)
-    if config.attention:
-        h = _attention_block(h)
-    h = _residual_block(h, embedding, levels[-1], config.dropout)
-    for level, channels in reversed(list(enumerate(levels))):
-        for _ in range(config.res_blocks + 1):
-            h = _residual_block(keras.layers.Concatenate()([h, skips.pop()]), embedding, channels, config.dropout)
-            if config.attention and level == len(levels) - 1:
-                h = _attention_block(h)
-        if level > 0:
-            # A strided transposed convolution, not UpSampling2D: XLA on CPU has no kernel for its gradient.
-            h = keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same")(h)
-    h = keras.activations.swish(keras.layers.GroupNormalization(8)(h))
-    # Zero-initialised output: the untrained network predicts no noise, a stable start.
-    outputs = keras.layers.Conv2D(input_shape[-1], 3, padding="same", kernel_initializer="zeros")(h)
-    return keras.Model(inputs, outputs, name="unet")
-
-
-def build_compact_unet(config: DiffusionConfig, input_shape: Sequence[int]) -> keras.Model:
-    """The notebook's noise predictor, [x_t, t(, labels)] -> (B, H, W, C): a stem of base_channels, then per level
-    (base_channels * m for m in channel_multipliers) two ReLU-SeparableConv2D-BatchNorm layers, max-pooling and a
-    strided 1x1 residual link, the mirror image on the way up with nearest-neighbour upsampling and the level's
-    skip concatenated; the time embedding is added after every level. No attention, no GroupNorm: ~0.28 M
-    parameters at the notebook's widths (16; 32/64/128), several times fewer FLOPs than `build_unet`."""
-    images = keras.layers.Input(input_shape, name="noisy_images")
-    times = keras.layers.Input((), dtype=tf.int32, name="timesteps")
-    inputs, embedding = _with_labels(config, [images, times], SinusoidalEmbedding(config.time_embedding_dim)(times))
-    levels = [config.base_channels * int(m) for m in config.channel_multipliers]
-    start_h, start_w, cropping = upsampling_plan(input_shape[0], input_shape[1], len(levels))
-    del start_h, start_w
-    h = keras.layers.ZeroPadding2D(cropping)(images)  # to a size it can halve len(levels) times
-    h = keras.layers.Conv2D(config.base_channels, 3, padding="same")(h)
-    h = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(h))
-    h = h + keras.layers.Dense(config.base_channels)(embedding)[:, None, None, :]
-    skip, level_outputs = h, []
-    for channels in levels:
-        for _ in range(2):
-            h = keras.layers.Activation("relu")(h)
-            h = keras.layers.BatchNormalization()(keras.layers.SeparableConv2D(channels, 3, padding="same")(h))
-        level_outputs.append(h)
-        h = keras.layers.MaxPool2D(3, strides=2, padding="same")(h)
-        h = h + keras.layers.Conv2D(channels, 1, strides=2, padding="same")(skip)
-        h = h + keras.layers.Dense(channels)(embedding)[:, None, None, :]
-        skip = h
-    for channels in [config.base_channels, *levels[:-1]][::-1]:
-        for _ in range(2):
-            h = keras.layers.Activation("relu")(h)
-            h = keras.layers.BatchNormalization()(keras.layers.Conv2DTranspose(channels, 3, padding="same")(h))
-        h = NearestUpsampling()(h)
-        h = h + keras.layers.Conv2D(channels, 1, padding="same")(NearestUpsampling()(skip))
-        h = h + keras.layers.Dense(channels)(embedding)[:, None, None, :]
-        h = keras.layers.Concatenate()([h, level_outputs.pop()])
-        skip = h
-    outputs = keras.layers.Conv2D(input_shape[-1], 3, padding="same", kernel_initializer="zeros")(h)
-    outputs = keras.layers.Cropping2D(cropping)(outputs)
-    return keras.Model(inputs, outputs, name="compact_unet")
 
 
 class DiffusionModel(keras.Model):

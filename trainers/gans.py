@@ -650,9 +650,12 @@ register(Family(
     pixel_range=PIXEL_RANGE, generate_signature="generate", export_metadata=export_metadata,
     latent_signature="generate_from_codings",
     input_example=standard_normal(lambda images, config: (int(config["coding_size"]),)), size_rule=size_rule,
-    # The chapter's sensitive knobs: both learning rates, Adam's beta_1, the batch, the average and one remedy.
+    # The chapter's sensitive knobs: both learning rates, the optimizer and Adam's beta_1 (which RMSprop, the DCGAN
+    # preset's, does not have: without the optimizer in the space beta_1 would change nothing), the batch, the
+    # average and one remedy.
     search_space={"learning_rate": {"loguniform": [5e-5, 1e-3]},
-                  "discriminator_learning_rate": {"loguniform": [5e-5, 1e-3]}, "beta_1": {"uniform": [0.0, 0.9]},
+                  "discriminator_learning_rate": {"loguniform": [5e-5, 1e-3]},
+                  "optimizer": {"choice": ["rmsprop", "adam"]}, "beta_1": {"uniform": [0.0, 0.9]},
                   "batch_size": {"choice": [32, 64, 128]}, "ema_decay": {"choice": [0.99, 0.999, 0.9995]},
                   "minibatch_stddev": {"choice": [0, 4]}}),
     # Progressive growing: 7x7 -> 14x14 -> 28x28 on MNIST, full resolution after 120,000 images.

@@ -101,12 +101,13 @@ def shuffle_window(records: Iterator[sources.Record], image_shape, split: str,
 @beam.typehints.with_output_types(tf.train.Example)
 def _ReadSourceSplit(pipeline: beam.Pipeline, info: sources.SourceInfo, split: str) -> beam.PCollection:  # pylint: disable=invalid-name
     """All examples of one split of the source."""
-    if info.spec.kind == "folder":
+    kind = sources.kind_of(info.spec)
+    if kind.list_files is not None:
         # One element per file, so decoding spreads over the runner's workers.
         records = (pipeline
-                   | "ListFiles" >> beam.Create(shuffled(sources.list_folder_split(info, split), split))
+                   | "ListFiles" >> beam.Create(shuffled(kind.list_files(info, split), split))
                    | "Decode" >> beam.Map(lambda item: (sources.read_image_file(item[0], info.image_shape), item[1])))
-    elif info.spec.kind == "tfds":
+    elif kind.read_split is None:  # TFDS: its own Beam reader
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
         builder = sources.ensure_tfds_prepared(info.spec)
         image_key, label_key = sources.tfds_keys(builder)
