@@ -62,7 +62,7 @@ browser:
 
 # The inner loop: every test that starts no Ray, no server and no whole pipeline (marked slow).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" --durations=10 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=10 $(PYTEST_ARGS) tests
 
 # Not run by CI: speed, quality and Ray overhead on the real MNIST (../shared/datasets/mnist), ~50 min on 2 cores;
 # generative.py (FID/KID of VAE, DCGAN, WGAN-GP, DDPM: hours on 2 cores) and serving_load.py (~10 min) apart.
