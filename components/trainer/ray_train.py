@@ -125,7 +125,6 @@ def kept_checkpoint(storage_path: str, name: str) -> Optional[str]:
     finished run's, as its completion marker names it, else, for a run that was stopped (a search's trials end
     when Tune has their last report, before train() returns), the best of its checkpoints by the
     sample-quality proxy where the history has one, else its latest. None when it has no checkpoint."""
-    import pyarrow.fs  # pylint: disable=import-outside-toplevel
     storage_path = storage.absolute(storage_path)
     filesystem, root = storage.pyarrow_filesystem(storage_path)
     run = posixpath.join(root, name)
@@ -135,17 +134,15 @@ def kept_checkpoint(storage_path: str, name: str) -> Optional[str]:
     except (FileNotFoundError, OSError):
         pass
     candidates = []
-    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(run, allow_not_found=True)):
-        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
+    for path in _checkpoint_dirs(filesystem, run):
         try:
-            with filesystem.open_input_stream(posixpath.join(info.path, "state.json")) as f:
+            with filesystem.open_input_stream(posixpath.join(path, "state.json")) as f:
                 state = json.loads(f.read())
         except (FileNotFoundError, OSError, ValueError):  # one Ray had not finished copying
             continue
         epoch, proxy = int(state["epoch"]), state.get("history", {}).get(_PROXY_METRIC, [])
         score = proxy[epoch - 1] if len(proxy) >= epoch else None
-        candidates.append(((score if score is not None else float("inf"), -epoch), info.path))
+        candidates.append(((score if score is not None else float("inf"), -epoch), path))
     if not candidates:
         return None
     path = min(candidates)[1]
@@ -390,18 +387,22 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
         training.train(job, model, config, train_data, eval_data, callbacks, initial_epoch)
 
 
+def _checkpoint_dirs(filesystem, run: str) -> List[str]:
+    """The checkpoint_* directories of a run folder on a pyarrow filesystem (local or object storage)."""
+    import pyarrow.fs  # pylint: disable=import-outside-toplevel
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(run, allow_not_found=True))
+    return [info.path.rstrip("/") for info in entries
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")]
+
+
 def _checkpoints_newest_first(checkpoint) -> List[str]:
     """Ray's latest checkpoint, then the ones it kept before it in the same run folder, newest first (their names
     are timestamps), as paths on the checkpoint's own filesystem (local or object storage)."""
-    from pyarrow import fs as pafs  # pylint: disable=import-outside-toplevel
     latest = checkpoint.path.rstrip("/")
     parent, name = posixpath.split(latest)
     if not name.startswith("checkpoint_"):
         return [latest]
-    siblings = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-    older = sorted((info.path.rstrip("/") for info in siblings if info.type == pafs.FileType.Directory
-                    and posixpath.basename(info.path.rstrip("/")).startswith("checkpoint_")
-                    and info.path.rstrip("/") != latest), reverse=True)
+    older = sorted((path for path in _checkpoint_dirs(checkpoint.filesystem, parent) if path != latest), reverse=True)
     return [latest, *older]
 
 
