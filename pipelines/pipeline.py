@@ -539,5 +539,8 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optio
         enable_cache=enable_cache,
         # None: the orchestrator brings its own ML Metadata (Kubeflow, Vertex).
         metadata_connection_config=metadata.connection_config(metadata_path) if metadata_path else None,
-        beam_pipeline_args=beam_pipeline_args or ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        # None given: Beam's defaults, the in-memory DirectRunner with one worker. Any option at all makes TFX
+        # package itself for remote Beam workers in every Beam component (tfx.utils.dependency_utils: a 50-MB
+        # copy and an sdist in the temp directory, ~2 s, never removed) unless a dependency flag is among them.
+        beam_pipeline_args=beam_pipeline_args or [],
     )

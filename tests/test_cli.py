@@ -114,9 +114,14 @@ def test_flag_values_argparse_refuses_exit_2_naming_the_flag(argv, expected, cap
     assert exit_.value.code == 2 and expected in capsys.readouterr().err
 
 
-def test_beam_args_reach_the_pipeline_that_runs_the_beam_components(tmp_path):
+def test_beam_args_reach_the_pipeline_that_runs_the_beam_components(tmp_path, monkeypatch):
     """--beam-arg goes to TFX's beam_pipeline_args, which the orchestrator hands to every Beam-based component
-    (ExampleGen, StatisticsGen, Transform); without it, Beam's in-memory DirectRunner with one worker."""
+    (ExampleGen, StatisticsGen, Transform); without it, none: Beam's own default (the in-memory DirectRunner, one
+    worker), and the Beam executors do not package TFX for remote workers (50 MB left in the temp directory and
+    ~2 s, per component)."""
+    from tfx.components.statistics_gen import executor as statistics_gen
+    from tfx.dsl.components.base import base_beam_executor
+    from tfx.utils import dependency_utils
     from components.image_example_gen import sources
     from pipelines import pipeline
     args = cli.build_parser().parse_args(["run", "--beam-arg=--direct_running_mode=multi_processing",
@@ -127,7 +132,14 @@ def test_beam_args_reach_the_pipeline_that_runs_the_beam_components(tmp_path):
                                            beam_pipeline_args=list(flags) or None)
             for flags in (tuple(args.beam_args), ())}
     assert made[tuple(args.beam_args)].beam_pipeline_args == args.beam_args
-    assert made[()].beam_pipeline_args == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    assert made[()].beam_pipeline_args == []
+
+    packaged = []
+    monkeypatch.setattr(dependency_utils, "build_ephemeral_package", lambda: packaged.append(1) or "tfx.tar.gz")
+    for flags, packages in ((made[()].beam_pipeline_args, []), (made[tuple(args.beam_args)].beam_pipeline_args, [1])):
+        statistics_gen.Executor(base_beam_executor.BaseBeamExecutor.Context(
+            beam_pipeline_args=list(flags), tmp_dir=str(tmp_path)))
+        assert packaged == packages
 
 
 @pytest.mark.parametrize("argv", [["-v", "run"], ["run", "-v"], ["models", "-v"]])

@@ -3,6 +3,8 @@ failures that stop it before training with the anomaly named."""
 import glob
 import json
 import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -312,9 +314,20 @@ def test_a_folder_dataset_s_class_names_reach_the_evaluation_mlflow_and_the_save
     assert json.loads(evaluator.data.tags["class_names"]) == names
 
 
-def test_the_beam_components_run_on_the_multi_processing_direct_runner(sample_run, tmp_path):
+def test_the_beam_components_run_on_the_multi_processing_direct_runner(sample_run, tmp_path, monkeypatch):
     """--beam-arg reaches the components: ExampleGen, StatisticsGen and Transform run on Beam's DirectRunner with
     2 worker processes (docs/operations.md's recipe) and write what the in-memory runner wrote."""
+    from tfx.utils import dependency_utils
+    build_ephemeral_package = dependency_utils.build_ephemeral_package
+
+    def package_into_tmp_path():
+        # Beam options make TFX package itself per Beam component (<temp dir>/build/tfx/dist/*.tar.gz beside a
+        # 50-MB copy of TFX) and leave it there: keep the package, remove the copy.
+        sdist = pathlib.Path(build_ephemeral_package())
+        kept = shutil.copy(sdist, tmp_path)
+        shutil.rmtree(sdist.parents[3])
+        return kept
+    monkeypatch.setattr(dependency_utils, "build_ephemeral_package", package_into_tmp_path)
     run_dir, _, first = sample_run
     args = ["run", "--source", f"idx:{SAMPLE_DIR}", "--model", "stacked_ae", "--epochs", "1", "--trainer",
             "in-process", "--beam-arg=--direct_running_mode=multi_processing", "--beam-arg=--direct_num_workers=2",
