@@ -283,7 +283,7 @@ def cmd_compile(args) -> int:
     from backends import tracking  # pylint: disable=import-outside-toplevel
     from pipelines import kubeflow, pipeline  # pylint: disable=import-outside-toplevel
     request = run_request.checked_request(args)
-    info, config, model_config, pretraining = request.info, request.config, request.model_config, request.pretraining
+    config = request.config
     if args.augment_with:
         # TFX 1.16's Kubeflow V2 step builder takes one channel per input ("Only single Channel is supported"), and
         # the Trainer (or the curve) reads the union of the real and the synthetic Examples.
@@ -300,17 +300,12 @@ def cmd_compile(args) -> int:
                            "or use --trainer in-process (the Trainer trains inside its step)")
         fields = {k: v for k, v in vars(run_request.ray_settings(args)).items() if v is not None}
         ray = pipeline.RayTraining(settings=fields, storage_path=args.pipeline_root.rstrip("/") + "/ray")
-    tfx_pipeline = pipeline.create_pipeline(
-        pipeline_name=args.pipeline_name, pipeline_root=args.pipeline_root, metadata_path=None,
-        source_info=info, model_name=args.model, model_config=model_config,
-        serving_dir=args.serving_dir or args.pipeline_root.rstrip("/") + "/serving",
-        eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
-        schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
-        beam_pipeline_args=args.beam_args or None,
-        evaluation_settings=run_request.evaluation_settings(args, tracking.TrackingConfig(uri=args.mlflow_uri,
-                                                                   experiment=args.pipeline_name)),
-        augmentation=request.augmentation, examples_per_phase=args.examples_per_phase,
-        semi_supervised=request.semi_supervised)
+    target = pipeline.PipelineTarget(args.pipeline_name, args.pipeline_root, None,
+                                     args.serving_dir or args.pipeline_root.rstrip("/") + "/serving",
+                                     enable_cache=not args.no_cache, beam_pipeline_args=args.beam_args or None)
+    settings = run_request.evaluation_settings(args, tracking.TrackingConfig(uri=args.mlflow_uri,
+                                                                            experiment=args.pipeline_name))
+    tfx_pipeline = run_request.tfx_pipeline(args, request, target, ray, settings)
     path = kubeflow.compile_v2(tfx_pipeline, args.image, args.out)
     print(f"latentforge: {args.model} {config} -> {path} (Kubeflow Pipelines v2; image {args.image}, "
           f"pipeline root {args.pipeline_root})", flush=True)

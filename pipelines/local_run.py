@@ -50,7 +50,7 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
     """Runs the pipeline (the caller holds the root's lock); prints what ran and returns the run's summary."""
     from pipelines import console, metadata, pipeline  # pylint: disable=import-outside-toplevel
     from backends import ray_cluster  # pylint: disable=import-outside-toplevel
-    info, config, model_config, pretraining = request.info, request.config, request.model_config, request.pretraining
+    info, config = request.info, request.config
     evaluation_settings = _evaluation_settings(args, paths)
     ray = _ray_training(args, paths)
     where = f"on Ray: {args.workers} worker(s) x {ray.resources}" if ray else "in process"
@@ -64,15 +64,10 @@ def _run_pipeline(args, paths, request: run_request.PipelineRequest) -> dict:
               flush=True)
     if backends.verbose():  # by default the run ends with where to look
         print(f"latentforge: outputs under {paths.root}", flush=True)
-    tfx_pipeline = pipeline.create_pipeline(
-        pipeline_name=args.pipeline_name, pipeline_root=paths.pipeline_root, metadata_path=paths.metadata_path,
-        source_info=info, model_name=args.model, model_config=model_config, serving_dir=paths.serving_dir,
-        eval_percent=args.eval_percent, labels_per_class=args.labels_per_class, seed=args.seed,
-        schema_path=args.schema, enable_cache=not args.no_cache, ray=ray, pretraining=pretraining,
-        beam_pipeline_args=args.beam_args or None,
-        evaluation_settings=evaluation_settings, augmentation=request.augmentation,
-        examples_per_phase=args.examples_per_phase, semi_supervised=request.semi_supervised,
-        tuning=_tuning(request, args, info, evaluation_settings))
+    target = pipeline.PipelineTarget(args.pipeline_name, paths.pipeline_root, paths.metadata_path, paths.serving_dir,
+                                     enable_cache=not args.no_cache, beam_pipeline_args=args.beam_args or None)
+    tfx_pipeline = run_request.tfx_pipeline(args, request, target, ray, evaluation_settings,
+                                            _tuning(request, args, info, evaluation_settings))
     ray_before = ray_cluster.local_ray_running()
     start = time.time()
     with console.ComponentProgress(len(tfx_pipeline.components)):

@@ -1,4 +1,5 @@
-"""create_pipeline: ingest -> validate -> transform -> train -> push, built from small pieces.
+"""The pipelines, built from small pieces: training_pipeline (ingest -> validate -> transform -> train -> push) and
+label_efficiency_pipeline (the same data nodes, then a pretrained encoder and the label-efficiency curve).
 
     ImageExampleGen -> StatisticsGen -> SchemaGen -> ImageSchemaCurator -> StrictExampleValidator
                                                  (or ImportSchemaGen)          |
@@ -16,7 +17,7 @@ unconditional path), evaluated and registered in MLflow (ModelEvaluator_/MlflowR
 SyntheticExampleGen_K draws images of every class from it. The classifier's Trainer reads them beside the
 real examples (the union of both Examples channels).
 
-A list of K (`labels_per_class=[1, 5, 10, ...]`, or `[10]`): the label-efficiency pipeline. The Transform ranks the labelled
+label_efficiency_pipeline (K = 1, 5, 10, ...: the `--labels-per-class` list, or `10,` for one point): the Transform ranks the labelled
 examples (nested K sets), a PretrainingTrainer trains the encoder, a generator per K when augmenting, and the
 LabelEfficiencyCurve trains the classifiers and writes the curve (no classifier is registered or pushed).
 """
@@ -431,7 +432,7 @@ DEFAULT_EXAMPLES_PER_PHASE = 3000
 
 
 def check_tuning(model_name: str, ray: Optional[RayTraining], settings: Optional[EvaluationSettings],
-                 augmentation: Optional[Augmentation], labels_per_class) -> None:
+                 augmentation: Optional[Augmentation]) -> None:
     """A search needs Ray (its trials are Ray Train runs) and, for a generative model, the evaluation's feature
     network (its trials are ranked by sample quality in that space); it tunes one model's Trainer."""
     if ray is None:
@@ -439,8 +440,8 @@ def check_tuning(model_name: str, ray: Optional[RayTraining], settings: Optional
     if family_of(model_name).generative and settings is None:
         raise ValueError(f"--tune ranks {model_name} trials by sample quality in the evaluation's feature space: "
                          "it needs the evaluation")
-    if augmentation is not None or (labels_per_class is not None and not isinstance(labels_per_class, int)):
-        raise ValueError("--tune tunes one model's Trainer: not with --augment-with or a label-efficiency curve")
+    if augmentation is not None:
+        raise ValueError("--tune tunes one model's Trainer: not with --augment-with")
 
 
 def _fine_tuners() -> str:
@@ -502,45 +503,81 @@ def pixel_range(model_name: str, pretraining: Optional[Tuple[str, Dict[str, Any]
     return registry.get_model(name).pixel_range
 
 
-def create_pipeline(pipeline_name: str, pipeline_root: str, metadata_path: Optional[str], source_info: SourceInfo,
-                    model_name: str, model_config: Dict[str, Any], serving_dir: str,
-                    eval_percent: int = DEFAULT_EVAL_PERCENT,
-                    labels_per_class: Optional[Union[int, Sequence[int]]] = None,
-                    seed: int = 0, schema_path: Optional[str] = None, enable_cache: bool = True,
-                    beam_pipeline_args: Optional[List[str]] = None, ray: Optional[RayTraining] = None,
-                    pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
-                    evaluation_settings: Optional[EvaluationSettings] = None,
-                    augmentation: Optional[Augmentation] = None,
-                    examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE,
-                    semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None,
-                    tuning: Optional[Tuning] = None) -> tfx_pipeline.Pipeline:
-    """`ray`: train on Ray Train (None: in this process). `pretraining`: (model, config overrides) whose encoder
-    a classifier fine-tunes. `evaluation_settings`: evaluate, bless and register in MLflow (None: train and push).
-    `labels_per_class`: K, or several K for the label-efficiency curve (a classifier). `augmentation`: generated
-    training data for the classifier. `semi_supervised`: (model, config overrides) the curve also trains per K.
-    `tuning`: a hyperparameter search (RayTuner) before the model's Trainer, which then trains with its best values."""
-    # Fail on a bad model name or config here, before any component runs.
-    check_model(model_name, model_config, source_info, pretraining)
-    ks = check_few_labels(model_name, labels_per_class, augmentation, source_info, semi_supervised)
-    data = data_nodes(source_info, pixel_range(model_name, pretraining), eval_percent, max(ks) if ks else None, seed,
-                      schema_path)
-    if tuning is not None:
-        check_tuning(model_name, ray, evaluation_settings, augmentation, labels_per_class)
-    if not isinstance(labels_per_class, int) and ks:  # a list, even of one K ("10,"): the curve's points
-        training = label_efficiency_nodes(data, source_info, model_name, model_config, ks, pretraining, ray,
-                                          evaluation_settings, augmentation, examples_per_phase, semi_supervised)
-    else:
-        training = training_nodes(data, source_info, model_name, model_config, serving_dir, ray, pretraining,
-                                  evaluation_settings, ks[0] if ks else None, augmentation, tuning)
+@dataclasses.dataclass(frozen=True)
+class PipelineTarget:
+    """Where a pipeline keeps what it makes: TFX's pipeline name (the scope of its cache and ML Metadata) and root,
+    ML Metadata (None: the orchestrator brings its own, on Kubeflow or Vertex), the Pusher's folder, and the Beam
+    options of the Beam-based components (None: Beam's own defaults)."""
+    name: str
+    root: str
+    metadata_path: Optional[str]
+    serving_dir: str
+    enable_cache: bool = True
+    beam_pipeline_args: Optional[List[str]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ingestion:
+    """How the data nodes read a source: the share of train carved into eval when it has no eval split, the seed
+    that picks the examples keeping their labels, and a schema to validate against instead of the inferred one."""
+    eval_percent: int = DEFAULT_EVAL_PERCENT
+    seed: int = 0
+    schema_path: Optional[str] = None
+
+
+def _tfx_pipeline(target: PipelineTarget, components: List[base_node.BaseNode]) -> tfx_pipeline.Pipeline:
     return tfx_pipeline.Pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
-        components=data.all() + training,
-        enable_cache=enable_cache,
-        # None: the orchestrator brings its own ML Metadata (Kubeflow, Vertex).
-        metadata_connection_config=metadata.connection_config(metadata_path) if metadata_path else None,
+        pipeline_name=target.name,
+        pipeline_root=target.root,
+        components=components,
+        enable_cache=target.enable_cache,
+        metadata_connection_config=(metadata.connection_config(target.metadata_path) if target.metadata_path
+                                    else None),
         # None given: Beam's defaults, the in-memory DirectRunner with one worker. Any option at all makes TFX
         # package itself for remote Beam workers in every Beam component (tfx.utils.dependency_utils: a 50-MB
         # copy and an sdist in the temp directory, ~2 s, never removed) unless a dependency flag is among them.
-        beam_pipeline_args=beam_pipeline_args or [],
+        beam_pipeline_args=target.beam_pipeline_args or [],
     )
+
+
+def training_pipeline(target: PipelineTarget, source_info: SourceInfo, model_name: str,
+                      model_config: Dict[str, Any], ingestion: Ingestion = Ingestion(),
+                      labels_per_class: Optional[int] = None, ray: Optional[RayTraining] = None,
+                      pretraining: Optional[Tuple[str, Dict[str, Any]]] = None,
+                      evaluation_settings: Optional[EvaluationSettings] = None,
+                      augmentation: Optional[Augmentation] = None,
+                      tuning: Optional[Tuning] = None) -> tfx_pipeline.Pipeline:
+    """Ingest, validate, transform; [search (`tuning`);] train the model (on Ray Train with `ray`, fine-tuning
+    the encoder of `pretraining`, (model, config overrides), when its family needs a base model, on generated
+    data too with `augmentation`, keeping the labels of `labels_per_class` examples per class); evaluate, bless
+    and register in MLflow (with `evaluation_settings`); push the SavedModel to the target's serving folder."""
+    # A bad model name or config fails here, before any component runs.
+    check_model(model_name, model_config, source_info, pretraining)
+    check_few_labels(model_name, labels_per_class, augmentation, source_info)
+    if tuning is not None:
+        check_tuning(model_name, ray, evaluation_settings, augmentation)
+    data = data_nodes(source_info, pixel_range(model_name, pretraining), ingestion.eval_percent, labels_per_class,
+                      ingestion.seed, ingestion.schema_path)
+    return _tfx_pipeline(target, data.all() + training_nodes(
+        data, source_info, model_name, model_config, target.serving_dir, ray, pretraining, evaluation_settings,
+        labels_per_class, augmentation, tuning))
+
+
+def label_efficiency_pipeline(target: PipelineTarget, source_info: SourceInfo, model_name: str,
+                              model_config: Dict[str, Any], labels_per_class: Sequence[int],
+                              pretraining: Tuple[str, Dict[str, Any]], ingestion: Ingestion = Ingestion(),
+                              ray: Optional[RayTraining] = None,
+                              evaluation_settings: Optional[EvaluationSettings] = None,
+                              augmentation: Optional[Augmentation] = None,
+                              examples_per_phase: int = DEFAULT_EXAMPLES_PER_PHASE,
+                              semi_supervised: Optional[Tuple[str, Dict[str, Any]]] = None) -> tfx_pipeline.Pipeline:
+    """Ingest, validate, transform; pretrain `pretraining`'s encoder; then the label-efficiency curve: the few-label
+    model `model_name` fine-tuned and trained from scratch per K in `labels_per_class` (each K's generator first
+    with `augmentation`; the `semi_supervised` model, (name, config overrides), per K too)."""
+    check_model(model_name, model_config, source_info, pretraining)
+    ks = check_few_labels(model_name, list(labels_per_class), augmentation, source_info, semi_supervised)
+    data = data_nodes(source_info, pixel_range(model_name, pretraining), ingestion.eval_percent, max(ks),
+                      ingestion.seed, ingestion.schema_path)
+    return _tfx_pipeline(target, data.all() + label_efficiency_nodes(
+        data, source_info, model_name, model_config, ks, pretraining, ray, evaluation_settings, augmentation,
+        examples_per_phase, semi_supervised))

@@ -178,3 +178,21 @@ def ray_settings(args):
                                      max_failures=args.max_failures)
     except ValueError as e:
         raise CliError(str(e)) from e
+
+
+def tfx_pipeline(args, request: PipelineRequest, target, ray=None, evaluation_settings=None, tuning=None):
+    """The pipeline the request asks for: the label-efficiency curve for a list of K (`10,` is a list of one),
+    else the model's training. `target`: pipelines.pipeline.PipelineTarget."""
+    from pipelines import pipeline  # pylint: disable=import-outside-toplevel
+    ingestion = pipeline.Ingestion(args.eval_percent, args.seed, args.schema)
+    common = dict(ray=ray, pretraining=request.pretraining, evaluation_settings=evaluation_settings,
+                  augmentation=request.augmentation)
+    if isinstance(args.labels_per_class, int) or not args.labels_per_class:
+        return pipeline.training_pipeline(target, request.info, args.model, request.model_config, ingestion,
+                                          args.labels_per_class, tuning=tuning, **common)
+    if tuning is not None:
+        raise CliError("--tune tunes one model's Trainer: not a label-efficiency curve (a list of --labels-per-class)")
+    return pipeline.label_efficiency_pipeline(target, request.info, args.model, request.model_config,
+                                              args.labels_per_class, ingestion=ingestion,
+                                              examples_per_phase=args.examples_per_phase,
+                                              semi_supervised=request.semi_supervised, **common)

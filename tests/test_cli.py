@@ -128,8 +128,9 @@ def test_beam_args_reach_the_pipeline_that_runs_the_beam_components(tmp_path, mo
                                           "--beam-arg=--direct_num_workers=2"])
     assert args.beam_args == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
-    made = {flags: pipeline.create_pipeline("p", str(tmp_path), None, info, "stacked_ae", {}, str(tmp_path),
-                                           beam_pipeline_args=list(flags) or None)
+    made = {flags: pipeline.training_pipeline(pipeline.PipelineTarget("p", str(tmp_path), None, str(tmp_path),
+                                                                      beam_pipeline_args=list(flags) or None),
+                                             info, "stacked_ae", {})
             for flags in (tuple(args.beam_args), ())}
     assert made[tuple(args.beam_args)].beam_pipeline_args == args.beam_args
     assert made[()].beam_pipeline_args == []

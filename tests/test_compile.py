@@ -32,9 +32,9 @@ def _parameter(task, name):
 def test_every_component_and_its_parameters_are_in_the_spec(tmp_path):
     info = sources.probe(sources.parse_source(f"idx:{SAMPLE_DIR}"))
     settings = pipeline.EvaluationSettings(tracking=tracking.TrackingConfig("http://mlflow:5000", "latentforge"))
-    tfx_pipeline = pipeline.create_pipeline(
-        pipeline_name="latentforge", pipeline_root=ROOT, metadata_path=None, source_info=info, model_name="dcgan",
-        model_config={"epochs": 2}, serving_dir=ROOT + "/serving", evaluation_settings=settings,
+    tfx_pipeline = pipeline.training_pipeline(
+        pipeline.PipelineTarget("latentforge", ROOT, None, ROOT + "/serving"), info, "dcgan", {"epochs": 2},
+        evaluation_settings=settings,
         ray=pipeline.RayTraining({"address": "ray://head:10001", "workers": 2}, ROOT + "/ray"))
     spec = _spec(kubeflow.compile_v2(tfx_pipeline, "registry.example/latentforge:1", str(tmp_path / "p.json")))
     tasks = spec.root.dag.tasks

@@ -28,6 +28,9 @@ def test_a_bad_space_stops_the_run_before_any_work(tmp_path, capsys):
     assert cli.main(["run", "--model", "stacked_ae", "--tune", "default", "--trainer", "in-process",
                      "--run-dir", str(tmp_path / "runs")]) == cli.EXIT_BAD_INPUT
     assert "--tune runs its trials on Ray Train" in capsys.readouterr().err
+    assert cli.main(["run", "--model", "classifier", "--labels-per-class", "5,10", "--tune", "default",
+                     "--run-dir", str(tmp_path / "runs")]) == cli.EXIT_BAD_INPUT
+    assert "--tune tunes one model's Trainer: not a label-efficiency curve" in capsys.readouterr().err
 
 
 @pytest.mark.slow
