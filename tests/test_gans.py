@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.conftest import sample_digits
-from trainers import gans
+from trainers import gan_layers, gans
 from trainers.common import TrainingDiverged
 from trainers.gans import GANConfig
 
@@ -105,13 +105,13 @@ def test_minibatch_stddev_lets_the_discriminator_see_the_rest_of_the_batch(digit
         first = [float(discriminator(x, training=False)[0, 0]) for x in (batch, other)]
         assert (not np.isclose(first[0], first[1], atol=1e-6)) == sees_batch, (group_size, first)
     # The feature itself: ProGAN's groups of strided images; a group of identical images has (almost) none.
-    layer = gans.MinibatchStddev(2)
+    layer = gan_layers.MinibatchStddev(2)
     x = tf.constant(np.stack([np.full((2, 2, 1), v, np.float32) for v in (0, 5, 2, 5)]))
     stddev = layer(x).numpy()[..., -1]  # groups {0, 2} and {1, 3}: stddevs 1 and 0
     assert layer(x).shape == (4, 2, 2, 2)
     np.testing.assert_allclose(stddev[:, 0, 0], [1, 0, 1, 0], atol=1e-3)
     # A batch the group size does not divide is one group.
-    np.testing.assert_allclose(gans.MinibatchStddev(2)(x[:3]).numpy()[:, 0, 0, -1], np.std([0, 5, 2]), rtol=1e-3)
+    np.testing.assert_allclose(gan_layers.MinibatchStddev(2)(x[:3]).numpy()[:, 0, 0, -1], np.std([0, 5, 2]), rtol=1e-3)
 
 
 def test_feature_matching_adds_the_distance_between_the_feature_means_to_the_generators_loss(digits):
@@ -174,7 +174,7 @@ def keras_features(model):
 
 def test_experience_replay_mixes_stored_fakes_into_the_discriminators_batches():
     tf.random.set_seed(0)
-    buffer = gans.ReplayBuffer(16, (2, 2, 1), fraction=0.25, conditional=True)
+    buffer = gan_layers.ReplayBuffer(16, (2, 2, 1), fraction=0.25, conditional=True)
     first, labels = tf.fill([8, 2, 2, 1], 1.0), tf.range(8)
     mixed, mixed_labels = buffer.mix(first, labels)  # empty: nothing replayed, the batch stored in slots 0-7
     np.testing.assert_array_equal(mixed.numpy(), first.numpy())
