@@ -55,7 +55,7 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
-    results = {"batch": args.batch, "steps": args.steps, "variants": {}}
+    results = {"batch": args.batch, "steps": args.steps, "warmup": args.warmup, "variants": {}}
     for name in args.variants.split(","):
         model_name, overrides = VARIANTS[name]
         try:

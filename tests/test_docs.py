@@ -92,3 +92,55 @@ def test_every_headline_figure_is_its_results_file_s():
     table = text.split("## How good, how fast", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| measurement")]
     assert rows == _headline_rows()
+
+
+def _report():
+    """benchmarks/report.py, the generator of docs/benchmarks.md (benchmarks/ is scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("report", os.path.join(REPO_ROOT, "benchmarks", "report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    return report
+
+
+def test_the_benchmarks_page_is_its_template_filled_from_the_results_files():
+    report = _report()
+    with open(report.TEMPLATE, encoding="utf-8") as f:
+        page = report.render(f.read(), report.load_results())
+    assert page == _read("docs/benchmarks.md"), "docs/benchmarks.md is stale: run python benchmarks/report.py"
+
+
+# A measured figure: decimals, a thousands separator, a ratio or percentage, or three digits and more. Small
+# integers in a table are settings (steps, workers, eta, a guidance scale), which a label may name.
+FIGURE = re.compile(r"\d[\d,]*\.\d+|\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?\s?[x×%]|\d{3,}")
+
+
+def test_every_figure_in_the_benchmarks_tables_comes_from_a_results_file():
+    """Past each row's label (the first column), a number in a table cell of the template must be a placeholder:
+    a figure typed in by hand fails here."""
+    report = _report()
+    with open(report.TEMPLATE, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    typed = []
+    for number, line in enumerate(lines, start=1):
+        if not line.startswith("|") or set(line) <= set("|-: ") or not lines[number].startswith("|"):
+            continue  # not a table row, a separator, or a header (the next line is the separator)
+        previous = lines[number - 2]
+        if not previous.startswith("|"):
+            continue
+        for cell in line.split("|")[2:-1]:
+            if FIGURE.search(report.PLACEHOLDER.sub("", cell)):
+                typed.append(f"line {number}: {cell.strip()}")
+    assert not typed, "figures typed into benchmarks/report.md's tables:\n" + "\n".join(typed)
+
+
+def test_a_placeholder_whose_data_is_missing_stops_the_render_naming_its_line():
+    report = _report()
+    results = {"speed": {"dcgan": {"ours": {"steady_samples_per_s": 592.7}}}}
+    assert report.render("| ours | {{speed/dcgan/ours/steady_samples_per_s:,.0f}} |\n", results).endswith(
+        "| ours | 593 |\n")
+    assert report.render("{{= [speed/dcgan/ours/steady_samples_per_s] / 2 :.1f}}", results).endswith("296.4")
+    for missing, named in (("speed/dcgan/notebook/steady_samples_per_s", "speed.json has no dcgan/notebook"),
+                           ("quality/vae/fid", "no benchmarks/results/quality.json")):
+        with pytest.raises(report.MissingFigure, match=f"line 2: {named}"):
+            report.render(f"# Speed\n| notebook | {{{{{missing}:.0f}}}} |\n", results)
