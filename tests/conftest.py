@@ -112,15 +112,21 @@ def write_transformed(path: str, images: np.ndarray, labels: np.ndarray) -> str:
 # Fixtures that start Ray, a server or a whole pipeline: a test that uses one (directly or through another
 # fixture) is slow, marked here rather than by hand (`make test-fast` runs what is not).
 STARTS_SERVICES = {"local_ray", "ray_head", "mlflow_server", "two_nodes", "s3_store", "served", "sample_run"}
+# Module fixtures that train a model for more than ~20 s on 2 cores: their tests run in `make test`, not in the
+# fast lane (a test that trains that long by itself is marked slow where it is defined).
+TRAINS_FOR_LONG = {("test_diffusion", "trained"), ("test_stylegan", "trained"), ("test_conditional_gan", "dcgan_cond"),
+                   ("test_export", "exported"), ("test_conditional", "zeros_and_ones")}
 
 
 def pytest_collection_modifyitems(items):
-    """Marks the tests that start services slow (STARTS_SERVICES). The longest modules first: `make test` hands whole modules to its processes in this order (pytest-xdist's
+    """Marks the tests that start services (STARTS_SERVICES) or use a long-training fixture slow. The longest modules first: `make test` hands whole modules to its processes in this order (pytest-xdist's
     --dist loadfile), and longest-first lets them finish together. tests/module_seconds.json holds each module's
     seconds from a whole `make test` (refresh it from `--junitxml` when modules change much); a module not in it
     goes by whether it has slow tests."""
     for item in items:
-        if STARTS_SERVICES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if STARTS_SERVICES & fixtures or {(module, name) for name in fixtures} & TRAINS_FOR_LONG:
             item.add_marker(pytest.mark.slow)
     with open(os.path.join(os.path.dirname(__file__), "module_seconds.json")) as f:
         measured = json.load(f)

@@ -121,6 +121,7 @@ def test_corrupt_file_inside_beam_keeps_the_clear_error(idx_dir, tmp_path):
         run_example_gen(f"idx:{path}", str(tmp_path / "out"))
 
 
+@pytest.mark.slow  # trains for more than ~20 s on 2 cores
 def test_real_mnist_through_the_executor(mnist_dir, tmp_path):
     splits, _ = run_example_gen(f"idx:{mnist_dir}", str(tmp_path / "out"))
     assert len(splits["train"]) + len(splits["eval"]) == 60000 and len(splits["test"]) == 10000

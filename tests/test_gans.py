@@ -51,10 +51,12 @@ def test_impossible_configs_are_rejected(overrides, message):
     # The notebook's two-phase dense GAN, 6 x 62 = 372 steps; smoothing and a slower D keep D from winning early.
     dict(architecture="dense", epochs=6, label_smoothing=0.1, discriminator_learning_rate=5e-4),
     # With chapter 17's three mode-collapse remedies at once (each one's own effect is tested below).
-    dict(architecture="dcgan", coding_size=100, optimizer="adam", learning_rate=2e-4, beta_1=0.5, epochs=4,
-         label_smoothing=0.1, minibatch_stddev=4, feature_matching=1.0, replay_size=256),
-    dict(architecture="dcgan", coding_size=100, loss="wgan_gp", critic_steps=2, optimizer="adam",
-         learning_rate=2e-4, beta_1=0.5, epochs=2, spectral_norm=True),
+    # The two convolutional runs train for ~40 s each on 2 cores: `make test`, not the fast lane.
+    pytest.param(dict(architecture="dcgan", coding_size=100, optimizer="adam", learning_rate=2e-4, beta_1=0.5,
+                      epochs=4, label_smoothing=0.1, minibatch_stddev=4, feature_matching=1.0, replay_size=256),
+                 marks=pytest.mark.slow),
+    pytest.param(dict(architecture="dcgan", coding_size=100, loss="wgan_gp", critic_steps=2, optimizer="adam",
+                      learning_rate=2e-4, beta_1=0.5, epochs=2, spectral_norm=True), marks=pytest.mark.slow),
 ], ids=["dense", "dcgan-smoothed-remedies", "wgan-gp-spectral"])
 def test_a_few_hundred_steps_move_samples_toward_the_data(overrides, digits):
     config = GANConfig(batch_size=32, **overrides)

@@ -33,6 +33,7 @@ def random_inception_like_graph(path: str, seed: int = 0) -> str:
     return path
 
 
+@pytest.mark.slow  # trains for more than ~20 s on 2 cores
 def test_the_inception_file_becomes_a_feature_network_that_scores_like_the_graph_itself(tmp_path):
     path = random_inception_like_graph(str(tmp_path / "classify_image_graph_def.pb"))
     digits = sample_digits(24)

@@ -179,6 +179,7 @@ def test_the_curve_with_generated_data_and_a_classifier_trained_beside_them(tmp_
     assert nodes["Pusher"].state == "COMPLETE"
 
 
+@pytest.mark.slow  # trains for more than ~20 s on 2 cores
 def test_the_same_seed_gives_the_same_point_and_another_seed_another():
     """Same seed, same answer: every phase seeds its weights and its data order (op-level seeds; CPU kernels here
     are deterministic), so a point repeats exactly; the seed is what varies it."""

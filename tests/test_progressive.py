@@ -71,6 +71,7 @@ def digits():
     return sample_digits(320) * 2.0 - 1.0
 
 
+@pytest.mark.slow  # trains for more than ~20 s on 2 cores
 def test_training_grows_to_full_resolution_and_resumes_in_the_middle_of_a_fade(digits, tmp_path):
     dataset = tf.data.Dataset.from_tensor_slices(digits).batch(32)  # 320 images an epoch
     config, model = build()
