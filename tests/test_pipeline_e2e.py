@@ -210,7 +210,12 @@ def test_a_conditional_gan_trains_on_symmetric_pixels_and_labels_and_exports_gen
     metrics = _evaluation(nodes["ModelEvaluator"])["metrics"]
     assert metrics["samples"] == 1000 and metrics["fid"] > network["fid_floor"]
     assert 0 <= metrics["mode_entropy"] <= metrics["mode_entropy_max"] and metrics["mode_kl"] >= 0
-    assert 0 <= metrics["conditional_accuracy"] <= 1 and len(metrics["per_class_conditional_accuracy"]) == 10
+    # Every class was asked for, equally often (a class never asked would have no accuracy: NaN), so the overall
+    # share is the mean of the per-class ones. Whether the generator draws the class is test_conditional_gan's:
+    # one epoch of this tiny DCGAN on 2,000 digits still draws one digit whatever it is asked.
+    per_class = metrics["per_class_conditional_accuracy"]
+    assert len(per_class) == 10 and all(0 <= a <= 1 for a in per_class)
+    assert metrics["conditional_accuracy"] == pytest.approx(np.mean(per_class))
     assert len(metrics["per_class_fid"]) == 10 and metrics["mean_class_fid"] > 0
     assert os.path.exists(os.path.join(nodes["ModelEvaluator"].outputs["evaluation"], "modes.png"))
     trainer_pictures = os.listdir(nodes["Trainer"].outputs["model_run"])
