@@ -106,7 +106,7 @@ def _ReadSourceSplit(pipeline: beam.Pipeline, info: sources.SourceInfo, split: s
         # One element per file, so decoding spreads over the runner's workers.
         records = (pipeline
                    | "ListFiles" >> beam.Create(shuffled(kind.list_files(info, split), split))
-                   | "Decode" >> beam.Map(lambda item: (sources.read_image_file(item[0], info.image_shape), item[1])))
+                   | "Decode" >> beam.Map(lambda item: (kind.read_file(item[0], info.image_shape), item[1])))
     elif kind.read_split is None:  # TFDS: its own Beam reader
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
         builder = sources.ensure_tfds_prepared(info.spec)

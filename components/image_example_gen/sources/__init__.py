@@ -18,7 +18,7 @@ A record is `(image, label)`: image uint8 (H, W, C), label int (-1 when the sour
 """
 import dataclasses
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -90,10 +90,16 @@ class SourceKind:
     # Every record of one split, validated; None: the kind is read by its own Beam reader (TFDS) in the executor
     read_split: Optional[Callable[[SourceInfo, str], Iterator[Record]]]
     example: str  # for messages: e.g. idx:data/mnist-sample
-    # A kind of one file per image: (info, split) -> [(path, label)], which the executor decodes one file at a time
+    # A kind of one file per image: (info, split) -> [(path, label)], which the executor hands one at a time to
+    # read_file(path, image_shape) -> the image, so decoding spreads over Beam's workers
     list_files: Optional[Callable[[SourceInfo, str], List[Tuple[str, int]]]] = None
+    read_file: Optional[Callable[[str, Sequence[int]], np.ndarray]] = None
     location_is_path: bool = True  # made absolute by parse_source (a TFDS location is a dataset name)
     dataset_name: Callable[[str], str] = _folder_name  # the short name of the data at a location
+
+    def __post_init__(self):
+        if (self.list_files is None) != (self.read_file is None):
+            raise ValueError(f"source kind {self.name}: list_files and read_file go together (one file per image)")
 
 
 KINDS: Dict[str, SourceKind] = {}

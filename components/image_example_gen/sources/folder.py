@@ -140,4 +140,5 @@ def read_split(info: SourceInfo, split: str) -> Iterator[Record]:
         yield read_image_file(path, info.image_shape), label
 
 
-register_kind(SourceKind("folder", probe, read_split, list_files=list_folder_split, example="folder:~/pets"))
+register_kind(SourceKind("folder", probe, read_split, list_files=list_folder_split, read_file=read_image_file,
+                         example="folder:~/pets"))
