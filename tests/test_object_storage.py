@@ -1,7 +1,10 @@
 """Object storage (backends/storage.py) against an S3-compatible server on 127.0.0.1: URIs are checked before any
 work, with one line naming the URI and what to set; Ray Train keeps its checkpoints in the bucket and resumes
 from them, past a damaged one."""
+import glob
+import json
 import os
+import tempfile
 import time
 
 import pytest
@@ -76,7 +79,6 @@ def test_ray_train_checkpoints_into_the_bucket_and_resumes_past_a_damaged_one(s3
     """Ray Train keeps a run's checkpoints in the bucket; a run interrupted after its newest checkpoint was
     truncated (a crash mid-write, a full disk) is resumed by the same run name: the rerun says so, skips it and
     resumes from the checkpoint before it, downloaded from the bucket."""
-    import json
     from backends import ray_cluster
     from components.trainer import ray_train
     from trainers import job as training
@@ -106,6 +108,10 @@ def test_ray_train_checkpoints_into_the_bucket_and_resumes_past_a_damaged_one(s3
         assert state["epoch"] == 2 and model(images[:4]).shape == (4, 28, 28, 1)
         # A finished run is never resumed into: the next run of the same base gets the next name.
         assert ray_train.run_name(root, "ae") == "ae-2"
+        assert first.downloaded and os.path.isdir(first.checkpoint_dir)
+        first.remove_download()  # once restored, the local copy goes (a run per day would fill the disk)
+        assert not os.path.exists(first.checkpoint_dir)
+        resume_downloads = set(glob.glob(os.path.join(tempfile.gettempdir(), "latentforge-resume-*")))
 
         # As if the run had been killed while its last checkpoint was written.
         client.delete_object(Bucket=S3_BUCKET, Key=f"runs/ray/{name}/{ray_train.COMPLETE_MARKER}")
@@ -119,6 +125,9 @@ def test_ray_train_checkpoints_into_the_bucket_and_resumes_past_a_damaged_one(s3
             newest.rsplit("/", 1)[-1]]
         assert worker["resumed_from_epoch"] == 1
         assert len(second.history["loss"]) == 3 and second.history["loss"][0] == first.history["loss"][0]
+        # The worker's download of the checkpoint it resumed from is gone once it trained.
+        assert set(glob.glob(os.path.join(tempfile.gettempdir(), "latentforge-resume-*"))) <= resume_downloads
+        second.remove_download()
     finally:
         ray_cluster.shutdown()
 

@@ -12,7 +12,6 @@ resumes from its last checkpoint; a run that finished is never resumed into (run
 import dataclasses
 import hashlib
 import json
-import shutil
 from typing import Any, Dict, List
 
 import pyarrow.fs
@@ -77,5 +76,4 @@ class RayTrainerExecutor(TrainerExecutor):
                       epoch_seconds=[round(b - a, 3) for a, b in zip(outcome.epoch_started_at,
                                                                      outcome.epoch_started_at[1:])],
                       **best_epoch.kept_epoch_details(outcome.history, outcome.kept_epoch))
-        if storage.is_uri(ray_config["storage_path"]):  # the kept checkpoint's local download (ray_train.train)
-            shutil.rmtree(outcome.checkpoint_dir, ignore_errors=True)
+        outcome.remove_download()

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import posixpath
+import shutil
 import socket
 import tempfile
 import threading
@@ -75,6 +76,12 @@ class TrainingOutcome:
     epoch_started_at: List[float]  # wall-clock time each epoch began on the chief (time.time())
     finished_at: float  # when the run's result reached this driver
     kept_epoch: Optional[int] = None  # the best epoch by the sample-quality proxy, whose checkpoint checkpoint_dir is
+    downloaded: bool = False  # checkpoint_dir is a local copy of a checkpoint on object storage
+
+    def remove_download(self) -> None:
+        """Deletes checkpoint_dir when it is a download (once the model is restored); a local run's stays."""
+        if self.downloaded:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
 
 def _describe(resources: Dict[str, float]) -> str:
@@ -225,7 +232,8 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
             checkpoint.path, posixpath.join(ray_path, name))) if storage.is_uri(storage_path) else checkpoint_dir,
             "workers": workers}).encode())
     return TrainingOutcome(checkpoint_dir, state["history"], workers, storage.join(storage_path, name),
-                           state.get("epoch_started_at", []), finished_at, kept_epoch)
+                           state.get("epoch_started_at", []), finished_at, kept_epoch,
+                           downloaded=storage.is_uri(storage_path))
 
 
 class _QueueSink:
@@ -384,7 +392,11 @@ def _train_loop(loop_config: Dict[str, Any]) -> None:
             from components.trainer import tensorboard  # pylint: disable=import-outside-toplevel
             callbacks += tensorboard.callbacks(job.family, job.tensorboard_dir, eval_data, training.pixel_range(job),
                                                config.seed)
-        training.train(job, model, config, train_data, eval_data, callbacks, initial_epoch)
+        try:
+            training.train(job, model, config, train_data, eval_data, callbacks, initial_epoch)
+        finally:
+            if checkpoint is not None and directory is not None and checkpoint.filesystem.type_name != "local":
+                shutil.rmtree(directory, ignore_errors=True)  # the resumed checkpoint's download (object storage)
 
 
 def _checkpoint_dirs(filesystem, run: str) -> List[str]:
@@ -412,17 +424,19 @@ def _readable_checkpoint(checkpoint, tf, training, rank: int, size: int):
     one is damaged (a truncated file after a crash or a full disk), the ones Ray kept before it are tried, newest
     first, on whatever storage holds them. (None, ...) when none is readable: training starts over.
 
-    A local checkpoint is read in place; one on object storage is downloaded to a directory that lives as long as
-    this worker: the restore is deferred (the optimizer's slots load when it is built, at the first step), so
-    Checkpoint.as_directory's copy, deleted when its block ends, would be gone by then."""
+    A local checkpoint is read in place; one on object storage is downloaded to a directory that lives until the
+    worker has trained (_train_loop removes it): the restore is deferred (the optimizer's slots load when it is
+    built, at the first step), so Checkpoint.as_directory's copy, deleted when its block ends, would be gone by
+    then. The download of a checkpoint found unreadable is removed at once."""
     import ray.train  # pylint: disable=import-outside-toplevel
     local = checkpoint.filesystem.type_name == "local"
     skipped = []
     for path in _checkpoints_newest_first(checkpoint):
         name = path if local else f"{checkpoint.filesystem.type_name}://{path}"
+        directory = path if local else tempfile.mkdtemp(prefix="latentforge-resume-")
         try:
-            directory = path if local else ray.train.Checkpoint(path, filesystem=checkpoint.filesystem).to_directory(
-                tempfile.mkdtemp(prefix="latentforge-resume-"))
+            if not local:
+                ray.train.Checkpoint(path, filesystem=checkpoint.filesystem).to_directory(directory)
             training.read_state(directory)
             reader = tf.train.load_checkpoint(os.path.join(directory, training.WEIGHTS))
             for tensor in reader.get_variable_to_shape_map():
@@ -434,6 +448,8 @@ def _readable_checkpoint(checkpoint, tf, training, rank: int, size: int):
             print(f"latentforge worker {rank + 1}/{size}: checkpoint {name} is unreadable "
                   f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", flush=True)
             skipped.append(name)
+            if not local:
+                shutil.rmtree(directory, ignore_errors=True)
     print(f"latentforge worker {rank + 1}/{size}: no readable checkpoint; training from epoch 0", flush=True)
     return None, skipped
 

@@ -129,8 +129,9 @@ def _trial(config: Dict[str, Any], job_fields: Dict[str, Any], settings: Dict[st
     # Train's default 60 s, a failure that also left its own late placement group reserved.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "1800")
     try:
-        ray_train.train(job, ray_train.RaySettings(**settings), storage_path, name,
-                        callbacks=[TuneReportCallback()], progress_to_terminal=False)
+        outcome = ray_train.train(job, ray_train.RaySettings(**settings), storage_path, name,
+                                  callbacks=[TuneReportCallback()], progress_to_terminal=False)
+        outcome.remove_download()  # the search's finalists are read from storage (ray_train.kept_checkpoint)
     except TrainingDiverged as error:
         # The worst value, so no scheduler promotes it; the trial then ends as any finished one does.
         ray.tune.report({metric: math.inf if mode == "min" else -math.inf, "diverged": 1.0,
