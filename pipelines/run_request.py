@@ -189,7 +189,7 @@ def tfx_pipeline(args, request: PipelineRequest, target, ray=None, evaluation_se
                   augmentation=request.augmentation)
     if isinstance(args.labels_per_class, int) or not args.labels_per_class:
         return pipeline.training_pipeline(target, request.info, args.model, request.model_config, ingestion,
-                                          args.labels_per_class, tuning=tuning, **common)
+                                          args.labels_per_class or None, tuning=tuning, **common)
     if tuning is not None:
         raise CliError("--tune tunes one model's Trainer: not a label-efficiency curve (a list of --labels-per-class)")
     return pipeline.label_efficiency_pipeline(target, request.info, args.model, request.model_config,
