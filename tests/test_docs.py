@@ -115,6 +115,10 @@ def test_the_benchmarks_page_is_its_template_filled_from_the_results_files():
 FIGURE = re.compile(r"\d[\d,]*\.\d+|\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?\s?[x×%]|\d{3,}")
 
 
+def _separator(line: str) -> bool:
+    return line.startswith("|") and set(line) <= set("|-: ")
+
+
 def test_every_figure_in_the_benchmarks_tables_comes_from_a_results_file():
     """Past each row's label (the first column), a number in a table cell of the template must be a placeholder:
     a figure typed in by hand fails here."""
@@ -123,11 +127,9 @@ def test_every_figure_in_the_benchmarks_tables_comes_from_a_results_file():
         lines = f.read().splitlines()
     typed = []
     for number, line in enumerate(lines, start=1):
-        if not line.startswith("|") or set(line) <= set("|-: ") or not lines[number].startswith("|"):
-            continue  # not a table row, a separator, or a header (the next line is the separator)
-        previous = lines[number - 2]
-        if not previous.startswith("|"):
-            continue
+        following = lines[number] if number < len(lines) else ""
+        if not line.startswith("|") or _separator(line) or _separator(following):
+            continue  # not a table row, a separator, or a header (the line after it is the separator)
         for cell in line.split("|")[2:-1]:
             if FIGURE.search(report.PLACEHOLDER.sub("", cell)):
                 typed.append(f"line {number}: {cell.strip()}")
