@@ -29,6 +29,35 @@ def load_mnist():
     return (*arrays["train"], *arrays["test"])
 
 
+class TreeMemory:
+    """The resident memory of a process and all its descendants (a driver, Ray, Beam workers), sampled every
+    `interval` s in a thread until the process exits: `samples` holds (seconds since `started`, bytes)."""
+
+    def __init__(self, process, started: float, interval: float = 0.2):
+        import threading
+        self.samples = []
+        self._thread = threading.Thread(target=self._sample, args=(process, started, interval), daemon=True)
+        self._thread.start()
+
+    def _sample(self, process, started, interval):
+        import psutil
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                self.samples.append((time.time() - started, sum(p.memory_info().rss for p in tree if p.is_running())))
+            except psutil.Error:  # a process that ended while being looked at
+                pass
+            time.sleep(interval)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def peak(self, start: float = 0.0, end: float = float("inf")) -> int:
+        """The largest sample between `start` and `end` seconds (0 without one)."""
+        return max([rss for t, rss in self.samples if start <= t < end] or [0])
+
+
 class Timer:
     def __enter__(self):
         self.start = time.perf_counter()

@@ -16,13 +16,11 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
-import psutil
 
-from common import MNIST_DIR, REPO_ROOT, load_results, save_results  # first: sys.path, environment
+from common import MNIST_DIR, REPO_ROOT, TreeMemory, load_results, save_results  # first: sys.path, environment
 
 MULTI = ["--beam-arg=--direct_running_mode=multi_processing", "--beam-arg=--direct_num_workers=2"]
 DATA_COMPONENTS = ("ImageExampleGen", "StatisticsGen", "Transform")
@@ -50,20 +48,7 @@ def run(source: str, beam_args, run_dir: str) -> dict:
     log_path = run_dir + ".log"
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
-    samples = []  # (seconds since start, RSS of the whole process tree)
-
-    def sample_memory():
-        driver = psutil.Process(process.pid)
-        while process.poll() is None:
-            try:
-                tree = [driver, *driver.children(recursive=True)]
-                samples.append((time.time() - started, sum(p.memory_info().rss for p in tree if p.is_running())))
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample_memory, daemon=True)
-    sampler.start()
+    memory = TreeMemory(process, started)
     # The console's "[i/N] Component" lines mark when each component starts: the peak within each span is that
     # component's (the local runner runs them one at a time).
     starts, lines = [], []
@@ -73,16 +58,16 @@ def run(source: str, beam_args, run_dir: str) -> dict:
         if mark:
             starts.append((time.time() - started, mark.group(1)))
     process.wait()
-    sampler.join()
+    memory.join()
     output = "".join(lines)
     with open(log_path, "w") as log:
         log.write(output)
     if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{output[-3000:]}")
     ends = [t for t, _ in starts[1:]] + [time.time() - started]
-    peak_by_component = {name: round(max([rss for t, rss in samples if start <= t < end] or [0]) / 1024 ** 3, 2)
+    peak_by_component = {name: round(memory.peak(start, end) / 1024 ** 3, 2)
                          for (start, name), end in zip(starts, ends)}
-    peak = max(rss for _, rss in samples)
+    peak = memory.peak()
     from pipelines import metadata
     nodes = metadata.latest_run(os.path.join(run_dir, "latentforge", "metadata.sqlite"), "latentforge")
     seconds = {n.node: round(n.seconds, 1) for n in nodes}

@@ -11,37 +11,23 @@ import argparse
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 
-import psutil
-
-from common import REPO_ROOT, save_results  # first: sys.path, environment
+from common import REPO_ROOT, TreeMemory, save_results  # first: sys.path, environment
 
 
 def make_run(run_dir: str) -> dict:
     started = time.time()
     process = subprocess.Popen(["make", "-s", "run", f"RUN_DIR={run_dir}"], cwd=REPO_ROOT, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peak = [0]
-
-    def sample_memory():
-        root = psutil.Process(process.pid)
-        while process.poll() is None:
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-    sampler = threading.Thread(target=sample_memory, daemon=True)
-    sampler.start()
+    memory = TreeMemory(process, started)
     output, _ = process.communicate()
     seconds = time.time() - started
-    sampler.join()
+    memory.join()
     if process.returncode != 0:
         raise SystemExit(f"make run failed ({process.returncode}):\n{output[-3000:]}")
-    return {"wall_s": round(seconds, 1), "lines": len(output.splitlines()), "peak_rss_gib": round(peak[0] / 2**30, 2)}
+    return {"wall_s": round(seconds, 1), "lines": len(output.splitlines()),
+            "peak_rss_gib": round(memory.peak() / 2**30, 2)}
 
 
 def main():
