@@ -152,7 +152,7 @@ def read_split(info: SourceInfo, split: str) -> Iterator[Record]:
 # The kinds register themselves on import, in the order --source lists them; then what the executor, the CLI and
 # the tests use of them. pylint: disable=wrong-import-position,cyclic-import
 from components.image_example_gen.sources import tfds, idx, folder, npz  # noqa: E402,F401
-from components.image_example_gen.sources.folder import list_folder_split, read_image_file  # noqa: E402,F401
+from components.image_example_gen.sources.folder import list_folder_split  # noqa: E402,F401
 from components.image_example_gen.sources.idx import iter_idx_chunks, read_idx  # noqa: E402,F401
 from components.image_example_gen.sources.tfds import (ensure_tfds_prepared, tfds_keys,  # noqa: E402,F401
                                                        tfds_split_name)
