@@ -76,7 +76,10 @@ class TrainingOutcome:
     epoch_started_at: List[float]  # wall-clock time each epoch began on the chief (time.time())
     finished_at: float  # when the run's result reached this driver
     kept_epoch: Optional[int] = None  # the best epoch by the sample-quality proxy, whose checkpoint checkpoint_dir is
-    downloaded: bool = False  # checkpoint_dir is a local copy of a checkpoint on object storage
+    @property
+    def downloaded(self) -> bool:
+        """Whether checkpoint_dir is a local copy: the run's checkpoints are on object storage."""
+        return storage.is_uri(self.run_path)
 
     def remove_download(self) -> None:
         """Deletes checkpoint_dir when it is a download (once the model is restored); a local run's stays."""
@@ -232,8 +235,7 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
             checkpoint.path, posixpath.join(ray_path, name))) if storage.is_uri(storage_path) else checkpoint_dir,
             "workers": workers}).encode())
     return TrainingOutcome(checkpoint_dir, state["history"], workers, storage.join(storage_path, name),
-                           state.get("epoch_started_at", []), finished_at, kept_epoch,
-                           downloaded=storage.is_uri(storage_path))
+                           state.get("epoch_started_at", []), finished_at, kept_epoch)
 
 
 class _QueueSink:
