@@ -1,5 +1,6 @@
 """What a user reads: the README stays a front door, every link in it and in docs/ leads somewhere, and nothing
 written for users speaks of the project's work log (issue numbers) or of paths only its developers have."""
+import functools
 import glob
 import os
 import re
@@ -44,14 +45,24 @@ def test_user_docs_name_no_issue_numbers_and_no_developer_paths(name):
     assert "../shared" not in text
 
 
+@functools.lru_cache(maxsize=None)
+def _report():
+    """benchmarks/report.py, the generator of docs/benchmarks.md (benchmarks/ is scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("report", os.path.join(REPO_ROOT, "benchmarks", "report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    return report
+
+
+@functools.lru_cache(maxsize=None)
+def _results():
+    return _report().load_results()
+
+
 def _result(name, *keys):
-    """A value from benchmarks/results/NAME.json, by keys (list indices as ints)."""
-    import json
-    with open(os.path.join(REPO_ROOT, "benchmarks", "results", f"{name}.json")) as f:
-        value = json.load(f)
-    for key in keys:
-        value = value[key]
-    return value
+    """A value from benchmarks/results/NAME.json, by keys (list indices as ints), as the page's generator reads it."""
+    return _report().lookup(_results(), "/".join(map(str, (name, *keys))))
 
 
 def _headline_rows():
@@ -94,19 +105,10 @@ def test_every_headline_figure_is_its_results_file_s():
     assert rows == _headline_rows()
 
 
-def _report():
-    """benchmarks/report.py, the generator of docs/benchmarks.md (benchmarks/ is scripts, not a package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("report", os.path.join(REPO_ROOT, "benchmarks", "report.py"))
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
-    return report
-
-
 def test_the_benchmarks_page_is_its_template_filled_from_the_results_files():
     report = _report()
     with open(report.TEMPLATE, encoding="utf-8") as f:
-        page = report.render(f.read(), report.load_results())
+        page = report.render(f.read(), _results())
     assert page == _read("docs/benchmarks.md"), "docs/benchmarks.md is stale: run python benchmarks/report.py"
 
 
