@@ -49,7 +49,7 @@ run: install
 # some waiting but no faster overall, and its load made servers and Ray heads miss their start-up deadlines.
 # TEST_WORKERS=0: one process.
 test: install browser
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=20 -rs $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20 -rs $(PYTEST_ARGS) tests
 
 # The explorer's browser tests drive Debian's chromium through chromedriver (no browser can be downloaded):
 # installed here when missing and this is root (CI); otherwise they say how and skip.
@@ -62,7 +62,7 @@ browser:
 
 # The inner loop: every test that starts no Ray, no server and no whole pipeline (marked slow).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=10 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10 $(PYTEST_ARGS) tests
 
 # Not run by CI: speed, quality and Ray overhead on the real MNIST (../shared/datasets/mnist), ~50 min on 2 cores;
 # generative.py (FID/KID of VAE, DCGAN, WGAN-GP, DDPM: hours on 2 cores) and serving_load.py (~10 min) apart.

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras 2 before TensorFlow's first import, as `latentforge` sets it (pipelines/cli.py): no Keras 3 loaded with it,
+# in this process and every process a test starts.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Every Ray head a test starts (`ray start` in fixtures included): the dashboard's modules get 180 s, not 30, to
 # start; three test processes on 2 cores have made its metrics module miss 30 s (backends/local_ray.py does the same).
 os.environ.setdefault("RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT", "180")
@@ -119,10 +122,12 @@ TRAINS_FOR_LONG = {("test_diffusion", "trained"), ("test_stylegan", "trained"), 
 
 
 def pytest_collection_modifyitems(items):
-    """Marks the tests that start services (STARTS_SERVICES) or use a long-training fixture slow. The longest modules first: `make test` hands whole modules to its processes in this order (pytest-xdist's
-    --dist loadfile), and longest-first lets them finish together. tests/module_seconds.json holds each module's
-    seconds from a whole `make test` (refresh it from `--junitxml` when modules change much); a module not in it
-    goes by whether it has slow tests."""
+    """Marks the tests that start services (STARTS_SERVICES) or use a long-training fixture slow. The longest modules
+    first: `make test` hands whole modules to its processes in this order (pytest-xdist's --dist loadfile with
+    --no-loadscope-reorder: by default xdist reorders modules by their number of tests, which sent the two-test
+    cluster module last and left one process alone with it), and longest-first lets them finish together.
+    tests/module_seconds.json holds each module's seconds from a whole `make test` (refresh it from `--junitxml`
+    when modules change much); a module not in it goes by whether it has slow tests."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         module = item.module.__name__.rsplit(".", 1)[-1]

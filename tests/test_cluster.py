@@ -61,11 +61,11 @@ def test_a_run_survives_losing_a_node_and_keeps_everything_in_the_bucket(two_nod
     workdir.mkdir()
     shutil.copytree(os.path.join(REPO_ROOT, "data", "mnist-sample"), source)
     env = {**cluster.env, "PYTHONPATH": os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")])}
-    # The notebook's dense GAN with its generator's weight average (on by default): 2 epochs of ~450 steps of a
-    # global batch of 4 (two images per worker), long enough to lose a node inside epoch 2.
+    # The notebook's dense GAN with its generator's weight average (on by default): 2 epochs of ~225 steps of a
+    # global batch of 8 (four images per worker), ~13 s each on 2 cores: long enough to lose a node inside epoch 2.
     prefix = "cluster/runs/latentforge/"
     run = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "--model", "gan", "--epochs", "2", "--batch-size", "4",
+        [sys.executable, "-m", "pipelines.cli", "run", "--model", "gan", "--epochs", "2", "--batch-size", "8",
          "--workers", "2", "--cpus-per-worker", "1", "--ray-address", cluster.address, "--source", f"idx:{source}",
          # Until Ray marks the lost node dead (missed heartbeats, seconds), a restarted group can still be handed
          # actors there and fail once more: a node loss may take more than one restart.
