@@ -26,9 +26,10 @@ def _accuracy(model, images, labels):
 
 def test_the_unlabelled_images_help_beyond_the_labels_alone():
     """Noise as bright as the class row: two labels per class leave the network guessing at what matters; the
-    same network, the same steps, also given the other 594 images unlabelled, classifies better. Measured over
-    six runs: 0.93-0.99 against 0.87-0.92, so one pair can be 0.02 apart (TensorFlow's threads do not repeat a
-    run exactly): the means over three seeds are compared."""
+    same network, the same steps, also given the other 594 images unlabelled, classifies better (measured over
+    six seeds: 0.94-0.99 against 0.84-0.91). The seed is set before the datasets are made: their shuffles take
+    TensorFlow's global seed as it is then, which whatever test ran before in this process would otherwise set."""
+    tf.keras.utils.set_random_seed(0)
     images, labels = _toy(600, seed=1, noise=1.0)
     test_images, test_labels = _toy(300, seed=2, noise=1.0)
     few = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(3)])
@@ -38,12 +39,11 @@ def test_the_unlabelled_images_help_beyond_the_labels_alone():
     others = tf.data.Dataset.from_tensor_slices((images, partial)).shuffle(600, seed=0).repeat()
     semi = tf.data.Dataset.sample_from_datasets([others, labelled], [0.5, 0.5], seed=0).batch(32).take(20)
     alone = labelled.shuffle(6, seed=0).batch(32).take(20)
-    with_unlabelled, labels_only = [], []
-    for seed in range(3):
-        config = ssgan.SemiSupervisedGANConfig(**SMALL, epochs=6, seed=seed)
-        with_unlabelled.append(_accuracy(ssgan.train(config, (8, 8, 1), semi)[0], test_images, test_labels))
-        labels_only.append(_accuracy(ssgan.train(config, (8, 8, 1), alone)[0], test_images, test_labels))
-    assert np.mean(with_unlabelled) > np.mean(labels_only) + 0.03, (with_unlabelled, labels_only)
+    config = ssgan.SemiSupervisedGANConfig(**SMALL, epochs=6, seed=0)
+    with_unlabelled, _ = ssgan.train(config, (8, 8, 1), semi)
+    labels_only, _ = ssgan.train(config, (8, 8, 1), alone)
+    assert _accuracy(with_unlabelled, test_images, test_labels) > _accuracy(labels_only, test_images,
+                                                                            test_labels) + 0.03
 
 
 @pytest.mark.parametrize("overrides, message", [
