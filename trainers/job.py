@@ -20,6 +20,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
+import tf_keras as keras
 
 from trainers import data, registry
 
@@ -82,6 +83,9 @@ def datasets(job: TrainingJob, config, options: Optional[tf.data.Options] = None
     every labelled one, or for a conditional generator or a semi-supervised family (images, labels) of every
     example, the label -1 (none) where the few-label flag is unset: with K labels per class it sees only those K
     labels."""
+    # The data's order is the seed's alone: a shuffle made now takes TensorFlow's global seed as it stands, which
+    # whatever trained earlier in this process sets (in process, a component that a cached rerun skips).
+    keras.utils.set_random_seed(config.seed)
     spec = _tf_feature_spec(job.feature_spec)
     labeled = _labeled(job)
     image = _rescaled(job.data_pixel_range, job.family.pixel_range)
