@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Keras 2 before TensorFlow's first import, as `latentforge` sets it (pipelines/cli.py): no Keras 3 loaded with it,
-# in this process and every process a test starts.
+# Keras 2 before TensorFlow's first import (trainers/__init__.py says why): TensorFlow then loads no Keras 3 with it
+# (~1.8 CPU-s), in this process and in every process a test starts that does not import TFX's components.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Every Ray head a test starts (`ray start` in fixtures included): the dashboard's modules get 180 s, not 30, to
 # start; three test processes on 2 cores have made its metrics module miss 30 s (backends/local_ray.py does the same).
