@@ -47,7 +47,7 @@ class LocalRay:
                    f"--object-store-memory={object_store_bytes}",
                    *(["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}"]
                      if dashboard else ["--include-dashboard=false"]),
-                   "--disable-usage-stats"]
+                   *own_ports(), "--disable-usage-stats"]
         project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
@@ -97,6 +97,17 @@ class LocalRay:
                 child.kill()
             except psutil.Error:  # gone already: what TERM should have done
                 pass
+
+
+def own_ports() -> List[str]:
+    """`ray start` options that keep a head off ports another Ray on this machine may take. By default each node
+    hands its workers ports counting up from 10002 and checks each is free before the worker binds it, so two Rays
+    on one machine race for the same port: a driver then aborted at start ("Failed to start the grpc server. The
+    specified port is 10002"). Port 0 lets the kernel pick as the worker binds. The agents' and the Ray Client
+    server's defaults (52365..., 10001) are fixed too: a head whose job agent cannot bind refuses every job."""
+    return ["--min-worker-port=0", "--max-worker-port=0", f"--ray-client-server-port={_free_port()}",
+            *(f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                       "metrics-export-port", "runtime-env-agent-port"))]
 
 
 def _free_port() -> int:

@@ -26,6 +26,12 @@ Every epoch the pipeline's best-epoch proxy (trainers/best_epoch.py: KID of 400 
 space) is measured; the model is scored at its last epoch and at the epoch the proxy picks (`best_scores`, FID at
 the best epoch against the last in the table), from the same run.
 Results: benchmarks/results/generative.json, pictures in benchmarks/results/generative-*.png, a Markdown table.
+
+The spread of one configuration over seeds (`--seeds 1,2,3`: each model trained once per seed, keys MODEL-seedS,
+all scored by one metric network; `--results` keeps them apart from the figures they qualify):
+
+    python benchmarks/generative.py --only dcgan,ddpm --seeds 1,2 --last-epoch-only --ddim-steps= \
+        --ancestral-samples 0 --results generative-seeds
 """
 import argparse
 import ast
@@ -145,6 +151,9 @@ def main():
     parser.add_argument("--only", default=",".join(MODELS))
     parser.add_argument("--set", action="append", default=[], help="MODEL:FIELD=VALUE, e.g. ddpm:ema_decay=0.9999")
     parser.add_argument("--label", default="", help="suffix of the result keys (a second configuration)")
+    parser.add_argument("--seeds", default="", help="train each model once per seed (TensorFlow's and NumPy's "
+                        "global seeds: initial weights, noise, data order), keys MODEL-seedS; default: unseeded")
+    parser.add_argument("--results", default="generative", help="benchmarks/results/RESULTS.json")
     parser.add_argument("--train-subset", type=int, help="train the models on the first N digits (a quick check)")
     parser.add_argument("--last-epoch-only", action="store_true",
                         help="no best-epoch proxy (by default every epoch is scored and the best one is scored too)")
@@ -152,7 +161,7 @@ def main():
     overrides = parse_overrides(args.set)
     x_train, y_train, x_test, y_test = load_mnist()
     model_train = x_train[:args.train_subset] if args.train_subset else x_train
-    results = load_results("generative") if not args.train_subset else {}
+    results = load_results(args.results) if not args.train_subset else {}
     results.update(samples=args.samples)
     work = tempfile.mkdtemp(prefix="generative-")
     pictures = RESULTS_DIR if not args.train_subset else work
@@ -172,8 +181,11 @@ def main():
         f"test_{args.samples}_vs_train": scoring.generative_scores(x_test[:args.samples], network, reference)}
     print("metric network", results["metric_network"], flush=True)
 
-    for name in args.only.split(","):
-        key = name + args.label
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed] or [None]
+    for name, seed in ((name, seed) for name in args.only.split(",") for seed in seeds):
+        key = name + args.label + (f"-seed{seed}" if seed is not None else "")
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
         # The pipeline's best-epoch proxy (trainers/best_epoch.py) on every epoch: the model is scored at its last
         # epoch as always, then at the epoch the proxy picks ("best_scores"), from the same run.
         proxy = None if args.last_epoch_only else best_epoch.SampleQualityProxy(
@@ -206,7 +218,8 @@ def main():
         if "guidance" in inputs:
             row["guidance"] = guidance_sweep(entry, model, os.path.join(work, key), args.samples, network,
                                              reference, inputs, os.path.join(pictures, f"generative-{key}"))
-        if entry.family.name == "diffusion":
+        row["seed"] = seed
+        if entry.family.name == "diffusion" and (args.ddim_steps or args.ancestral_samples):
             row["samplers"] = sampler_sweep(model, args, network, reference,
                                             os.path.join(pictures, f"generative-{key}"))
         if model.weight_averages():
@@ -231,10 +244,10 @@ def main():
         results[key] = row
         print(key, row, flush=True)
         if not args.train_subset:
-            save_results("generative", results)
+            save_results(args.results, results)
     print_table(results, args.samples)
     if not args.train_subset:
-        print("saved", save_results("generative", results))
+        print("saved", save_results(args.results, results))
 
 
 def sampler_sweep(model, args, network, reference, picture_prefix):
@@ -252,10 +265,12 @@ def sampler_sweep(model, args, network, reference, picture_prefix):
 
     sweep = {}
     model.generate(1, 0, steps=1)  # traces the sampler once: no row's time includes it
-    for steps in (int(s) for s in args.ddim_steps.split(",")):
+    for steps in (int(s) for s in args.ddim_steps.split(",") if s):
         sweep[f"ddim_{steps}"], _ = run(f"ddim_{steps}", steps, args.samples,
                                         lambda n, seed, steps=steps: model.generate(n, seed, steps=steps))
     count, default, timesteps = args.ancestral_samples, model.sample_steps, model.diffusion.timesteps
+    if not count:
+        return sweep
     sweep[f"ddim_{default}_x{count}"], _ = run(f"ddim_{default}", default, count,
                                                lambda n, seed: model.generate(n, seed))
     sweep[f"ancestral_{timesteps}_x{count}"], images = run("ancestral", timesteps, count, model.ancestral_sample)

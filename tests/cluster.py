@@ -10,6 +10,7 @@ import time
 
 import psutil
 
+from backends.local_ray import own_ports
 from tests.conftest import free_port
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -23,13 +24,6 @@ def available() -> bool:
 def start_process(command, log_path, env=None):
     with open(log_path, "w") as log:
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-
-
-def agent_ports():
-    """Each node's own agent ports: two nodes of one machine (and any other Ray the suite runs) cannot share
-    Ray's defaults."""
-    return [f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                   "metrics-export-port", "runtime-env-agent-port")]
 
 
 def kill(process):
@@ -97,8 +91,7 @@ class Cluster:
         self.head = start_process([RAY, "start", "--head", f"--port={port}", f"--temp-dir={self.temp_dir}",
                                    "--include-dashboard=true",
                                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                                   f"--ray-client-server-port={free_port()}", f"--num-cpus={head_cpus}",
-                                   *self.common, *agent_ports()], logs / "head.log", self.env)
+                                   f"--num-cpus={head_cpus}", *self.common, *own_ports()], logs / "head.log", self.env)
         self.node, self.nodes_started = None, 0
         if second_node:
             self.start_node()
@@ -109,7 +102,7 @@ class Cluster:
         script = (f"mount -t tmpfs tmpfs {self.hidden} && mount -t tmpfs tmpfs {self.temp_dir} && "
                   "mount -t tmpfs tmpfs /tmp/ray && "
                   f"test ! -e {self.hidden}/marker && exec {RAY} start --address={self.address} "
-                  f"--num-cpus=1 {' '.join(self.common + agent_ports())}")
+                  f"--num-cpus=1 {' '.join(self.common + own_ports())}")
         os.makedirs("/tmp/ray", exist_ok=True)
         self.nodes_started += 1
         self.node = start_process(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],

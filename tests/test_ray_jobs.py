@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from backends.local_ray import own_ports
 from pipelines import cli
 from tests.conftest import free_port, skip_or_fail_in_ci
 
@@ -24,11 +25,6 @@ def _start_head(ray_cli):
     # A short temp dir: Ray's unix sockets live under it, and socket paths are limited to ~100 characters.
     temp_dir = tempfile.mkdtemp(prefix="lf-ray-")
     port, dashboard_port = free_port(), free_port()
-    # Its own agent ports too: a local Ray in this test process already holds the default ones (52365...),
-    # and a head whose job agent cannot bind refuses every job ("No available agent").
-    agent_ports = [f"--{flag}={free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-        "ray-client-server-port")]
     # The cluster's nodes run this project's environment: `python` on their PATH is the venv's.
     env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
     env.pop("RAY_ADDRESS", None)
@@ -36,7 +32,7 @@ def _start_head(ray_cli):
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard_port}",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats", *agent_ports],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats", *own_ports()],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard_port}"
     from ray.job_submission import JobSubmissionClient
