@@ -3,13 +3,15 @@
     python benchmarks/report.py            # render docs/benchmarks.md
     python benchmarks/report.py --check    # exit 1 if docs/benchmarks.md is not what the files give
 
-Every figure in the page's tables is a placeholder in the template, filled from benchmarks/results/*.json:
+Every figure in the page is a placeholder in the template, filled from benchmarks/results/*.json:
 
     {{generative/dcgan-15min-b/scores/fid:.1f}}           a value: FILE/KEY/KEY/..., then a format spec
     {{= [speed/dcgan/ours/x] / [speed/dcgan/notebook/x] :.2f}}   arithmetic on values in [ ]
+    {{"0.991"}}                                            a figure cited from elsewhere (a paper, the notebook)
 
 A path that is not in its file stops the render naming the template line, so a figure cannot outlive its data;
-tests/test_docs.py also refuses a table cell with a number that is not a placeholder.
+tests/test_docs.py also refuses a measured-looking number (a decimal, a ratio, a percentage) anywhere in the
+template, tables and prose alike, that is not a placeholder.
 """
 import argparse
 import json
@@ -58,6 +60,8 @@ def lookup(results: Dict[str, Any], path: str):
 
 
 def fill(placeholder: str, results: Dict[str, Any]) -> str:
+    if len(placeholder) > 1 and placeholder[0] == placeholder[-1] == '"':
+        return placeholder[1:-1]  # a figure cited from outside the results (a paper, the notebook's printout)
     body, _, spec = placeholder.rpartition(":") if ":" in placeholder else (placeholder, "", "")
     if body.startswith("="):
         values = {}

@@ -138,6 +138,29 @@ def test_every_figure_in_the_benchmarks_tables_comes_from_a_results_file():
     assert not typed, "figures typed into benchmarks/report.md's tables:\n" + "\n".join(typed)
 
 
+# In prose: a measured-looking figure (a decimal, a ratio, a percentage); whole numbers there are mostly settings
+# (epochs, minutes, images). A limit (≤ 10 %, within 10 %) is a criterion, not a measurement.
+MEASURED = re.compile(r"(?<![\w.])(?<!≤ )(?<!≥ )(?<!within )(?:\d+\.\d+(?![\w.])|\d+(?:\.\d+)?\s?[x×%](?![\w\d]))")
+NOT_PROSE = re.compile(r"`[^`]*`|\]\([^)]*\)|<[^>]*>|\w+=\"[^\"]*\"")  # code, link targets, HTML
+
+
+def test_every_figure_in_the_benchmarks_prose_comes_from_a_results_file():
+    """Outside tables and code blocks, a measured figure in the template is a placeholder (or marked as cited
+    from elsewhere: {{"..."}}), so the page's sentences cannot drift from its tables."""
+    report = _report()
+    with open(report.TEMPLATE, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    typed, in_code = [], False
+    for number, line in enumerate(lines, start=1):
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code or line.startswith("|") or line.startswith("```"):
+            continue
+        text = NOT_PROSE.sub("", report.PLACEHOLDER.sub("", line))
+        typed += [f"line {number}: {figure}" for figure in MEASURED.findall(text)]
+    assert not typed, "figures typed into benchmarks/report.md's prose:\n" + "\n".join(typed)
+
+
 def test_a_placeholder_whose_data_is_missing_stops_the_render_naming_its_line():
     report = _report()
     results = {"speed": {"dcgan": {"ours": {"steady_samples_per_s": 592.7}}}}
