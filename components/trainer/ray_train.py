@@ -151,13 +151,25 @@ def kept_checkpoint(storage_path: str, name: str) -> Optional[str]:
         except (FileNotFoundError, OSError, ValueError):  # one Ray had not finished copying
             continue
         epoch, proxy = int(state["epoch"]), state.get("history", {}).get(_PROXY_METRIC, [])
-        score = proxy[epoch - 1] if len(proxy) >= epoch else None
-        candidates.append(((score if score is not None else float("inf"), -epoch), path))
+        candidates.append((proxy[epoch - 1] if len(proxy) >= epoch else None, epoch, path))
     if not candidates:
         return None
-    path = min(candidates)[1]
-    return (storage.join(storage_path, name, posixpath.relpath(path, run)) if storage.is_uri(storage_path)
-            else path)
+    return _as_uri(storage_path, name, run, _best(candidates))
+
+
+def _best(candidates):
+    """The rule for the kept checkpoint, whether Ray ranked the checkpoints or their state.json does:
+    (score, epoch, checkpoint) triples -> the checkpoint with the lowest score, the latest among equals;
+    unscored ones only when none is scored."""
+    return min(candidates, key=lambda c: (c[0] is None, c[0] if c[0] is not None else 0.0, -c[1]))[2]
+
+
+def _as_uri(storage_path: str, name: str, run_path: str, checkpoint_path: str) -> str:
+    """A checkpoint under the run `name` as trainers.job.restore reads it: its URI on object storage (the
+    filesystem's path has no scheme), the path itself on a local disk."""
+    if not storage.is_uri(storage_path):
+        return checkpoint_path
+    return storage.join(storage_path, name, posixpath.relpath(checkpoint_path, run_path))
 
 
 REPORT_POLL_S = 0.25  # seconds between the Ray Train controller's polls of its workers (see train)
@@ -214,10 +226,10 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
         raise RuntimeError(f"the Ray run {name} finished without a checkpoint: no epoch was trained")
     finished_at = time.time()
     kept_epoch, checkpoint = None, result.checkpoint
-    scored = [(metrics[best_by], metrics["epoch"], kept) for kept, metrics in (result.best_checkpoints or [])
-              if best_by and best_by in metrics]
+    scored = [(metrics[best_by], metrics["epoch"], (metrics["epoch"], kept))
+              for kept, metrics in (result.best_checkpoints or []) if best_by and best_by in metrics]
     if scored:
-        _, kept_epoch, checkpoint = min(scored, key=lambda item: (item[0], -item[1]))
+        kept_epoch, checkpoint = _best(scored)
     # On object storage the kept checkpoint is downloaded once, here (Ray's Checkpoint.to_directory), for the
     # model to be restored from; a local one is read where it is.
     checkpoint_dir = (checkpoint.to_directory(tempfile.mkdtemp(prefix="latentforge-kept-"))
@@ -231,9 +243,8 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
         with open(path) as f:
             workers.append(json.load(f))
     with filesystem.open_output_stream(posixpath.join(ray_path, name, COMPLETE_MARKER)) as f:
-        f.write(json.dumps({"checkpoint": storage.join(storage_path, name, posixpath.relpath(
-            checkpoint.path, posixpath.join(ray_path, name))) if storage.is_uri(storage_path) else checkpoint_dir,
-            "workers": workers}).encode())
+        f.write(json.dumps({"checkpoint": _as_uri(storage_path, name, posixpath.join(ray_path, name), checkpoint.path)
+                            if storage.is_uri(storage_path) else checkpoint_dir, "workers": workers}).encode())
     return TrainingOutcome(checkpoint_dir, state["history"], workers, storage.join(storage_path, name),
                            state.get("epoch_started_at", []), finished_at, kept_epoch)
 
