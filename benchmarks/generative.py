@@ -30,8 +30,8 @@ Results: benchmarks/results/generative.json, pictures in benchmarks/results/gene
 The spread of one configuration over seeds (`--seeds 1,2,3`: each model trained once per seed, keys MODEL-seedS,
 all scored by one metric network; `--results` keeps them apart from the figures they qualify):
 
-    python benchmarks/generative.py --only dcgan,ddpm --seeds 1,2 --last-epoch-only --ddim-steps= \
-        --ancestral-samples 0 --results generative-seeds
+    python benchmarks/generative.py --only dcgan,ddpm --seeds 1,2 --steps dcgan=14433,ddpm=13801 \
+        --last-epoch-only --ddim-steps= --ancestral-samples 0 --results generative-seeds
 """
 import argparse
 import ast
@@ -143,7 +143,8 @@ def guidance_sweep(entry, model, directory, count, network, reference, inputs, p
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget per model")
-    parser.add_argument("--steps", type=int, default=0, help="a budget in training steps instead of minutes")
+    parser.add_argument("--steps", default="0", help="a budget in training steps instead of minutes: N for every "
+                        "model, or MODEL=N,... (e.g. the step counts of earlier runs, on a machine of another speed)")
     parser.add_argument("--samples", type=int, default=1000, help="generated images scored per model")
     parser.add_argument("--ddim-steps", default="5,10,20,25,50")
     parser.add_argument("--ancestral-samples", type=int, default=100)
@@ -159,6 +160,8 @@ def main():
                         help="no best-epoch proxy (by default every epoch is scored and the best one is scored too)")
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
+    step_budgets = {name: int(n) for name, _, n in (item.partition("=") for item in args.steps.split(",")) if n}
+    default_steps = 0 if step_budgets else int(args.steps)
     x_train, y_train, x_test, y_test = load_mnist()
     model_train = x_train[:args.train_subset] if args.train_subset else x_train
     results = load_results(args.results) if not args.train_subset else {}
@@ -191,10 +194,11 @@ def main():
         proxy = None if args.last_epoch_only else best_epoch.SampleQualityProxy(
             registry.get_model(name.split("@")[0]).family, (28, 28, 1), registry.get_model(name.split("@")[0]).pixel_range,
             os.path.join(work, "metric"), work)
+        step_budget = step_budgets.get(name, default_steps)
         entry, model_config, model, history, row = train_for(name, 60 * args.minutes, model_train,
                                                              y_train[:len(model_train)], overrides.get(name, {}),
-                                                             args.steps, [proxy] if proxy else [])
-        row.update(budget={"steps": args.steps} if args.steps else {"minutes": args.minutes},
+                                                             step_budget, [proxy] if proxy else [])
+        row.update(budget={"steps": step_budget} if step_budget else {"minutes": args.minutes},
                    batch_size=model_config.batch_size, precision=resolve_precision(model_config.precision),
                    overrides=overrides.get(name, {}), train_images=len(model_train),
                    last_losses={k: v[-1] for k, v in history.items()})
