@@ -30,7 +30,7 @@ Results: benchmarks/results/generative.json, pictures in benchmarks/results/gene
 The spread of one configuration over seeds (`--seeds 1,2,3`: each model trained once per seed, keys MODEL-seedS,
 all scored by one metric network; `--results` keeps them apart from the figures they qualify):
 
-    python benchmarks/generative.py --only dcgan,ddpm --seeds 1,2 --steps dcgan=14433,ddpm=13801 \
+    python benchmarks/generative.py --only dcgan,ddpm --seeds 1,2 --steps dcgan=14433,ddpm=13126 \
         --last-epoch-only --ddim-steps= --ancestral-samples 0 --results generative-seeds
 """
 import argparse
