@@ -152,8 +152,8 @@ def main():
     parser.add_argument("--only", default=",".join(MODELS))
     parser.add_argument("--set", action="append", default=[], help="MODEL:FIELD=VALUE, e.g. ddpm:ema_decay=0.9999")
     parser.add_argument("--label", default="", help="suffix of the result keys (a second configuration)")
-    parser.add_argument("--seeds", default="", help="train each model once per seed (TensorFlow's and NumPy's "
-                        "global seeds: initial weights, noise, data order), keys MODEL-seedS; default: unseeded")
+    parser.add_argument("--seeds", default="", help="train each model once per seed (the config's `seed`: initial "
+                        "weights and noise; and the data order), keys MODEL-seedS; default: the config's seed")
     parser.add_argument("--results", default="generative", help="benchmarks/results/RESULTS.json")
     parser.add_argument("--train-subset", type=int, help="train the models on the first N digits (a quick check)")
     parser.add_argument("--last-epoch-only", action="store_true",
@@ -187,7 +187,9 @@ def main():
     seeds = [int(seed) for seed in args.seeds.split(",") if seed] or [None]
     for name, seed in ((name, seed) for name in args.only.split(",") for seed in seeds):
         key = name + args.label + (f"-seed{seed}" if seed is not None else "")
-        if seed is not None:
+        model_overrides = overrides.get(name, {})
+        if seed is not None:  # the config's seed (the build seeds the weights with it), and the data order's
+            model_overrides = {**model_overrides, "seed": seed}
             keras.utils.set_random_seed(seed)
         # The pipeline's best-epoch proxy (trainers/best_epoch.py) on every epoch: the model is scored at its last
         # epoch as always, then at the epoch the proxy picks ("best_scores"), from the same run.
@@ -196,11 +198,11 @@ def main():
             os.path.join(work, "metric"), work)
         step_budget = step_budgets.get(name, default_steps)
         entry, model_config, model, history, row = train_for(name, 60 * args.minutes, model_train,
-                                                             y_train[:len(model_train)], overrides.get(name, {}),
+                                                             y_train[:len(model_train)], model_overrides,
                                                              step_budget, [proxy] if proxy else [])
         row.update(budget={"steps": step_budget} if step_budget else {"minutes": args.minutes},
                    batch_size=model_config.batch_size, precision=resolve_precision(model_config.precision),
-                   overrides=overrides.get(name, {}), train_images=len(model_train),
+                   overrides=model_overrides, train_images=len(model_train),
                    last_losses={k: v[-1] for k, v in history.items()})
         # The trained weights (raw and EMA) and every config field, so samplers can be compared later without
         # retraining (benchmarks/ddpm_samplers.py reads them).
