@@ -69,8 +69,8 @@ def fill(placeholder: str, results: Dict[str, Any]) -> str:
         def name_of(match):
             values[f"v{len(values)}"] = lookup(results, match.group(1))
             return f"v{len(values) - 1}"
-        value = eval(REFERENCE.sub(name_of, body[1:]), {"__builtins__": {}, "abs": abs, "min": min, "max": max, "len": len},
-                     values)
+        value = eval(REFERENCE.sub(name_of, body[1:]),
+                     {"__builtins__": {}, "abs": abs, "min": min, "max": max, "len": len}, values)
     else:
         value = lookup(results, body)
     return format(value, spec.strip())

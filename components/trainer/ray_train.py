@@ -243,8 +243,9 @@ def train(job: "TrainingJob", settings: RaySettings, storage_path: str, name: st
         with open(path) as f:
             workers.append(json.load(f))
     with filesystem.open_output_stream(posixpath.join(ray_path, name, COMPLETE_MARKER)) as f:
-        f.write(json.dumps({"checkpoint": _as_uri(storage_path, name, posixpath.join(ray_path, name), checkpoint.path)
-                            if storage.is_uri(storage_path) else checkpoint_dir, "workers": workers}).encode())
+        # (a local checkpoint's path is checkpoint_dir itself)
+        f.write(json.dumps({"checkpoint": _as_uri(storage_path, name, posixpath.join(ray_path, name), checkpoint.path),
+                            "workers": workers}).encode())
     return TrainingOutcome(checkpoint_dir, state["history"], workers, storage.join(storage_path, name),
                            state.get("epoch_started_at", []), finished_at, kept_epoch)
 
